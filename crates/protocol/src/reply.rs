@@ -1,0 +1,336 @@
+//! Server → client messages: replies (carry the request `id`) and pushes (carry `push`).
+
+use crate::{ErrorCode, Position, Publication, Record};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The error object of a failed reply, an `error` push, or an HTTP error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code} ({name}): {message}")]
+pub struct ErrorBody {
+    /// Numeric code from the table in docs/protocol.md.
+    pub code: u16,
+    /// The code's stable name.
+    pub name: String,
+    /// What happened, for a human.
+    pub message: String,
+    /// The channel involved, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The request id involved, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<u64>,
+}
+
+impl ErrorBody {
+    /// An error with a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code: code.code(),
+            name: code.name().to_string(),
+            message: message.into(),
+            channel: None,
+            request_id: None,
+        }
+    }
+
+    /// Adds the channel to the context.
+    pub fn with_channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = Some(channel.into());
+        self
+    }
+
+    /// The typed code, when known.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_code(self.code)
+    }
+}
+
+/// Reply to `connect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectResult {
+    /// This connection's id.
+    pub client: String,
+    /// The authenticated user id (empty for anonymous).
+    pub user: String,
+    /// Server time, RFC 3339.
+    pub time: String,
+    /// The server sends `ping` this often; answer with `pong`.
+    pub ping_interval_ms: u64,
+    /// The server closes a connection that has not answered a ping within this.
+    pub pong_timeout_ms: u64,
+    /// Connected clients on the hub (seed 000's client count).
+    pub clients: u64,
+    /// Id of the node that serves this connection.
+    pub node: String,
+    /// Protocol version.
+    pub version: u32,
+    /// Token expiry (Unix seconds), when the token has one: refresh before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// Why a resume was not recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotRecovered {
+    /// The stream the position belongs to is gone (restart, flush).
+    EpochChanged,
+    /// Publications after the position have left the history (count or age bound).
+    HistoryTrimmed,
+    /// More publications were missed than the recovery cap allows.
+    TooMany,
+}
+
+impl NotRecovered {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotRecovered::EpochChanged => "epoch_changed",
+            NotRecovered::HistoryTrimmed => "history_trimmed",
+            NotRecovered::TooMany => "too_many",
+        }
+    }
+}
+
+/// Reply to `subscribe`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubscribeResult {
+    /// The channel.
+    pub channel: String,
+    /// Current epoch.
+    pub epoch: String,
+    /// Current offset: the stream continues at `offset + 1`.
+    pub offset: u64,
+    /// Whether the namespace is keyed.
+    #[serde(default)]
+    pub keyed: bool,
+    /// Present when `since` was given: whether every publication after it is in `publications`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// Present when `recovered` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NotRecovered>,
+    /// Recovered publications, oldest first, ending at `offset`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publications: Vec<Publication>,
+    /// The channel's records at `offset` (on `snapshot: true`, or on a keyed channel whose resume
+    /// was not recovered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Vec<Record>>,
+}
+
+impl SubscribeResult {
+    /// The position the reply corresponds to.
+    pub fn position(&self) -> Position {
+        Position { epoch: self.epoch.clone(), offset: self.offset }
+    }
+}
+
+/// Reply to `publish` (and body of the HTTP publish response).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishResult {
+    /// The channel.
+    pub channel: String,
+    /// The epoch the publication went into.
+    pub epoch: String,
+    /// Its offset.
+    pub offset: u64,
+    /// Its id.
+    pub id: String,
+    /// Its server time.
+    pub time: String,
+    /// True when an earlier publish with the same idempotency key is being answered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// Reply to `history`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryResult {
+    /// The channel.
+    pub channel: String,
+    /// Current epoch.
+    pub epoch: String,
+    /// Current offset.
+    pub offset: u64,
+    /// Publications, oldest first.
+    pub publications: Vec<Publication>,
+    /// Lowest offset still kept (0 when the history is empty).
+    pub earliest: u64,
+    /// When `since` was given and it cannot be served completely: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NotRecovered>,
+}
+
+/// Reply to `state`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateResult {
+    /// The channel.
+    pub channel: String,
+    /// Epoch of the state.
+    pub epoch: String,
+    /// Offset the records correspond to.
+    pub offset: u64,
+    /// Every live record, sorted by key.
+    pub records: Vec<Record>,
+}
+
+/// Reply to `refresh`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshResult {
+    /// New expiry (Unix seconds), if the token has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// A decoded server message (client side).
+#[derive(Debug, Clone)]
+pub enum ServerMessage {
+    /// Reply to the command with this id.
+    Reply { id: u64, result: Result<Box<RawValue>, ErrorBody> },
+    /// A publication on a subscribed channel.
+    Publication(Publication),
+    /// Heartbeat: answer with `{"cmd":"pong"}`.
+    Ping,
+    /// The server ended a subscription. `resubscribe` says whether to subscribe again (with
+    /// `since`): true for a position gap.
+    Unsubscribe { channel: String, code: u16, reason: String, resubscribe: bool },
+    /// The server is about to close the connection with this close code.
+    Disconnect { code: u16, reason: String, reconnect: bool },
+    /// An error not tied to a request (for example malformed JSON).
+    Error(ErrorBody),
+}
+
+#[derive(Deserialize)]
+struct WireMessage<'a> {
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+    #[serde(default)]
+    push: Option<String>,
+    #[serde(rename = "pub", default)]
+    publication: Option<Publication>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    code: Option<u16>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    resubscribe: bool,
+    #[serde(default)]
+    reconnect: bool,
+}
+
+impl ServerMessage {
+    /// Decodes one message line.
+    pub fn parse(line: &str) -> Result<ServerMessage, String> {
+        let w: WireMessage<'_> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        if let Some(push) = w.push {
+            return match push.as_str() {
+                "pub" => w.publication.map(ServerMessage::Publication).ok_or("pub without body".into()),
+                "ping" => Ok(ServerMessage::Ping),
+                "unsubscribe" => Ok(ServerMessage::Unsubscribe {
+                    channel: w.channel.unwrap_or_default(),
+                    code: w.code.unwrap_or(0),
+                    reason: w.reason.unwrap_or_default(),
+                    resubscribe: w.resubscribe,
+                }),
+                "disconnect" => Ok(ServerMessage::Disconnect {
+                    code: w.code.unwrap_or(0),
+                    reason: w.reason.unwrap_or_default(),
+                    reconnect: w.reconnect,
+                }),
+                "error" => w.error.map(ServerMessage::Error).ok_or("error push without error".into()),
+                other => Err(format!("unknown push {other:?}")),
+            };
+        }
+        let id = w.id.ok_or("message with neither id nor push")?;
+        match (w.result, w.error) {
+            (_, Some(e)) => Ok(ServerMessage::Reply { id, result: Err(e) }),
+            (Some(r), None) => Ok(ServerMessage::Reply { id, result: Ok(r.to_owned()) }),
+            (None, None) => Err("reply with neither result nor error".into()),
+        }
+    }
+}
+
+/// Prefix of a publication push; the publication's own JSON follows, then `}`.
+pub const PUB_PREFIX: &str = r#"{"push":"pub","pub":"#;
+
+/// Builds a reply line with a result.
+pub fn reply_ok<T: Serialize>(id: u64, result: &T) -> String {
+    #[derive(Serialize)]
+    struct Ok<'a, T> {
+        id: u64,
+        result: &'a T,
+    }
+    serde_json::to_string(&Ok { id, result }).expect("results serialize")
+}
+
+/// Builds a reply line with an error.
+pub fn reply_err(id: Option<u64>, error: &ErrorBody) -> String {
+    #[derive(Serialize)]
+    struct Err<'a> {
+        id: Option<u64>,
+        error: &'a ErrorBody,
+    }
+    match id {
+        Some(_) => serde_json::to_string(&Err { id, error }).expect("errors serialize"),
+        None => push_error(error),
+    }
+}
+
+/// Builds an `error` push line.
+pub fn push_error(error: &ErrorBody) -> String {
+    serde_json::json!({ "push": "error", "error": error }).to_string()
+}
+
+/// Builds an `unsubscribe` push line.
+pub fn push_unsubscribe(channel: &str, code: ErrorCode, reason: &str, resubscribe: bool) -> String {
+    serde_json::json!({
+        "push": "unsubscribe", "channel": channel, "code": code.code(), "name": code.name(),
+        "reason": reason, "resubscribe": resubscribe,
+    })
+    .to_string()
+}
+
+/// Builds a `disconnect` push line.
+pub fn push_disconnect(code: crate::CloseCode, reason: &str) -> String {
+    serde_json::json!({
+        "push": "disconnect", "code": code.code(), "name": code.name(), "reason": reason,
+        "reconnect": code.reconnect(),
+    })
+    .to_string()
+}
+
+/// The `ping` push line.
+pub const PUSH_PING: &str = r#"{"push":"ping"}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pushes_and_replies() {
+        let line = format!(
+            "{PUB_PREFIX}{}}}",
+            r#"{"channel":"c","epoch":"e","offset":1,"id":"e-1","type":"t","data":{"x":1},"time":"now"}"#
+        );
+        match ServerMessage::parse(&line).unwrap() {
+            ServerMessage::Publication(p) => assert_eq!((p.offset, p.data.get()), (1, r#"{"x":1}"#)),
+            other => panic!("{other:?}"),
+        }
+        let err = reply_err(Some(3), &ErrorBody::new(ErrorCode::Forbidden, "no").with_channel("c"));
+        match ServerMessage::parse(&err).unwrap() {
+            ServerMessage::Reply { id: 3, result: Err(e) } => assert_eq!(e.code, 103),
+            other => panic!("{other:?}"),
+        }
+        let d = push_disconnect(crate::CloseCode::SlowConsumer, "queue full");
+        assert!(matches!(ServerMessage::parse(&d).unwrap(), ServerMessage::Disconnect { code: 4001, reconnect: true, .. }));
+        assert!(matches!(ServerMessage::parse(PUSH_PING).unwrap(), ServerMessage::Ping));
+    }
+}
