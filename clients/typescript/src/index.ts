@@ -1,0 +1,1354 @@
+/**
+ * @herald/client: browser and Node client for the Herald real-time event hub.
+ *
+ * Wire protocol: docs/protocol.md in the Herald repository (v1). Zero runtime dependencies; uses the
+ * global `WebSocket` (browsers, Node >= 22, or Node 20 with `--experimental-websocket`) unless one
+ * is passed in the options.
+ *
+ * What it guarantees to the application:
+ * - a visible connection state (`connecting`, `connected`, `reconnecting`, `resyncing`, `offline`);
+ * - reconnection with exponential backoff and full jitter (1 s doubling to a 30 s cap), a circuit
+ *   breaker after 10 failed attempts that only `reconnect()` (or the browser's `online` event)
+ *   closes again;
+ * - every subscription resumes from the last delivered position after every reconnect, and
+ *   publications reach the application in offset order, exactly once; when a resume is impossible
+ *   the subscription emits `resync` (with a fresh snapshot on keyed channels) instead of pretending
+ *   continuity.
+ */
+
+// ---------------------------------------------------------------------------------------------
+// Wire types (docs/protocol.md §3–§6)
+// ---------------------------------------------------------------------------------------------
+
+/** A place in a channel's stream. */
+export interface Position {
+  epoch: string;
+  offset: number;
+}
+
+/** Keyed channel operation. */
+export type Op = 'upsert' | 'merge' | 'delete';
+
+/** A publication (protocol §4). */
+export interface Publication<T = unknown> {
+  channel: string;
+  epoch: string;
+  offset: number;
+  id: string;
+  type: string;
+  data: T;
+  time: string;
+  meta?: {
+    user?: string;
+    source?: string;
+    correlation_id?: string;
+    idempotency_key?: string;
+    [k: string]: unknown;
+  };
+  key?: string;
+  op?: Op;
+}
+
+/** One record of a keyed channel's state. */
+export interface KeyedRecord<T = unknown> {
+  key: string;
+  value: T;
+  offset: number;
+}
+
+export interface ConnectResult {
+  client: string;
+  user: string;
+  time: string;
+  ping_interval_ms: number;
+  pong_timeout_ms: number;
+  clients: number;
+  node: string;
+  version: number;
+  expires_at?: number;
+}
+
+export type NotRecoveredReason = 'epoch_changed' | 'history_trimmed' | 'too_many';
+
+export interface SubscribeResult {
+  channel: string;
+  epoch: string;
+  offset: number;
+  keyed: boolean;
+  recovered?: boolean;
+  reason?: NotRecoveredReason;
+  publications?: Publication[];
+  snapshot?: KeyedRecord[];
+}
+
+export interface PublishResult {
+  channel: string;
+  epoch: string;
+  offset: number;
+  id: string;
+  time: string;
+  duplicate?: boolean;
+}
+
+export interface HistoryResult {
+  channel: string;
+  epoch: string;
+  offset: number;
+  earliest: number;
+  publications: Publication[];
+  reason?: NotRecoveredReason;
+}
+
+export interface StateResult {
+  channel: string;
+  epoch: string;
+  offset: number;
+  records: KeyedRecord[];
+}
+
+/** The error object of the protocol (§8). */
+export interface ErrorBody {
+  code: number;
+  name: string;
+  message: string;
+  channel?: string;
+  request_id?: number;
+}
+
+/** An error from the hub (a protocol error object) or from the client itself. */
+export class HeraldError extends Error {
+  /** Protocol error code (§8), or a client-side code: 0 timeout, 1 disconnected, 2 closed. */
+  readonly code: number;
+  /** Protocol error name, or `timeout` / `disconnected` / `closed`. */
+  readonly errorName: string;
+  readonly channel?: string;
+  constructor(body: ErrorBody) {
+    super(`${body.code} (${body.name}): ${body.message}`);
+    this.name = 'HeraldError';
+    this.code = body.code;
+    this.errorName = body.name;
+    this.channel = body.channel;
+  }
+}
+
+/** Close codes 4000–4999 and their names (protocol §9). */
+export const CLOSE_CODES: Record<number, string> = {
+  4000: 'shutdown',
+  4001: 'slow_consumer',
+  4002: 'heartbeat_timeout',
+  4003: 'auth_timeout',
+  4004: 'token_expired',
+  4005: 'too_many_connections',
+  4006: 'rate_limited',
+  4007: 'engine_unavailable',
+  4500: 'unauthorized',
+  4501: 'forbidden',
+  4502: 'bad_request',
+  4503: 'kicked',
+  4504: 'message_too_large',
+};
+
+/** Whether a close code means "do not reconnect" (4500–4999). */
+export function isFinalCloseCode(code: number): boolean {
+  return code >= 4500 && code <= 4999;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small event emitter
+// ---------------------------------------------------------------------------------------------
+
+type Listener<A> = (arg: A) => void;
+
+/** Minimal typed event emitter; `on` returns a function that removes the listener. */
+export class Emitter<Events extends { [K in keyof Events]: unknown }> {
+  private listeners = new Map<keyof Events, Set<Listener<never>>>();
+
+  on<K extends keyof Events>(event: K, fn: Listener<Events[K]>): () => void {
+    let set = this.listeners.get(event);
+    if (!set) {
+      set = new Set();
+      this.listeners.set(event, set);
+    }
+    set.add(fn as Listener<never>);
+    return () => this.off(event, fn);
+  }
+
+  once<K extends keyof Events>(event: K, fn: Listener<Events[K]>): () => void {
+    const off = this.on(event, (arg) => {
+      off();
+      fn(arg);
+    });
+    return off;
+  }
+
+  off<K extends keyof Events>(event: K, fn: Listener<Events[K]>): void {
+    this.listeners.get(event)?.delete(fn as Listener<never>);
+  }
+
+  protected emit<K extends keyof Events>(event: K, arg: Events[K]): void {
+    const set = this.listeners.get(event);
+    if (!set) return;
+    for (const fn of [...set]) {
+      try {
+        (fn as Listener<Events[K]>)(arg);
+      } catch (err) {
+        // A listener's bug must not break delivery to the others or the client's state.
+        setTimeout(() => {
+          throw err;
+        }, 0);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection state
+// ---------------------------------------------------------------------------------------------
+
+export type ConnectionState =
+  | { state: 'connecting'; attempt: number }
+  | { state: 'connected'; client: string; node: string; clients: number }
+  | {
+      state: 'reconnecting';
+      /** Attempt number, 1-based. */
+      attempt: number;
+      /** Attempts before the circuit breaker opens. */
+      maxAttempts: number;
+      /** Milliseconds from the moment of this state to the next try (0 while trying). */
+      nextTryMs: number;
+      /** `Date.now()` of the next try. */
+      nextTryAt: number;
+      /** The close code or error that caused the drop, when known. */
+      code?: number;
+      reason?: string;
+    }
+  | { state: 'resyncing'; pending: number }
+  | {
+      state: 'offline';
+      /** `not_started`, `closed` (by the app), `circuit_open`, or the server's close/error name. */
+      reason: string;
+      code?: number;
+    };
+
+export type ConnectionStateName = ConnectionState['state'];
+
+// ---------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------
+
+/** Returns a token; called before every connection attempt and before every refresh. */
+export type TokenProvider = () => string | undefined | Promise<string | undefined>;
+
+/** The subset of the WebSocket API the client uses (browser or Node's undici WebSocket). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((ev: unknown) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface BackoffOptions {
+  /** First delay cap in ms (default 1000). */
+  initialMs?: number;
+  /** Largest delay in ms (default 30000). */
+  maxMs?: number;
+  /** Failed attempts before the circuit breaker opens (default 10). */
+  maxAttempts?: number;
+  /** Random source in [0,1) (tests). */
+  random?: () => number;
+}
+
+export interface ClientOptions {
+  /**
+   * WebSocket URL(s) of the hub, e.g. `ws://127.0.0.1:7700/ws`. With several, the client moves to
+   * the next after a failure. In a browser it defaults to `/ws` on the page's host.
+   */
+  url?: string | string[];
+  /** A static token, or a provider called before each attempt and each in-band refresh. */
+  token?: string | TokenProvider;
+  /** Client name sent in `connect`. */
+  name?: string;
+  backoff?: BackoffOptions;
+  /** Timeout for publish/history/state/ping requests (default 10000 ms). */
+  requestTimeoutMs?: number;
+  /** Timeout for the socket to open and `connect` to be answered (default 10000 ms). */
+  connectTimeoutMs?: number;
+  /**
+   * Silence longer than the server's `ping_interval_ms` plus this margin marks the connection
+   * dead (default max(3000, ping_interval_ms / 2)).
+   */
+  livenessMarginMs?: number;
+  /** Refresh the token this long before it expires (default min(30000, half the remaining)). */
+  refreshBeforeMs?: number;
+  /** A connection that lasted this long resets the backoff (default 5000 ms). */
+  stableAfterMs?: number;
+  /** The WebSocket implementation (default: the global one). */
+  WebSocket?: WebSocketConstructor;
+  /** React to the browser's `online` and `visibilitychange` events (default true). */
+  browserEvents?: boolean;
+}
+
+export interface SubscribeOptions {
+  /** Ask for the keyed channel's records with the subscribe reply. */
+  snapshot?: boolean;
+  /** Resume from this position instead of "now". */
+  since?: Position;
+}
+
+export interface PublishOptions {
+  type?: string;
+  key?: string;
+  op?: Op;
+  idempotency_key?: string;
+  correlation_id?: string;
+  timeoutMs?: number;
+}
+
+export interface HistoryOptions {
+  limit?: number;
+  since?: Position;
+  before?: number;
+  timeoutMs?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON merge patch (RFC 7386) for keyed `merge` operations
+// ---------------------------------------------------------------------------------------------
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Applies a JSON merge patch (RFC 7386) to `target` and returns the result (no mutation). */
+export function mergePatch(target: unknown, patch: unknown): unknown {
+  if (!isObject(patch)) return patch;
+  const out: Record<string, unknown> = isObject(target) ? { ...target } : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscription
+// ---------------------------------------------------------------------------------------------
+
+export interface SubscribedEvent {
+  channel: string;
+  position: Position;
+  keyed: boolean;
+  /** True when this was a resume (after a reconnect or a gap). */
+  resumed: boolean;
+  /** For resumes: whether every missed publication was recovered. */
+  recovered?: boolean;
+  snapshot?: KeyedRecord[];
+}
+
+export interface ResyncEvent {
+  channel: string;
+  /** Why the stream could not be resumed (`epoch_changed`, `history_trimmed`, `too_many`). */
+  reason: NotRecoveredReason | string;
+  /** The position the subscription continues from. */
+  position: Position;
+  /** On keyed channels: every record at `position`; replace your state with it. */
+  snapshot?: KeyedRecord[];
+}
+
+export interface UnsubscribedEvent {
+  channel: string;
+  code?: number;
+  reason: string;
+}
+
+export interface SubscriptionEvents {
+  publication: Publication;
+  subscribed: SubscribedEvent;
+  resync: ResyncEvent;
+  unsubscribed: UnsubscribedEvent;
+  error: HeraldError;
+  /** Keyed channels with `records` tracking: the state changed (snapshot, resync or publication). */
+  records: ReadonlyMap<string, unknown>;
+}
+
+export type SubscriptionStatus = 'pending' | 'subscribing' | 'subscribed' | 'unsubscribed';
+
+/**
+ * A subscription to one channel. Emits `publication` in offset order, exactly once, across
+ * reconnects. For keyed channels `records` holds the channel's state (snapshot + publications).
+ */
+export class Subscription extends Emitter<SubscriptionEvents> {
+  readonly channel: string;
+  readonly options: SubscribeOptions;
+  /** The last delivered position (undefined before the first subscribe reply). */
+  position?: Position;
+  keyed = false;
+  status: SubscriptionStatus = 'pending';
+  /** Keyed state: key → value, kept from snapshots and publications. */
+  readonly records = new Map<string, unknown>();
+  /** Counters, for tests and dashboards. */
+  readonly stats = { delivered: 0, duplicatesDropped: 0, gaps: 0, resyncs: 0, resubscribes: 0 };
+  /** @internal */ refs = 1;
+  /** @internal */ generation = 0;
+  private readonly client: HeraldClient;
+
+  /** @internal */
+  constructor(client: HeraldClient, channel: string, options: SubscribeOptions) {
+    super();
+    this.client = client;
+    this.channel = channel;
+    this.options = options;
+    if (options.since) this.position = { ...options.since };
+  }
+
+  /** Drops this handle; the channel is left when the last handle is dropped. */
+  unsubscribe(): void {
+    this.refs -= 1;
+    if (this.refs > 0) return;
+    this.client._unsubscribe(this);
+  }
+
+  /** Resolves when the subscription is (re)established. */
+  ready(timeoutMs = 10000): Promise<void> {
+    if (this.status === 'subscribed') return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        off();
+        offErr();
+        reject(new HeraldError({ code: 0, name: 'timeout', message: `subscribe ${this.channel} timed out` }));
+      }, timeoutMs);
+      const off = this.once('subscribed', () => {
+        clearTimeout(timer);
+        offErr();
+        resolve();
+      });
+      const offErr = this.once('error', (e) => {
+        clearTimeout(timer);
+        off();
+        reject(e);
+      });
+    });
+  }
+
+  /** @internal */
+  _emit<K extends keyof SubscriptionEvents>(event: K, arg: SubscriptionEvents[K]): void {
+    this.emit(event, arg);
+  }
+
+  /** @internal Replaces the keyed state with a snapshot. */
+  _setSnapshot(snapshot: KeyedRecord[]): void {
+    this.records.clear();
+    for (const r of snapshot) this.records.set(r.key, r.value);
+    this.emit('records', this.records);
+  }
+
+  /** @internal Applies one keyed publication. */
+  _apply(pub: Publication): void {
+    if (pub.key === undefined) return;
+    const op = pub.op ?? 'upsert';
+    if (op === 'delete') this.records.delete(pub.key);
+    else if (op === 'merge') this.records.set(pub.key, mergePatch(this.records.get(pub.key), pub.data));
+    else this.records.set(pub.key, pub.data);
+    this.emit('records', this.records);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------------
+
+export interface ClientEvents {
+  state: ConnectionState;
+  connected: ConnectResult;
+  disconnected: { code: number; reason: string };
+  error: HeraldError | Error;
+}
+
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  frame: string;
+  sent: boolean;
+  /** Connection generation the command was sent on. */
+  gen: number;
+}
+
+type Msg = {
+  id?: number;
+  result?: unknown;
+  error?: ErrorBody;
+  push?: string;
+  pub?: Publication;
+  channel?: string;
+  code?: number;
+  name?: string;
+  reason?: string;
+  resubscribe?: boolean;
+  reconnect?: boolean;
+};
+
+function defaultUrl(): string {
+  const loc = (globalThis as { location?: { protocol: string; host: string } }).location;
+  if (!loc) throw new Error('HeraldClient: no url given and no page location to derive it from');
+  return `${loc.protocol === 'https:' ? 'wss:' : 'ws:'}//${loc.host}/ws`;
+}
+
+const TRANSIENT_SUBSCRIBE_ERRORS = new Set([100, 110, 113]);
+
+/**
+ * A connection to a Herald hub that survives network failures.
+ *
+ * ```ts
+ * const client = new HeraldClient({ url: 'ws://127.0.0.1:7700/ws' });
+ * client.on('state', (s) => console.log(s.state));
+ * const sub = client.subscribe('demo:board', { snapshot: true });
+ * sub.on('publication', (p) => console.log(p.offset, p.data));
+ * client.connect();
+ * ```
+ */
+export class HeraldClient extends Emitter<ClientEvents> {
+  private readonly opts: ClientOptions;
+  private readonly urls: string[];
+  private urlIndex = 0;
+  private readonly WS: WebSocketConstructor;
+  private ws?: WebSocketLike;
+  private gen = 0;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly outbox: number[] = [];
+  private readonly subs = new Map<string, Subscription>();
+  private _state: ConnectionState = { state: 'offline', reason: 'not_started' };
+  private started = false;
+  private everConnected = false;
+  private attempt = 0;
+  private retryTimer?: ReturnType<typeof setTimeout>;
+  private connectTimer?: ReturnType<typeof setTimeout>;
+  private livenessTimer?: ReturnType<typeof setTimeout>;
+  private refreshTimer?: ReturnType<typeof setTimeout>;
+  private lastRecv = 0;
+  private connectedAt = 0;
+  private pingIntervalMs = 25000;
+  private resyncPending = new Set<string>();
+  private disconnectPush?: { code: number; reason: string; reconnect: boolean };
+  private readonly unbindBrowser: Array<() => void> = [];
+  /** The last `connect` reply. */
+  info?: ConnectResult;
+
+  constructor(options: ClientOptions = {}) {
+    super();
+    this.opts = options;
+    const u = options.url ?? defaultUrl();
+    this.urls = Array.isArray(u) ? [...u] : [u];
+    if (this.urls.length === 0) throw new Error('HeraldClient: empty url list');
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) {
+      throw new Error(
+        'HeraldClient: no WebSocket implementation (use Node >= 22, node --experimental-websocket, or pass options.WebSocket)',
+      );
+    }
+    this.WS = WS;
+  }
+
+  /** The current connection state. */
+  get state(): ConnectionState {
+    return this._state;
+  }
+
+  /** The URL currently used (or to be used next). */
+  get url(): string {
+    return this.urls[this.urlIndex];
+  }
+
+  /**
+   * Starts connecting (and keeps the connection up until `close()`). The promise resolves at the
+   * first `connected` state and rejects if the client goes offline first; ignoring it is fine.
+   */
+  connect(): Promise<void> {
+    const p = this.waitFor('connected', 0).then(() => undefined);
+    p.catch(() => {});
+    if (!this.started) {
+      this.started = true;
+      this.bindBrowserEvents();
+      this.attempt = 0;
+      this.setState({ state: 'connecting', attempt: 1 });
+      this.openSocket();
+    }
+    return p;
+  }
+
+  /**
+   * Connects again now: closes the circuit breaker after it opened (or after a final close), and
+   * cuts short any backoff wait.
+   */
+  reconnect(): void {
+    if (!this.started) {
+      this.connect();
+      return;
+    }
+    this.clearTimer('retryTimer');
+    if (this.ws) this.dropSocket(1000, 'reconnect requested');
+    this.attempt = 0;
+    this.setState(this.everConnected ? this.reconnectingState(0, 0) : { state: 'connecting', attempt: 1 });
+    this.openSocket();
+  }
+
+  /** Closes the connection for good; pending requests fail with `closed`. */
+  close(): void {
+    this.started = false;
+    this.clearTimer('retryTimer');
+    for (const off of this.unbindBrowser.splice(0)) off();
+    if (this.ws) this.dropSocket(1000, 'client closed');
+    this.failPending(true, { code: 2, name: 'closed', message: 'client closed' });
+    this.setState({ state: 'offline', reason: 'closed' });
+  }
+
+  /**
+   * Resolves when the state becomes `name` (immediately if it already is); rejects on timeout
+   * (`timeoutMs` > 0) or, when waiting for `connected`, if the client goes offline.
+   */
+  waitFor(name: ConnectionStateName, timeoutMs = 10000): Promise<ConnectionState> {
+    if (this._state.state === name) return Promise.resolve(this._state);
+    return new Promise((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const off = this.on('state', (s) => {
+        if (s.state === name) {
+          off();
+          if (timer) clearTimeout(timer);
+          resolve(s);
+        } else if (s.state === 'offline' && name !== 'offline') {
+          off();
+          if (timer) clearTimeout(timer);
+          reject(new HeraldError({ code: s.code ?? 2, name: s.reason, message: `client went offline: ${s.reason}` }));
+        }
+      });
+      if (timeoutMs > 0) {
+        timer = setTimeout(() => {
+          off();
+          reject(new HeraldError({ code: 0, name: 'timeout', message: `state ${name} not reached in ${timeoutMs} ms` }));
+        }, timeoutMs);
+      }
+    });
+  }
+
+  /**
+   * Subscribes to a channel. Subscribing to a channel that is already subscribed returns the same
+   * subscription (reference counted: the channel is left when every handle unsubscribed).
+   */
+  subscribe(channel: string, options: SubscribeOptions = {}): Subscription {
+    const existing = this.subs.get(channel);
+    if (existing && existing.status !== 'unsubscribed') {
+      existing.refs += 1;
+      return existing;
+    }
+    const sub = new Subscription(this, channel, options);
+    this.subs.set(channel, sub);
+    if (this.isLive()) this.sendSubscribe(sub);
+    return sub;
+  }
+
+  /** The subscription of a channel, if any. */
+  getSubscription(channel: string): Subscription | undefined {
+    return this.subs.get(channel);
+  }
+
+  /** Publishes over the WebSocket. */
+  publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<PublishResult> {
+    const { timeoutMs, ...rest } = options;
+    return this.request('publish', { channel, data, ...rest }, timeoutMs) as Promise<PublishResult>;
+  }
+
+  /** Reads a channel's history. */
+  history(channel: string, options: HistoryOptions = {}): Promise<HistoryResult> {
+    const { timeoutMs, ...rest } = options;
+    return this.request('history', { channel, ...rest }, timeoutMs) as Promise<HistoryResult>;
+  }
+
+  /** Reads a keyed channel's records. */
+  getState(channel: string, timeoutMs?: number): Promise<StateResult> {
+    return this.request('state', { channel }, timeoutMs) as Promise<StateResult>;
+  }
+
+  /** Round trip to the hub. */
+  ping(timeoutMs?: number): Promise<void> {
+    return this.request('ping', {}, timeoutMs).then(() => undefined);
+  }
+
+  /**
+   * Sends a command and resolves with its `result`. Commands made while not connected wait (up to
+   * the timeout) for the connection. A command already sent when the connection drops fails with
+   * `disconnected` (it may or may not have been processed: use `idempotency_key` for publishes).
+   */
+  request(cmd: string, fields: Record<string, unknown>, timeoutMs?: number): Promise<unknown> {
+    const id = this.nextId++;
+    const frame = JSON.stringify({ id, cmd, ...stripUndefined(fields) });
+    const ms = timeoutMs ?? this.opts.requestTimeoutMs ?? 10000;
+    return new Promise((resolve, reject) => {
+      if (!this.started && this._state.state === 'offline' && this._state.reason === 'closed') {
+        reject(new HeraldError({ code: 2, name: 'closed', message: 'client closed' }));
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        const i = this.outbox.indexOf(id);
+        if (i >= 0) this.outbox.splice(i, 1);
+        reject(new HeraldError({ code: 0, name: 'timeout', message: `${cmd} timed out after ${ms} ms` }));
+      }, ms);
+      const p: Pending = { resolve, reject, timer, frame, sent: false, gen: this.gen };
+      this.pending.set(id, p);
+      if (this.isLive()) this.sendPending(id, p);
+      else this.outbox.push(id);
+    });
+  }
+
+  // ------------------------------------------------------------------ internals: state
+
+  private isLive(): boolean {
+    return this.ws !== undefined && (this._state.state === 'connected' || this._state.state === 'resyncing');
+  }
+
+  private setState(s: ConnectionState): void {
+    this._state = s;
+    this.emit('state', s);
+  }
+
+  private get maxAttempts(): number {
+    return this.opts.backoff?.maxAttempts ?? 10;
+  }
+
+  private reconnectingState(attempt: number, delay: number, code?: number, reason?: string): ConnectionState {
+    return {
+      state: 'reconnecting',
+      attempt: Math.max(1, attempt),
+      maxAttempts: this.maxAttempts,
+      nextTryMs: delay,
+      nextTryAt: Date.now() + delay,
+      code,
+      reason,
+    };
+  }
+
+  /** Full-jitter delay for a 1-based attempt. */
+  backoffDelay(attempt: number): number {
+    const b = this.opts.backoff ?? {};
+    const initial = b.initialMs ?? 1000;
+    const max = b.maxMs ?? 30000;
+    const rnd = b.random ?? Math.random;
+    const cap = Math.min(max, initial * Math.pow(2, Math.max(0, attempt - 1)));
+    return Math.floor(rnd() * cap);
+  }
+
+  private clearTimer(name: 'retryTimer' | 'connectTimer' | 'livenessTimer' | 'refreshTimer'): void {
+    const t = this[name];
+    if (t !== undefined) clearTimeout(t);
+    this[name] = undefined;
+  }
+
+  // ------------------------------------------------------------------ internals: socket
+
+  private async openSocket(): Promise<void> {
+    const gen = ++this.gen;
+    this.disconnectPush = undefined;
+    let token: string | undefined;
+    try {
+      const t = this.opts.token;
+      token = typeof t === 'function' ? await t() : t;
+    } catch (err) {
+      if (gen !== this.gen || !this.started) return;
+      this.emit('error', err instanceof Error ? err : new Error(String(err)));
+      this.onFailure(0, 'token_provider_failed');
+      return;
+    }
+    if (gen !== this.gen || !this.started) return;
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(this.url);
+    } catch (err) {
+      this.emit('error', err instanceof Error ? err : new Error(String(err)));
+      this.onFailure(0, 'socket_failed');
+      return;
+    }
+    this.ws = ws;
+    this.clearTimer('connectTimer');
+    this.connectTimer = setTimeout(() => {
+      if (gen !== this.gen) return;
+      this.dropSocket(1000, 'connect timeout');
+      this.onFailure(0, 'connect_timeout');
+    }, this.opts.connectTimeoutMs ?? 10000);
+
+    ws.onopen = () => {
+      if (gen !== this.gen) return;
+      const id = this.nextId++;
+      const frame = JSON.stringify(stripUndefined({ id, cmd: 'connect', token, name: this.opts.name }));
+      // The connect timer bounds this request.
+      this.pending.set(id, {
+        resolve: (r) => this.onConnected(gen, r as ConnectResult),
+        reject: (e) => this.onConnectError(gen, e as HeraldError),
+        timer: undefined,
+        frame,
+        sent: true,
+        gen,
+      });
+      ws.send(frame);
+    };
+    ws.onmessage = (ev) => {
+      if (gen !== this.gen) return;
+      this.onFrame(ev.data);
+    };
+    ws.onerror = () => {
+      /* the close event follows */
+    };
+    ws.onclose = (ev) => {
+      if (gen !== this.gen) return;
+      this.ws = undefined;
+      this.afterSocketGone();
+      const push = this.disconnectPush;
+      const code = push?.code ?? ev.code;
+      const reason = push?.reason || ev.reason || CLOSE_CODES[code] || `closed (${code})`;
+      this.emit('disconnected', { code, reason });
+      const final = isFinalCloseCode(code) || (push !== undefined && push.reconnect === false);
+      if (final) {
+        this.started = false;
+        this.clearTimer('retryTimer');
+        this.failPending(true, { code: 1, name: 'disconnected', message: `connection closed: ${reason}` });
+        this.setState({ state: 'offline', reason: CLOSE_CODES[code] ?? reason, code });
+        return;
+      }
+      this.onFailure(code, CLOSE_CODES[code] ?? reason);
+    };
+  }
+
+  /** Forgets the current socket (it will not report anymore) and closes it. */
+  private dropSocket(code: number, reason: string): void {
+    const ws = this.ws;
+    this.ws = undefined;
+    this.gen++;
+    this.afterSocketGone();
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      try {
+        ws.close(code, reason);
+      } catch {
+        /* already closed */
+      }
+    }
+  }
+
+  private afterSocketGone(): void {
+    this.clearTimer('connectTimer');
+    this.clearTimer('livenessTimer');
+    this.clearTimer('refreshTimer');
+    this.resyncPending.clear();
+    for (const sub of this.subs.values()) if (sub.status !== 'unsubscribed') sub.status = 'pending';
+    this.failPending(false, { code: 1, name: 'disconnected', message: 'connection lost' });
+  }
+
+  /** Rejects requests that were sent (all of them when `all`). */
+  private failPending(all: boolean, body: ErrorBody): void {
+    for (const [id, p] of [...this.pending]) {
+      if (!all && !p.sent) continue;
+      this.pending.delete(id);
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(new HeraldError(body));
+    }
+    if (all) this.outbox.length = 0;
+  }
+
+  /** A connection attempt failed or an established connection dropped: back off and retry. */
+  private onFailure(code: number, reason: string): void {
+    if (!this.started) return;
+    if (this.connectedAt && Date.now() - this.connectedAt >= (this.opts.stableAfterMs ?? 5000)) {
+      this.attempt = 0;
+    }
+    this.connectedAt = 0;
+    if (this.urls.length > 1) this.urlIndex = (this.urlIndex + 1) % this.urls.length;
+    this.attempt += 1;
+    if (this.attempt > this.maxAttempts) {
+      this.setState({ state: 'offline', reason: 'circuit_open', code: code || undefined });
+      return;
+    }
+    const delay = this.backoffDelay(this.attempt);
+    this.setState(this.reconnectingState(this.attempt, delay, code || undefined, reason));
+    this.clearTimer('retryTimer');
+    this.retryTimer = setTimeout(() => this.tryNow(), delay);
+  }
+
+  /** Cuts a backoff wait short (browser came online, tab became visible). */
+  private tryNow(): void {
+    if (!this.started || this.ws) return;
+    this.clearTimer('retryTimer');
+    if (this._state.state === 'reconnecting') this.setState({ ...this._state, nextTryMs: 0, nextTryAt: Date.now() });
+    this.openSocket();
+  }
+
+  private onConnectError(gen: number, err: HeraldError): void {
+    if (gen !== this.gen) return;
+    // A token that expired between the provider and the hub: a provider can give a fresh one.
+    const retry = err.code === 109 && typeof this.opts.token === 'function';
+    if (err.code === 0 || err.code === 1 || retry || err.code === 100 || err.code === 113 || err.code === 110) {
+      this.dropSocket(1000, 'connect failed');
+      this.onFailure(0, err.errorName);
+      return;
+    }
+    this.started = false;
+    this.dropSocket(1000, 'connect refused');
+    this.setState({ state: 'offline', reason: err.errorName, code: err.code });
+  }
+
+  private onConnected(gen: number, res: ConnectResult): void {
+    if (gen !== this.gen) return;
+    this.clearTimer('connectTimer');
+    this.info = res;
+    this.connectedAt = Date.now();
+    this.pingIntervalMs = res.ping_interval_ms || 25000;
+    this.touch();
+    this.scheduleRefresh(res.expires_at);
+    const resuming = this.everConnected;
+    this.everConnected = true;
+    const subs = [...this.subs.values()].filter((s) => s.status !== 'unsubscribed');
+    if (resuming && subs.length > 0) {
+      for (const s of subs) this.resyncPending.add(s.channel);
+      this.setState({ state: 'resyncing', pending: subs.length });
+    } else {
+      this.attempt = 0;
+      this.setState({ state: 'connected', client: res.client, node: res.node, clients: res.clients });
+    }
+    this.emit('connected', res);
+    for (const s of subs) this.sendSubscribe(s);
+    // Flush commands made while disconnected, in order.
+    for (const id of this.outbox.splice(0)) {
+      const p = this.pending.get(id);
+      if (p) this.sendPending(id, p);
+    }
+  }
+
+  private resyncDone(channel: string): void {
+    if (!this.resyncPending.delete(channel)) return;
+    if (this._state.state !== 'resyncing') return;
+    if (this.resyncPending.size === 0) {
+      const info = this.info!;
+      this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
+    } else {
+      this.setState({ state: 'resyncing', pending: this.resyncPending.size });
+    }
+  }
+
+  private sendPending(id: number, p: Pending): void {
+    p.sent = true;
+    p.gen = this.gen;
+    this.ws!.send(p.frame);
+  }
+
+  private sendRaw(msg: Record<string, unknown>): void {
+    this.ws?.send(JSON.stringify(msg));
+  }
+
+  // ------------------------------------------------------------------ internals: liveness, refresh
+
+  /** Something arrived: the connection is alive. */
+  private touch(): void {
+    this.lastRecv = Date.now();
+    // Before the connect reply the connect timer bounds the wait.
+    if (this.connectedAt && this.livenessTimer === undefined) this.armLiveness();
+  }
+
+  private livenessDeadline(): number {
+    const margin = this.opts.livenessMarginMs ?? Math.max(3000, Math.round(this.pingIntervalMs / 2));
+    return this.pingIntervalMs + margin;
+  }
+
+  private armLiveness(): void {
+    const gen = this.gen;
+    const wait = Math.max(10, this.lastRecv + this.livenessDeadline() - Date.now());
+    this.livenessTimer = setTimeout(() => {
+      this.livenessTimer = undefined;
+      if (gen !== this.gen || !this.ws) return;
+      if (Date.now() - this.lastRecv >= this.livenessDeadline()) {
+        // Nothing for too long: the network may drop packets without closing. Treat as dead.
+        this.dropSocket(1000, 'liveness timeout');
+        this.emit('disconnected', { code: 4002, reason: 'no ping from the server' });
+        this.onFailure(4002, 'heartbeat_timeout');
+      } else {
+        this.armLiveness();
+      }
+    }, wait);
+  }
+
+  private scheduleRefresh(expiresAt?: number): void {
+    this.clearTimer('refreshTimer');
+    if (!expiresAt || typeof this.opts.token !== 'function') return;
+    const remaining = expiresAt * 1000 - Date.now();
+    const before = this.opts.refreshBeforeMs ?? Math.min(30000, remaining / 2);
+    const gen = this.gen;
+    this.refreshTimer = setTimeout(() => this.refreshToken(gen, expiresAt), Math.max(0, remaining - before));
+  }
+
+  private async refreshToken(gen: number, expiresAt: number): Promise<void> {
+    this.refreshTimer = undefined;
+    if (gen !== this.gen) return;
+    try {
+      const provider = this.opts.token as TokenProvider;
+      const token = await provider();
+      if (gen !== this.gen || !token) return;
+      const res = (await this.request('refresh', { token })) as { expires_at?: number };
+      if (gen !== this.gen) return;
+      this.scheduleRefresh(res.expires_at);
+    } catch (err) {
+      if (gen !== this.gen) return;
+      this.emit('error', err instanceof Error ? err : new Error(String(err)));
+      // Try again shortly while the token is still valid; if it lapses the hub closes with 4004
+      // and the reconnect asks the provider again.
+      if (expiresAt * 1000 > Date.now()) {
+        this.refreshTimer = setTimeout(() => this.refreshToken(gen, expiresAt), 2000);
+      }
+    }
+  }
+
+  private bindBrowserEvents(): void {
+    if (this.opts.browserEvents === false) return;
+    const g = globalThis as {
+      addEventListener?: (t: string, f: () => void) => void;
+      removeEventListener?: (t: string, f: () => void) => void;
+      document?: {
+        visibilityState?: string;
+        addEventListener?: (t: string, f: () => void) => void;
+        removeEventListener?: (t: string, f: () => void) => void;
+      };
+    };
+    if (typeof g.addEventListener === 'function' && g.document) {
+      const onOnline = () => {
+        if (this._state.state === 'offline' && this._state.reason === 'circuit_open') this.reconnect();
+        else this.tryNow();
+      };
+      g.addEventListener('online', onOnline);
+      this.unbindBrowser.push(() => g.removeEventListener?.('online', onOnline));
+    }
+    const doc = g.document;
+    if (doc && typeof doc.addEventListener === 'function') {
+      const onVisible = () => {
+        if (doc.visibilityState !== 'visible') return;
+        if (this._state.state === 'reconnecting') this.tryNow();
+        else if (this.isLive() && Date.now() - this.lastRecv > this.pingIntervalMs) {
+          // The tab slept: check that the connection still carries traffic.
+          const gen = this.gen;
+          this.ping(5000).catch(() => {
+            if (gen !== this.gen || !this.ws) return;
+            this.dropSocket(1000, 'ping failed');
+            this.onFailure(4002, 'heartbeat_timeout');
+          });
+        }
+      };
+      doc.addEventListener('visibilitychange', onVisible);
+      this.unbindBrowser.push(() => doc.removeEventListener?.('visibilitychange', onVisible));
+    }
+  }
+
+  // ------------------------------------------------------------------ internals: messages
+
+  private onFrame(data: unknown): void {
+    this.touch();
+    if (typeof data !== 'string') return;
+    for (const line of data.split('\n')) {
+      if (!line.trim()) continue;
+      let msg: Msg;
+      try {
+        msg = JSON.parse(line);
+      } catch {
+        this.emit('error', new Error(`unparseable message from the hub: ${line.slice(0, 200)}`));
+        continue;
+      }
+      this.onMessage(msg);
+      if (!this.ws) return; // the message closed the connection
+    }
+  }
+
+  private onMessage(msg: Msg): void {
+    if (typeof msg.id === 'number') {
+      const p = this.pending.get(msg.id);
+      if (!p) return;
+      this.pending.delete(msg.id);
+      if (p.timer) clearTimeout(p.timer);
+      if (msg.error) p.reject(new HeraldError(msg.error));
+      else p.resolve(msg.result ?? {});
+      return;
+    }
+    switch (msg.push) {
+      case 'pub':
+        if (msg.pub) this.onPublication(msg.pub);
+        break;
+      case 'ping':
+        this.sendRaw({ cmd: 'pong' });
+        break;
+      case 'unsubscribe':
+        this.onUnsubscribePush(msg);
+        break;
+      case 'disconnect':
+        this.disconnectPush = {
+          code: msg.code ?? 0,
+          reason: msg.reason || msg.name || '',
+          reconnect: msg.reconnect !== false,
+        };
+        break;
+      case 'error':
+        if ((msg as { error?: ErrorBody }).error) this.emit('error', new HeraldError((msg as { error: ErrorBody }).error));
+        break;
+      default:
+        break;
+    }
+  }
+
+  private sendSubscribe(sub: Subscription): void {
+    if (!this.isLive()) return;
+    sub.status = 'subscribing';
+    const gen = ++sub.generation;
+    const fields: Record<string, unknown> = { channel: sub.channel };
+    if (sub.position) fields.since = { epoch: sub.position.epoch, offset: sub.position.offset };
+    else if (sub.options.snapshot) fields.snapshot = true;
+    this.request('subscribe', fields).then(
+      (r) => {
+        if (gen !== sub.generation || sub.status === 'unsubscribed') return;
+        this.onSubscribed(sub, r as SubscribeResult);
+        this.resyncDone(sub.channel);
+      },
+      (err: HeraldError) => {
+        if (gen !== sub.generation || sub.status === 'unsubscribed') return;
+        if (err.code === 1 || err.code === 2) return; // connection dropped: resubscribed on reconnect
+        if (err.code === 0 || TRANSIENT_SUBSCRIBE_ERRORS.has(err.code)) {
+          // Transient: retry on this connection after a short pause.
+          const cgen = this.gen;
+          setTimeout(() => {
+            if (cgen === this.gen && sub.status === 'subscribing' && gen === sub.generation) this.sendSubscribe(sub);
+          }, 1000);
+          sub._emit('error', err);
+          return;
+        }
+        sub.status = 'unsubscribed';
+        if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+        this.resyncDone(sub.channel);
+        sub._emit('error', err);
+        sub._emit('unsubscribed', { channel: sub.channel, code: err.code, reason: err.errorName });
+      },
+    );
+  }
+
+  private onSubscribed(sub: Subscription, res: SubscribeResult): void {
+    const before = sub.position;
+    const resumed = before !== undefined;
+    sub.keyed = !!res.keyed;
+    sub.status = 'subscribed';
+    if (!resumed) {
+      sub.position = { epoch: res.epoch, offset: res.offset };
+      if (res.snapshot) sub._setSnapshot(res.snapshot);
+      sub._emit('subscribed', {
+        channel: sub.channel,
+        position: { ...sub.position },
+        keyed: sub.keyed,
+        resumed: false,
+        snapshot: res.snapshot,
+      });
+      return;
+    }
+    const recovered = res.recovered === true || (res.recovered === undefined && res.epoch === before.epoch && res.offset === before.offset);
+    if (recovered && res.epoch === before.epoch) {
+      sub._emit('subscribed', {
+        channel: sub.channel,
+        position: { epoch: res.epoch, offset: res.offset },
+        keyed: sub.keyed,
+        resumed: true,
+        recovered: true,
+      });
+      for (const pub of res.publications ?? []) this.deliver(sub, pub);
+      if (sub.position!.offset < res.offset) {
+        // The reply promised publications up to `offset` but did not carry them all.
+        sub.stats.gaps += 1;
+        this.resubscribe(sub, true);
+      }
+      return;
+    }
+    // Not recovered: tell the app plainly and continue from the new position.
+    sub.position = { epoch: res.epoch, offset: res.offset };
+    sub.stats.resyncs += 1;
+    const reason = res.reason ?? (res.epoch !== before.epoch ? 'epoch_changed' : 'not_recovered');
+    if (res.snapshot) sub._setSnapshot(res.snapshot);
+    sub._emit('subscribed', {
+      channel: sub.channel,
+      position: { ...sub.position },
+      keyed: sub.keyed,
+      resumed: true,
+      recovered: false,
+      snapshot: res.snapshot,
+    });
+    sub._emit('resync', { channel: sub.channel, reason, position: { ...sub.position }, snapshot: res.snapshot });
+  }
+
+  private onPublication(pub: Publication): void {
+    const sub = this.subs.get(pub.channel);
+    if (!sub || sub.status !== 'subscribed' || !sub.position) return;
+    if (pub.epoch !== sub.position.epoch) {
+      sub.stats.gaps += 1;
+      this.resubscribe(sub, true);
+      return;
+    }
+    this.deliver(sub, pub);
+  }
+
+  /** Delivers a publication if it is the next one; drops duplicates; resubscribes on a gap. */
+  private deliver(sub: Subscription, pub: Publication): void {
+    const last = sub.position!.offset;
+    if (pub.epoch !== sub.position!.epoch) return;
+    if (pub.offset <= last) {
+      sub.stats.duplicatesDropped += 1;
+      return;
+    }
+    if (pub.offset !== last + 1) {
+      sub.stats.gaps += 1;
+      this.resubscribe(sub, true);
+      return;
+    }
+    sub.position!.offset = pub.offset;
+    sub.stats.delivered += 1;
+    if (sub.keyed) sub._apply(pub);
+    sub._emit('publication', pub);
+  }
+
+  /** Ends and re-creates the subscription from the last delivered position. */
+  private resubscribe(sub: Subscription, needUnsubscribe: boolean): void {
+    if (sub.status === 'subscribing' || !this.isLive()) return;
+    sub.stats.resubscribes += 1;
+    sub.status = 'subscribing';
+    if (needUnsubscribe) this.request('unsubscribe', { channel: sub.channel }).catch(() => {});
+    this.sendSubscribe(sub);
+  }
+
+  private onUnsubscribePush(msg: Msg): void {
+    const sub = msg.channel ? this.subs.get(msg.channel) : undefined;
+    if (!sub || sub.status === 'unsubscribed') return;
+    if (msg.resubscribe) {
+      sub.status = 'pending';
+      this.resubscribe(sub, false);
+      return;
+    }
+    sub.status = 'unsubscribed';
+    sub.generation++;
+    this.subs.delete(sub.channel);
+    sub._emit('unsubscribed', { channel: sub.channel, code: msg.code, reason: msg.reason || msg.name || 'unsubscribed' });
+  }
+
+  /** @internal */
+  _unsubscribe(sub: Subscription): void {
+    if (sub.status === 'unsubscribed') return;
+    const wasActive = sub.status === 'subscribed' || sub.status === 'subscribing';
+    sub.status = 'unsubscribed';
+    sub.generation++;
+    if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+    this.resyncDone(sub.channel);
+    if (wasActive && this.isLive()) this.request('unsubscribe', { channel: sub.channel }).catch(() => {});
+    sub._emit('unsubscribed', { channel: sub.channel, reason: 'client' });
+  }
+}
+
+function stripUndefined(o: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o)) if (v !== undefined) out[k] = v;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server HTTP API (for backends, tools and the dashboard)
+// ---------------------------------------------------------------------------------------------
+
+export interface NodeInfo {
+  id: string;
+  address: string;
+  connections: number;
+  subscriptions: number;
+  version: string;
+}
+
+export interface HubInfo {
+  node: string;
+  version: string;
+  connections: number;
+  subscriptions: number;
+  uptime_secs: number;
+  nodes: NodeInfo[];
+}
+
+export interface TokenRequest {
+  sub: string;
+  channels?: string[];
+  publish?: string[];
+  roles?: string[];
+  ttl_secs?: number;
+}
+
+/** The hub's HTTP API, authorized by an API key. Uses the global `fetch`. */
+export class HeraldApi {
+  readonly baseUrl: string;
+  private readonly apiKey: string;
+
+  /** `baseUrl` like `http://127.0.0.1:7700` ('' for the page's own origin). */
+  constructor(baseUrl: string, apiKey: string) {
+    this.baseUrl = baseUrl.replace(/\/+$/, '');
+    this.apiKey = apiKey;
+  }
+
+  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const headers: Record<string, string> = { 'x-api-key': this.apiKey };
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    const res = await fetch(this.baseUrl + path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let json: unknown;
+    try {
+      json = text ? JSON.parse(text) : {};
+    } catch {
+      json = undefined;
+    }
+    if (!res.ok) {
+      const err = (json as { error?: ErrorBody } | undefined)?.error;
+      throw new HeraldError(err ?? { code: res.status, name: 'http_error', message: `${method} ${path}: HTTP ${res.status} ${text.slice(0, 200)}` });
+    }
+    return json as T;
+  }
+
+  publish(channel: string, data: unknown, options: Omit<PublishOptions, 'timeoutMs'> = {}): Promise<PublishResult> {
+    return this.call('POST', '/api/publish', stripUndefined({ channel, data, ...options }));
+  }
+
+  broadcast(channels: string[], data: unknown, options: Omit<PublishOptions, 'timeoutMs'> = {}): Promise<{ results: unknown[] }> {
+    return this.call('POST', '/api/broadcast', stripUndefined({ channels, data, ...options }));
+  }
+
+  channels(): Promise<{ channels: { channel: string; subscribers: number }[] }> {
+    return this.call('GET', '/api/channels');
+  }
+
+  info(): Promise<HubInfo> {
+    return this.call('GET', '/api/info');
+  }
+
+  history(channel: string, options: { limit?: number; since?: Position; before?: number } = {}): Promise<HistoryResult> {
+    const q = new URLSearchParams({ channel });
+    if (options.limit !== undefined) q.set('limit', String(options.limit));
+    if (options.since) q.set('since', `${options.since.epoch}:${options.since.offset}`);
+    if (options.before !== undefined) q.set('before', String(options.before));
+    return this.call('GET', `/api/history?${q}`);
+  }
+
+  state(channel: string): Promise<StateResult> {
+    return this.call('GET', `/api/state?${new URLSearchParams({ channel })}`);
+  }
+
+  token(req: TokenRequest): Promise<{ token: string; expires_at?: number }> {
+    return this.call('POST', '/api/token', req);
+  }
+}

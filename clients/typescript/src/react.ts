@@ -1,0 +1,54 @@
+/**
+ * React adapter, typed against the few React functions it calls so the package needs no React
+ * dependency. Pass your React in once:
+ *
+ * ```tsx
+ * import * as React from 'react';
+ * import { createHeraldHooks } from '@herald/client/react';
+ * export const { useChannel, useConnectionState } = createHeraldHooks(React);
+ *
+ * function Board({ client }) {
+ *   const conn = useConnectionState(client);
+ *   const board = useChannel(client, 'demo:board', { snapshot: true });
+ *   return <div data-herald-state={conn.state}>{Object.keys(board.records).length} cards</div>;
+ * }
+ * ```
+ */
+import type { ConnectionState, HeraldClient } from './index.js';
+import { channelStore, connectionStore, type ChannelStoreOptions, type ChannelView, type Readable } from './store.js';
+
+/** The structural subset of React used here. */
+export interface ReactLike {
+  useState<S>(initial: S | (() => S)): [S, (value: S) => void];
+  useEffect(effect: () => void | (() => void), deps?: readonly unknown[]): void;
+  useMemo<T>(factory: () => T, deps: readonly unknown[]): T;
+}
+
+export interface HeraldHooks {
+  /** The client's connection state; re-renders on every change. */
+  useConnectionState(client: HeraldClient): ConnectionState;
+  /** Subscribes to a channel while the component is mounted; re-renders on every publication. */
+  useChannel<T = unknown>(client: HeraldClient, channel: string, options?: ChannelStoreOptions): ChannelView<T>;
+}
+
+function useStore<T>(React: ReactLike, store: Readable<T>): T {
+  const [value, setValue] = React.useState<T>(() => store.get());
+  React.useEffect(() => store.subscribe(setValue), [store]);
+  return value;
+}
+
+/** Builds the hooks on top of the given React. */
+export function createHeraldHooks(React: ReactLike): HeraldHooks {
+  return {
+    useConnectionState(client) {
+      const store = React.useMemo(() => connectionStore(client), [client]);
+      return useStore(React, store);
+    },
+    useChannel<T = unknown>(client: HeraldClient, channel: string, options: ChannelStoreOptions = {}) {
+      const key = JSON.stringify(options);
+      // eslint-disable-next-line react-hooks/exhaustive-deps
+      const store = React.useMemo(() => channelStore<T>(client, channel, options), [client, channel, key]);
+      return useStore(React, store);
+    },
+  };
+}

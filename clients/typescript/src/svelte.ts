@@ -1,0 +1,18 @@
+/**
+ * Svelte adapter. Svelte stores are any object with `subscribe(run) => unsubscribe`, so these work
+ * with `$store` syntax without a dependency on svelte:
+ *
+ * ```svelte
+ * <script>
+ *   import { HeraldClient } from '@herald/client';
+ *   import { connectionState, channel } from '@herald/client/svelte';
+ *   const client = new HeraldClient(); client.connect();
+ *   const conn = connectionState(client);
+ *   const board = channel(client, 'demo:board', { snapshot: true });
+ * </script>
+ * <span data-herald-state={$conn.state}>{$conn.state}</span>
+ * {#each Object.entries($board.records) as [key, card]}<p>{card.title}</p>{/each}
+ * ```
+ */
+export { connectionStore as connectionState, channelStore as channel } from './store.js';
+export type { Readable, ChannelView, ChannelStoreOptions } from './store.js';

@@ -1,0 +1,164 @@
+// Test helpers: start a real herald process on 127.0.0.1 port 0, a loopback TCP proxy that can cut
+// or blackhole connections, and condition waits (no sleeps as synchronization).
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import net from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = resolve(here, '..', '..', '..');
+
+export const API_KEY = 'test-api-key';
+export const TOKEN_SECRET = 'test-token-secret';
+
+/** Where the herald binary is: $HERALD_BIN, $CARGO_TARGET_DIR/debug/herald, or target/debug/herald. */
+export function heraldBin() {
+  if (process.env.HERALD_BIN) return process.env.HERALD_BIN;
+  const target = process.env.CARGO_TARGET_DIR ? resolve(repo, process.env.CARGO_TARGET_DIR) : join(repo, 'target');
+  const bin = join(target, 'debug', 'herald');
+  if (!existsSync(bin)) throw new Error(`herald binary not found at ${bin}: run \`cargo build --bins\` first (or set HERALD_BIN)`);
+  return bin;
+}
+
+/**
+ * Starts `herald serve`. Resolves once it printed `listening on http://127.0.0.1:PORT`.
+ * `port` 0 picks a free one; `extra` are more CLI arguments.
+ */
+export async function startHub({ port = 0, extra = [], timeoutMs = 15000 } = {}) {
+  const args = ['serve', '--listen', `127.0.0.1:${port}`, '--api-key', API_KEY, '--token-secret', TOKEN_SECRET, ...extra];
+  const child = spawn(heraldBin(), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } });
+  let log = '';
+  const exited = new Promise((res) => child.once('exit', (code, signal) => res({ code, signal })));
+  const listening = await new Promise((resolveP, reject) => {
+    const timer = setTimeout(() => reject(new Error(`herald did not start in ${timeoutMs} ms:\n${log}`)), timeoutMs);
+    const onData = (chunk) => {
+      log += chunk.toString();
+      const m = /listening on http:\/\/(127\.0\.0\.1):(\d+)/.exec(log);
+      if (m) {
+        clearTimeout(timer);
+        resolveP(Number(m[2]));
+      }
+    };
+    child.stderr.on('data', onData);
+    child.stdout.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`herald exited with ${code} before listening:\n${log}`));
+    });
+  });
+  const hub = {
+    port: listening,
+    http: `http://127.0.0.1:${listening}`,
+    ws: `ws://127.0.0.1:${listening}/ws`,
+    child,
+    get log() {
+      return log;
+    },
+    /** SIGTERM (graceful, close code 4000) or SIGKILL; resolves when the process is gone. */
+    async stop(signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      await exited;
+    },
+  };
+  return hub;
+}
+
+/** Calls the HTTP API with the test API key. */
+export async function api(hub, method, path, body) {
+  const res = await fetch(hub.http + path, {
+    method,
+    headers: { 'x-api-key': API_KEY, ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const json = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(`${method} ${path} → ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+/** Resolves when `cond()` is truthy; polls every 10 ms; rejects after `timeoutMs`. */
+export async function until(cond, { timeoutMs = 10000, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Resolves with the first `event` of `emitter` whose payload satisfies `pred`. */
+export function nextEvent(emitter, event, pred = () => true, timeoutMs = 10000) {
+  return new Promise((resolveP, reject) => {
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`timed out waiting for ${event}`));
+    }, timeoutMs);
+    const off = emitter.on(event, (v) => {
+      if (!pred(v)) return;
+      off();
+      clearTimeout(timer);
+      resolveP(v);
+    });
+  });
+}
+
+/**
+ * A loopback TCP proxy in front of `targetPort`. Modes: `pass` forwards; `cut()` destroys every
+ * connection (RST) and refuses new ones until `pass()`; `blackhole()` keeps sockets open but drops
+ * every byte both ways (a network that loses packets without FIN or RST).
+ */
+export async function startProxy(targetPort) {
+  let mode = 'pass';
+  const conns = new Set();
+  const server = net.createServer((client) => {
+    if (mode === 'cut') {
+      client.resetAndDestroy();
+      return;
+    }
+    const upstream = net.connect(targetPort, '127.0.0.1');
+    const pair = { client, upstream };
+    conns.add(pair);
+    const drop = () => {
+      conns.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('data', (d) => {
+      if (mode === 'pass') upstream.write(d);
+    });
+    upstream.on('data', (d) => {
+      if (mode === 'pass') client.write(d);
+    });
+    client.on('error', drop).on('close', drop);
+    upstream.on('error', drop).on('close', drop);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const port = server.address().port;
+  return {
+    port,
+    ws: `ws://127.0.0.1:${port}/ws`,
+    http: `http://127.0.0.1:${port}`,
+    get connections() {
+      return conns.size;
+    },
+    pass() {
+      mode = 'pass';
+    },
+    cut() {
+      mode = 'cut';
+      for (const { client, upstream } of conns) {
+        client.resetAndDestroy();
+        upstream.destroy();
+      }
+      conns.clear();
+    },
+    blackhole() {
+      mode = 'blackhole';
+    },
+    async close() {
+      this.cut();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}

@@ -1,0 +1,1018 @@
+// Generated from clients/typescript/src/index.ts by `npm run build` in clients/typescript.
+// Do not edit: edit the TypeScript source and rebuild (a test fails when this copy is stale).
+/**
+ * @herald/client: browser and Node client for the Herald real-time event hub.
+ *
+ * Wire protocol: docs/protocol.md in the Herald repository (v1). Zero runtime dependencies; uses the
+ * global `WebSocket` (browsers, Node >= 22, or Node 20 with `--experimental-websocket`) unless one
+ * is passed in the options.
+ *
+ * What it guarantees to the application:
+ * - a visible connection state (`connecting`, `connected`, `reconnecting`, `resyncing`, `offline`);
+ * - reconnection with exponential backoff and full jitter (1 s doubling to a 30 s cap), a circuit
+ *   breaker after 10 failed attempts that only `reconnect()` (or the browser's `online` event)
+ *   closes again;
+ * - every subscription resumes from the last delivered position after every reconnect, and
+ *   publications reach the application in offset order, exactly once; when a resume is impossible
+ *   the subscription emits `resync` (with a fresh snapshot on keyed channels) instead of pretending
+ *   continuity.
+ */
+/** An error from the hub (a protocol error object) or from the client itself. */
+export class HeraldError extends Error {
+    constructor(body) {
+        super(`${body.code} (${body.name}): ${body.message}`);
+        this.name = 'HeraldError';
+        this.code = body.code;
+        this.errorName = body.name;
+        this.channel = body.channel;
+    }
+}
+/** Close codes 4000–4999 and their names (protocol §9). */
+export const CLOSE_CODES = {
+    4000: 'shutdown',
+    4001: 'slow_consumer',
+    4002: 'heartbeat_timeout',
+    4003: 'auth_timeout',
+    4004: 'token_expired',
+    4005: 'too_many_connections',
+    4006: 'rate_limited',
+    4007: 'engine_unavailable',
+    4500: 'unauthorized',
+    4501: 'forbidden',
+    4502: 'bad_request',
+    4503: 'kicked',
+    4504: 'message_too_large',
+};
+/** Whether a close code means "do not reconnect" (4500–4999). */
+export function isFinalCloseCode(code) {
+    return code >= 4500 && code <= 4999;
+}
+/** Minimal typed event emitter; `on` returns a function that removes the listener. */
+export class Emitter {
+    constructor() {
+        this.listeners = new Map();
+    }
+    on(event, fn) {
+        let set = this.listeners.get(event);
+        if (!set) {
+            set = new Set();
+            this.listeners.set(event, set);
+        }
+        set.add(fn);
+        return () => this.off(event, fn);
+    }
+    once(event, fn) {
+        const off = this.on(event, (arg) => {
+            off();
+            fn(arg);
+        });
+        return off;
+    }
+    off(event, fn) {
+        this.listeners.get(event)?.delete(fn);
+    }
+    emit(event, arg) {
+        const set = this.listeners.get(event);
+        if (!set)
+            return;
+        for (const fn of [...set]) {
+            try {
+                fn(arg);
+            }
+            catch (err) {
+                // A listener's bug must not break delivery to the others or the client's state.
+                setTimeout(() => {
+                    throw err;
+                }, 0);
+            }
+        }
+    }
+}
+// ---------------------------------------------------------------------------------------------
+// JSON merge patch (RFC 7386) for keyed `merge` operations
+// ---------------------------------------------------------------------------------------------
+function isObject(v) {
+    return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+/** Applies a JSON merge patch (RFC 7386) to `target` and returns the result (no mutation). */
+export function mergePatch(target, patch) {
+    if (!isObject(patch))
+        return patch;
+    const out = isObject(target) ? { ...target } : {};
+    for (const [k, v] of Object.entries(patch)) {
+        if (v === null)
+            delete out[k];
+        else
+            out[k] = mergePatch(out[k], v);
+    }
+    return out;
+}
+/**
+ * A subscription to one channel. Emits `publication` in offset order, exactly once, across
+ * reconnects. For keyed channels `records` holds the channel's state (snapshot + publications).
+ */
+export class Subscription extends Emitter {
+    /** @internal */
+    constructor(client, channel, options) {
+        super();
+        this.keyed = false;
+        this.status = 'pending';
+        /** Keyed state: key → value, kept from snapshots and publications. */
+        this.records = new Map();
+        /** Counters, for tests and dashboards. */
+        this.stats = { delivered: 0, duplicatesDropped: 0, gaps: 0, resyncs: 0, resubscribes: 0 };
+        /** @internal */ this.refs = 1;
+        /** @internal */ this.generation = 0;
+        this.client = client;
+        this.channel = channel;
+        this.options = options;
+        if (options.since)
+            this.position = { ...options.since };
+    }
+    /** Drops this handle; the channel is left when the last handle is dropped. */
+    unsubscribe() {
+        this.refs -= 1;
+        if (this.refs > 0)
+            return;
+        this.client._unsubscribe(this);
+    }
+    /** Resolves when the subscription is (re)established. */
+    ready(timeoutMs = 10000) {
+        if (this.status === 'subscribed')
+            return Promise.resolve();
+        return new Promise((resolve, reject) => {
+            const timer = setTimeout(() => {
+                off();
+                offErr();
+                reject(new HeraldError({ code: 0, name: 'timeout', message: `subscribe ${this.channel} timed out` }));
+            }, timeoutMs);
+            const off = this.once('subscribed', () => {
+                clearTimeout(timer);
+                offErr();
+                resolve();
+            });
+            const offErr = this.once('error', (e) => {
+                clearTimeout(timer);
+                off();
+                reject(e);
+            });
+        });
+    }
+    /** @internal */
+    _emit(event, arg) {
+        this.emit(event, arg);
+    }
+    /** @internal Replaces the keyed state with a snapshot. */
+    _setSnapshot(snapshot) {
+        this.records.clear();
+        for (const r of snapshot)
+            this.records.set(r.key, r.value);
+        this.emit('records', this.records);
+    }
+    /** @internal Applies one keyed publication. */
+    _apply(pub) {
+        if (pub.key === undefined)
+            return;
+        const op = pub.op ?? 'upsert';
+        if (op === 'delete')
+            this.records.delete(pub.key);
+        else if (op === 'merge')
+            this.records.set(pub.key, mergePatch(this.records.get(pub.key), pub.data));
+        else
+            this.records.set(pub.key, pub.data);
+        this.emit('records', this.records);
+    }
+}
+function defaultUrl() {
+    const loc = globalThis.location;
+    if (!loc)
+        throw new Error('HeraldClient: no url given and no page location to derive it from');
+    return `${loc.protocol === 'https:' ? 'wss:' : 'ws:'}//${loc.host}/ws`;
+}
+const TRANSIENT_SUBSCRIBE_ERRORS = new Set([100, 110, 113]);
+/**
+ * A connection to a Herald hub that survives network failures.
+ *
+ * ```ts
+ * const client = new HeraldClient({ url: 'ws://127.0.0.1:7700/ws' });
+ * client.on('state', (s) => console.log(s.state));
+ * const sub = client.subscribe('demo:board', { snapshot: true });
+ * sub.on('publication', (p) => console.log(p.offset, p.data));
+ * client.connect();
+ * ```
+ */
+export class HeraldClient extends Emitter {
+    constructor(options = {}) {
+        super();
+        this.urlIndex = 0;
+        this.gen = 0;
+        this.nextId = 1;
+        this.pending = new Map();
+        this.outbox = [];
+        this.subs = new Map();
+        this._state = { state: 'offline', reason: 'not_started' };
+        this.started = false;
+        this.everConnected = false;
+        this.attempt = 0;
+        this.lastRecv = 0;
+        this.connectedAt = 0;
+        this.pingIntervalMs = 25000;
+        this.resyncPending = new Set();
+        this.unbindBrowser = [];
+        this.opts = options;
+        const u = options.url ?? defaultUrl();
+        this.urls = Array.isArray(u) ? [...u] : [u];
+        if (this.urls.length === 0)
+            throw new Error('HeraldClient: empty url list');
+        const WS = options.WebSocket ?? globalThis.WebSocket;
+        if (!WS) {
+            throw new Error('HeraldClient: no WebSocket implementation (use Node >= 22, node --experimental-websocket, or pass options.WebSocket)');
+        }
+        this.WS = WS;
+    }
+    /** The current connection state. */
+    get state() {
+        return this._state;
+    }
+    /** The URL currently used (or to be used next). */
+    get url() {
+        return this.urls[this.urlIndex];
+    }
+    /**
+     * Starts connecting (and keeps the connection up until `close()`). The promise resolves at the
+     * first `connected` state and rejects if the client goes offline first; ignoring it is fine.
+     */
+    connect() {
+        const p = this.waitFor('connected', 0).then(() => undefined);
+        p.catch(() => { });
+        if (!this.started) {
+            this.started = true;
+            this.bindBrowserEvents();
+            this.attempt = 0;
+            this.setState({ state: 'connecting', attempt: 1 });
+            this.openSocket();
+        }
+        return p;
+    }
+    /**
+     * Connects again now: closes the circuit breaker after it opened (or after a final close), and
+     * cuts short any backoff wait.
+     */
+    reconnect() {
+        if (!this.started) {
+            this.connect();
+            return;
+        }
+        this.clearTimer('retryTimer');
+        if (this.ws)
+            this.dropSocket(1000, 'reconnect requested');
+        this.attempt = 0;
+        this.setState(this.everConnected ? this.reconnectingState(0, 0) : { state: 'connecting', attempt: 1 });
+        this.openSocket();
+    }
+    /** Closes the connection for good; pending requests fail with `closed`. */
+    close() {
+        this.started = false;
+        this.clearTimer('retryTimer');
+        for (const off of this.unbindBrowser.splice(0))
+            off();
+        if (this.ws)
+            this.dropSocket(1000, 'client closed');
+        this.failPending(true, { code: 2, name: 'closed', message: 'client closed' });
+        this.setState({ state: 'offline', reason: 'closed' });
+    }
+    /**
+     * Resolves when the state becomes `name` (immediately if it already is); rejects on timeout
+     * (`timeoutMs` > 0) or, when waiting for `connected`, if the client goes offline.
+     */
+    waitFor(name, timeoutMs = 10000) {
+        if (this._state.state === name)
+            return Promise.resolve(this._state);
+        return new Promise((resolve, reject) => {
+            let timer;
+            const off = this.on('state', (s) => {
+                if (s.state === name) {
+                    off();
+                    if (timer)
+                        clearTimeout(timer);
+                    resolve(s);
+                }
+                else if (s.state === 'offline' && name !== 'offline') {
+                    off();
+                    if (timer)
+                        clearTimeout(timer);
+                    reject(new HeraldError({ code: s.code ?? 2, name: s.reason, message: `client went offline: ${s.reason}` }));
+                }
+            });
+            if (timeoutMs > 0) {
+                timer = setTimeout(() => {
+                    off();
+                    reject(new HeraldError({ code: 0, name: 'timeout', message: `state ${name} not reached in ${timeoutMs} ms` }));
+                }, timeoutMs);
+            }
+        });
+    }
+    /**
+     * Subscribes to a channel. Subscribing to a channel that is already subscribed returns the same
+     * subscription (reference counted: the channel is left when every handle unsubscribed).
+     */
+    subscribe(channel, options = {}) {
+        const existing = this.subs.get(channel);
+        if (existing && existing.status !== 'unsubscribed') {
+            existing.refs += 1;
+            return existing;
+        }
+        const sub = new Subscription(this, channel, options);
+        this.subs.set(channel, sub);
+        if (this.isLive())
+            this.sendSubscribe(sub);
+        return sub;
+    }
+    /** The subscription of a channel, if any. */
+    getSubscription(channel) {
+        return this.subs.get(channel);
+    }
+    /** Publishes over the WebSocket. */
+    publish(channel, data, options = {}) {
+        const { timeoutMs, ...rest } = options;
+        return this.request('publish', { channel, data, ...rest }, timeoutMs);
+    }
+    /** Reads a channel's history. */
+    history(channel, options = {}) {
+        const { timeoutMs, ...rest } = options;
+        return this.request('history', { channel, ...rest }, timeoutMs);
+    }
+    /** Reads a keyed channel's records. */
+    getState(channel, timeoutMs) {
+        return this.request('state', { channel }, timeoutMs);
+    }
+    /** Round trip to the hub. */
+    ping(timeoutMs) {
+        return this.request('ping', {}, timeoutMs).then(() => undefined);
+    }
+    /**
+     * Sends a command and resolves with its `result`. Commands made while not connected wait (up to
+     * the timeout) for the connection. A command already sent when the connection drops fails with
+     * `disconnected` (it may or may not have been processed: use `idempotency_key` for publishes).
+     */
+    request(cmd, fields, timeoutMs) {
+        const id = this.nextId++;
+        const frame = JSON.stringify({ id, cmd, ...stripUndefined(fields) });
+        const ms = timeoutMs ?? this.opts.requestTimeoutMs ?? 10000;
+        return new Promise((resolve, reject) => {
+            if (!this.started && this._state.state === 'offline' && this._state.reason === 'closed') {
+                reject(new HeraldError({ code: 2, name: 'closed', message: 'client closed' }));
+                return;
+            }
+            const timer = setTimeout(() => {
+                this.pending.delete(id);
+                const i = this.outbox.indexOf(id);
+                if (i >= 0)
+                    this.outbox.splice(i, 1);
+                reject(new HeraldError({ code: 0, name: 'timeout', message: `${cmd} timed out after ${ms} ms` }));
+            }, ms);
+            const p = { resolve, reject, timer, frame, sent: false, gen: this.gen };
+            this.pending.set(id, p);
+            if (this.isLive())
+                this.sendPending(id, p);
+            else
+                this.outbox.push(id);
+        });
+    }
+    // ------------------------------------------------------------------ internals: state
+    isLive() {
+        return this.ws !== undefined && (this._state.state === 'connected' || this._state.state === 'resyncing');
+    }
+    setState(s) {
+        this._state = s;
+        this.emit('state', s);
+    }
+    get maxAttempts() {
+        return this.opts.backoff?.maxAttempts ?? 10;
+    }
+    reconnectingState(attempt, delay, code, reason) {
+        return {
+            state: 'reconnecting',
+            attempt: Math.max(1, attempt),
+            maxAttempts: this.maxAttempts,
+            nextTryMs: delay,
+            nextTryAt: Date.now() + delay,
+            code,
+            reason,
+        };
+    }
+    /** Full-jitter delay for a 1-based attempt. */
+    backoffDelay(attempt) {
+        const b = this.opts.backoff ?? {};
+        const initial = b.initialMs ?? 1000;
+        const max = b.maxMs ?? 30000;
+        const rnd = b.random ?? Math.random;
+        const cap = Math.min(max, initial * Math.pow(2, Math.max(0, attempt - 1)));
+        return Math.floor(rnd() * cap);
+    }
+    clearTimer(name) {
+        const t = this[name];
+        if (t !== undefined)
+            clearTimeout(t);
+        this[name] = undefined;
+    }
+    // ------------------------------------------------------------------ internals: socket
+    async openSocket() {
+        const gen = ++this.gen;
+        this.disconnectPush = undefined;
+        let token;
+        try {
+            const t = this.opts.token;
+            token = typeof t === 'function' ? await t() : t;
+        }
+        catch (err) {
+            if (gen !== this.gen || !this.started)
+                return;
+            this.emit('error', err instanceof Error ? err : new Error(String(err)));
+            this.onFailure(0, 'token_provider_failed');
+            return;
+        }
+        if (gen !== this.gen || !this.started)
+            return;
+        let ws;
+        try {
+            ws = new this.WS(this.url);
+        }
+        catch (err) {
+            this.emit('error', err instanceof Error ? err : new Error(String(err)));
+            this.onFailure(0, 'socket_failed');
+            return;
+        }
+        this.ws = ws;
+        this.clearTimer('connectTimer');
+        this.connectTimer = setTimeout(() => {
+            if (gen !== this.gen)
+                return;
+            this.dropSocket(1000, 'connect timeout');
+            this.onFailure(0, 'connect_timeout');
+        }, this.opts.connectTimeoutMs ?? 10000);
+        ws.onopen = () => {
+            if (gen !== this.gen)
+                return;
+            const id = this.nextId++;
+            const frame = JSON.stringify(stripUndefined({ id, cmd: 'connect', token, name: this.opts.name }));
+            // The connect timer bounds this request.
+            this.pending.set(id, {
+                resolve: (r) => this.onConnected(gen, r),
+                reject: (e) => this.onConnectError(gen, e),
+                timer: undefined,
+                frame,
+                sent: true,
+                gen,
+            });
+            ws.send(frame);
+        };
+        ws.onmessage = (ev) => {
+            if (gen !== this.gen)
+                return;
+            this.onFrame(ev.data);
+        };
+        ws.onerror = () => {
+            /* the close event follows */
+        };
+        ws.onclose = (ev) => {
+            if (gen !== this.gen)
+                return;
+            this.ws = undefined;
+            this.afterSocketGone();
+            const push = this.disconnectPush;
+            const code = push?.code ?? ev.code;
+            const reason = push?.reason || ev.reason || CLOSE_CODES[code] || `closed (${code})`;
+            this.emit('disconnected', { code, reason });
+            const final = isFinalCloseCode(code) || (push !== undefined && push.reconnect === false);
+            if (final) {
+                this.started = false;
+                this.clearTimer('retryTimer');
+                this.failPending(true, { code: 1, name: 'disconnected', message: `connection closed: ${reason}` });
+                this.setState({ state: 'offline', reason: CLOSE_CODES[code] ?? reason, code });
+                return;
+            }
+            this.onFailure(code, CLOSE_CODES[code] ?? reason);
+        };
+    }
+    /** Forgets the current socket (it will not report anymore) and closes it. */
+    dropSocket(code, reason) {
+        const ws = this.ws;
+        this.ws = undefined;
+        this.gen++;
+        this.afterSocketGone();
+        if (ws) {
+            ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+            try {
+                ws.close(code, reason);
+            }
+            catch {
+                /* already closed */
+            }
+        }
+    }
+    afterSocketGone() {
+        this.clearTimer('connectTimer');
+        this.clearTimer('livenessTimer');
+        this.clearTimer('refreshTimer');
+        this.resyncPending.clear();
+        for (const sub of this.subs.values())
+            if (sub.status !== 'unsubscribed')
+                sub.status = 'pending';
+        this.failPending(false, { code: 1, name: 'disconnected', message: 'connection lost' });
+    }
+    /** Rejects requests that were sent (all of them when `all`). */
+    failPending(all, body) {
+        for (const [id, p] of [...this.pending]) {
+            if (!all && !p.sent)
+                continue;
+            this.pending.delete(id);
+            if (p.timer)
+                clearTimeout(p.timer);
+            p.reject(new HeraldError(body));
+        }
+        if (all)
+            this.outbox.length = 0;
+    }
+    /** A connection attempt failed or an established connection dropped: back off and retry. */
+    onFailure(code, reason) {
+        if (!this.started)
+            return;
+        if (this.connectedAt && Date.now() - this.connectedAt >= (this.opts.stableAfterMs ?? 5000)) {
+            this.attempt = 0;
+        }
+        this.connectedAt = 0;
+        if (this.urls.length > 1)
+            this.urlIndex = (this.urlIndex + 1) % this.urls.length;
+        this.attempt += 1;
+        if (this.attempt > this.maxAttempts) {
+            this.setState({ state: 'offline', reason: 'circuit_open', code: code || undefined });
+            return;
+        }
+        const delay = this.backoffDelay(this.attempt);
+        this.setState(this.reconnectingState(this.attempt, delay, code || undefined, reason));
+        this.clearTimer('retryTimer');
+        this.retryTimer = setTimeout(() => this.tryNow(), delay);
+    }
+    /** Cuts a backoff wait short (browser came online, tab became visible). */
+    tryNow() {
+        if (!this.started || this.ws)
+            return;
+        this.clearTimer('retryTimer');
+        if (this._state.state === 'reconnecting')
+            this.setState({ ...this._state, nextTryMs: 0, nextTryAt: Date.now() });
+        this.openSocket();
+    }
+    onConnectError(gen, err) {
+        if (gen !== this.gen)
+            return;
+        // A token that expired between the provider and the hub: a provider can give a fresh one.
+        const retry = err.code === 109 && typeof this.opts.token === 'function';
+        if (err.code === 0 || err.code === 1 || retry || err.code === 100 || err.code === 113 || err.code === 110) {
+            this.dropSocket(1000, 'connect failed');
+            this.onFailure(0, err.errorName);
+            return;
+        }
+        this.started = false;
+        this.dropSocket(1000, 'connect refused');
+        this.setState({ state: 'offline', reason: err.errorName, code: err.code });
+    }
+    onConnected(gen, res) {
+        if (gen !== this.gen)
+            return;
+        this.clearTimer('connectTimer');
+        this.info = res;
+        this.connectedAt = Date.now();
+        this.pingIntervalMs = res.ping_interval_ms || 25000;
+        this.touch();
+        this.scheduleRefresh(res.expires_at);
+        const resuming = this.everConnected;
+        this.everConnected = true;
+        const subs = [...this.subs.values()].filter((s) => s.status !== 'unsubscribed');
+        if (resuming && subs.length > 0) {
+            for (const s of subs)
+                this.resyncPending.add(s.channel);
+            this.setState({ state: 'resyncing', pending: subs.length });
+        }
+        else {
+            this.attempt = 0;
+            this.setState({ state: 'connected', client: res.client, node: res.node, clients: res.clients });
+        }
+        this.emit('connected', res);
+        for (const s of subs)
+            this.sendSubscribe(s);
+        // Flush commands made while disconnected, in order.
+        for (const id of this.outbox.splice(0)) {
+            const p = this.pending.get(id);
+            if (p)
+                this.sendPending(id, p);
+        }
+    }
+    resyncDone(channel) {
+        if (!this.resyncPending.delete(channel))
+            return;
+        if (this._state.state !== 'resyncing')
+            return;
+        if (this.resyncPending.size === 0) {
+            const info = this.info;
+            this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
+        }
+        else {
+            this.setState({ state: 'resyncing', pending: this.resyncPending.size });
+        }
+    }
+    sendPending(id, p) {
+        p.sent = true;
+        p.gen = this.gen;
+        this.ws.send(p.frame);
+    }
+    sendRaw(msg) {
+        this.ws?.send(JSON.stringify(msg));
+    }
+    // ------------------------------------------------------------------ internals: liveness, refresh
+    /** Something arrived: the connection is alive. */
+    touch() {
+        this.lastRecv = Date.now();
+        // Before the connect reply the connect timer bounds the wait.
+        if (this.connectedAt && this.livenessTimer === undefined)
+            this.armLiveness();
+    }
+    livenessDeadline() {
+        const margin = this.opts.livenessMarginMs ?? Math.max(3000, Math.round(this.pingIntervalMs / 2));
+        return this.pingIntervalMs + margin;
+    }
+    armLiveness() {
+        const gen = this.gen;
+        const wait = Math.max(10, this.lastRecv + this.livenessDeadline() - Date.now());
+        this.livenessTimer = setTimeout(() => {
+            this.livenessTimer = undefined;
+            if (gen !== this.gen || !this.ws)
+                return;
+            if (Date.now() - this.lastRecv >= this.livenessDeadline()) {
+                // Nothing for too long: the network may drop packets without closing. Treat as dead.
+                this.dropSocket(1000, 'liveness timeout');
+                this.emit('disconnected', { code: 4002, reason: 'no ping from the server' });
+                this.onFailure(4002, 'heartbeat_timeout');
+            }
+            else {
+                this.armLiveness();
+            }
+        }, wait);
+    }
+    scheduleRefresh(expiresAt) {
+        this.clearTimer('refreshTimer');
+        if (!expiresAt || typeof this.opts.token !== 'function')
+            return;
+        const remaining = expiresAt * 1000 - Date.now();
+        const before = this.opts.refreshBeforeMs ?? Math.min(30000, remaining / 2);
+        const gen = this.gen;
+        this.refreshTimer = setTimeout(() => this.refreshToken(gen, expiresAt), Math.max(0, remaining - before));
+    }
+    async refreshToken(gen, expiresAt) {
+        this.refreshTimer = undefined;
+        if (gen !== this.gen)
+            return;
+        try {
+            const provider = this.opts.token;
+            const token = await provider();
+            if (gen !== this.gen || !token)
+                return;
+            const res = (await this.request('refresh', { token }));
+            if (gen !== this.gen)
+                return;
+            this.scheduleRefresh(res.expires_at);
+        }
+        catch (err) {
+            if (gen !== this.gen)
+                return;
+            this.emit('error', err instanceof Error ? err : new Error(String(err)));
+            // Try again shortly while the token is still valid; if it lapses the hub closes with 4004
+            // and the reconnect asks the provider again.
+            if (expiresAt * 1000 > Date.now()) {
+                this.refreshTimer = setTimeout(() => this.refreshToken(gen, expiresAt), 2000);
+            }
+        }
+    }
+    bindBrowserEvents() {
+        if (this.opts.browserEvents === false)
+            return;
+        const g = globalThis;
+        if (typeof g.addEventListener === 'function' && g.document) {
+            const onOnline = () => {
+                if (this._state.state === 'offline' && this._state.reason === 'circuit_open')
+                    this.reconnect();
+                else
+                    this.tryNow();
+            };
+            g.addEventListener('online', onOnline);
+            this.unbindBrowser.push(() => g.removeEventListener?.('online', onOnline));
+        }
+        const doc = g.document;
+        if (doc && typeof doc.addEventListener === 'function') {
+            const onVisible = () => {
+                if (doc.visibilityState !== 'visible')
+                    return;
+                if (this._state.state === 'reconnecting')
+                    this.tryNow();
+                else if (this.isLive() && Date.now() - this.lastRecv > this.pingIntervalMs) {
+                    // The tab slept: check that the connection still carries traffic.
+                    const gen = this.gen;
+                    this.ping(5000).catch(() => {
+                        if (gen !== this.gen || !this.ws)
+                            return;
+                        this.dropSocket(1000, 'ping failed');
+                        this.onFailure(4002, 'heartbeat_timeout');
+                    });
+                }
+            };
+            doc.addEventListener('visibilitychange', onVisible);
+            this.unbindBrowser.push(() => doc.removeEventListener?.('visibilitychange', onVisible));
+        }
+    }
+    // ------------------------------------------------------------------ internals: messages
+    onFrame(data) {
+        this.touch();
+        if (typeof data !== 'string')
+            return;
+        for (const line of data.split('\n')) {
+            if (!line.trim())
+                continue;
+            let msg;
+            try {
+                msg = JSON.parse(line);
+            }
+            catch {
+                this.emit('error', new Error(`unparseable message from the hub: ${line.slice(0, 200)}`));
+                continue;
+            }
+            this.onMessage(msg);
+            if (!this.ws)
+                return; // the message closed the connection
+        }
+    }
+    onMessage(msg) {
+        if (typeof msg.id === 'number') {
+            const p = this.pending.get(msg.id);
+            if (!p)
+                return;
+            this.pending.delete(msg.id);
+            if (p.timer)
+                clearTimeout(p.timer);
+            if (msg.error)
+                p.reject(new HeraldError(msg.error));
+            else
+                p.resolve(msg.result ?? {});
+            return;
+        }
+        switch (msg.push) {
+            case 'pub':
+                if (msg.pub)
+                    this.onPublication(msg.pub);
+                break;
+            case 'ping':
+                this.sendRaw({ cmd: 'pong' });
+                break;
+            case 'unsubscribe':
+                this.onUnsubscribePush(msg);
+                break;
+            case 'disconnect':
+                this.disconnectPush = {
+                    code: msg.code ?? 0,
+                    reason: msg.reason || msg.name || '',
+                    reconnect: msg.reconnect !== false,
+                };
+                break;
+            case 'error':
+                if (msg.error)
+                    this.emit('error', new HeraldError(msg.error));
+                break;
+            default:
+                break;
+        }
+    }
+    sendSubscribe(sub) {
+        if (!this.isLive())
+            return;
+        sub.status = 'subscribing';
+        const gen = ++sub.generation;
+        const fields = { channel: sub.channel };
+        if (sub.position)
+            fields.since = { epoch: sub.position.epoch, offset: sub.position.offset };
+        else if (sub.options.snapshot)
+            fields.snapshot = true;
+        this.request('subscribe', fields).then((r) => {
+            if (gen !== sub.generation || sub.status === 'unsubscribed')
+                return;
+            this.onSubscribed(sub, r);
+            this.resyncDone(sub.channel);
+        }, (err) => {
+            if (gen !== sub.generation || sub.status === 'unsubscribed')
+                return;
+            if (err.code === 1 || err.code === 2)
+                return; // connection dropped: resubscribed on reconnect
+            if (err.code === 0 || TRANSIENT_SUBSCRIBE_ERRORS.has(err.code)) {
+                // Transient: retry on this connection after a short pause.
+                const cgen = this.gen;
+                setTimeout(() => {
+                    if (cgen === this.gen && sub.status === 'subscribing' && gen === sub.generation)
+                        this.sendSubscribe(sub);
+                }, 1000);
+                sub._emit('error', err);
+                return;
+            }
+            sub.status = 'unsubscribed';
+            if (this.subs.get(sub.channel) === sub)
+                this.subs.delete(sub.channel);
+            this.resyncDone(sub.channel);
+            sub._emit('error', err);
+            sub._emit('unsubscribed', { channel: sub.channel, code: err.code, reason: err.errorName });
+        });
+    }
+    onSubscribed(sub, res) {
+        const before = sub.position;
+        const resumed = before !== undefined;
+        sub.keyed = !!res.keyed;
+        sub.status = 'subscribed';
+        if (!resumed) {
+            sub.position = { epoch: res.epoch, offset: res.offset };
+            if (res.snapshot)
+                sub._setSnapshot(res.snapshot);
+            sub._emit('subscribed', {
+                channel: sub.channel,
+                position: { ...sub.position },
+                keyed: sub.keyed,
+                resumed: false,
+                snapshot: res.snapshot,
+            });
+            return;
+        }
+        const recovered = res.recovered === true || (res.recovered === undefined && res.epoch === before.epoch && res.offset === before.offset);
+        if (recovered && res.epoch === before.epoch) {
+            sub._emit('subscribed', {
+                channel: sub.channel,
+                position: { epoch: res.epoch, offset: res.offset },
+                keyed: sub.keyed,
+                resumed: true,
+                recovered: true,
+            });
+            for (const pub of res.publications ?? [])
+                this.deliver(sub, pub);
+            if (sub.position.offset < res.offset) {
+                // The reply promised publications up to `offset` but did not carry them all.
+                sub.stats.gaps += 1;
+                this.resubscribe(sub, true);
+            }
+            return;
+        }
+        // Not recovered: tell the app plainly and continue from the new position.
+        sub.position = { epoch: res.epoch, offset: res.offset };
+        sub.stats.resyncs += 1;
+        const reason = res.reason ?? (res.epoch !== before.epoch ? 'epoch_changed' : 'not_recovered');
+        if (res.snapshot)
+            sub._setSnapshot(res.snapshot);
+        sub._emit('subscribed', {
+            channel: sub.channel,
+            position: { ...sub.position },
+            keyed: sub.keyed,
+            resumed: true,
+            recovered: false,
+            snapshot: res.snapshot,
+        });
+        sub._emit('resync', { channel: sub.channel, reason, position: { ...sub.position }, snapshot: res.snapshot });
+    }
+    onPublication(pub) {
+        const sub = this.subs.get(pub.channel);
+        if (!sub || sub.status !== 'subscribed' || !sub.position)
+            return;
+        if (pub.epoch !== sub.position.epoch) {
+            sub.stats.gaps += 1;
+            this.resubscribe(sub, true);
+            return;
+        }
+        this.deliver(sub, pub);
+    }
+    /** Delivers a publication if it is the next one; drops duplicates; resubscribes on a gap. */
+    deliver(sub, pub) {
+        const last = sub.position.offset;
+        if (pub.epoch !== sub.position.epoch)
+            return;
+        if (pub.offset <= last) {
+            sub.stats.duplicatesDropped += 1;
+            return;
+        }
+        if (pub.offset !== last + 1) {
+            sub.stats.gaps += 1;
+            this.resubscribe(sub, true);
+            return;
+        }
+        sub.position.offset = pub.offset;
+        sub.stats.delivered += 1;
+        if (sub.keyed)
+            sub._apply(pub);
+        sub._emit('publication', pub);
+    }
+    /** Ends and re-creates the subscription from the last delivered position. */
+    resubscribe(sub, needUnsubscribe) {
+        if (sub.status === 'subscribing' || !this.isLive())
+            return;
+        sub.stats.resubscribes += 1;
+        sub.status = 'subscribing';
+        if (needUnsubscribe)
+            this.request('unsubscribe', { channel: sub.channel }).catch(() => { });
+        this.sendSubscribe(sub);
+    }
+    onUnsubscribePush(msg) {
+        const sub = msg.channel ? this.subs.get(msg.channel) : undefined;
+        if (!sub || sub.status === 'unsubscribed')
+            return;
+        if (msg.resubscribe) {
+            sub.status = 'pending';
+            this.resubscribe(sub, false);
+            return;
+        }
+        sub.status = 'unsubscribed';
+        sub.generation++;
+        this.subs.delete(sub.channel);
+        sub._emit('unsubscribed', { channel: sub.channel, code: msg.code, reason: msg.reason || msg.name || 'unsubscribed' });
+    }
+    /** @internal */
+    _unsubscribe(sub) {
+        if (sub.status === 'unsubscribed')
+            return;
+        const wasActive = sub.status === 'subscribed' || sub.status === 'subscribing';
+        sub.status = 'unsubscribed';
+        sub.generation++;
+        if (this.subs.get(sub.channel) === sub)
+            this.subs.delete(sub.channel);
+        this.resyncDone(sub.channel);
+        if (wasActive && this.isLive())
+            this.request('unsubscribe', { channel: sub.channel }).catch(() => { });
+        sub._emit('unsubscribed', { channel: sub.channel, reason: 'client' });
+    }
+}
+function stripUndefined(o) {
+    const out = {};
+    for (const [k, v] of Object.entries(o))
+        if (v !== undefined)
+            out[k] = v;
+    return out;
+}
+/** The hub's HTTP API, authorized by an API key. Uses the global `fetch`. */
+export class HeraldApi {
+    /** `baseUrl` like `http://127.0.0.1:7700` ('' for the page's own origin). */
+    constructor(baseUrl, apiKey) {
+        this.baseUrl = baseUrl.replace(/\/+$/, '');
+        this.apiKey = apiKey;
+    }
+    async call(method, path, body) {
+        const headers = { 'x-api-key': this.apiKey };
+        if (body !== undefined)
+            headers['content-type'] = 'application/json';
+        const res = await fetch(this.baseUrl + path, {
+            method,
+            headers,
+            body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        const text = await res.text();
+        let json;
+        try {
+            json = text ? JSON.parse(text) : {};
+        }
+        catch {
+            json = undefined;
+        }
+        if (!res.ok) {
+            const err = json?.error;
+            throw new HeraldError(err ?? { code: res.status, name: 'http_error', message: `${method} ${path}: HTTP ${res.status} ${text.slice(0, 200)}` });
+        }
+        return json;
+    }
+    publish(channel, data, options = {}) {
+        return this.call('POST', '/api/publish', stripUndefined({ channel, data, ...options }));
+    }
+    broadcast(channels, data, options = {}) {
+        return this.call('POST', '/api/broadcast', stripUndefined({ channels, data, ...options }));
+    }
+    channels() {
+        return this.call('GET', '/api/channels');
+    }
+    info() {
+        return this.call('GET', '/api/info');
+    }
+    history(channel, options = {}) {
+        const q = new URLSearchParams({ channel });
+        if (options.limit !== undefined)
+            q.set('limit', String(options.limit));
+        if (options.since)
+            q.set('since', `${options.since.epoch}:${options.since.offset}`);
+        if (options.before !== undefined)
+            q.set('before', String(options.before));
+        return this.call('GET', `/api/history?${q}`);
+    }
+    state(channel) {
+        return this.call('GET', `/api/state?${new URLSearchParams({ channel })}`);
+    }
+    token(req) {
+        return this.call('POST', '/api/token', req);
+    }
+}
