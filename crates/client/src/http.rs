@@ -1,0 +1,191 @@
+//! The hub's HTTP API, for backends and the CLI: publish, broadcast, history, state, channels,
+//! info. Requests carry the API key in the `x-api-key` header.
+
+use herald_protocol::ErrorBody;
+use herald_protocol::command::{HistoryQuery, PublishCommand};
+use herald_protocol::reply::{HistoryResult, PublishResult, StateResult};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why an HTTP API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The base URL cannot be used.
+    #[error("invalid base url {0:?}")]
+    BadUrl(String),
+    /// The request did not complete (connection refused, timeout, unreadable body).
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The hub answered with an error object.
+    #[error("hub answered {status}: {error}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The error object (code, name, message).
+        error: ErrorBody,
+    },
+    /// The hub answered with a non-success status and no error object.
+    #[error("hub answered {status}: {body}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// The response body, as text.
+        body: String,
+    },
+}
+
+/// A client of the hub's HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: url::Url,
+    api_key: Option<String>,
+}
+
+/// Turns a WebSocket URL (`ws://HOST:PORT/ws`) into the HTTP base (`http://HOST:PORT/`), so a
+/// CLI given `--url` can reach the API of the same hub.
+pub fn http_base_from_ws(ws_url: &str) -> Result<String, ApiError> {
+    let mut url = url::Url::parse(ws_url).map_err(|_| ApiError::BadUrl(ws_url.into()))?;
+    let scheme = match url.scheme() {
+        "ws" | "http" => "http",
+        "wss" | "https" => "https",
+        _ => return Err(ApiError::BadUrl(ws_url.into())),
+    };
+    url.set_scheme(scheme)
+        .map_err(|_| ApiError::BadUrl(ws_url.into()))?;
+    url.set_path("/");
+    url.set_query(None);
+    Ok(url.to_string())
+}
+
+#[derive(Serialize)]
+struct Broadcast<'a> {
+    channels: &'a [String],
+    #[serde(flatten)]
+    publish: &'a PublishCommand,
+}
+
+#[derive(Serialize)]
+struct ChannelOnly<'a> {
+    channel: &'a str,
+}
+
+impl ApiClient {
+    /// A client for the hub at `base_url` (`http://HOST:PORT`), sending `api_key` when given.
+    pub fn new(base_url: &str, api_key: Option<String>) -> Result<ApiClient, ApiError> {
+        let base = url::Url::parse(base_url).map_err(|_| ApiError::BadUrl(base_url.into()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(ApiError::BadUrl(base_url.into()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        Ok(ApiClient {
+            http,
+            base,
+            api_key,
+        })
+    }
+
+    fn url(&self, path: &str) -> Result<url::Url, ApiError> {
+        self.base
+            .join(path)
+            .map_err(|_| ApiError::BadUrl(path.into()))
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ApiError> {
+        let request = match &self.api_key {
+            Some(key) => request.header("x-api-key", key),
+            None => request,
+        };
+        let response = request.send().await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.json().await?);
+        }
+        let body = response.text().await.unwrap_or_default();
+        #[derive(serde::Deserialize)]
+        struct Wrapped {
+            error: ErrorBody,
+        }
+        match serde_json::from_str::<Wrapped>(&body) {
+            Ok(w) => Err(ApiError::Server {
+                status: status.as_u16(),
+                error: w.error,
+            }),
+            Err(_) => Err(ApiError::Status {
+                status: status.as_u16(),
+                body,
+            }),
+        }
+    }
+
+    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        self.send(self.http.post(self.url(path)?).json(body)).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        self.send(self.http.get(self.url(path)?)).await
+    }
+
+    /// `POST /api/publish`: publishes one publication.
+    pub async fn publish(&self, publish: &PublishCommand) -> Result<PublishResult, ApiError> {
+        self.post("/api/publish", publish).await
+    }
+
+    /// `POST /api/broadcast`: publishes the same publication to several channels; returns the
+    /// hub's answer as JSON (one result or error per channel).
+    pub async fn broadcast(
+        &self,
+        channels: &[String],
+        publish: &PublishCommand,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.post("/api/broadcast", &Broadcast { channels, publish })
+            .await
+    }
+
+    /// `POST /api/history`: reads a channel's history.
+    pub async fn history(&self, query: &HistoryQuery) -> Result<HistoryResult, ApiError> {
+        self.post("/api/history", query).await
+    }
+
+    /// `POST /api/state`: reads a keyed channel's records.
+    pub async fn state(&self, channel: &str) -> Result<StateResult, ApiError> {
+        self.post("/api/state", &ChannelOnly { channel }).await
+    }
+
+    /// `GET /api/channels`: the active channels, as the hub reports them.
+    pub async fn channels(&self) -> Result<serde_json::Value, ApiError> {
+        self.get("/api/channels").await
+    }
+
+    /// `GET /api/info`: node id, version, connection counts, as the hub reports them.
+    pub async fn info(&self) -> Result<serde_json::Value, ApiError> {
+        self.get("/api/info").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_urls_map_to_http_bases() {
+        assert_eq!(
+            http_base_from_ws("ws://127.0.0.1:7700/ws").unwrap(),
+            "http://127.0.0.1:7700/"
+        );
+        assert_eq!(
+            http_base_from_ws("wss://h.example/ws?token=x").unwrap(),
+            "https://h.example/"
+        );
+        assert!(http_base_from_ws("ftp://x").is_err());
+    }
+}

@@ -1,0 +1,391 @@
+//! Subscriptions as the application sees them (a stream of [`SubEvent`]s), and the ordering
+//! logic that turns subscribe replies and live publications into exactly-once, in-order delivery.
+
+use futures_util::Stream;
+use herald_protocol::reply::{NotRecovered, SubscribeResult};
+use herald_protocol::{ErrorBody, Position, Publication, Record};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+
+/// How to start a subscription.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOptions {
+    /// Resume after this position (for example one the application persisted): the stream starts
+    /// with the publications after it, or with a [`SubEvent::Resync`] if they are gone.
+    pub since: Option<Position>,
+    /// On a keyed channel, start with a snapshot of every record (in [`SubEvent::Subscribed`]).
+    pub snapshot: bool,
+}
+
+/// What a subscription stream yields.
+#[derive(Debug, Clone)]
+pub enum SubEvent {
+    /// The first subscribe succeeded; publications after `position` follow.
+    Subscribed {
+        /// The channel's position at subscribe time.
+        position: Position,
+        /// The records at `position`, when a snapshot was asked for.
+        snapshot: Option<Vec<Record>>,
+    },
+    /// The next publication, in offset order, never twice.
+    Publication(Publication),
+    /// Continuity was lost (the hub's stream was reset, or what was missed left the history):
+    /// reload application state. Publications after `position` follow.
+    Resync {
+        /// Why the missed publications cannot be delivered.
+        reason: NotRecovered,
+        /// Where the stream continues from.
+        position: Position,
+        /// Fresh records of a keyed channel, replacing whatever the application held.
+        snapshot: Option<Vec<Record>>,
+    },
+    /// The server refused or ended the subscription for good (forbidden, unknown namespace, ...);
+    /// the stream ends after this event.
+    Ended {
+        /// The server's error (or a local one, such as a second subscription to one channel).
+        error: ErrorBody,
+    },
+}
+
+/// A live subscription: a [`Stream`] of [`SubEvent`]s. Dropping it unsubscribes.
+///
+/// The client buffers events without bound until the application reads them, so read promptly.
+pub struct Subscription {
+    pub(crate) channel: String,
+    pub(crate) events: mpsc::UnboundedReceiver<SubEvent>,
+    pub(crate) _guard: crate::client::SubGuard,
+}
+
+impl Subscription {
+    /// The subscribed channel.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The next event, or `None` once the subscription ended or the client was closed.
+    pub async fn next_event(&mut self) -> Option<SubEvent> {
+        self.events.recv().await
+    }
+}
+
+impl Stream for Subscription {
+    type Item = SubEvent;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SubEvent>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+/// Whether a live publication continues the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accept {
+    /// `offset == last + 1` in the same epoch: deliver it.
+    Deliver,
+    /// Already delivered (`offset <= last`): drop it.
+    Duplicate,
+    /// A hole (or another epoch): resubscribe with `since` = last.
+    Gap,
+}
+
+/// What to do after a subscribe reply.
+#[derive(Debug)]
+pub(crate) struct ReplyOutcome {
+    /// Events for the application, in order.
+    pub events: Vec<SubEvent>,
+    /// The reply itself had a hole: subscribe again (with `since` = the tracker's last).
+    pub resubscribe: bool,
+}
+
+/// The last delivered position of one subscription, and the rules that keep delivery in order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tracker {
+    /// The position of the last publication delivered (or of the subscribe reply); `None` before
+    /// the first reply.
+    pub last: Option<Position>,
+}
+
+impl Tracker {
+    /// Classifies a live publication and, when it is delivered, advances `last`.
+    pub fn accept(&mut self, p: &Publication) -> Accept {
+        let Some(last) = &mut self.last else {
+            return Accept::Gap;
+        };
+        if p.epoch != last.epoch {
+            return Accept::Gap;
+        }
+        if p.offset <= last.offset {
+            Accept::Duplicate
+        } else if p.offset == last.offset + 1 {
+            last.offset = p.offset;
+            Accept::Deliver
+        } else {
+            Accept::Gap
+        }
+    }
+
+    /// Applies a subscribe reply. `since` is what the subscribe asked to resume from; `initial`
+    /// says whether the application has yet to see a [`SubEvent::Subscribed`].
+    pub fn on_reply(
+        &mut self,
+        initial: bool,
+        since: Option<&Position>,
+        mut r: SubscribeResult,
+    ) -> ReplyOutcome {
+        let position = r.position();
+        let mut events = Vec::new();
+        if initial {
+            let snapshot = if since.is_none() {
+                r.snapshot.take()
+            } else {
+                None
+            };
+            events.push(SubEvent::Subscribed {
+                position: position.clone(),
+                snapshot,
+            });
+        }
+        let Some(since) = since else {
+            self.last = Some(position);
+            return ReplyOutcome {
+                events,
+                resubscribe: false,
+            };
+        };
+        let same_epoch = since.epoch == r.epoch;
+        let fills = same_epoch && {
+            let mut next = since.offset;
+            r.publications.iter().all(|p| {
+                let ok = p.epoch == r.epoch && (p.offset <= next || p.offset == next + 1);
+                next = next.max(p.offset);
+                ok
+            }) && next >= r.offset
+        };
+        let recovered = match r.recovered {
+            Some(flag) => flag && same_epoch,
+            None => fills,
+        };
+        if !recovered {
+            let reason = r.reason.unwrap_or(if same_epoch {
+                NotRecovered::HistoryTrimmed
+            } else {
+                NotRecovered::EpochChanged
+            });
+            self.last = Some(position.clone());
+            events.push(SubEvent::Resync {
+                reason,
+                position,
+                snapshot: r.snapshot.take(),
+            });
+            return ReplyOutcome {
+                events,
+                resubscribe: false,
+            };
+        }
+        if self
+            .last
+            .as_ref()
+            .is_none_or(|l| l.epoch != since.epoch || l.offset < since.offset)
+        {
+            self.last = Some(since.clone());
+        }
+        for p in r.publications {
+            match self.accept(&p) {
+                Accept::Deliver => events.push(SubEvent::Publication(p)),
+                Accept::Duplicate => {}
+                Accept::Gap => {
+                    return ReplyOutcome {
+                        events,
+                        resubscribe: true,
+                    };
+                }
+            }
+        }
+        let behind = self.last.as_ref().is_some_and(|l| l.offset < r.offset);
+        ReplyOutcome {
+            events,
+            resubscribe: behind,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn publication(epoch: &str, offset: u64) -> Publication {
+        Publication {
+            channel: "c".into(),
+            epoch: epoch.into(),
+            offset,
+            id: format!("{epoch}-{offset}"),
+            kind: "message".into(),
+            data: RawValue::from_string("null".into()).unwrap(),
+            time: "t".into(),
+            meta: Default::default(),
+            key: None,
+            op: None,
+        }
+    }
+
+    fn pos(epoch: &str, offset: u64) -> Position {
+        Position {
+            epoch: epoch.into(),
+            offset,
+        }
+    }
+
+    fn reply(
+        epoch: &str,
+        offset: u64,
+        recovered: Option<bool>,
+        pubs: Vec<Publication>,
+    ) -> SubscribeResult {
+        SubscribeResult {
+            channel: "c".into(),
+            epoch: epoch.into(),
+            offset,
+            keyed: false,
+            recovered,
+            reason: None,
+            publications: pubs,
+            snapshot: None,
+        }
+    }
+
+    fn offsets(events: &[SubEvent]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                SubEvent::Publication(p) => Some(p.offset),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn live_publications_are_delivered_once_in_order() {
+        let mut t = Tracker::default();
+        let out = t.on_reply(true, None, reply("e", 5, None, vec![]));
+        assert!(
+            matches!(&out.events[..], [SubEvent::Subscribed { position, .. }] if position.offset == 5)
+        );
+        assert_eq!(t.accept(&publication("e", 5)), Accept::Duplicate);
+        assert_eq!(t.accept(&publication("e", 6)), Accept::Deliver);
+        assert_eq!(t.accept(&publication("e", 6)), Accept::Duplicate);
+        assert_eq!(t.accept(&publication("e", 8)), Accept::Gap);
+        assert_eq!(
+            t.last,
+            Some(pos("e", 6)),
+            "a gap does not move the position"
+        );
+        assert_eq!(
+            t.accept(&publication("x", 7)),
+            Accept::Gap,
+            "another epoch is a gap"
+        );
+        assert_eq!(t.accept(&publication("e", 7)), Accept::Deliver);
+    }
+
+    #[test]
+    fn recovered_resume_skips_what_was_delivered() {
+        let mut t = Tracker {
+            last: Some(pos("e", 6)),
+        };
+        let pubs = (5..=9).map(|o| publication("e", o)).collect();
+        let out = t.on_reply(false, Some(&pos("e", 6)), reply("e", 9, Some(true), pubs));
+        assert_eq!(offsets(&out.events), [7, 8, 9]);
+        assert!(!out.resubscribe);
+        assert_eq!(t.last, Some(pos("e", 9)));
+    }
+
+    #[test]
+    fn a_hole_in_the_recovery_asks_for_another_resubscribe() {
+        let mut t = Tracker {
+            last: Some(pos("e", 2)),
+        };
+        let pubs = vec![publication("e", 3), publication("e", 5)];
+        let out = t.on_reply(false, Some(&pos("e", 2)), reply("e", 5, Some(true), pubs));
+        assert_eq!(offsets(&out.events), [3]);
+        assert!(out.resubscribe);
+        assert_eq!(t.last, Some(pos("e", 3)));
+        let short = t.on_reply(
+            false,
+            Some(&pos("e", 3)),
+            reply("e", 6, Some(true), vec![publication("e", 4)]),
+        );
+        assert_eq!(offsets(&short.events), [4]);
+        assert!(
+            short.resubscribe,
+            "recovery that stops before the reply's offset is a gap"
+        );
+    }
+
+    #[test]
+    fn not_recovered_yields_resync_with_the_reason() {
+        let mut t = Tracker {
+            last: Some(pos("old", 40)),
+        };
+        let mut r = reply("new", 3, Some(false), vec![]);
+        r.reason = Some(NotRecovered::EpochChanged);
+        let out = t.on_reply(false, Some(&pos("old", 40)), r);
+        assert!(matches!(
+            &out.events[..],
+            [SubEvent::Resync { reason: NotRecovered::EpochChanged, position, .. }] if *position == pos("new", 3)
+        ));
+        assert_eq!(t.last, Some(pos("new", 3)));
+        assert_eq!(t.accept(&publication("new", 4)), Accept::Deliver);
+    }
+
+    #[test]
+    fn missing_recovered_flag_is_inferred() {
+        let mut t = Tracker {
+            last: Some(pos("e", 1)),
+        };
+        let out = t.on_reply(
+            false,
+            Some(&pos("e", 1)),
+            reply("e", 2, None, vec![publication("e", 2)]),
+        );
+        assert_eq!(offsets(&out.events), [2]);
+        let out = t.on_reply(false, Some(&pos("e", 2)), reply("e", 9, None, vec![]));
+        assert!(matches!(
+            &out.events[..],
+            [SubEvent::Resync {
+                reason: NotRecovered::HistoryTrimmed,
+                ..
+            }]
+        ));
+        let out = t.on_reply(false, Some(&pos("e", 9)), reply("f", 0, None, vec![]));
+        assert!(matches!(
+            &out.events[..],
+            [SubEvent::Resync {
+                reason: NotRecovered::EpochChanged,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn initial_resume_from_a_user_position() {
+        let mut t = Tracker::default();
+        let out = t.on_reply(
+            true,
+            Some(&pos("e", 1)),
+            reply(
+                "e",
+                3,
+                Some(true),
+                vec![publication("e", 2), publication("e", 3)],
+            ),
+        );
+        assert!(matches!(out.events[0], SubEvent::Subscribed { .. }));
+        assert_eq!(offsets(&out.events), [2, 3]);
+    }
+
+    #[test]
+    fn before_the_first_reply_everything_is_a_gap() {
+        let mut t = Tracker::default();
+        assert_eq!(t.accept(&publication("e", 1)), Accept::Gap);
+    }
+}
