@@ -1,0 +1,178 @@
+// End-to-end: the dashboard and the demo page served by `herald serve`, in headless Chromium.
+// The pages are loaded through a loopback TCP proxy so the test can cut the browser's network while
+// the hub stays up (publications made meanwhile stay in the hub's history and must be resumed).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { API_KEY, api, startHub, startProxy } from '../../clients/typescript/test/helpers.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const shots = resolve(here, '..', '..', 'artifacts', 'screenshots');
+const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const T = 20000; // per-expectation timeout
+
+let hub;
+let proxy;
+let browser;
+const pageErrors = [];
+
+before(async () => {
+  mkdirSync(shots, { recursive: true });
+  hub = await startHub();
+  proxy = await startProxy(hub.port);
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+});
+
+after(async () => {
+  await browser?.close();
+  await proxy?.close();
+  await hub?.stop();
+});
+
+async function newPage(path) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const page = await context.newPage();
+  page.on('pageerror', (err) => pageErrors.push(`${path}: ${err.message}`));
+  await page.goto(proxy.http + path);
+  return page;
+}
+
+async function dashboard() {
+  const page = await newPage('/');
+  await page.fill('#api-key', API_KEY);
+  await page.click('#login button[type=submit]');
+  await page.waitForSelector('#conn[data-herald-state="connected"]', { timeout: T });
+  return page;
+}
+
+async function tail(page, channel) {
+  await page.fill('#tail-channel', channel);
+  await page.click('#tail-start');
+  await page.waitForFunction((ch) => document.querySelector('#tail')?.dataset.channel === ch, channel, { timeout: T });
+}
+
+const offsets = (page) => page.$$eval('#tail li[data-offset]', (els) => els.map((e) => Number(e.dataset.offset)));
+const state = (page) => page.getAttribute('#conn', 'data-herald-state');
+
+test('dashboard: login required; two pages tailing one channel both show a publication', async () => {
+  const anon = await newPage('/');
+  await anon.waitForSelector('#login-view:not([hidden])', { timeout: T });
+  assert.equal(await anon.isVisible('#app-view'), false);
+  await anon.fill('#api-key', 'wrong-key');
+  await anon.click('#login button[type=submit]');
+  await anon.waitForFunction(() => document.querySelector('#login-error').textContent.length > 0, null, { timeout: T });
+  await anon.context().close();
+
+  const a = await dashboard();
+  const b = await dashboard();
+  await tail(a, 'demo:e2e');
+  await tail(b, 'demo:e2e');
+  const res = await api(hub, 'POST', '/api/publish', { channel: 'demo:e2e', data: { hello: 'both pages' }, type: 'greeting', key: 'g', op: 'upsert' });
+  for (const p of [a, b]) {
+    await p.waitForSelector(`#tail li[data-offset="${res.offset}"]`, { timeout: T });
+    assert.match(await p.textContent(`#tail li[data-offset="${res.offset}"]`), /both pages/);
+  }
+  // The overview shows this hub, its clients and the channel with its two subscribers.
+  await a.waitForFunction(() => {
+    const row = document.querySelector('#channels tr[data-channel="demo:e2e"] td.num');
+    return row && Number(row.textContent) >= 2;
+  }, null, { timeout: T });
+  assert.ok(Number((await a.textContent('#stat-clients')).match(/\d+/)[0]) >= 2);
+  assert.ok((await a.$$('#nodes tbody tr')).length >= 1);
+
+  // The publish form goes through the HTTP API and shows up in the tail.
+  await a.fill('#pub-channel', 'demo:e2e');
+  await a.fill('#pub-key', 'form');
+  await a.selectOption('#pub-op', 'upsert');
+  await a.fill('#pub-data', '{"from":"the form"}');
+  await a.click('#pub-send');
+  await b.waitForFunction(() => [...document.querySelectorAll('#tail li')].some((li) => li.textContent.includes('the form')), null, { timeout: T });
+  await a.screenshot({ path: join(shots, 'dashboard.png'), fullPage: true });
+  await a.context().close();
+  await b.context().close();
+});
+
+test('dashboard: network cut, events published meanwhile all appear once; hub restart → reconnecting → connected', async () => {
+  const page = await dashboard();
+  await tail(page, 'demo:e2e-resume');
+  const first = await api(hub, 'POST', '/api/publish', { channel: 'demo:e2e-resume', data: { n: 0 }, key: 'k0', op: 'upsert' });
+  await page.waitForSelector(`#tail li[data-offset="${first.offset}"]`, { timeout: T });
+
+  // Cut the browser's network (the hub stays up), publish N while it is away.
+  proxy.cut();
+  await page.waitForSelector('#conn[data-herald-state="reconnecting"]', { timeout: T });
+  assert.match(await page.textContent('#conn'), /attempt \d+ of 10/);
+  const N = 12;
+  let last;
+  for (let i = 1; i <= N; i++) last = await api(hub, 'POST', '/api/publish', { channel: 'demo:e2e-resume', data: { n: i }, key: `k${i}`, op: 'upsert' });
+  proxy.pass();
+  await page.waitForSelector('#conn[data-herald-state="connected"]', { timeout: 40000 });
+  await page.waitForSelector(`#tail li[data-offset="${last.offset}"]`, { timeout: T });
+  let got = await offsets(page);
+  assert.equal(new Set(got).size, got.length, `duplicates in ${got}`);
+  const want = Array.from({ length: N + 1 }, (_, i) => first.offset + i);
+  assert.deepEqual([...got].sort((x, y) => x - y), want);
+  const stats = await page.evaluate(() => window.heraldClient.getSubscription('demo:e2e-resume').stats);
+  assert.equal(stats.resyncs, 0);
+
+  // Stop the hub: the indicator says reconnecting with attempt n of m and a countdown.
+  const port = hub.port;
+  await hub.stop('SIGTERM');
+  await page.waitForSelector('#conn[data-herald-state="reconnecting"]', { timeout: T });
+  assert.match(await page.textContent('#conn'), /reconnecting — attempt \d+ of 10, (next try in \d+ s|trying now)/);
+  // Start it again on the same port: the page returns to connected and keeps working.
+  hub = await startHub({ port });
+  await page.waitForSelector('#conn[data-herald-state="connected"]', { timeout: 60000 });
+  // The memory engine lost the stream: the page was told (resync notice), not silently continued.
+  await page.waitForFunction(() => [...document.querySelectorAll('#tail li.notice')].some((li) => li.textContent.includes('epoch_changed')), null, { timeout: T });
+  const after = await api(hub, 'POST', '/api/publish', { channel: 'demo:e2e-resume', data: { n: 'after restart' }, key: 'z', op: 'upsert' });
+  await page.waitForFunction(
+    (id) => [...document.querySelectorAll('#tail li[data-id]')].some((li) => li.dataset.id === id),
+    after.id,
+    { timeout: T },
+  );
+  got = await page.$$eval('#tail li[data-id]', (els) => els.map((e) => e.dataset.id));
+  assert.equal(new Set(got).size, got.length, 'no duplicate ids');
+  await page.context().close();
+});
+
+test('demo page: two windows share a live kanban board and an agent run', async () => {
+  const a = await newPage('/demo');
+  const b = await newPage('/demo');
+  for (const p of [a, b]) await p.waitForSelector('#conn[data-herald-state="connected"]', { timeout: T });
+  await a.waitForFunction(() => document.querySelector('#board').dataset.cards !== undefined, null, { timeout: T });
+  const title = `E2E card ${Date.now()}`;
+  await a.fill('#new-card', title);
+  await a.click('#add-card');
+  const card = (status) => `.column[data-status="${status}"] .card:has-text("${title}")`;
+  await b.waitForSelector(card('todo'), { timeout: T });
+  await b.click(`${card('todo')} button.right`);
+  await a.waitForSelector(card('doing'), { timeout: T });
+  await a.click(`${card('doing')} button.right`);
+  await b.waitForSelector(card('done'), { timeout: T });
+  // A third window opened later gets the board from the snapshot.
+  const c = await newPage('/demo');
+  await c.waitForSelector(card('done'), { timeout: T });
+  await c.context().close();
+
+  await b.click('#seed');
+  await a.waitForFunction(() => Number(document.querySelector('#board').dataset.cards) >= 5, null, { timeout: T });
+
+  await a.click('#agent-start');
+  for (const p of [a, b]) await p.waitForSelector('#agent-out[data-finished="true"]', { timeout: 30000 });
+  const outA = await a.textContent('#agent-out');
+  const outB = await b.textContent('#agent-out');
+  assert.ok(outA.includes('The plan is ready.'), outA);
+  assert.equal(outB, outA);
+  await b.screenshot({ path: join(shots, 'demo.png'), fullPage: true });
+  await a.context().close();
+  await b.context().close();
+});
+
+test('no uncaught errors in the pages', () => {
+  assert.deepEqual(pageErrors, []);
+});
