@@ -37,7 +37,7 @@ async function newPage(path) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   const page = await context.newPage();
   page.on('pageerror', (err) => pageErrors.push(`${path}: ${err.message}`));
-  await page.goto(proxy.http + path);
+  await page.goto(proxy.http + path + (path.includes('?') ? '&' : '?') + 'backoff_max_ms=2000');
   return page;
 }
 

@@ -1,7 +1,7 @@
 // Herald dashboard: admin login by API key, hub and channel overview from the HTTP API, a live tail
 // of any channel over WebSocket (admin token minted by the API), and a publish form.
 import { HeraldApi, HeraldClient } from '/static/herald.js';
-import { bindIndicator, fmtTime, h } from '/static/ui.js';
+import { backoffFromQuery, bindIndicator, fmtTime, h } from '/static/ui.js';
 
 const KEY = 'herald.apiKey';
 const $ = (sel) => document.querySelector(sel);
@@ -37,6 +37,7 @@ function start() {
   const params = new URLSearchParams(location.search);
   client = new HeraldClient({
     name: 'dashboard',
+    backoff: backoffFromQuery(params),
     // A fresh admin token for every connection and every in-band refresh.
     token: async () => (await api.token({ sub: 'dashboard', roles: ['admin'], ttl_secs: 3600 })).token,
   });

@@ -1,11 +1,11 @@
 // Demo page: a kanban board on the keyed channel `demo:board` and a streamed "agent run" on
 // `demo:agent`. Anonymous: the built-in `demo` namespace lets anyone subscribe and publish.
 import { HeraldClient } from '/static/herald.js';
-import { bindIndicator, h } from '/static/ui.js';
+import { backoffFromQuery, bindIndicator, h } from '/static/ui.js';
 
 const $ = (sel) => document.querySelector(sel);
 const COLUMNS = ['todo', 'doing', 'done'];
-const client = new HeraldClient({ name: 'demo' });
+const client = new HeraldClient({ name: 'demo', backoff: backoffFromQuery(new URLSearchParams(location.search)) });
 window.heraldClient = client;
 bindIndicator($('#conn'), client);
 

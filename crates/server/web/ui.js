@@ -76,3 +76,10 @@ export function fmtTime(iso) {
     return iso;
   }
 }
+
+/** `?backoff_max_ms=N` caps the reconnect delay (default 30 s): handy for demos and tests. */
+export function backoffFromQuery(params) {
+  const cap = Number(params.get('backoff_max_ms'));
+  if (!Number.isFinite(cap) || cap <= 0) return undefined;
+  return { maxMs: cap, initialMs: Math.min(1000, cap) };
+}
