@@ -146,6 +146,14 @@ impl ClientBuilder {
     /// Starts the client: spawns its background task (needs a Tokio runtime) and begins
     /// connecting at once.
     pub fn build(self) -> Result<Client, BuildError> {
+        self.build_with_states().map(|(client, _)| client)
+    }
+
+    /// Like [`ClientBuilder::build`], and also returns a state feed that sees every transition
+    /// from the very first attempt (a feed taken after `build` may miss the earliest ones).
+    pub fn build_with_states(
+        self,
+    ) -> Result<(Client, broadcast::Receiver<ConnectionState>), BuildError> {
         if self.urls.is_empty() {
             return Err(BuildError::NoUrls);
         }
@@ -157,7 +165,7 @@ impl ClientBuilder {
         }
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
-        let (changes, _) = broadcast::channel(256);
+        let (changes, first_changes) = broadcast::channel(256);
         let (info_tx, info_rx) = watch::channel(None);
         let driver = Driver {
             urls: self.urls,
@@ -182,7 +190,7 @@ impl ClientBuilder {
             attempt: 0,
         };
         tokio::spawn(driver.run());
-        Ok(Client {
+        let client = Client {
             inner: Arc::new(Inner {
                 cmd: cmd_tx,
                 state: state_rx,
@@ -191,7 +199,8 @@ impl ClientBuilder {
                 request_timeout: self.request_timeout,
                 next_sub: AtomicU64::new(1),
             }),
-        })
+        };
+        Ok((client, first_changes))
     }
 }
 
