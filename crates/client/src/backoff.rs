@@ -44,11 +44,7 @@ impl BackoffPolicy {
         let exp = attempt.saturating_sub(1).min(1000) as i32;
         let secs = self.initial.as_secs_f64() * self.multiplier.max(1.0).powi(exp);
         let max = self.max.as_secs_f64();
-        if secs.is_finite() && secs < max {
-            Duration::from_secs_f64(secs)
-        } else {
-            self.max
-        }
+        if secs.is_finite() && secs < max { Duration::from_secs_f64(secs) } else { self.max }
     }
 
     /// The delay before retry number `attempt` (1-based), jittered when the policy says so.
@@ -91,24 +87,16 @@ mod tests {
             assert!(draws.iter().all(|d| *d <= ceiling));
             let mean = draws.iter().map(Duration::as_secs_f64).sum::<f64>() / draws.len() as f64;
             let half = ceiling.as_secs_f64() / 2.0;
-            assert!(
-                (mean - half).abs() < half * 0.1,
-                "attempt {attempt}: mean {mean} vs {half}"
-            );
-            let low = draws
-                .iter()
-                .filter(|d| d.as_secs_f64() < ceiling.as_secs_f64() / 4.0)
-                .count();
+            assert!((mean - half).abs() < half * 0.1, "attempt {attempt}: mean {mean} vs {half}");
+            let low =
+                draws.iter().filter(|d| d.as_secs_f64() < ceiling.as_secs_f64() / 4.0).count();
             assert!(low > 300, "full jitter reaches the low quarter ({low})");
         }
     }
 
     #[test]
     fn without_jitter_the_delay_is_the_ceiling() {
-        let p = BackoffPolicy {
-            jitter: false,
-            ..Default::default()
-        };
+        let p = BackoffPolicy { jitter: false, ..Default::default() };
         let mut rng = StdRng::seed_from_u64(1);
         assert_eq!(p.delay(3, &mut rng), Duration::from_secs(4));
     }
@@ -118,10 +106,7 @@ mod tests {
         let p = BackoffPolicy::default();
         assert!(!p.breaker_open(9));
         assert!(p.breaker_open(10));
-        let never = BackoffPolicy {
-            breaker_after: None,
-            ..Default::default()
-        };
+        let never = BackoffPolicy { breaker_after: None, ..Default::default() };
         assert!(!never.breaker_open(u32::MAX));
     }
 }

@@ -250,10 +250,9 @@ pub(crate) struct SubGuard {
 
 impl Drop for SubGuard {
     fn drop(&mut self) {
-        let _ = self.cmd.send(Cmd::Unsubscribe {
-            id: self.id,
-            channel: std::mem::take(&mut self.channel),
-        });
+        let _ = self
+            .cmd
+            .send(Cmd::Unsubscribe { id: self.id, channel: std::mem::take(&mut self.channel) });
     }
 }
 
@@ -301,9 +300,7 @@ impl Client {
                 }
             }
         };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .unwrap_or(Err(Error::Timeout))
+        tokio::time::timeout(timeout, wait).await.unwrap_or(Err(Error::Timeout))
     }
 
     /// Subscribes to `channel`. The returned stream yields [`SubEvent`]s: `Subscribed`, then
@@ -313,30 +310,18 @@ impl Client {
         let channel = channel.into();
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
         let (tx, events) = mpsc::unbounded_channel();
-        let _ = self.inner.cmd.send(Cmd::Subscribe {
-            id,
-            channel: channel.clone(),
-            opts,
-            tx,
-        });
+        let _ = self.inner.cmd.send(Cmd::Subscribe { id, channel: channel.clone(), opts, tx });
         Subscription {
             channel: channel.clone(),
             events,
-            _guard: SubGuard {
-                cmd: self.inner.cmd.clone(),
-                channel,
-                id,
-            },
+            _guard: SubGuard { cmd: self.inner.cmd.clone(), channel, id },
         }
     }
 
     /// Sends any command and returns the raw `result` of its reply, within the request timeout.
     pub async fn request(&self, command: Command) -> Result<Box<RawValue>, Error> {
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .cmd
-            .send(Cmd::Request { command, reply })
-            .map_err(|_| Error::Closed)?;
+        self.inner.cmd.send(Cmd::Request { command, reply }).map_err(|_| Error::Closed)?;
         match tokio::time::timeout(self.inner.request_timeout, rx).await {
             Err(_) => Err(Error::Timeout),
             Ok(Err(_)) => Err(Error::Closed),
@@ -381,10 +366,7 @@ impl Client {
 
     /// Reads a keyed channel's records.
     pub async fn channel_state(&self, channel: impl Into<String>) -> Result<StateResult, Error> {
-        self.typed(Command::State {
-            channel: channel.into(),
-        })
-        .await
+        self.typed(Command::State { channel: channel.into() }).await
     }
 
     /// Resets the backoff and the circuit breaker and connects again now: leaves
@@ -404,11 +386,7 @@ type ReplyTx = oneshot::Sender<Result<Box<RawValue>, Error>>;
 
 /// A user request or a bookkeeping one, waiting for its reply.
 enum Pending {
-    Subscribe {
-        channel: String,
-        sub_id: u64,
-        since: Option<Position>,
-    },
+    Subscribe { channel: String, sub_id: u64, since: Option<Position> },
     User(oneshot::Sender<Result<Box<RawValue>, Error>>),
     Refresh,
     Ignore,
@@ -470,24 +448,12 @@ impl Conn {
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(id, pending);
-        let _ = self.out.send(
-            Request {
-                id: Some(id),
-                command,
-            }
-            .to_json(),
-        );
+        let _ = self.out.send(Request { id: Some(id), command }.to_json());
         id
     }
 
     fn pong(&self) {
-        let _ = self.out.send(
-            Request {
-                id: None,
-                command: Command::Pong,
-            }
-            .to_json(),
-        );
+        let _ = self.out.send(Request { id: None, command: Command::Pong }.to_json());
     }
 }
 
@@ -522,10 +488,7 @@ fn far_future() -> Instant {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Driver {
@@ -542,9 +505,7 @@ impl Driver {
         let mut delay: Option<Duration> = None;
         loop {
             if let Some(reason) = self.offline.clone() {
-                self.set_state(ConnectionState::Offline {
-                    reason: reason.clone(),
-                });
+                self.set_state(ConnectionState::Offline { reason: reason.clone() });
                 for (_, reply) in self.waiting.drain(..) {
                     let _ = reply.send(Err(Error::Offline(reason.clone())));
                 }
@@ -582,9 +543,7 @@ impl Driver {
                     self.url_idx = (self.url_idx + 1) % self.urls.len();
                     tracing::debug!(failures = self.failures, %why, "herald connection attempt failed");
                     if self.policy.breaker_open(self.failures) {
-                        self.offline = Some(OfflineReason::CircuitOpen {
-                            attempts: self.failures,
-                        });
+                        self.offline = Some(OfflineReason::CircuitOpen { attempts: self.failures });
                     } else {
                         delay = Some(self.policy.delay(self.attempt, &mut rand::rng()));
                     }
@@ -609,9 +568,7 @@ impl Driver {
     }
 
     fn shutdown(mut self) {
-        self.set_state(ConnectionState::Offline {
-            reason: OfflineReason::ClientClosed,
-        });
+        self.set_state(ConnectionState::Offline { reason: OfflineReason::ClientClosed });
         for (_, reply) in self.waiting.drain(..) {
             let _ = reply.send(Err(Error::Closed));
         }
@@ -638,12 +595,7 @@ impl Driver {
         match cmd {
             None | Some(Cmd::Close) => Some(Ended::Close),
             Some(Cmd::Reconnect) => Some(Ended::Reconnect),
-            Some(Cmd::Subscribe {
-                id,
-                channel,
-                opts,
-                tx,
-            }) => {
+            Some(Cmd::Subscribe { id, channel, opts, tx }) => {
                 self.add_sub(id, channel, opts, tx);
                 None
             }
@@ -701,9 +653,7 @@ impl Driver {
         if let TokenSource::Static(t) = &self.token_source {
             self.token = Some(t.clone());
         }
-        let expiring = self
-            .token_expires_at
-            .is_some_and(|exp| exp <= unix_now() + 1);
+        let expiring = self.token_expires_at.is_some_and(|exp| exp <= unix_now() + 1);
         if let TokenSource::Provider(provider) = &self.token_source
             && (self.token.is_none() || self.token_stale || expiring)
         {
@@ -729,12 +679,7 @@ impl Driver {
                 Err(_) => return Ended::Failed("token provider timed out".into()),
             }
         }
-        let handshake = handshake(
-            url,
-            self.token.clone(),
-            self.name.clone(),
-            self.connect_timeout,
-        );
+        let handshake = handshake(url, self.token.clone(), self.name.clone(), self.connect_timeout);
         tokio::pin!(handshake);
         let result = loop {
             tokio::select! {
@@ -780,11 +725,7 @@ impl Driver {
     ) -> Ended {
         let started = Instant::now();
         let (out, mut writer) = spawn_writer(sender);
-        let mut conn = Conn {
-            out,
-            pending: HashMap::new(),
-            next_id: 2,
-        };
+        let mut conn = Conn { out, pending: HashMap::new(), next_id: 2 };
         let liveness = (info.ping_interval_ms > 0)
             .then(|| Duration::from_millis(info.ping_interval_ms) + self.liveness_margin);
         self.token_expires_at = info.expires_at;
@@ -911,13 +852,9 @@ impl Driver {
                 if c == CloseCode::TokenExpired.code() {
                     self.token_stale = true;
                 }
-                Ended::Lost {
-                    stable: started.elapsed() >= self.policy.stable_after,
-                }
+                Ended::Lost { stable: started.elapsed() >= self.policy.stable_after }
             }
-            None => Ended::Lost {
-                stable: started.elapsed() >= self.policy.stable_after,
-            },
+            None => Ended::Lost { stable: started.elapsed() >= self.policy.stable_after },
         }
     }
 
@@ -925,12 +862,7 @@ impl Driver {
         match cmd {
             None | Some(Cmd::Close) => Some(Ended::Close),
             Some(Cmd::Reconnect) => Some(Ended::Reconnect),
-            Some(Cmd::Subscribe {
-                id,
-                channel,
-                opts,
-                tx,
-            }) => {
+            Some(Cmd::Subscribe { id, channel, opts, tx }) => {
                 if self.add_sub(id, channel.clone(), opts, tx) {
                     self.send_subscribe(conn, &channel, false);
                 }
@@ -960,32 +892,16 @@ impl Driver {
             return;
         };
         if unsubscribe_first {
-            conn.send(
-                Command::Unsubscribe {
-                    channel: channel.to_string(),
-                },
-                Pending::Ignore,
-            );
+            conn.send(Command::Unsubscribe { channel: channel.to_string() }, Pending::Ignore);
         }
-        let since = if sub.initial {
-            sub.opts.since.clone()
-        } else {
-            sub.tracker.last.clone()
-        };
+        let since = if sub.initial { sub.opts.since.clone() } else { sub.tracker.last.clone() };
         let snapshot = sub.initial && sub.opts.snapshot;
         let pending = Pending::Subscribe {
             channel: channel.to_string(),
             sub_id: sub.id,
             since: since.clone(),
         };
-        conn.send(
-            Command::Subscribe {
-                channel: channel.to_string(),
-                since,
-                snapshot,
-            },
-            pending,
-        );
+        conn.send(Command::Subscribe { channel: channel.to_string(), since, snapshot }, pending);
         sub.status = SubStatus::Pending;
     }
 
@@ -1020,11 +936,7 @@ impl Driver {
                 Some(Pending::User(reply)) => {
                     let _ = reply.send(result.map_err(Error::Server));
                 }
-                Some(Pending::Subscribe {
-                    channel,
-                    sub_id,
-                    since,
-                }) => {
+                Some(Pending::Subscribe { channel, sub_id, since }) => {
                     self.on_subscribe_reply(conn, channel, sub_id, since, result);
                 }
                 Some(Pending::Refresh) => match result {
@@ -1039,12 +951,7 @@ impl Driver {
                 },
                 Some(Pending::Ignore) | None => {}
             },
-            ServerMessage::Unsubscribe {
-                channel,
-                code,
-                reason,
-                resubscribe,
-            } => {
+            ServerMessage::Unsubscribe { channel, code, reason, resubscribe } => {
                 if !self.subs.contains_key(&channel) {
                     return None;
                 }
@@ -1057,9 +964,7 @@ impl Driver {
                         reason,
                     );
                     error.code = code;
-                    let _ = sub.tx.send(SubEvent::Ended {
-                        error: error.with_channel(channel),
-                    });
+                    let _ = sub.tx.send(SubEvent::Ended { error: error.with_channel(channel) });
                 }
             }
             ServerMessage::Disconnect { code, reason, .. } => *disconnect = Some((code, reason)),
@@ -1084,10 +989,7 @@ impl Driver {
         }
         let parsed = result.and_then(|raw| {
             serde_json::from_str::<SubscribeResult>(raw.get()).map_err(|e| {
-                ErrorBody::new(
-                    ErrorCode::Internal,
-                    format!("undecodable subscribe reply: {e}"),
-                )
+                ErrorBody::new(ErrorCode::Internal, format!("undecodable subscribe reply: {e}"))
             })
         });
         match parsed {
@@ -1137,30 +1039,18 @@ async fn handshake(
             .await
             .map_err(|e| HandshakeError::Retry(format!("{url}: {e}")))?;
         let (mut sender, mut receiver) = conn.split();
-        let connect = Request {
-            id: Some(1),
-            command: Command::Connect { token: None, name },
-        };
-        sender
-            .send(&connect)
-            .await
-            .map_err(|e| HandshakeError::Retry(format!("{url}: {e}")))?;
+        let connect = Request { id: Some(1), command: Command::Connect { token: None, name } };
+        sender.send(&connect).await.map_err(|e| HandshakeError::Retry(format!("{url}: {e}")))?;
         let mut disconnect: Option<(u16, String)> = None;
         loop {
             match receiver.recv().await {
-                Ok(ServerMessage::Reply {
-                    id: 1,
-                    result: Ok(raw),
-                }) => {
+                Ok(ServerMessage::Reply { id: 1, result: Ok(raw) }) => {
                     let info: ConnectResult = serde_json::from_str(raw.get()).map_err(|e| {
                         HandshakeError::Retry(format!("undecodable connect reply: {e}"))
                     })?;
                     return Ok((sender, receiver, info));
                 }
-                Ok(ServerMessage::Reply {
-                    id: 1,
-                    result: Err(e),
-                }) => {
+                Ok(ServerMessage::Reply { id: 1, result: Err(e) }) => {
                     return Err(match e.error_code() {
                         Some(ErrorCode::TokenExpired) => {
                             HandshakeError::TokenExpired(e.to_string())
@@ -1175,10 +1065,7 @@ async fn handshake(
                     });
                 }
                 Ok(ServerMessage::Ping) => {
-                    let pong = Request {
-                        id: None,
-                        command: Command::Pong,
-                    };
+                    let pong = Request { id: None, command: Command::Pong };
                     let _ = sender.send(&pong).await;
                 }
                 Ok(ServerMessage::Disconnect { code, reason, .. }) => {

@@ -51,8 +51,7 @@ pub fn http_base_from_ws(ws_url: &str) -> Result<String, ApiError> {
         "wss" | "https" => "https",
         _ => return Err(ApiError::BadUrl(ws_url.into())),
     };
-    url.set_scheme(scheme)
-        .map_err(|_| ApiError::BadUrl(ws_url.into()))?;
+    url.set_scheme(scheme).map_err(|_| ApiError::BadUrl(ws_url.into()))?;
     url.set_path("/");
     url.set_query(None);
     Ok(url.to_string())
@@ -65,11 +64,6 @@ struct Broadcast<'a> {
     publish: &'a PublishCommand,
 }
 
-#[derive(Serialize)]
-struct ChannelOnly<'a> {
-    channel: &'a str,
-}
-
 impl ApiClient {
     /// A client for the hub at `base_url` (`http://HOST:PORT`), sending `api_key` when given.
     pub fn new(base_url: &str, api_key: Option<String>) -> Result<ApiClient, ApiError> {
@@ -77,20 +71,13 @@ impl ApiClient {
         if !matches!(base.scheme(), "http" | "https") {
             return Err(ApiError::BadUrl(base_url.into()));
         }
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?;
-        Ok(ApiClient {
-            http,
-            base,
-            api_key,
-        })
+        let http =
+            reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+        Ok(ApiClient { http, base, api_key })
     }
 
     fn url(&self, path: &str) -> Result<url::Url, ApiError> {
-        self.base
-            .join(path)
-            .map_err(|_| ApiError::BadUrl(path.into()))
+        self.base.join(path).map_err(|_| ApiError::BadUrl(path.into()))
     }
 
     async fn send<T: DeserializeOwned>(
@@ -112,14 +99,8 @@ impl ApiClient {
             error: ErrorBody,
         }
         match serde_json::from_str::<Wrapped>(&body) {
-            Ok(w) => Err(ApiError::Server {
-                status: status.as_u16(),
-                error: w.error,
-            }),
-            Err(_) => Err(ApiError::Status {
-                status: status.as_u16(),
-                body,
-            }),
+            Ok(w) => Err(ApiError::Server { status: status.as_u16(), error: w.error }),
+            Err(_) => Err(ApiError::Status { status: status.as_u16(), body }),
         }
     }
 
@@ -147,18 +128,34 @@ impl ApiClient {
         channels: &[String],
         publish: &PublishCommand,
     ) -> Result<serde_json::Value, ApiError> {
-        self.post("/api/broadcast", &Broadcast { channels, publish })
-            .await
+        self.post("/api/broadcast", &Broadcast { channels, publish }).await
     }
 
-    /// `POST /api/history`: reads a channel's history.
+    /// `GET /api/history?channel=..&limit=..&since=EPOCH:OFFSET&before=..`: reads a channel's
+    /// history.
     pub async fn history(&self, query: &HistoryQuery) -> Result<HistoryResult, ApiError> {
-        self.post("/api/history", query).await
+        let mut params: Vec<(&str, String)> = vec![("channel", query.channel.clone())];
+        if let Some(limit) = query.limit {
+            params.push(("limit", limit.to_string()));
+        }
+        if let Some(since) = &query.since {
+            params.push(("since", since.to_string()));
+        }
+        if let Some(before) = query.before {
+            params.push(("before", before.to_string()));
+        }
+        self.send(self.http.get(self.url("/api/history")?).query(&params)).await
     }
 
-    /// `POST /api/state`: reads a keyed channel's records.
+    /// `GET /api/state?channel=..`: reads a keyed channel's records.
     pub async fn state(&self, channel: &str) -> Result<StateResult, ApiError> {
-        self.post("/api/state", &ChannelOnly { channel }).await
+        self.send(self.http.get(self.url("/api/state")?).query(&[("channel", channel)])).await
+    }
+
+    /// `POST /api/disconnect`: closes every connection of `user` (close code 4503 `kicked`);
+    /// returns the hub's answer (`{"disconnected": N}`).
+    pub async fn disconnect(&self, user: &str) -> Result<serde_json::Value, ApiError> {
+        self.post("/api/disconnect", &serde_json::json!({ "user": user })).await
     }
 
     /// `GET /api/channels`: the active channels, as the hub reports them.
@@ -178,14 +175,8 @@ mod tests {
 
     #[test]
     fn ws_urls_map_to_http_bases() {
-        assert_eq!(
-            http_base_from_ws("ws://127.0.0.1:7700/ws").unwrap(),
-            "http://127.0.0.1:7700/"
-        );
-        assert_eq!(
-            http_base_from_ws("wss://h.example/ws?token=x").unwrap(),
-            "https://h.example/"
-        );
+        assert_eq!(http_base_from_ws("ws://127.0.0.1:7700/ws").unwrap(), "http://127.0.0.1:7700/");
+        assert_eq!(http_base_from_ws("wss://h.example/ws?token=x").unwrap(), "https://h.example/");
         assert!(http_base_from_ws("ftp://x").is_err());
     }
 }

@@ -61,13 +61,8 @@ impl RawConnection {
     /// `Authorization: Bearer` header, so that a bad token is refused with close code 4500
     /// (protocol §1) rather than an error reply.
     pub async fn connect(url: &str, token: Option<&str>) -> Result<RawConnection, RawError> {
-        let bad_url = |message: String| RawError::Url {
-            url: url.to_string(),
-            message,
-        };
-        let mut request = url
-            .into_client_request()
-            .map_err(|e| bad_url(e.to_string()))?;
+        let bad_url = |message: String| RawError::Url { url: url.to_string(), message };
+        let mut request = url.into_client_request().map_err(|e| bad_url(e.to_string()))?;
         if let Some(token) = token {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|e| bad_url(format!("token is not a valid header value: {e}")))?;
@@ -78,10 +73,7 @@ impl RawConnection {
         let (sink, stream) = ws.split();
         Ok(RawConnection {
             sender: RawSender { sink },
-            receiver: RawReceiver {
-                stream,
-                buffered: VecDeque::new(),
-            },
+            receiver: RawReceiver { stream, buffered: VecDeque::new() },
         })
     }
 
@@ -121,10 +113,7 @@ impl RawSender {
 
     /// Sends a close frame with a normal (1000) code and flushes it.
     pub async fn close(&mut self) -> Result<(), RawError> {
-        let frame = CloseFrame {
-            code: WsCloseCode::Normal,
-            reason: "".into(),
-        };
+        let frame = CloseFrame { code: WsCloseCode::Normal, reason: "".into() };
         self.sink.send(Message::Close(Some(frame))).await?;
         Ok(())
     }
@@ -143,10 +132,7 @@ impl RawReceiver {
             }
             match self.stream.next().await {
                 None => {
-                    return Err(RawError::Closed {
-                        code: None,
-                        reason: "socket closed".into(),
-                    });
+                    return Err(RawError::Closed { code: None, reason: "socket closed".into() });
                 }
                 Some(Err(e)) => return Err(classify(e)),
                 Some(Ok(Message::Text(text))) => {
@@ -178,10 +164,7 @@ impl RawReceiver {
 fn classify(e: tungstenite::Error) -> RawError {
     match e {
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            RawError::Closed {
-                code: None,
-                reason: "connection closed".into(),
-            }
+            RawError::Closed { code: None, reason: "connection closed".into() }
         }
         other => RawError::Ws(other),
     }

@@ -45,14 +45,8 @@ impl ConnectionState {
 impl std::fmt::Display for ConnectionState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConnectionState::Reconnecting {
-                attempt,
-                next_try_in,
-            } => {
-                write!(
-                    f,
-                    "reconnecting (attempt {attempt}, next try in {next_try_in:.1?})"
-                )
+            ConnectionState::Reconnecting { attempt, next_try_in } => {
+                write!(f, "reconnecting (attempt {attempt}, next try in {next_try_in:.1?})")
             }
             ConnectionState::Offline { reason } => write!(f, "offline: {reason}"),
             other => f.write_str(other.name()),

@@ -134,22 +134,12 @@ impl Tracker {
         let position = r.position();
         let mut events = Vec::new();
         if initial {
-            let snapshot = if since.is_none() {
-                r.snapshot.take()
-            } else {
-                None
-            };
-            events.push(SubEvent::Subscribed {
-                position: position.clone(),
-                snapshot,
-            });
+            let snapshot = if since.is_none() { r.snapshot.take() } else { None };
+            events.push(SubEvent::Subscribed { position: position.clone(), snapshot });
         }
         let Some(since) = since else {
             self.last = Some(position);
-            return ReplyOutcome {
-                events,
-                resubscribe: false,
-            };
+            return ReplyOutcome { events, resubscribe: false };
         };
         let same_epoch = since.epoch == r.epoch;
         let fills = same_epoch && {
@@ -171,21 +161,10 @@ impl Tracker {
                 NotRecovered::EpochChanged
             });
             self.last = Some(position.clone());
-            events.push(SubEvent::Resync {
-                reason,
-                position,
-                snapshot: r.snapshot.take(),
-            });
-            return ReplyOutcome {
-                events,
-                resubscribe: false,
-            };
+            events.push(SubEvent::Resync { reason, position, snapshot: r.snapshot.take() });
+            return ReplyOutcome { events, resubscribe: false };
         }
-        if self
-            .last
-            .as_ref()
-            .is_none_or(|l| l.epoch != since.epoch || l.offset < since.offset)
-        {
+        if self.last.as_ref().is_none_or(|l| l.epoch != since.epoch || l.offset < since.offset) {
             self.last = Some(since.clone());
         }
         for p in r.publications {
@@ -193,18 +172,12 @@ impl Tracker {
                 Accept::Deliver => events.push(SubEvent::Publication(p)),
                 Accept::Duplicate => {}
                 Accept::Gap => {
-                    return ReplyOutcome {
-                        events,
-                        resubscribe: true,
-                    };
+                    return ReplyOutcome { events, resubscribe: true };
                 }
             }
         }
         let behind = self.last.as_ref().is_some_and(|l| l.offset < r.offset);
-        ReplyOutcome {
-            events,
-            resubscribe: behind,
-        }
+        ReplyOutcome { events, resubscribe: behind }
     }
 }
 
@@ -229,10 +202,7 @@ mod tests {
     }
 
     fn pos(epoch: &str, offset: u64) -> Position {
-        Position {
-            epoch: epoch.into(),
-            offset,
-        }
+        Position { epoch: epoch.into(), offset }
     }
 
     fn reply(
@@ -274,24 +244,14 @@ mod tests {
         assert_eq!(t.accept(&publication("e", 6)), Accept::Deliver);
         assert_eq!(t.accept(&publication("e", 6)), Accept::Duplicate);
         assert_eq!(t.accept(&publication("e", 8)), Accept::Gap);
-        assert_eq!(
-            t.last,
-            Some(pos("e", 6)),
-            "a gap does not move the position"
-        );
-        assert_eq!(
-            t.accept(&publication("x", 7)),
-            Accept::Gap,
-            "another epoch is a gap"
-        );
+        assert_eq!(t.last, Some(pos("e", 6)), "a gap does not move the position");
+        assert_eq!(t.accept(&publication("x", 7)), Accept::Gap, "another epoch is a gap");
         assert_eq!(t.accept(&publication("e", 7)), Accept::Deliver);
     }
 
     #[test]
     fn recovered_resume_skips_what_was_delivered() {
-        let mut t = Tracker {
-            last: Some(pos("e", 6)),
-        };
+        let mut t = Tracker { last: Some(pos("e", 6)) };
         let pubs = (5..=9).map(|o| publication("e", o)).collect();
         let out = t.on_reply(false, Some(&pos("e", 6)), reply("e", 9, Some(true), pubs));
         assert_eq!(offsets(&out.events), [7, 8, 9]);
@@ -301,9 +261,7 @@ mod tests {
 
     #[test]
     fn a_hole_in_the_recovery_asks_for_another_resubscribe() {
-        let mut t = Tracker {
-            last: Some(pos("e", 2)),
-        };
+        let mut t = Tracker { last: Some(pos("e", 2)) };
         let pubs = vec![publication("e", 3), publication("e", 5)];
         let out = t.on_reply(false, Some(&pos("e", 2)), reply("e", 5, Some(true), pubs));
         assert_eq!(offsets(&out.events), [3]);
@@ -315,17 +273,12 @@ mod tests {
             reply("e", 6, Some(true), vec![publication("e", 4)]),
         );
         assert_eq!(offsets(&short.events), [4]);
-        assert!(
-            short.resubscribe,
-            "recovery that stops before the reply's offset is a gap"
-        );
+        assert!(short.resubscribe, "recovery that stops before the reply's offset is a gap");
     }
 
     #[test]
     fn not_recovered_yields_resync_with_the_reason() {
-        let mut t = Tracker {
-            last: Some(pos("old", 40)),
-        };
+        let mut t = Tracker { last: Some(pos("old", 40)) };
         let mut r = reply("new", 3, Some(false), vec![]);
         r.reason = Some(NotRecovered::EpochChanged);
         let out = t.on_reply(false, Some(&pos("old", 40)), r);
@@ -339,30 +292,19 @@ mod tests {
 
     #[test]
     fn missing_recovered_flag_is_inferred() {
-        let mut t = Tracker {
-            last: Some(pos("e", 1)),
-        };
-        let out = t.on_reply(
-            false,
-            Some(&pos("e", 1)),
-            reply("e", 2, None, vec![publication("e", 2)]),
-        );
+        let mut t = Tracker { last: Some(pos("e", 1)) };
+        let out =
+            t.on_reply(false, Some(&pos("e", 1)), reply("e", 2, None, vec![publication("e", 2)]));
         assert_eq!(offsets(&out.events), [2]);
         let out = t.on_reply(false, Some(&pos("e", 2)), reply("e", 9, None, vec![]));
         assert!(matches!(
             &out.events[..],
-            [SubEvent::Resync {
-                reason: NotRecovered::HistoryTrimmed,
-                ..
-            }]
+            [SubEvent::Resync { reason: NotRecovered::HistoryTrimmed, .. }]
         ));
         let out = t.on_reply(false, Some(&pos("e", 9)), reply("f", 0, None, vec![]));
         assert!(matches!(
             &out.events[..],
-            [SubEvent::Resync {
-                reason: NotRecovered::EpochChanged,
-                ..
-            }]
+            [SubEvent::Resync { reason: NotRecovered::EpochChanged, .. }]
         ));
     }
 
@@ -372,12 +314,7 @@ mod tests {
         let out = t.on_reply(
             true,
             Some(&pos("e", 1)),
-            reply(
-                "e",
-                3,
-                Some(true),
-                vec![publication("e", 2), publication("e", 3)],
-            ),
+            reply("e", 3, Some(true), vec![publication("e", 2), publication("e", 3)]),
         );
         assert!(matches!(out.events[0], SubEvent::Subscribed { .. }));
         assert_eq!(offsets(&out.events), [2, 3]);

@@ -91,11 +91,7 @@ async fn ten_thousand_publications_through_cuts_arrive_once_in_order() {
             tick.tick().await;
             while !done.load(Ordering::SeqCst) && cuts < 2_000 {
                 tick.tick().await;
-                proxy.cut_all(if cuts.is_multiple_of(2) {
-                    Cut::Rst
-                } else {
-                    Cut::Fin
-                });
+                proxy.cut_all(if cuts.is_multiple_of(2) { Cut::Rst } else { Cut::Fin });
                 cuts += 1;
             }
             cuts
@@ -133,14 +129,8 @@ async fn ten_thousand_publications_through_cuts_arrive_once_in_order() {
     let cuts = cutter.await.unwrap();
     assert!(seen.iter().all(|s| *s));
     assert!(cuts >= 3, "the test must actually cut connections ({cuts})");
-    assert!(
-        proxy.accepted() as u32 > cuts / 2,
-        "the client reconnected after the cuts"
-    );
-    eprintln!(
-        "{N} publications, {cuts} cuts, {} connections",
-        proxy.accepted()
-    );
+    assert!(proxy.accepted() as u32 > cuts / 2, "the client reconnected after the cuts");
+    eprintln!("{N} publications, {cuts} cuts, {} connections", proxy.accepted());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,22 +149,15 @@ async fn blackhole_is_detected_and_resumed_without_loss() {
     let mut sub = client.subscribe("bh", SubscribeOptions::default());
     let start = subscribed(&mut sub).await;
     for i in 0..5 {
-        api.publish(&publish_cmd("bh", serde_json::json!(i)))
-            .await
-            .unwrap();
+        api.publish(&publish_cmd("bh", serde_json::json!(i))).await.unwrap();
     }
     receive_through(&mut sub, start.offset + 1, start.offset + 5).await;
-    wait_state(&mut states, Duration::from_secs(5), |s| {
-        *s == ConnectionState::Connected
-    })
-    .await;
+    wait_state(&mut states, Duration::from_secs(5), |s| *s == ConnectionState::Connected).await;
 
     proxy.blackhole(true);
     let blackholed = Instant::now();
     for i in 5..10 {
-        api.publish(&publish_cmd("bh", serde_json::json!(i)))
-            .await
-            .unwrap();
+        api.publish(&publish_cmd("bh", serde_json::json!(i))).await.unwrap();
     }
     wait_state(&mut states, Duration::from_secs(5), |s| {
         matches!(s, ConnectionState::Reconnecting { .. })
@@ -182,15 +165,8 @@ async fn blackhole_is_detected_and_resumed_without_loss() {
     .await;
     let noticed = blackholed.elapsed();
     // ping interval 200 ms + margin 300 ms; allow scheduling slack on a busy machine.
-    assert!(
-        noticed < Duration::from_secs(3),
-        "silence noticed after {noticed:?}"
-    );
-    assert_eq!(
-        proxy.active(),
-        1,
-        "the blackholed connection was not closed by the proxy"
-    );
+    assert!(noticed < Duration::from_secs(3), "silence noticed after {noticed:?}");
+    assert_eq!(proxy.active(), 1, "the blackholed connection was not closed by the proxy");
 
     proxy.blackhole(false);
     receive_through(&mut sub, start.offset + 6, start.offset + 10).await;
@@ -206,29 +182,21 @@ async fn restarted_memory_hub_yields_resync_epoch_changed() {
     let mut sub = client.subscribe("restart", SubscribeOptions::default());
     let start = subscribed(&mut sub).await;
     for i in 0..3 {
-        hub.api()
-            .publish(&publish_cmd("restart", serde_json::json!(i)))
-            .await
-            .unwrap();
+        hub.api().publish(&publish_cmd("restart", serde_json::json!(i))).await.unwrap();
     }
     receive_through(&mut sub, start.offset + 1, start.offset + 3).await;
 
     hub.kill9();
     let hub = Hub::start_on(port);
     let position = match next_event(&mut sub, Duration::from_secs(30)).await {
-        SubEvent::Resync {
-            reason, position, ..
-        } => {
+        SubEvent::Resync { reason, position, .. } => {
             assert_eq!(reason, NotRecovered::EpochChanged);
             position
         }
         other => panic!("expected Resync, got {other:?}"),
     };
     assert_ne!(position.epoch, start.epoch);
-    hub.api()
-        .publish(&publish_cmd("restart", serde_json::json!("after")))
-        .await
-        .unwrap();
+    hub.api().publish(&publish_cmd("restart", serde_json::json!("after"))).await.unwrap();
     match next_event(&mut sub, Duration::from_secs(10)).await {
         SubEvent::Publication(p) => {
             assert_eq!((p.epoch, p.offset), (position.epoch, position.offset + 1))
@@ -241,10 +209,7 @@ async fn restarted_memory_hub_yields_resync_epoch_changed() {
 async fn reconnect_delays_follow_the_policy_and_the_breaker_opens() {
     // A hub that is not running: the proxy accepts (so attempts can be timed) and then resets,
     // as the refused upstream connection would.
-    let stopped = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let stopped = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let proxy = Proxy::start(stopped).await;
     let policy = BackoffPolicy {
         initial: Duration::from_millis(100),
@@ -265,10 +230,9 @@ async fn reconnect_delays_follow_the_policy_and_the_breaker_opens() {
     let reason = loop {
         let state = wait_state(&mut states, Duration::from_secs(15), |_| true).await;
         match state {
-            ConnectionState::Reconnecting {
-                attempt,
-                next_try_in,
-            } => delays.push((attempt, next_try_in)),
+            ConnectionState::Reconnecting { attempt, next_try_in } => {
+                delays.push((attempt, next_try_in))
+            }
             ConnectionState::Offline { reason } => break reason,
             _ => {}
         }
@@ -276,10 +240,8 @@ async fn reconnect_delays_follow_the_policy_and_the_breaker_opens() {
     assert_eq!(reason, OfflineReason::CircuitOpen { attempts: 6 });
     let attempts: Vec<u32> = delays.iter().map(|(a, _)| *a).collect();
     assert_eq!(attempts, [1, 2, 3, 4, 5]);
-    let ceilings: Vec<u64> = delays
-        .iter()
-        .map(|(a, _)| policy.ceiling(*a).as_millis() as u64)
-        .collect();
+    let ceilings: Vec<u64> =
+        delays.iter().map(|(a, _)| policy.ceiling(*a).as_millis() as u64).collect();
     assert_eq!(ceilings, [100, 200, 400, 400, 400], "growing, then capped");
     for (attempt, delay) in &delays {
         assert!(
@@ -288,9 +250,7 @@ async fn reconnect_delays_follow_the_policy_and_the_breaker_opens() {
         );
     }
     assert!(
-        delays
-            .iter()
-            .any(|(a, d)| d.as_secs_f64() < policy.ceiling(*a).as_secs_f64() * 0.95),
+        delays.iter().any(|(a, d)| d.as_secs_f64() < policy.ceiling(*a).as_secs_f64() * 0.95),
         "full jitter draws below the ceiling: {delays:?}"
     );
     let times = proxy.accept_times();
@@ -309,24 +269,15 @@ async fn reconnect_delays_follow_the_policy_and_the_breaker_opens() {
         );
     }
     // Offline means no more attempts.
-    assert!(
-        tokio::time::timeout(Duration::from_secs(1), states.recv())
-            .await
-            .is_err()
-    );
+    assert!(tokio::time::timeout(Duration::from_secs(1), states.recv()).await.is_err());
     assert_eq!(proxy.accepted(), 6);
     assert!(matches!(
         client.publish("x", &1).await,
-        Err(herald_client::Error::Offline(
-            OfflineReason::CircuitOpen { .. }
-        ))
+        Err(herald_client::Error::Offline(OfflineReason::CircuitOpen { .. }))
     ));
 
     client.reconnect();
-    wait_state(&mut states, Duration::from_secs(5), |s| {
-        *s == ConnectionState::Connecting
-    })
-    .await;
+    wait_state(&mut states, Duration::from_secs(5), |s| *s == ConnectionState::Connecting).await;
     wait_state(&mut states, Duration::from_secs(5), |s| {
         matches!(s, ConnectionState::Reconnecting { attempt: 1, .. })
     })
@@ -340,11 +291,7 @@ async fn bad_token_goes_offline_with_the_server_code_and_stops() {
     let proxy = Proxy::start(hub.addr).await;
     let (client, mut states) = Client::builder()
         .url(proxy.ws_url())
-        .token(token(
-            "not-the-secret",
-            "mallory",
-            Duration::from_secs(3600),
-        ))
+        .token(token("not-the-secret", "mallory", Duration::from_secs(3600)))
         .backoff(fast_policy())
         .build_with_states()
         .unwrap();
@@ -353,23 +300,18 @@ async fn bad_token_goes_offline_with_the_server_code_and_stops() {
     })
     .await;
     match offline {
-        ConnectionState::Offline {
-            reason: OfflineReason::Closed { code, .. },
-        } => assert_eq!(code, 4500),
+        ConnectionState::Offline { reason: OfflineReason::Closed { code, .. } } => {
+            assert_eq!(code, 4500)
+        }
         other => panic!("expected offline with close 4500, got {other:?}"),
     }
     assert!(
-        tokio::time::timeout(Duration::from_secs(1), states.recv())
-            .await
-            .is_err(),
+        tokio::time::timeout(Duration::from_secs(1), states.recv()).await.is_err(),
         "no further attempts"
     );
     assert_eq!(proxy.accepted(), 1);
     assert!(matches!(
         client.wait_connected(Duration::from_millis(10)).await,
-        Err(herald_client::Error::Offline(OfflineReason::Closed {
-            code: 4500,
-            ..
-        }))
+        Err(herald_client::Error::Offline(OfflineReason::Closed { code: 4500, .. }))
     ));
 }

@@ -1,1 +1,51 @@
-fn main(){}
+//! The `herald` binary: `serve`, `token`, `publish`, `sub`.
+//!
+//! Every flag also reads `HERALD_<FLAG>` from the environment (flag wins over env, env over the
+//! config file, the config file over defaults).
+
+mod cmd_publish;
+mod cmd_serve;
+mod cmd_sub;
+mod cmd_token;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Herald: a real-time event hub")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the hub.
+    Serve(cmd_serve::ServeArgs),
+    /// Print an HS256 token for development and scripts.
+    Token(cmd_token::TokenArgs),
+    /// Publish one event through the HTTP API and print the reply.
+    Publish(cmd_publish::PublishArgs),
+    /// Subscribe and print each publication as one JSON line.
+    Sub(cmd_sub::SubArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Cmd::Serve(args) => cmd_serve::run(args).await,
+            Cmd::Token(args) => cmd_token::run(args),
+            Cmd::Publish(args) => cmd_publish::run(args).await,
+            Cmd::Sub(args) => cmd_sub::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -148,7 +148,8 @@ impl Request {
         })?;
         let id = wire.id;
         let bad = |message: String| ParseError { id, code: ErrorCode::BadRequest, message };
-        let need_channel = |c: Option<String>| c.ok_or_else(|| bad("missing field `channel`".into()));
+        let need_channel =
+            |c: Option<String>| c.ok_or_else(|| bad("missing field `channel`".into()));
         let command = match wire.cmd.as_ref() {
             "connect" => Command::Connect { token: wire.token, name: wire.name },
             "subscribe" => Command::Subscribe {

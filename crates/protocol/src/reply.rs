@@ -232,7 +232,9 @@ impl ServerMessage {
         let w: WireMessage<'_> = serde_json::from_str(line).map_err(|e| e.to_string())?;
         if let Some(push) = w.push {
             return match push.as_str() {
-                "pub" => w.publication.map(ServerMessage::Publication).ok_or("pub without body".into()),
+                "pub" => {
+                    w.publication.map(ServerMessage::Publication).ok_or("pub without body".into())
+                }
                 "ping" => Ok(ServerMessage::Ping),
                 "unsubscribe" => Ok(ServerMessage::Unsubscribe {
                     channel: w.channel.unwrap_or_default(),
@@ -245,7 +247,9 @@ impl ServerMessage {
                     reason: w.reason.unwrap_or_default(),
                     reconnect: w.reconnect,
                 }),
-                "error" => w.error.map(ServerMessage::Error).ok_or("error push without error".into()),
+                "error" => {
+                    w.error.map(ServerMessage::Error).ok_or("error push without error".into())
+                }
                 other => Err(format!("unknown push {other:?}")),
             };
         }
@@ -321,7 +325,9 @@ mod tests {
             r#"{"channel":"c","epoch":"e","offset":1,"id":"e-1","type":"t","data":{"x":1},"time":"now"}"#
         );
         match ServerMessage::parse(&line).unwrap() {
-            ServerMessage::Publication(p) => assert_eq!((p.offset, p.data.get()), (1, r#"{"x":1}"#)),
+            ServerMessage::Publication(p) => {
+                assert_eq!((p.offset, p.data.get()), (1, r#"{"x":1}"#))
+            }
             other => panic!("{other:?}"),
         }
         let err = reply_err(Some(3), &ErrorBody::new(ErrorCode::Forbidden, "no").with_channel("c"));
@@ -330,7 +336,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let d = push_disconnect(crate::CloseCode::SlowConsumer, "queue full");
-        assert!(matches!(ServerMessage::parse(&d).unwrap(), ServerMessage::Disconnect { code: 4001, reconnect: true, .. }));
+        assert!(matches!(
+            ServerMessage::parse(&d).unwrap(),
+            ServerMessage::Disconnect { code: 4001, reconnect: true, .. }
+        ));
         assert!(matches!(ServerMessage::parse(PUSH_PING).unwrap(), ServerMessage::Ping));
     }
 }

@@ -1,1 +1,135 @@
+//! Herald hub as a library: build a [`Hub`] from a [`Config`], mount [`router`] into an axum
+//! application (seed 004 embeds it), or run it alone with [`serve`].
+//!
+//! # Layout
+//!
+//! Modules follow the data flow of a publication:
+//!
+//! - [`config`]: the typed configuration, validated before any port is bound.
+//! - [`auth`]: tokens → [`auth::Principal`]; channel patterns.
+//! - [`hook`]: the optional subscribe-authorization hook.
+//! - [`api`]: the HTTP API (`/api/*`, `/health`, `/ready`, `/metrics`).
+//! - [`hub`]: one node's shared state: namespaces, authorization, local subscribers, sessions.
+//! - [`engine`]: offsets, history, keyed state and cross-node fan-out ([`engine::memory`]).
+//! - [`outbox`]: a connection's bounded outbound queue.
+//! - [`session`]: one WebSocket connection.
+//! - [`metrics`]: Prometheus metrics.
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod hook;
+pub mod hub;
+pub mod metrics;
+pub mod outbox;
+pub mod session;
+
+pub use config::Config;
+pub use hub::Hub;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use herald_protocol::ErrorCode;
+use herald_protocol::reply::ErrorBody;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Builds a hub on the engine the configuration names (the memory engine here; the binary builds
+/// the Redis engine).
+pub fn memory_hub(config: Config) -> anyhow::Result<Arc<Hub>> {
+    Hub::new(config, Arc::new(engine::memory::MemoryEngine::new()))
+}
+
+/// Every route of the hub: `/ws`, the API, and the embedded dashboard and demo pages.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/ws", get(ws_upgrade))
+        .merge(api::router(hub.clone()))
+        .route("/", get(|| asset("index.html")))
+        .route("/demo", get(|| asset("demo.html")))
+        .route(
+            "/static/{*path}",
+            get(|axum::extract::Path(path): axum::extract::Path<String>| asset_owned(path)),
+        )
+        .with_state(hub)
+}
+
+/// Serves on a bound listener until `shutdown` resolves, then closes every connection with the
+/// `shutdown` code and drains within the configured deadline.
+pub async fn serve(
+    hub: Arc<Hub>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let drained = hub.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing connections");
+            drained.shutdown().await;
+        })
+        .await
+}
+
+async fn ws_upgrade(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !hub.admit_attempt(addr.ip()) {
+        tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %addr.ip(), reason = "connection attempts per minute exceeded");
+        return api::ApiError(ErrorBody::new(
+            ErrorCode::RateLimited,
+            "too many connection attempts from this address",
+        ))
+        .into_response();
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+        .or_else(|| query.get("token").cloned());
+    let origin_allowed = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(origin) => {
+            let list = &hub.config.allowed_origins;
+            list.is_empty() || list.iter().any(|o| o == "*" || o == origin)
+        }
+        None => true,
+    };
+    let limits = &hub.config.limits;
+    let upgrade = session::Upgrade { token, origin_allowed, ip: addr.ip() };
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(limits.outbound_queue_bytes.max(1 << 20))
+        .max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        .on_upgrade(move |socket| session::run(hub, socket, upgrade))
+}
+
+/// The dashboard, demo and their assets, embedded at compile time so one binary is the product.
+#[derive(rust_embed::Embed)]
+#[folder = "web/"]
+struct Assets;
+
+async fn asset(path: &'static str) -> Response {
+    asset_owned(path.to_string()).await
+}
+
+async fn asset_owned(path: String) -> Response {
+    match Assets::get(&path) {
+        Some(file) => {
+            ([(header::CONTENT_TYPE, file.metadata.mimetype().to_string())], file.data.into_owned())
+                .into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}

@@ -37,17 +37,9 @@ pub fn herald_bin() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|t| {
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-        })
+        .map(|t| if t.is_absolute() { t } else { workspace.join(t) })
         .unwrap_or_else(|| workspace.join("target"));
-    let bin = target
-        .join("debug")
-        .join(format!("herald{}", std::env::consts::EXE_SUFFIX));
+    let bin = target.join("debug").join(format!("herald{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
         "the herald binary is missing at {}: run `cargo build --bins` before `cargo test`",
@@ -73,10 +65,7 @@ impl Drop for Hub {
 }
 
 fn unique_dir() -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     let dir =
         std::env::temp_dir().join(format!("herald-client-test-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -93,10 +82,7 @@ impl Hub {
     pub fn start_on(port: u16) -> Hub {
         let dir = unique_dir();
         let config = dir.join("herald.toml");
-        std::fs::File::create(&config)
-            .unwrap()
-            .write_all(TEST_CONFIG.as_bytes())
-            .unwrap();
+        std::fs::File::create(&config).unwrap().write_all(TEST_CONFIG.as_bytes()).unwrap();
         let mut child = Command::new(herald_bin())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--api-key", API_KEY, "--token-secret", TOKEN_SECRET])
@@ -127,10 +113,8 @@ impl Hub {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr: String = rest
-                            .chars()
-                            .take_while(|c| !c.is_whitespace() && *c != '/')
-                            .collect();
+                        let addr: String =
+                            rest.chars().take_while(|c| !c.is_whitespace() && *c != '/').collect();
                         break addr.parse::<SocketAddr>().expect("listen address");
                     }
                     seen.push(line);
@@ -177,19 +161,10 @@ pub fn token(secret: &str, sub: &str, ttl: Duration) -> String {
         channels: [&'a str; 1],
         publish: [&'a str; 1],
     }
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + ttl.as_secs();
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + ttl.as_secs();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &Claims {
-            sub,
-            exp,
-            channels: ["*"],
-            publish: ["*"],
-        },
+        &Claims { sub, exp, channels: ["*"], publish: ["*"] },
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()

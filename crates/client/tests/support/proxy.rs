@@ -75,11 +75,7 @@ impl Proxy {
                     continue;
                 };
                 accept_shared.accepted.fetch_add(1, Ordering::SeqCst);
-                accept_shared
-                    .accept_times
-                    .lock()
-                    .unwrap()
-                    .push(Instant::now());
+                accept_shared.accept_times.lock().unwrap().push(Instant::now());
                 let shared = accept_shared.clone();
                 tokio::spawn(async move {
                     shared.active.fetch_add(1, Ordering::SeqCst);

@@ -1,0 +1,191 @@
+//! `herald serve`: parse the configuration, bind, serve until SIGTERM/SIGINT, drain.
+
+use anyhow::Context;
+use herald_server::config::{EngineKind, LogFormat};
+use herald_server::engine::Engine;
+use herald_server::{Config, Hub};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Development API key used when none is configured.
+const DEV_API_KEY: &str = "dev-api-key";
+/// Development token secret used when none is configured.
+const DEV_SECRET: &str = "dev-secret";
+
+/// Arguments of `herald serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (docs/configuration.md). Without one, the built-in development
+    /// configuration is used.
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<String>,
+    /// Address to listen on (default 127.0.0.1:7700).
+    #[arg(long, env = "HERALD_LISTEN")]
+    listen: Option<String>,
+    /// API key for /api (added to the configured ones).
+    #[arg(long, env = "HERALD_API_KEY")]
+    api_key: Option<String>,
+    /// HS256 token secret.
+    #[arg(long, env = "HERALD_TOKEN_SECRET")]
+    token_secret: Option<String>,
+    /// `memory` or `redis`.
+    #[arg(long, env = "HERALD_ENGINE")]
+    engine: Option<String>,
+    /// Redis URL for the redis engine.
+    #[arg(long, env = "HERALD_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Node id (random when unset).
+    #[arg(long, env = "HERALD_NODE_ID")]
+    node_id: Option<String>,
+    /// Server ping interval (`25s`, `200ms`).
+    #[arg(long, env = "HERALD_PING_INTERVAL", value_parser = humantime::parse_duration)]
+    ping_interval: Option<Duration>,
+    /// Close a connection silent for this long.
+    #[arg(long, env = "HERALD_PONG_TIMEOUT", value_parser = humantime::parse_duration)]
+    pong_timeout: Option<Duration>,
+    /// Close a connection that has not sent `connect` within this.
+    #[arg(long, env = "HERALD_AUTH_TIMEOUT", value_parser = humantime::parse_duration)]
+    auth_timeout: Option<Duration>,
+    /// Allowed Origin for WebSocket upgrades (repeat for several).
+    #[arg(long = "allowed-origin", env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// `text` or `json` log lines.
+    #[arg(long, env = "HERALD_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+impl ServeArgs {
+    /// Builds the configuration: file (or development defaults), then env and flags on top.
+    fn config(&self) -> anyhow::Result<(Config, Vec<String>)> {
+        let mut notes = Vec::new();
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => {
+                notes.push("no --config: using the built-in development configuration (namespaces `default` and `demo`)".to_string());
+                Config::development()
+            }
+        };
+        if let Some(v) = &self.listen {
+            config.listen = v.clone();
+        }
+        if let Some(v) = &self.api_key {
+            config.api_keys.push(v.clone());
+        }
+        if let Some(v) = &self.token_secret {
+            config.auth.token_secret = Some(v.clone());
+        }
+        if let Some(v) = &self.engine {
+            config.engine.kind = match v.as_str() {
+                "memory" => EngineKind::Memory,
+                "redis" => EngineKind::Redis,
+                other => anyhow::bail!("--engine must be memory or redis, not {other:?}"),
+            };
+        }
+        if let Some(v) = &self.redis_url {
+            config.engine.redis_url = v.clone();
+        }
+        if let Some(v) = &self.node_id {
+            config.node_id = v.clone();
+        }
+        if let Some(v) = self.ping_interval {
+            config.timeouts.ping_interval = v;
+        }
+        if let Some(v) = self.pong_timeout {
+            config.timeouts.pong_timeout = v;
+        }
+        if let Some(v) = self.auth_timeout {
+            config.timeouts.auth_timeout = v;
+        }
+        if !self.allowed_origins.is_empty() {
+            config.allowed_origins = self.allowed_origins.clone();
+        }
+        if let Some(v) = &self.log_format {
+            config.log.format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => anyhow::bail!("--log-format must be text or json, not {other:?}"),
+            };
+        }
+        if self.config.is_none() {
+            if config.api_keys.is_empty() {
+                config.api_keys.push(DEV_API_KEY.into());
+                notes.push(format!("DEVELOPMENT API key: {DEV_API_KEY}"));
+            }
+            if config.auth.token_secret.is_none() {
+                config.auth.token_secret = Some(DEV_SECRET.into());
+                notes.push(format!("DEVELOPMENT token secret: {DEV_SECRET}"));
+            }
+        }
+        config.validate()?;
+        Ok((config, notes))
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Builds the engine the configuration names.
+async fn build_engine(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
+    match config.engine.kind {
+        EngineKind::Memory => Ok(Arc::new(herald_server::engine::memory::MemoryEngine::new())),
+        EngineKind::Redis => anyhow::bail!("the redis engine is not available in this build"),
+    }
+}
+
+/// Runs the hub.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (config, notes) = args.config()?;
+    init_logging(config.log.format);
+    let engine = build_engine(&config).await?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let mut config = config;
+    config.listen = addr.to_string();
+    let dev_secret = (args.config.is_none()).then(|| config.auth.token_secret.clone()).flatten();
+    let hub = Hub::new(config, engine)?;
+    for note in &notes {
+        eprintln!("herald: {note}");
+    }
+    if let Some(secret) = dev_secret.filter(|s| s == DEV_SECRET) {
+        let claims = herald_server::auth::Claims {
+            sub: "dev".into(),
+            exp: Some(herald_server::auth::unix_now() + 24 * 3600),
+            channels: vec!["*".into()],
+            publish: vec!["*".into()],
+            ..Default::default()
+        };
+        eprintln!(
+            "herald: DEVELOPMENT token (user dev, all channels, 24 h): {}",
+            herald_server::auth::mint_hs256(&secret, &claims)?
+        );
+        eprintln!("herald: dashboard http://{addr}/  demo http://{addr}/demo");
+    }
+    eprintln!("herald: node {} listening on http://{addr} (WebSocket ws://{addr}/ws)", hub.node_id);
+    herald_server::serve(hub, listener, shutdown_signal()).await?;
+    eprintln!("herald: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

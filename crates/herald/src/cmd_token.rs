@@ -1,0 +1,40 @@
+//! `herald token`: mint an HS256 token.
+
+use herald_server::auth::{Claims, mint_hs256, unix_now};
+
+/// Arguments of `herald token`.
+#[derive(clap::Args)]
+pub struct TokenArgs {
+    /// HMAC secret (the hub's `auth.token_secret`).
+    #[arg(long, env = "HERALD_SECRET")]
+    secret: String,
+    /// User id (`sub`).
+    #[arg(long, env = "HERALD_SUB")]
+    sub: String,
+    /// Channel patterns the user may subscribe to, comma-separated (`session:*,campaign:42`).
+    #[arg(long, env = "HERALD_CHANNELS", value_delimiter = ',')]
+    channels: Vec<String>,
+    /// Channel patterns the user may publish to, comma-separated.
+    #[arg(long, env = "HERALD_PUBLISH", value_delimiter = ',')]
+    publish: Vec<String>,
+    /// Roles, comma-separated (`admin` may do everything).
+    #[arg(long, env = "HERALD_ROLES", value_delimiter = ',')]
+    roles: Vec<String>,
+    /// Lifetime (`30s`, `1h`, `7d`).
+    #[arg(long, env = "HERALD_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+}
+
+/// Prints the token.
+pub fn run(args: TokenArgs) -> anyhow::Result<()> {
+    let claims = Claims {
+        sub: args.sub,
+        exp: Some(unix_now() + args.ttl.as_secs()),
+        nbf: None,
+        channels: args.channels,
+        publish: args.publish,
+        roles: args.roles,
+    };
+    println!("{}", mint_hs256(&args.secret, &claims)?);
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! Typed configuration, parsed (from TOML, then env vars and CLI flags on top, see the binary)
+//! before any port is bound.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// The TOML is malformed or has unknown keys.
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// Values that are each valid but do not fit together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// Id of this node in `/api/info` and connect replies; random when empty.
+    pub node_id: String,
+    /// API keys accepted by `/api` (header `x-api-key`). Empty means the API is closed.
+    pub api_keys: Vec<String>,
+    /// Allowed `Origin` values for WebSocket upgrades (`*` for any). Empty: any origin.
+    pub allowed_origins: Vec<String>,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Heartbeat, auth and shutdown timings.
+    pub timeouts: Timeouts,
+    /// Per-connection and per-user limits.
+    pub limits: Limits,
+    /// Which engine holds offsets, history and state.
+    pub engine: EngineConfig,
+    /// Log format and audit options.
+    pub log: LogConfig,
+    /// Optional HTTP hook asked whether a user may subscribe to a channel.
+    pub subscribe_hook: Option<HookConfig>,
+    /// Namespaces by name; `default` holds channels without a `:`.
+    pub namespaces: BTreeMap<String, Namespace>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7700".into(),
+            node_id: String::new(),
+            api_keys: Vec::new(),
+            allowed_origins: Vec::new(),
+            auth: AuthConfig::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            engine: EngineConfig::default(),
+            log: LogConfig::default(),
+            subscribe_hook: None,
+            namespaces: BTreeMap::from([("default".to_string(), Namespace::default())]),
+        }
+    }
+}
+
+/// How connection tokens are verified.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Shared secret for HS256/384/512 tokens.
+    pub token_secret: Option<String>,
+    /// PEM of an RSA public key for RS256 tokens.
+    pub rsa_public_key: Option<String>,
+    /// PEM of an EC (P-256) public key for ES256 tokens.
+    pub ec_public_key: Option<String>,
+    /// JWKS URL; keys are cached by `kid` and refetched on an unknown `kid`.
+    pub jwks_url: Option<String>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: Option<u64>,
+}
+
+/// Timings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// How often the server sends `ping`.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Silence after which a connection is closed (must exceed `ping_interval`).
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Time allowed between upgrade and a successful `connect`.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Time a connection may live past its token's expiry without `refresh`.
+    #[serde(with = "humantime_serde")]
+    pub token_grace: Duration,
+    /// How long shutdown waits for connections to drain.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(60),
+            auth_timeout: Duration::from_secs(10),
+            token_grace: Duration::from_secs(5),
+            shutdown_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits; 0 means unlimited where noted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest inbound WebSocket frame.
+    pub max_frame_bytes: usize,
+    /// Channels one connection may be subscribed to.
+    pub max_channels_per_connection: usize,
+    /// Connections one user may hold (0: unlimited).
+    pub max_connections_per_user: usize,
+    /// WebSocket upgrade attempts per source IP per minute (0: unlimited).
+    pub connection_attempts_per_ip_per_minute: u32,
+    /// Commands per second per connection (burst of twice that; 0: unlimited).
+    pub commands_per_second: u32,
+    /// Messages an outbound queue may hold before the connection is a slow consumer.
+    pub outbound_queue_messages: usize,
+    /// Bytes an outbound queue may hold before the connection is a slow consumer.
+    pub outbound_queue_bytes: usize,
+    /// Largest `limit` for history reads.
+    pub max_history_page: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 64 * 1024,
+            max_channels_per_connection: 256,
+            max_connections_per_user: 0,
+            connection_attempts_per_ip_per_minute: 0,
+            commands_per_second: 200,
+            outbound_queue_messages: 4096,
+            outbound_queue_bytes: 8 * 1024 * 1024,
+            max_history_page: 1000,
+        }
+    }
+}
+
+/// Engine selection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `memory` (single node) or `redis`.
+    pub kind: EngineKind,
+    /// Redis URL for the `redis` engine.
+    pub redis_url: String,
+    /// Key prefix in Redis, so several hubs can share one Redis.
+    pub redis_prefix: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            kind: EngineKind::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "herald".into(),
+        }
+    }
+}
+
+/// Which engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Embedded, single node.
+    Memory,
+    /// Redis: several nodes act as one hub.
+    Redis,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (JSON lines).
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subscribe-authorization hook (seed 001: "may this user view this campaign").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// POSTed `{"user","channel","client"}`; a 2xx with `{"allow": true}` allows.
+    pub url: String,
+    /// How long an answer is cached per (user, channel).
+    #[serde(with = "humantime_serde", default = "default_hook_cache")]
+    pub cache_ttl: Duration,
+    /// How long to wait for the hook; a timeout denies.
+    #[serde(with = "humantime_serde", default = "default_hook_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_hook_cache() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Who may subscribe to a namespace's channels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribePolicy {
+    /// A pattern in the token's `channels` claim must match.
+    #[default]
+    Claims,
+    /// Any authenticated user.
+    Authenticated,
+    /// Anyone, including anonymous connections.
+    Anyone,
+    /// Claims first; otherwise ask the subscribe hook.
+    Hook,
+}
+
+/// Options of one namespace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Namespace {
+    /// Who may subscribe.
+    pub subscribe: SubscribePolicy,
+    /// Whether connections may connect without a token to use this namespace.
+    pub anonymous: bool,
+    /// Whether clients allowed to subscribe may also publish (the token's `publish` claim always
+    /// grants).
+    pub client_publish: bool,
+    /// Largest `data` of one publication, in bytes.
+    pub max_message_bytes: usize,
+    /// Publications kept per channel (0: no history, resume always `history_trimmed`).
+    pub history_size: usize,
+    /// Age after which publications leave the history.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Most publications a resume may return before it answers `too_many`.
+    pub max_recover: usize,
+    /// Channels keep keyed state (publications with `key` and `op`).
+    pub keyed: bool,
+    /// Most live keys per channel.
+    pub max_state_records: usize,
+    /// Most bytes of live values per channel.
+    pub max_state_bytes: usize,
+    /// How long an idempotency key is remembered.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Namespace {
+            subscribe: SubscribePolicy::Claims,
+            anonymous: false,
+            client_publish: false,
+            max_message_bytes: 64 * 1024,
+            history_size: 1000,
+            history_ttl: Duration::from_secs(3600),
+            max_recover: 1000,
+            keyed: false,
+            max_state_records: 100_000,
+            max_state_bytes: 64 * 1024 * 1024,
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::from_toml(&text)
+    }
+
+    /// Refuses combinations that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.timeouts;
+        if t.pong_timeout <= t.ping_interval {
+            return Err(ConfigError::Invalid(format!(
+                "timeouts.pong_timeout ({:?}) must be above timeouts.ping_interval ({:?})",
+                t.pong_timeout, t.ping_interval
+            )));
+        }
+        if t.ping_interval.is_zero() {
+            return Err(ConfigError::Invalid("timeouts.ping_interval must be above 0".into()));
+        }
+        if self.limits.outbound_queue_messages == 0 || self.limits.max_frame_bytes < 128 {
+            return Err(ConfigError::Invalid(
+                "limits.outbound_queue_messages must be above 0 and max_frame_bytes at least 128"
+                    .into(),
+            ));
+        }
+        if self.engine.kind == EngineKind::Redis && self.engine.redis_url.is_empty() {
+            return Err(ConfigError::Invalid("engine.redis_url is required for redis".into()));
+        }
+        for (name, ns) in &self.namespaces {
+            if name.contains(':') || name.is_empty() {
+                return Err(ConfigError::Invalid(format!("namespace name {name:?} is invalid")));
+            }
+            if ns.subscribe == SubscribePolicy::Hook && self.subscribe_hook.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {name:?} uses subscribe = \"hook\" but [subscribe_hook] is not set"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The built-in configuration used by `herald serve` with no config file: the default
+    /// namespace (token claims decide) and the `demo` namespace the demo page uses.
+    pub fn development() -> Config {
+        let mut config = Config::default();
+        config.namespaces.insert(
+            "demo".into(),
+            Namespace {
+                subscribe: SubscribePolicy::Anyone,
+                anonymous: true,
+                client_publish: true,
+                keyed: true,
+                max_state_records: 10_000,
+                ..Namespace::default()
+            },
+        );
+        config
+    }
+
+    /// The namespace of a channel: the part before the first `:`, or `default`.
+    pub fn namespace_of(channel: &str) -> &str {
+        channel.split_once(':').map_or("default", |(ns, _)| ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates() {
+        let c = Config::from_toml(
+            r#"
+            listen = "127.0.0.1:0"
+            api_keys = ["k"]
+            [timeouts]
+            ping_interval = "1s"
+            pong_timeout = "3s"
+            [namespaces.campaign]
+            history_size = 10
+            history_ttl = "5m"
+            keyed = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.namespaces["campaign"].history_ttl, Duration::from_secs(300));
+        assert!(c.namespaces["campaign"].keyed);
+        let err = Config::from_toml("[timeouts]\nping_interval = \"5s\"\npong_timeout = \"5s\"\n");
+        assert!(err.unwrap_err().to_string().contains("pong_timeout"));
+        assert!(Config::from_toml("bogus = 1").is_err());
+        assert_eq!(Config::namespace_of("campaign:42:x"), "campaign");
+        assert_eq!(Config::namespace_of("tasks"), "default");
+    }
+}

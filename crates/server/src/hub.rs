@@ -1,0 +1,401 @@
+//! The hub: shared state of one node. Sessions and the HTTP API both go through it, so a client
+//! publish and an API publish take the same path.
+
+use crate::auth::{Principal, Verifier};
+use crate::config::{Config, Namespace, SubscribePolicy};
+use crate::engine::{Encoded, Engine, EngineError, Fanout, PublishInput};
+use crate::hook::SubscribeHook;
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Outgoing, Refused};
+use herald_protocol::reply::{ErrorBody, PublishResult};
+use herald_protocol::{CloseCode, ErrorCode};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::sync::{OnceCell, watch};
+
+/// Local subscribers of one channel.
+#[derive(Default)]
+struct ChannelSubscribers {
+    /// (session id, its outbox), in subscribe order.
+    sessions: Vec<(u64, Arc<Outbox>)>,
+    /// Resolved once the engine delivers this channel to this node (Redis SUBSCRIBE confirmed).
+    listening: Arc<OnceCell<()>>,
+}
+
+/// This node's channel → subscribers registry; the engine delivers into it.
+pub struct Subscribers {
+    channels: RwLock<HashMap<Arc<str>, ChannelSubscribers>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Subscribers {
+    fn new(metrics: Arc<Metrics>) -> Subscribers {
+        Subscribers { channels: RwLock::new(HashMap::new()), metrics }
+    }
+
+    /// Adds a subscriber; returns the channel's listening gate and whether it was the first.
+    fn add(&self, channel: &str, session: u64, outbox: Arc<Outbox>) -> (Arc<OnceCell<()>>, bool) {
+        let mut channels = self.channels.write();
+        let entry = channels.entry(channel.into()).or_default();
+        let first = entry.sessions.is_empty();
+        entry.sessions.push((session, outbox));
+        (entry.listening.clone(), first)
+    }
+
+    /// Removes a subscriber; returns true when the channel has no local subscriber left.
+    fn remove(&self, channel: &str, session: u64) -> bool {
+        let mut channels = self.channels.write();
+        let Some(entry) = channels.get_mut(channel) else { return false };
+        entry.sessions.retain(|(id, _)| *id != session);
+        if entry.sessions.is_empty() {
+            channels.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// Channels with their local subscriber counts.
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        let channels = self.channels.read();
+        let mut v: Vec<_> =
+            channels.iter().map(|(c, s)| (c.to_string(), s.sessions.len())).collect();
+        v.sort();
+        v
+    }
+
+    /// Names of channels with local subscribers.
+    pub fn channel_names(&self) -> Vec<String> {
+        self.channels.read().keys().map(|c| c.to_string()).collect()
+    }
+}
+
+impl Fanout for Subscribers {
+    fn deliver(&self, publication: Arc<Encoded>) {
+        let channels = self.channels.read();
+        let Some(entry) = channels.get(&*publication.channel) else { return };
+        for (_, outbox) in &entry.sessions {
+            if outbox.push(Outgoing::Pub(publication.clone())) == Err(Refused::Overflow) {
+                self.metrics.slow_consumer_closes.inc();
+            }
+        }
+    }
+
+    fn reset(&self, channel: Option<&str>) {
+        let channels = self.channels.read();
+        let notify = |name: &Arc<str>, entry: &ChannelSubscribers| {
+            for (_, outbox) in &entry.sessions {
+                let _ = outbox.push(Outgoing::Reset(name.clone()));
+            }
+        };
+        match channel {
+            Some(c) => {
+                if let Some((name, entry)) = channels.get_key_value(c) {
+                    notify(name, entry);
+                }
+            }
+            None => channels.iter().for_each(|(name, entry)| notify(name, entry)),
+        }
+    }
+}
+
+/// A live session as the hub sees it.
+struct SessionEntry {
+    /// Its user (empty: anonymous or not yet authenticated).
+    user: String,
+    /// Its queue, to close it.
+    outbox: Arc<Outbox>,
+}
+
+/// Shared state of one node.
+pub struct Hub {
+    /// The configuration it was started with.
+    pub config: Arc<Config>,
+    /// This node's id.
+    pub node_id: String,
+    /// Offsets, history, state and cross-node fan-out.
+    pub engine: Arc<dyn Engine>,
+    /// Local subscribers.
+    pub subscribers: Arc<Subscribers>,
+    /// Token verification.
+    pub verifier: Verifier,
+    /// Optional subscribe-authorization hook.
+    pub hook: Option<SubscribeHook>,
+    /// Exported metrics.
+    pub metrics: Arc<Metrics>,
+    /// Sessions by id.
+    sessions: Mutex<HashMap<u64, SessionEntry>>,
+    /// Connections per user, for the per-user limit.
+    users: Mutex<HashMap<String, usize>>,
+    /// Upgrade attempts per IP in the current minute.
+    attempts: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Session ids.
+    next_session: AtomicU64,
+    /// Flips to true on shutdown; sessions watch it.
+    shutdown: watch::Sender<bool>,
+    /// When this node started.
+    pub started: Instant,
+}
+
+/// Channel names: 1–255 bytes, no whitespace or control characters.
+pub fn valid_channel(channel: &str) -> bool {
+    !channel.is_empty()
+        && channel.len() <= 255
+        && !channel.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+impl Hub {
+    /// Builds a hub on an engine.
+    pub fn new(config: Config, engine: Arc<dyn Engine>) -> anyhow::Result<Arc<Hub>> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::default());
+        let subscribers = Arc::new(Subscribers::new(metrics.clone()));
+        engine.attach(subscribers.clone());
+        let node_id = if config.node_id.is_empty() {
+            format!("n-{}", &crate::engine::new_epoch()[..6])
+        } else {
+            config.node_id.clone()
+        };
+        Ok(Arc::new(Hub {
+            verifier: Verifier::new(&config.auth)?,
+            hook: config.subscribe_hook.clone().map(SubscribeHook::new),
+            config: Arc::new(config),
+            node_id,
+            engine,
+            subscribers,
+            metrics,
+            sessions: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+            started: Instant::now(),
+        }))
+    }
+
+    /// The namespace of a channel, or `unknown_namespace` / `invalid_channel`.
+    pub fn namespace(&self, channel: &str) -> Result<&Namespace, ErrorBody> {
+        if !valid_channel(channel) {
+            return Err(ErrorBody::new(ErrorCode::InvalidChannel, "invalid channel name")
+                .with_channel(channel));
+        }
+        let name = Config::namespace_of(channel);
+        self.config.namespaces.get(name).ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::UnknownNamespace,
+                format!("namespace {name:?} is not configured"),
+            )
+            .with_channel(channel)
+        })
+    }
+
+    /// Whether any namespace admits anonymous connections.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.config.namespaces.values().any(|ns| ns.anonymous)
+    }
+
+    /// Decides whether `principal` may subscribe to `channel`.
+    pub async fn authorize_subscribe(
+        &self,
+        principal: &Principal,
+        client: &str,
+        channel: &str,
+        ns: &Namespace,
+    ) -> Result<(), ErrorBody> {
+        let forbidden = || {
+            ErrorBody::new(ErrorCode::Forbidden, "not allowed to subscribe to this channel")
+                .with_channel(channel)
+        };
+        if principal.is_anonymous() && !ns.anonymous {
+            return Err(forbidden());
+        }
+        if principal.may_subscribe(channel) {
+            return Ok(());
+        }
+        let allowed = match ns.subscribe {
+            SubscribePolicy::Anyone => true,
+            SubscribePolicy::Authenticated => !principal.is_anonymous(),
+            SubscribePolicy::Claims => false,
+            SubscribePolicy::Hook => match &self.hook {
+                Some(hook) => hook.allows(&principal.user, channel, client).await,
+                None => false,
+            },
+        };
+        if allowed { Ok(()) } else { Err(forbidden()) }
+    }
+
+    /// Decides whether `principal` may publish to `channel` from a client connection.
+    pub async fn authorize_publish(
+        &self,
+        principal: &Principal,
+        client: &str,
+        channel: &str,
+        ns: &Namespace,
+    ) -> Result<(), ErrorBody> {
+        if principal.may_publish(channel) {
+            return Ok(());
+        }
+        if ns.client_publish
+            && self.authorize_subscribe(principal, client, channel, ns).await.is_ok()
+        {
+            return Ok(());
+        }
+        Err(ErrorBody::new(ErrorCode::Forbidden, "not allowed to publish to this channel")
+            .with_channel(channel))
+    }
+
+    /// Publishes (after authorization): size check, then the engine's atomic step.
+    pub async fn publish(&self, input: PublishInput) -> Result<PublishResult, ErrorBody> {
+        let ns = self.namespace(&input.channel)?;
+        if input.data.get().len() > ns.max_message_bytes {
+            return Err(ErrorBody::new(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "data is {} bytes; the namespace allows {}",
+                    input.data.get().len(),
+                    ns.max_message_bytes
+                ),
+            )
+            .with_channel(&input.channel));
+        }
+        let channel = input.channel.clone();
+        let result = self.engine.publish(ns, input).await.map_err(|e| engine_error(e, &channel))?;
+        if !result.duplicate {
+            self.metrics.publications.inc();
+        }
+        Ok(result)
+    }
+
+    /// Registers a session's subscription for live publications and waits until the engine
+    /// delivers the channel to this node.
+    pub async fn add_subscriber(
+        &self,
+        channel: &str,
+        session: u64,
+        outbox: Arc<Outbox>,
+    ) -> Result<(), ErrorBody> {
+        let (gate, _) = self.subscribers.add(channel, session, outbox);
+        let engine = self.engine.clone();
+        let listened = gate.get_or_try_init(|| async move { engine.listen(channel).await }).await;
+        match listened {
+            Ok(()) => {
+                self.metrics.subscriptions.inc();
+                Ok(())
+            }
+            Err(e) => {
+                self.drop_subscriber_entry(channel, session).await;
+                Err(engine_error(e, channel))
+            }
+        }
+    }
+
+    /// Removes a session's subscription.
+    pub async fn remove_subscriber(&self, channel: &str, session: u64) {
+        self.metrics.subscriptions.dec();
+        self.drop_subscriber_entry(channel, session).await;
+    }
+
+    async fn drop_subscriber_entry(&self, channel: &str, session: u64) {
+        if self.subscribers.remove(channel, session) {
+            self.engine.unlisten(channel).await;
+        }
+    }
+
+    /// Registers a new session; returns its id.
+    pub fn open_session(&self, outbox: Arc<Outbox>) -> u64 {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.sessions.lock().insert(id, SessionEntry { user: String::new(), outbox });
+        self.metrics.connections.inc();
+        id
+    }
+
+    /// Records the user of a session; refuses past the per-user limit.
+    pub fn bind_user(&self, session: u64, user: &str) -> Result<(), ErrorBody> {
+        let limit = self.config.limits.max_connections_per_user;
+        let mut users = self.users.lock();
+        let count = users.entry(user.to_string()).or_default();
+        if limit > 0 && *count >= limit {
+            return Err(ErrorBody::new(
+                ErrorCode::TooManyConnections,
+                format!("user already has {limit} connections"),
+            ));
+        }
+        *count += 1;
+        if let Some(s) = self.sessions.lock().get_mut(&session) {
+            s.user = user.to_string();
+        }
+        Ok(())
+    }
+
+    /// Forgets a session.
+    pub fn close_session(&self, session: u64) {
+        let Some(entry) = self.sessions.lock().remove(&session) else { return };
+        self.metrics.connections.dec();
+        if !entry.user.is_empty() {
+            let mut users = self.users.lock();
+            if let Some(n) = users.get_mut(&entry.user) {
+                *n -= 1;
+                if *n == 0 {
+                    users.remove(&entry.user);
+                }
+            }
+        }
+    }
+
+    /// Closes every connection of a user with `kicked`; returns how many.
+    pub fn disconnect_user(&self, user: &str) -> usize {
+        let sessions = self.sessions.lock();
+        let mut n = 0;
+        for s in sessions.values().filter(|s| s.user == user) {
+            s.outbox.close(CloseCode::Kicked, "disconnected by an operator");
+            n += 1;
+        }
+        n
+    }
+
+    /// Open connections on this node.
+    pub fn connection_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// Counts an upgrade attempt from `ip`; false when over the per-minute limit.
+    pub fn admit_attempt(&self, ip: IpAddr) -> bool {
+        let limit = self.config.limits.connection_attempts_per_ip_per_minute;
+        if limit == 0 {
+            return true;
+        }
+        let mut attempts = self.attempts.lock();
+        if attempts.len() > 100_000 {
+            attempts.retain(|_, (start, _)| start.elapsed().as_secs() < 60);
+        }
+        let entry = attempts.entry(ip).or_insert((Instant::now(), 0));
+        if entry.0.elapsed().as_secs() >= 60 {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+        entry.1 <= limit
+    }
+
+    /// A receiver that turns true on shutdown.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Tells every session to close with `shutdown` and waits (up to the configured deadline)
+    /// until they are gone.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + self.config.timeouts.shutdown_deadline;
+        while self.connection_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Maps an engine failure to the protocol error.
+pub fn engine_error(e: EngineError, channel: &str) -> ErrorBody {
+    ErrorBody::new(e.code(), e.to_string()).with_channel(channel)
+}

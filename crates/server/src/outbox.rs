@@ -1,0 +1,165 @@
+//! A connection's bounded outbound queue.
+//!
+//! The fan-out pushes into it without waiting; the session drains everything queued at once and
+//! writes it as one frame. A queue over its message or byte bound is closed as a slow consumer and
+//! emptied: that one connection pays, nobody else waits.
+
+use crate::engine::Encoded;
+use herald_protocol::CloseCode;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// One item for the socket.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A live publication (filtered by the session against its subscription state).
+    Pub(Arc<Encoded>),
+    /// A reply or push, already encoded.
+    Line(String),
+    /// A subscribe reply: publications of `channel` queued before it are held until it is sent.
+    Subscribed { channel: Arc<str>, line: String },
+    /// The engine lost track of `channel`: its subscribers must resubscribe.
+    Reset(Arc<str>),
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Pub(p) => p.frame.len(),
+            Outgoing::Line(l) | Outgoing::Subscribed { line: l, .. } => l.len(),
+            Outgoing::Reset(_) => 64,
+        }
+    }
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// This push overflowed the queue: the connection is now closed as a slow consumer.
+    Overflow,
+    /// The queue was already closed.
+    Closed,
+}
+
+struct Inner {
+    queue: VecDeque<Outgoing>,
+    bytes: usize,
+    closed: Option<(CloseCode, String)>,
+}
+
+/// The queue.
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    /// Wakes the session when items arrive or the queue closes.
+    notify: Notify,
+    /// Most queued items.
+    max_messages: usize,
+    /// Most queued bytes.
+    max_bytes: usize,
+}
+
+impl Outbox {
+    /// A queue with these bounds.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            inner: Mutex::new(Inner { queue: VecDeque::new(), bytes: 0, closed: None }),
+            notify: Notify::new(),
+            max_messages,
+            max_bytes,
+        }
+    }
+
+    /// Queues an item.
+    pub fn push(&self, item: Outgoing) -> Result<(), Refused> {
+        let len = item.len();
+        let mut inner = self.inner.lock();
+        if inner.closed.is_some() {
+            return Err(Refused::Closed);
+        }
+        if inner.queue.len() >= self.max_messages || inner.bytes + len > self.max_bytes {
+            inner.queue = VecDeque::new();
+            inner.bytes = 0;
+            inner.closed = Some((
+                CloseCode::SlowConsumer,
+                format!(
+                    "outbound queue full ({} messages / {} bytes)",
+                    self.max_messages, self.max_bytes
+                ),
+            ));
+            drop(inner);
+            self.notify.notify_one();
+            return Err(Refused::Overflow);
+        }
+        let was_empty = inner.queue.is_empty();
+        inner.queue.push_back(item);
+        inner.bytes += len;
+        drop(inner);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Closes the queue with a code; the session sends it and ends. The first close wins.
+    pub fn close(&self, code: CloseCode, reason: impl Into<String>) {
+        let mut inner = self.inner.lock();
+        if inner.closed.is_none() {
+            inner.closed = Some((code, reason.into()));
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Moves every queued item into `into` (which should be empty); returns the close, if any.
+    pub fn drain(&self, into: &mut VecDeque<Outgoing>) -> Option<(CloseCode, String)> {
+        let mut inner = self.inner.lock();
+        std::mem::swap(&mut inner.queue, into);
+        inner.bytes = 0;
+        inner.closed.clone()
+    }
+
+    /// Whether the queue has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closed.is_some()
+    }
+
+    /// Waits until something is queued or the queue closes.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Waits until the queue is closed (used to abandon a write stuck on a slow socket).
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_closes_and_empties() {
+        let o = Outbox::new(2, 1000);
+        o.push(Outgoing::Line("a".into())).unwrap();
+        o.push(Outgoing::Line("b".into())).unwrap();
+        assert_eq!(o.push(Outgoing::Line("c".into())), Err(Refused::Overflow));
+        assert_eq!(o.push(Outgoing::Line("d".into())), Err(Refused::Closed));
+        let mut q = VecDeque::new();
+        let closed = o.drain(&mut q);
+        assert!(q.is_empty());
+        assert_eq!(closed.unwrap().0, CloseCode::SlowConsumer);
+        let o = Outbox::new(10, 3);
+        assert_eq!(o.push(Outgoing::Line("abcd".into())), Err(Refused::Overflow));
+    }
+}

@@ -1,0 +1,846 @@
+//! One WebSocket connection: reads commands, writes replies and publications, keeps the
+//! heartbeat, and enforces the per-connection guarantees.
+//!
+//! The session is one task. Live publications arrive through its [`Outbox`]; each subscription
+//! remembers the last offset it delivered, so the writer drops duplicates, holds publications that
+//! arrived before the subscribe reply went out, and turns any gap into an `unsubscribe` push with
+//! `resubscribe` instead of delivering around it.
+//!
+//! The socket is any `Stream + Sink` of axum messages, so tests can drive a session without a
+//! network.
+
+use crate::auth::{AuthError, Principal, unix_now};
+use crate::engine::{Encoded, PublishInput, now_rfc3339};
+use crate::hub::{Hub, engine_error};
+use crate::metrics::CloseLabels;
+use crate::outbox::{Outbox, Outgoing};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use herald_protocol::command::{Command, HistoryQuery, PublishCommand, Request};
+use herald_protocol::reply::{
+    self, ConnectResult, ErrorBody, NotRecovered, PUSH_PING, RefreshResult,
+};
+use herald_protocol::{CloseCode, ErrorCode, Meta, Position, Record, split_frame};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::time::sleep;
+
+/// What the upgrade request told us.
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    /// Token from `Authorization: Bearer` or `?token=`.
+    pub token: Option<String>,
+    /// Whether the `Origin` header passed the allow-list.
+    pub origin_allowed: bool,
+    /// Peer address, for the audit log.
+    pub ip: IpAddr,
+}
+
+/// Largest frame the writer builds from batched messages.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// How long the final close may take on a stuck socket.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Rate-limit violations tolerated before the connection is closed.
+const MAX_RATE_VIOLATIONS: u32 = 100;
+
+/// One subscription's delivery state.
+struct Sub {
+    /// Epoch the subscriber is following.
+    epoch: Arc<str>,
+    /// Last offset delivered (or covered by the subscribe reply).
+    delivered: u64,
+    /// The subscribe reply is still queued: hold live publications until it is written.
+    awaiting_reply: bool,
+    /// Publications held while `awaiting_reply`.
+    held: Vec<Arc<Encoded>>,
+}
+
+enum Verdict {
+    Deliver,
+    Skip,
+    Gap,
+}
+
+impl Sub {
+    fn check(&mut self, p: &Encoded) -> Verdict {
+        if *p.epoch != *self.epoch {
+            return Verdict::Gap;
+        }
+        if p.offset <= self.delivered {
+            Verdict::Skip
+        } else if p.offset == self.delivered + 1 {
+            self.delivered = p.offset;
+            Verdict::Deliver
+        } else {
+            Verdict::Gap
+        }
+    }
+}
+
+/// Commands per second with a burst of twice that.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(per_second: u32) -> TokenBucket {
+        let rate = f64::from(per_second);
+        TokenBucket { rate, tokens: rate * 2.0, last: Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Builds outgoing frames: several messages joined by `\n`, one publication sent as-is.
+#[derive(Default)]
+struct Batch {
+    /// Frames ready to write.
+    frames: Vec<Utf8Bytes>,
+    /// The frame being built.
+    current: String,
+    /// A lone publication frame not yet copied into `current`.
+    single: Option<Utf8Bytes>,
+    /// Bytes in all frames.
+    bytes: usize,
+}
+
+impl Batch {
+    fn add_shared(&mut self, frame: &Utf8Bytes) {
+        if self.current.is_empty() && self.single.is_none() {
+            self.single = Some(frame.clone());
+        } else {
+            self.add(frame.as_str());
+        }
+    }
+
+    fn add(&mut self, line: &str) {
+        if let Some(single) = self.single.take() {
+            self.current.push_str(single.as_str());
+        }
+        if !self.current.is_empty() {
+            if self.current.len() + line.len() > MAX_BATCH_BYTES {
+                self.cut();
+            } else {
+                self.current.push('\n');
+            }
+        }
+        self.current.push_str(line);
+    }
+
+    fn cut(&mut self) {
+        if let Some(single) = self.single.take() {
+            self.bytes += single.len();
+            self.frames.push(single);
+        }
+        if !self.current.is_empty() {
+            let s = std::mem::take(&mut self.current);
+            self.bytes += s.len();
+            self.frames.push(s.into());
+        }
+    }
+}
+
+/// A session.
+struct Session {
+    /// The node.
+    hub: Arc<Hub>,
+    /// Session id in the hub.
+    id: u64,
+    /// Public connection id.
+    client: String,
+    /// Outbound queue.
+    outbox: Arc<Outbox>,
+    /// Set by a successful `connect`.
+    principal: Option<Principal>,
+    /// Token from the upgrade request, used when `connect` carries none.
+    upgrade_token: Option<String>,
+    /// Peer address.
+    ip: IpAddr,
+    /// Subscriptions by channel.
+    subs: HashMap<Arc<str>, Sub>,
+    /// Last time anything arrived.
+    last_seen: Instant,
+    /// Command rate limit.
+    bucket: TokenBucket,
+    /// Rate-limit violations so far.
+    violations: u32,
+    /// Reused buffer for draining the outbox.
+    scratch: VecDeque<Outgoing>,
+}
+
+type Close = (CloseCode, String);
+
+/// Runs a connection until it ends.
+pub async fn run<S>(hub: Arc<Hub>, mut socket: S, upgrade: Upgrade)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let limits = &hub.config.limits;
+    let outbox = Arc::new(Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes));
+    let id = hub.open_session(outbox.clone());
+    let mut session = Session {
+        client: format!("{}-{id}", hub.node_id),
+        bucket: TokenBucket::new(limits.commands_per_second),
+        hub: hub.clone(),
+        id,
+        outbox,
+        principal: None,
+        upgrade_token: upgrade.token.clone(),
+        ip: upgrade.ip,
+        subs: HashMap::new(),
+        last_seen: Instant::now(),
+        violations: 0,
+        scratch: VecDeque::new(),
+    };
+    let close = if !upgrade.origin_allowed {
+        tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %upgrade.ip, reason = "origin not allowed");
+        Some((CloseCode::Forbidden, "origin not allowed".to_string()))
+    } else {
+        session.serve(&mut socket).await
+    };
+    session.finish(&mut socket, close).await;
+}
+
+impl Session {
+    async fn serve<S>(&mut self, socket: &mut S) -> Option<Close>
+    where
+        S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    {
+        // A token in the upgrade request that is already invalid: say so at once.
+        if let Some(token) = self.upgrade_token.clone()
+            && let Err(e) = self.hub.verifier.verify(&token).await
+        {
+            self.audit_auth_failure(&e);
+            return Some(auth_close(&e));
+        }
+        let t = self.hub.config.timeouts.clone();
+        let mut shutdown = self.hub.shutdown_signal();
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + t.ping_interval,
+            t.ping_interval,
+        );
+        let auth_deadline = sleep(t.auth_timeout);
+        tokio::pin!(auth_deadline);
+        let liveness = sleep(t.pong_timeout);
+        tokio::pin!(liveness);
+        let far = Duration::from_secs(100 * 365 * 24 * 3600);
+        let expiry = sleep(far);
+        tokio::pin!(expiry);
+        let mut expiry_armed = false;
+        let outbox = self.outbox.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = outbox.ready() => {
+                    match self.flush(socket).await {
+                        Ok(None) => {}
+                        Ok(Some(close)) => return Some(close),
+                        Err(()) => return None,
+                    }
+                }
+                msg = socket.next() => {
+                    self.last_seen = Instant::now();
+                    let text = match msg {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Binary(_))) => {
+                            return Some((CloseCode::BadRequest, "binary frames are not part of the protocol".into()));
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(_))) | None => return None,
+                        Some(Err(e)) => return too_large(&e).then(|| {
+                            (CloseCode::MessageTooLarge, format!("frame above {} bytes", self.hub.config.limits.max_frame_bytes))
+                        }),
+                    };
+                    self.hub.metrics.bytes_in.inc_by(text.len() as u64);
+                    let had_principal = self.principal.is_some();
+                    if let Some(close) = self.handle_frame(text.as_str()).await {
+                        return Some(close);
+                    }
+                    if !had_principal
+                        && let Some(exp) = self.principal.as_ref().and_then(|p| p.expires_at)
+                    {
+                            expiry.as_mut().reset(deadline_for(exp, t.token_grace));
+                            expiry_armed = true;
+                    }
+                }
+                _ = ping.tick() => {
+                    let _ = self.outbox.push(Outgoing::Line(PUSH_PING.to_string()));
+                }
+                _ = &mut liveness => {
+                    let silent = self.last_seen.elapsed();
+                    if silent >= t.pong_timeout {
+                        return Some((CloseCode::HeartbeatTimeout, format!("nothing received for {} ms", silent.as_millis())));
+                    }
+                    liveness.as_mut().reset((self.last_seen + t.pong_timeout).into());
+                }
+                _ = &mut auth_deadline, if self.principal.is_none() => {
+                    return Some((CloseCode::AuthTimeout, "no connect within the auth timeout".into()));
+                }
+                _ = &mut expiry, if expiry_armed => {
+                    match self.principal.as_ref().and_then(|p| p.expires_at) {
+                        Some(exp) if exp + t.token_grace.as_secs() <= unix_now() => {
+                            return Some((CloseCode::TokenExpired, "token expired without refresh".into()));
+                        }
+                        Some(exp) => expiry.as_mut().reset(deadline_for(exp, t.token_grace)),
+                        None => expiry_armed = false,
+                    }
+                }
+                _ = shutdown.changed() => {
+                    return Some((CloseCode::Shutdown, "server shutting down".into()));
+                }
+            }
+        }
+    }
+
+    /// Drains the outbox into the socket. `Err` when the socket is gone.
+    async fn flush<S>(&mut self, socket: &mut S) -> Result<Option<Close>, ()>
+    where
+        S: Sink<Message, Error = axum::Error> + Unpin,
+    {
+        let mut items = std::mem::take(&mut self.scratch);
+        let close = self.outbox.drain(&mut items);
+        let mut batch = Batch::default();
+        let mut delivered = 0u64;
+        let mut oldest: Option<Instant> = None;
+        let mut gaps: Vec<Arc<str>> = Vec::new();
+        let mut deliver = |sub: &mut Sub,
+                           p: &Arc<Encoded>,
+                           batch: &mut Batch,
+                           gaps: &mut Vec<Arc<str>>| {
+            match sub.check(p) {
+                Verdict::Deliver => {
+                    batch.add_shared(&p.frame);
+                    delivered += 1;
+                    oldest = Some(oldest.map_or(p.accepted, |o| o.min(p.accepted)));
+                }
+                Verdict::Skip => {}
+                Verdict::Gap => gaps.push(p.channel.clone()),
+            }
+        };
+        for item in items.drain(..) {
+            match item {
+                Outgoing::Pub(p) => {
+                    let Some(sub) = self.subs.get_mut(&*p.channel) else { continue };
+                    if sub.awaiting_reply {
+                        sub.held.push(p);
+                    } else {
+                        deliver(sub, &p, &mut batch, &mut gaps);
+                        if matches!(gaps.last(), Some(c) if *c == p.channel) {
+                            self.subs.remove(&*p.channel);
+                        }
+                    }
+                }
+                Outgoing::Line(line) => batch.add(&line),
+                Outgoing::Subscribed { channel, line } => {
+                    batch.add(&line);
+                    if let Some(sub) = self.subs.get_mut(&channel) {
+                        sub.awaiting_reply = false;
+                        for p in std::mem::take(&mut sub.held) {
+                            deliver(sub, &p, &mut batch, &mut gaps);
+                            if matches!(gaps.last(), Some(c) if *c == channel) {
+                                break;
+                            }
+                        }
+                        if matches!(gaps.last(), Some(c) if *c == channel) {
+                            self.subs.remove(&channel);
+                        }
+                    }
+                }
+                Outgoing::Reset(channel) => {
+                    if self.subs.remove(&channel).is_some() {
+                        gaps.push(channel);
+                    }
+                }
+            }
+        }
+        self.scratch = items;
+        for channel in &gaps {
+            tracing::debug!(channel = %channel, client = %self.client, "position gap: asking to resubscribe");
+            batch.add(&reply::push_unsubscribe(
+                channel,
+                ErrorCode::Resubscribe,
+                "position gap: subscribe again with since",
+                true,
+            ));
+        }
+        batch.cut();
+        for channel in gaps {
+            self.hub.remove_subscriber(&channel, self.id).await;
+        }
+        if batch.frames.is_empty() {
+            return Ok(close);
+        }
+        let bytes = batch.bytes;
+        let write = async {
+            for frame in batch.frames {
+                socket.feed(Message::Text(frame)).await?;
+            }
+            socket.flush().await
+        };
+        let written = tokio::select! {
+            r = write => r.is_ok(),
+            _ = self.outbox.closed(), if close.is_none() => {
+                // Closed while stuck writing (slow consumer, kick): stop here.
+                return Ok(self.outbox.drain(&mut self.scratch));
+            }
+        };
+        if !written {
+            return Err(());
+        }
+        let m = &self.hub.metrics;
+        m.bytes_out.inc_by(bytes as u64);
+        if delivered > 0 {
+            m.deliveries.inc_by(delivered);
+        }
+        if let Some(t) = oldest {
+            m.delivery_latency.observe(t.elapsed().as_secs_f64());
+        }
+        Ok(close)
+    }
+
+    /// Sends the last frames and the close, then forgets the session.
+    async fn finish<S>(&mut self, socket: &mut S, close: Option<Close>)
+    where
+        S: Sink<Message, Error = axum::Error> + Unpin,
+    {
+        if let Some((code, reason)) = &close {
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                if *code != CloseCode::SlowConsumer {
+                    let _ = self.flush(socket).await;
+                }
+                let push = reply::push_disconnect(*code, reason);
+                socket.feed(Message::Text(push.into())).await?;
+                socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: code.code(),
+                        reason: reason.as_str().into(),
+                    })))
+                    .await
+            })
+            .await;
+            self.hub.metrics.closes.get_or_create(&CloseLabels { code: code.name().into() }).inc();
+        }
+        for channel in std::mem::take(&mut self.subs).into_keys() {
+            self.hub.remove_subscriber(&channel, self.id).await;
+        }
+        self.hub.close_session(self.id);
+        let user = self.principal.as_ref().map_or("", |p| p.user.as_str());
+        match close {
+            Some((code, reason)) => tracing::info!(
+                target: "herald::audit", event = "disconnect", client = %self.client, user,
+                ip = %self.ip, code = code.code(), name = code.name(), reason
+            ),
+            None => tracing::info!(
+                target: "herald::audit", event = "disconnect", client = %self.client, user,
+                ip = %self.ip, code = 1000, name = "client_closed"
+            ),
+        }
+    }
+
+    fn reply<T: Serialize>(&self, id: u64, result: &T) {
+        let _ = self.outbox.push(Outgoing::Line(reply::reply_ok(id, result)));
+    }
+
+    fn reply_error(&self, id: Option<u64>, mut error: ErrorBody) {
+        error.request_id = id;
+        let _ = self.outbox.push(Outgoing::Line(reply::reply_err(id, &error)));
+    }
+
+    /// Handles every message of one inbound frame; returns a close when the connection must end.
+    async fn handle_frame(&mut self, frame: &str) -> Option<Close> {
+        for line in split_frame(frame) {
+            if !self.bucket.take() {
+                self.violations += 1;
+                if self.violations > MAX_RATE_VIOLATIONS {
+                    return Some((
+                        CloseCode::RateLimited,
+                        "command rate limit exceeded repeatedly".into(),
+                    ));
+                }
+                let id = Request::parse(line).ok().and_then(|r| r.id);
+                self.reply_error(
+                    id,
+                    ErrorBody::new(ErrorCode::RateLimited, "too many commands per second"),
+                );
+                continue;
+            }
+            match Request::parse(line) {
+                Ok(Request { id, command }) => {
+                    if let Some(close) = self.handle(id.unwrap_or(0), command).await {
+                        return Some(close);
+                    }
+                }
+                Err(e) => self.reply_error(e.id, ErrorBody::new(e.code, e.message)),
+            }
+        }
+        None
+    }
+
+    async fn handle(&mut self, id: u64, command: Command) -> Option<Close> {
+        if let Command::Connect { token, name: _ } = command {
+            return self.connect(id, token).await;
+        }
+        if matches!(command, Command::Pong) {
+            return None;
+        }
+        let Some(principal) = self.principal.clone() else {
+            self.reply_error(
+                Some(id),
+                ErrorBody::new(ErrorCode::Unauthorized, "send connect first"),
+            );
+            return None;
+        };
+        let result = match command {
+            Command::Connect { .. } | Command::Pong => Ok(()),
+            Command::Ping => {
+                self.reply(id, &serde_json::json!({}));
+                Ok(())
+            }
+            Command::Subscribe { channel, since, snapshot } => {
+                self.subscribe(id, &principal, channel, since, snapshot).await
+            }
+            Command::Unsubscribe { channel } => match self.subs.remove(channel.as_str()) {
+                Some(_) => {
+                    self.hub.remove_subscriber(&channel, self.id).await;
+                    self.reply(id, &serde_json::json!({}));
+                    Ok(())
+                }
+                None => Err(ErrorBody::new(ErrorCode::NotSubscribed, "not subscribed")
+                    .with_channel(channel)),
+            },
+            Command::Publish(cmd) => self.publish(id, &principal, cmd).await,
+            Command::Refresh { token } => return self.refresh(id, &principal, &token).await,
+            Command::History(q) => self.history(id, &principal, q).await,
+            Command::State { channel } => self.state(id, &principal, channel).await,
+        };
+        if let Err(e) = result {
+            self.reply_error(Some(id), e);
+        }
+        None
+    }
+
+    async fn connect(&mut self, id: u64, token: Option<String>) -> Option<Close> {
+        if self.principal.is_some() {
+            self.reply_error(
+                Some(id),
+                ErrorBody::new(ErrorCode::AlreadyConnected, "already connected"),
+            );
+            return None;
+        }
+        let principal = match token.or_else(|| self.upgrade_token.clone()) {
+            None if self.hub.anonymous_allowed() => Principal::anonymous(),
+            None => {
+                let e = AuthError::Missing;
+                self.audit_auth_failure(&e);
+                self.reply_error(Some(id), ErrorBody::new(ErrorCode::Unauthorized, e.to_string()));
+                return Some(auth_close(&e));
+            }
+            Some(token) => match self.hub.verifier.verify(&token).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.audit_auth_failure(&e);
+                    let code = if e == AuthError::Expired {
+                        ErrorCode::TokenExpired
+                    } else {
+                        ErrorCode::Unauthorized
+                    };
+                    self.reply_error(Some(id), ErrorBody::new(code, e.to_string()));
+                    return Some(auth_close(&e));
+                }
+            },
+        };
+        if !principal.is_anonymous()
+            && let Err(e) = self.hub.bind_user(self.id, &principal.user)
+        {
+            tracing::warn!(target: "herald::audit", event = "auth_failure", user = %principal.user, ip = %self.ip, reason = "too many connections");
+            self.reply_error(Some(id), e);
+            return Some((CloseCode::TooManyConnections, "per-user connection limit".into()));
+        }
+        tracing::info!(target: "herald::audit", event = "connect", client = %self.client, user = %principal.user, ip = %self.ip);
+        let t = &self.hub.config.timeouts;
+        let result = ConnectResult {
+            client: self.client.clone(),
+            user: principal.user.clone(),
+            time: now_rfc3339(),
+            ping_interval_ms: t.ping_interval.as_millis() as u64,
+            pong_timeout_ms: t.pong_timeout.as_millis() as u64,
+            clients: self.hub.connection_count() as u64,
+            node: self.hub.node_id.clone(),
+            version: herald_protocol::PROTOCOL_VERSION,
+            expires_at: principal.expires_at,
+        };
+        self.principal = Some(principal);
+        self.reply(id, &result);
+        None
+    }
+
+    async fn refresh(&mut self, id: u64, current: &Principal, token: &str) -> Option<Close> {
+        match self.hub.verifier.verify(token).await {
+            Ok(p) if p.user == current.user => {
+                let result = RefreshResult { expires_at: p.expires_at };
+                self.principal = Some(p);
+                self.reply(id, &result);
+            }
+            Ok(_) => self.reply_error(
+                Some(id),
+                ErrorBody::new(ErrorCode::Unauthorized, "refreshed token names another user"),
+            ),
+            Err(e) => {
+                self.audit_auth_failure(&e);
+                let code = if e == AuthError::Expired {
+                    ErrorCode::TokenExpired
+                } else {
+                    ErrorCode::Unauthorized
+                };
+                self.reply_error(Some(id), ErrorBody::new(code, e.to_string()));
+            }
+        }
+        None
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: u64,
+        principal: &Principal,
+        channel: String,
+        since: Option<Position>,
+        snapshot: bool,
+    ) -> Result<(), ErrorBody> {
+        let hub = self.hub.clone();
+        let ns = hub.namespace(&channel)?;
+        if let Err(e) = hub.authorize_subscribe(principal, &self.client, &channel, ns).await {
+            tracing::warn!(target: "herald::audit", event = "forbidden_subscribe", client = %self.client, user = %principal.user, channel = %channel);
+            return Err(e);
+        }
+        if self.subs.contains_key(channel.as_str()) {
+            return Err(ErrorBody::new(ErrorCode::AlreadySubscribed, "already subscribed")
+                .with_channel(channel));
+        }
+        if self.subs.len() >= hub.config.limits.max_channels_per_connection {
+            return Err(ErrorBody::new(
+                ErrorCode::TooManyChannels,
+                format!(
+                    "at most {} channels per connection",
+                    hub.config.limits.max_channels_per_connection
+                ),
+            )
+            .with_channel(channel));
+        }
+        if snapshot && !ns.keyed {
+            return Err(ErrorBody::new(ErrorCode::NotKeyed, "snapshot needs a keyed namespace")
+                .with_channel(channel));
+        }
+        // Register for live publications first, then read: nothing published after the read
+        // position can be missed (guarantee 3).
+        hub.add_subscriber(&channel, self.id, self.outbox.clone()).await?;
+        let recovery = match hub.engine.recover(ns, &channel, since.as_ref(), snapshot).await {
+            Ok(r) => r,
+            Err(e) => {
+                hub.remove_subscriber(&channel, self.id).await;
+                return Err(engine_error(e, &channel));
+            }
+        };
+        let line = reply::reply_ok(
+            id,
+            &SubscribeReply {
+                channel: &channel,
+                epoch: &recovery.epoch,
+                offset: recovery.offset,
+                keyed: recovery.keyed,
+                recovered: recovery.recovered,
+                reason: recovery.reason,
+                publications: RawPublications(&recovery.publications),
+                snapshot: recovery.snapshot.as_deref(),
+            },
+        );
+        let channel: Arc<str> = channel.into();
+        self.subs.insert(
+            channel.clone(),
+            Sub {
+                epoch: recovery.epoch.into(),
+                delivered: recovery.offset,
+                awaiting_reply: true,
+                held: Vec::new(),
+            },
+        );
+        let _ = self.outbox.push(Outgoing::Subscribed { channel, line });
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        id: u64,
+        principal: &Principal,
+        cmd: PublishCommand,
+    ) -> Result<(), ErrorBody> {
+        let hub = self.hub.clone();
+        let ns = hub.namespace(&cmd.channel)?;
+        hub.authorize_publish(principal, &self.client, &cmd.channel, ns).await?;
+        let input = PublishInput {
+            channel: cmd.channel,
+            kind: cmd.kind.unwrap_or_else(|| "message".into()),
+            data: cmd.data,
+            key: cmd.key,
+            op: cmd.op,
+            meta: Meta {
+                user: (!principal.user.is_empty()).then(|| principal.user.clone()),
+                source: Some("client".into()),
+                correlation_id: cmd.correlation_id,
+                idempotency_key: cmd.idempotency_key,
+            },
+        };
+        let result = hub.publish(input).await?;
+        self.reply(id, &result);
+        Ok(())
+    }
+
+    async fn history(
+        &mut self,
+        id: u64,
+        principal: &Principal,
+        q: HistoryQuery,
+    ) -> Result<(), ErrorBody> {
+        let hub = self.hub.clone();
+        let ns = hub.namespace(&q.channel)?;
+        hub.authorize_subscribe(principal, &self.client, &q.channel, ns).await?;
+        let h = hub
+            .engine
+            .history(ns, &q, hub.config.limits.max_history_page)
+            .await
+            .map_err(|e| engine_error(e, &q.channel))?;
+        self.reply(id, &HistoryReply::new(&q.channel, &h));
+        Ok(())
+    }
+
+    async fn state(
+        &mut self,
+        id: u64,
+        principal: &Principal,
+        channel: String,
+    ) -> Result<(), ErrorBody> {
+        let hub = self.hub.clone();
+        let ns = hub.namespace(&channel)?;
+        hub.authorize_subscribe(principal, &self.client, &channel, ns).await?;
+        let st = hub.engine.state(ns, &channel).await.map_err(|e| engine_error(e, &channel))?;
+        self.reply(
+            id,
+            &herald_protocol::reply::StateResult {
+                channel,
+                epoch: st.epoch,
+                offset: st.offset,
+                records: st.records,
+            },
+        );
+        Ok(())
+    }
+
+    fn audit_auth_failure(&self, e: &AuthError) {
+        self.hub.metrics.auth_failures.inc();
+        tracing::warn!(target: "herald::audit", event = "auth_failure", client = %self.client, ip = %self.ip, reason = %e);
+    }
+}
+
+fn auth_close(e: &AuthError) -> Close {
+    match e {
+        AuthError::Expired => (CloseCode::TokenExpired, "token expired".into()),
+        other => (CloseCode::Unauthorized, other.to_string()),
+    }
+}
+
+fn deadline_for(exp: u64, grace: Duration) -> tokio::time::Instant {
+    let left = exp.saturating_sub(unix_now()) + grace.as_secs();
+    tokio::time::Instant::now() + Duration::from_secs(left)
+}
+
+fn too_large(e: &axum::Error) -> bool {
+    // axum hides tungstenite's error type; its message names the capacity error.
+    let text = e.to_string();
+    text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Message too big")
+}
+
+/// Publications embedded in a reply without re-serializing them.
+pub struct RawPublications<'a>(pub &'a [Arc<Encoded>]);
+
+impl Serialize for RawPublications<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for p in self.0 {
+            let raw: &RawValue =
+                serde_json::from_str(p.publication_json()).map_err(S::Error::custom)?;
+            seq.serialize_element(raw)?;
+        }
+        seq.end()
+    }
+}
+
+impl RawPublications<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The subscribe reply as written (publications raw).
+#[derive(Serialize)]
+struct SubscribeReply<'a> {
+    channel: &'a str,
+    epoch: &'a str,
+    offset: u64,
+    keyed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<NotRecovered>,
+    #[serde(skip_serializing_if = "RawPublications::is_empty")]
+    publications: RawPublications<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<&'a [Record]>,
+}
+
+/// The history reply as written (publications raw); also the HTTP body.
+#[derive(Serialize)]
+pub struct HistoryReply<'a> {
+    channel: &'a str,
+    epoch: &'a str,
+    offset: u64,
+    earliest: u64,
+    publications: RawPublications<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<NotRecovered>,
+}
+
+impl<'a> HistoryReply<'a> {
+    /// Borrows a history page.
+    pub fn new(channel: &'a str, h: &'a crate::engine::History) -> HistoryReply<'a> {
+        HistoryReply {
+            channel,
+            epoch: &h.epoch,
+            offset: h.offset,
+            earliest: h.earliest,
+            publications: RawPublications(&h.publications),
+            reason: h.reason,
+        }
+    }
+}
