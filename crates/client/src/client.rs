@@ -697,6 +697,10 @@ impl Driver {
                 self.session(sender, receiver, info).await
             }
             Err(HandshakeError::Retry(why)) => Ended::Failed(why),
+            Err(HandshakeError::TokenExpired(reason)) if !self.token_source.refreshable() => {
+                let code = CloseCode::TokenExpired.code();
+                Ended::Final(OfflineReason::Closed { code, reason })
+            }
             Err(HandshakeError::TokenExpired(why)) => {
                 self.token_stale = true;
                 Ended::Failed(why)
@@ -846,6 +850,10 @@ impl Driver {
         tracing::debug!(?code, %reason, "herald connection closed");
         match code {
             Some(c) if !CloseCode::should_reconnect(c) => {
+                Ended::Final(OfflineReason::Closed { code: c, reason })
+            }
+            Some(c) if c == CloseCode::TokenExpired.code() && !self.token_source.refreshable() => {
+                // A fixed token cannot be replaced: reconnecting would only be refused again.
                 Ended::Final(OfflineReason::Closed { code: c, reason })
             }
             Some(c) => {
