@@ -1,11 +1,13 @@
-//! `herald publish`: one publication through the HTTP API.
+//! `herald publish`: one publication through the HTTP API (`herald_client::ApiClient`).
 
 use anyhow::Context;
+use herald_client::{ApiClient, http_base_from_ws};
+use herald_protocol::command::PublishCommand;
 
 /// Arguments of `herald publish`.
 #[derive(clap::Args)]
 pub struct PublishArgs {
-    /// Hub base URL (`http://127.0.0.1:7700`).
+    /// Hub base URL (`http://127.0.0.1:7700`); a `ws://HOST:PORT/ws` URL is accepted too.
     #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:7700")]
     pub url: String,
     /// API key.
@@ -30,6 +32,9 @@ pub struct PublishArgs {
     /// Correlation id.
     #[arg(long, env = "HERALD_CORRELATION_ID")]
     pub correlation_id: Option<String>,
+    /// Also publish to these channels (`/api/broadcast`); repeatable.
+    #[arg(long = "also")]
+    pub also: Vec<String>,
 }
 
 /// Publishes and prints the reply as one JSON line.
@@ -39,23 +44,27 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         Some(op) => Some(op.parse::<herald_protocol::Op>().map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let body = serde_json::json!({
-        "channel": args.channel, "data": data, "type": args.kind, "key": args.key, "op": op,
-        "idempotency_key": args.idempotency_key, "correlation_id": args.correlation_id,
-    });
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/publish", args.url.trim_end_matches('/')))
-        .header("x-api-key", &args.api_key)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {}", args.url))?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    if status.is_success() {
-        println!("{}", text.trim());
-        Ok(())
+    let base =
+        if args.url.starts_with("ws") { http_base_from_ws(&args.url)? } else { args.url.clone() };
+    let api = ApiClient::new(&base, Some(args.api_key.clone()))?;
+    let publish = PublishCommand {
+        channel: args.channel.clone(),
+        kind: args.kind,
+        data: serde_json::value::to_raw_value(&data)?,
+        key: args.key,
+        op,
+        idempotency_key: args.idempotency_key,
+        correlation_id: args.correlation_id,
+    };
+    let line = if args.also.is_empty() {
+        serde_json::to_value(
+            api.publish(&publish).await.with_context(|| format!("publish to {base}"))?,
+        )?
     } else {
-        anyhow::bail!("publish failed ({status}): {}", text.trim())
-    }
+        let mut channels = vec![args.channel];
+        channels.extend(args.also);
+        api.broadcast(&channels, &publish).await.with_context(|| format!("broadcast via {base}"))?
+    };
+    println!("{line}");
+    Ok(())
 }

@@ -1,16 +1,24 @@
-//! `herald sub`: subscribe and print each publication as one JSON line on stdout.
-//! Status and errors go to stderr.
+//! `herald sub`: subscribe through the resilient client (`herald-client`) and print each
+//! publication as one JSON line on stdout. Connection state changes, subscribe confirmations and
+//! errors go to stderr; a `Resync` is printed on stdout too (as a `{"resync":...}` line) so a
+//! pipeline reading stdout knows it must reload.
 
-use futures_util::{SinkExt, StreamExt};
-use herald_protocol::command::{Command, Request};
-use herald_protocol::{Position, ServerMessage, split_frame};
-use tokio_tungstenite::tungstenite::Message;
+use futures_util::StreamExt;
+use herald_client::{BackoffPolicy, Client, ConnectionState, SubEvent, SubscribeOptions};
+use herald_protocol::Position;
+use std::time::Duration;
 
 /// Arguments of `herald sub`.
 #[derive(clap::Args)]
 pub struct SubArgs {
-    /// WebSocket URL (`ws://127.0.0.1:7700/ws`); repeat for several nodes.
-    #[arg(long, env = "HERALD_URL", default_value = "ws://127.0.0.1:7700/ws")]
+    /// WebSocket URL (`ws://127.0.0.1:7700/ws`); repeat for several nodes (the client moves to
+    /// the next one after a failure).
+    #[arg(
+        long,
+        env = "HERALD_URL",
+        default_value = "ws://127.0.0.1:7700/ws",
+        value_delimiter = ','
+    )]
     pub url: Vec<String>,
     /// Token (omit for anonymous namespaces).
     #[arg(long, env = "HERALD_TOKEN")]
@@ -21,64 +29,98 @@ pub struct SubArgs {
     /// Ask for a snapshot of a keyed channel first (printed as one `{"snapshot":...}` line).
     #[arg(long)]
     pub snapshot: bool,
+    /// Give up (offline) after this many consecutive failed connection attempts; 0 never gives up.
+    #[arg(long, env = "HERALD_BREAKER_AFTER", default_value_t = 10)]
+    pub breaker_after: u32,
+    /// First reconnect delay ceiling (doubles per attempt, full jitter).
+    #[arg(long, env = "HERALD_BACKOFF_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay.
+    #[arg(long, env = "HERALD_BACKOFF_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub backoff_max: Duration,
     /// Channels.
     #[arg(required = true)]
     pub channels: Vec<String>,
 }
 
-/// Subscribes and prints until the connection ends.
+/// Subscribes and prints until interrupted, until every subscription is refused, or until the
+/// client goes offline (final close code or circuit breaker).
 pub async fn run(args: SubArgs) -> anyhow::Result<()> {
-    let url = args.url.first().cloned().unwrap_or_default();
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
-    eprintln!("herald sub: connected to {url}");
-    let mut commands = vec![Request {
-        id: Some(1),
-        command: Command::Connect { token: args.token.clone(), name: None },
-    }];
-    for (i, channel) in args.channels.iter().enumerate() {
-        commands.push(Request {
-            id: Some(i as u64 + 2),
-            command: Command::Subscribe {
-                channel: channel.clone(),
-                since: args.since.clone(),
-                snapshot: args.snapshot,
-            },
-        });
+    let policy = BackoffPolicy {
+        initial: args.backoff_initial,
+        max: args.backoff_max.max(args.backoff_initial),
+        breaker_after: (args.breaker_after > 0).then_some(args.breaker_after),
+        ..Default::default()
+    };
+    let mut builder =
+        Client::builder().urls(args.url.iter().cloned()).backoff(policy).name("herald-cli");
+    if let Some(token) = &args.token {
+        builder = builder.token(token.clone());
     }
-    let frame: Vec<String> = commands.iter().map(Request::to_json).collect();
-    ws.send(Message::text(frame.join("\n"))).await?;
-    while let Some(msg) = ws.next().await {
-        let text = match msg? {
-            Message::Text(t) => t,
-            Message::Close(frame) => anyhow::bail!("closed by server: {frame:?}"),
-            _ => continue,
-        };
-        for line in split_frame(text.as_str()) {
-            match ServerMessage::parse(line) {
-                Ok(ServerMessage::Publication(p)) => println!("{}", serde_json::to_string(&p)?),
-                Ok(ServerMessage::Ping) => ws.send(Message::text(r#"{"cmd":"pong"}"#)).await?,
-                Ok(ServerMessage::Reply { id, result: Err(e) }) => {
-                    anyhow::bail!("request {id} failed: {e}")
-                }
-                Ok(ServerMessage::Reply { result: Ok(r), .. }) => {
-                    let v: serde_json::Value = serde_json::from_str(r.get())?;
-                    if let Some(pubs) = v.get("publications").and_then(|p| p.as_array()) {
-                        for p in pubs {
-                            println!("{p}");
-                        }
-                    }
-                    if let Some(snapshot) = v.get("snapshot") {
-                        println!(
-                            "{}",
-                            serde_json::json!({ "channel": v["channel"], "snapshot": snapshot, "epoch": v["epoch"], "offset": v["offset"] })
-                        );
-                    }
-                    eprintln!("herald sub: {}", v);
-                }
-                Ok(other) => eprintln!("herald sub: {other:?}"),
-                Err(e) => eprintln!("herald sub: unparseable message: {e}"),
+    let (client, mut states) = builder.build_with_states()?;
+
+    let options = SubscribeOptions { since: args.since.clone(), snapshot: args.snapshot };
+    let mut events = futures_util::stream::select_all(args.channels.iter().map(|channel| {
+        let channel = channel.clone();
+        client
+            .subscribe(channel.clone(), options.clone())
+            .map(move |event| (channel.clone(), event))
+    }));
+
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => {
+                client.close();
+                return Ok(());
             }
+            state = states.recv() => match state {
+                Ok(ConnectionState::Offline { reason }) => {
+                    anyhow::bail!("offline: {reason}");
+                }
+                Ok(state) => eprintln!("herald sub: {state}"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => anyhow::bail!("client stopped"),
+            },
+            event = events.next() => match event {
+                None => anyhow::bail!("every subscription ended"),
+                Some((channel, event)) => print_event(&channel, event)?,
+            },
         }
     }
-    anyhow::bail!("connection ended")
+}
+
+fn print_event(channel: &str, event: SubEvent) -> anyhow::Result<()> {
+    match event {
+        SubEvent::Publication(p) => println!("{}", serde_json::to_string(&p)?),
+        SubEvent::Subscribed { position, snapshot } => {
+            eprintln!("herald sub: subscribed to {channel} at {position}");
+            if let Some(records) = snapshot {
+                let line = serde_json::json!({
+                    "channel": channel, "epoch": position.epoch, "offset": position.offset,
+                    "snapshot": records,
+                });
+                println!("{line}");
+            }
+        }
+        SubEvent::Resync { reason, position, snapshot } => {
+            eprintln!(
+                "herald sub: {channel}: continuity lost ({}), continuing from {position}",
+                reason.as_str()
+            );
+            let mut line = serde_json::json!({
+                "channel": channel, "resync": reason.as_str(), "epoch": position.epoch,
+                "offset": position.offset,
+            });
+            if let Some(records) = snapshot {
+                line["snapshot"] = serde_json::to_value(records)?;
+            }
+            println!("{line}");
+        }
+        SubEvent::Ended { error } => {
+            eprintln!("herald sub: {channel}: subscription ended: {error}")
+        }
+    }
+    Ok(())
 }
