@@ -736,11 +736,13 @@ impl Driver {
         let mut refresh_at = self.refresh_deadline(info.expires_at);
         self.info_tx.send_replace(Some(info));
 
+        // Resyncing only when a subscription resumes; first subscribes are plain connecting.
+        let resuming = self.subs.values().any(|s| !s.initial);
         let channels: Vec<String> = self.subs.keys().cloned().collect();
         for channel in &channels {
             self.send_subscribe(&mut conn, channel, false);
         }
-        let mut resyncing = !channels.is_empty();
+        let mut resyncing = resuming;
         self.set_state(if resyncing {
             ConnectionState::Resyncing
         } else {
@@ -817,6 +819,11 @@ impl Driver {
                 self.set_state(ConnectionState::Connected);
             }
         };
+        if matches!(end, Ended::Close | Ended::Reconnect) {
+            // Deliberate: let the writer flush and send a close frame (briefly), then cut.
+            conn.out = mpsc::unbounded_channel().0;
+            let _ = tokio::time::timeout(Duration::from_millis(500), &mut writer).await;
+        }
         writer.abort();
         self.info_tx.send_replace(None);
         for (_, pending) in conn.pending.drain() {
