@@ -315,3 +315,29 @@ async fn bad_token_goes_offline_with_the_server_code_and_stops() {
         Err(herald_client::Error::Offline(OfflineReason::Closed { code: 4500, .. }))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_traffic_within_the_liveness_margin_keeps_the_connection() {
+    let hub = Hub::start();
+    let proxy = Proxy::start(hub.addr).await;
+    proxy.set_delay(Duration::from_millis(100));
+    let (client, mut states) = Client::builder()
+        .url(proxy.ws_url())
+        .token(good_token())
+        .backoff(fast_policy())
+        .liveness_margin(Duration::from_millis(600))
+        .build_with_states()
+        .unwrap();
+    let mut sub = client.subscribe("slow", SubscribeOptions::default());
+    let start = subscribed(&mut sub).await;
+    for i in 0..20 {
+        hub.api().publish(&publish_cmd("slow", serde_json::json!(i))).await.unwrap();
+    }
+    receive_through(&mut sub, start.offset + 1, start.offset + 20).await;
+    assert_eq!(proxy.accepted(), 1, "a slow link is not a dead one");
+    assert!(
+        std::iter::from_fn(|| states.try_recv().ok())
+            .all(|s| !matches!(s, ConnectionState::Reconnecting { .. })),
+        "no reconnect"
+    );
+}
