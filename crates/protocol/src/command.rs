@@ -115,7 +115,12 @@ struct Wire<'a> {
     snapshot: bool,
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     kind: Option<String>,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     data: Option<&'a RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key: Option<String>,
@@ -129,6 +134,11 @@ struct Wire<'a> {
     limit: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     before: Option<u64>,
+}
+
+/// A present `data` is `Some` even when it is `null` (a delete carries no value).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Reads just the id, to attach it to errors when the full parse fails.
@@ -287,6 +297,10 @@ mod tests {
         assert_eq!((e.id, e.code), (Some(5), ErrorCode::BadRequest));
         let e = Request::parse("not json").unwrap_err();
         assert_eq!((e.id, e.code), (None, ErrorCode::BadRequest));
+        let null = Request::parse(
+            r#"{"id":6,"cmd":"publish","channel":"c","data":null,"key":"k","op":"delete"}"#,
+        );
+        assert!(null.is_ok(), "{null:?}");
         let e = Request::parse(r#"{"cmd":"ping"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
         assert!(Request::parse(r#"{"cmd":"pong"}"#).is_ok());

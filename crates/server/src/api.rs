@@ -198,9 +198,12 @@ async fn broadcast(
 }
 
 async fn channels(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
-    let list: Vec<_> = hub
-        .subscribers
-        .counts()
+    // Clustered engines count every node's subscribers; otherwise this node's.
+    let counts = match hub.engine.channel_counts().await {
+        Some(counts) => counts,
+        None => hub.subscribers.counts(),
+    };
+    let list: Vec<_> = counts
         .into_iter()
         .map(|(channel, n)| json!({ "channel": channel, "subscribers": n }))
         .collect();
@@ -219,6 +222,12 @@ pub fn node_info(hub: &Hub) -> serde_json::Value {
 }
 
 async fn info(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
+    // Clustered engines list every live node; otherwise (or when the cluster view is
+    // unreachable) this node alone.
+    let nodes = match hub.engine.nodes().await {
+        Some(nodes) if !nodes.is_empty() => nodes,
+        _ => vec![node_info(&hub)],
+    };
     Json(json!({
         "node": hub.node_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -227,7 +236,7 @@ async fn info(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
         "subscriptions": hub.metrics.subscriptions.get(),
         "channels": hub.subscribers.counts().len(),
         "uptime_secs": hub.started.elapsed().as_secs(),
-        "nodes": [node_info(&hub)],
+        "nodes": nodes,
     }))
 }
 

@@ -54,6 +54,9 @@ pub struct Outbox {
     inner: Mutex<Inner>,
     /// Wakes the session when items arrive or the queue closes.
     notify: Notify,
+    /// Wakes a write stuck on a slow socket when the queue closes. Separate from `notify` so
+    /// that waiting for a close never swallows an "items arrived" wake-up.
+    closing: Notify,
     /// Most queued items.
     max_messages: usize,
     /// Most queued bytes.
@@ -66,6 +69,7 @@ impl Outbox {
         Outbox {
             inner: Mutex::new(Inner { queue: VecDeque::new(), bytes: 0, closed: None }),
             notify: Notify::new(),
+            closing: Notify::new(),
             max_messages,
             max_bytes,
         }
@@ -90,6 +94,7 @@ impl Outbox {
             ));
             drop(inner);
             self.notify.notify_one();
+            self.closing.notify_waiters();
             return Err(Refused::Overflow);
         }
         let was_empty = inner.queue.is_empty();
@@ -110,6 +115,7 @@ impl Outbox {
         }
         drop(inner);
         self.notify.notify_one();
+        self.closing.notify_waiters();
     }
 
     /// Moves every queued item into `into` (which should be empty); returns the close, if any.
@@ -133,7 +139,7 @@ impl Outbox {
     /// Waits until the queue is closed (used to abandon a write stuck on a slow socket).
     pub async fn closed(&self) {
         loop {
-            let notified = self.notify.notified();
+            let notified = self.closing.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.is_closed() {
@@ -161,5 +167,21 @@ mod tests {
         assert_eq!(closed.unwrap().0, CloseCode::SlowConsumer);
         let o = Outbox::new(10, 3);
         assert_eq!(o.push(Outgoing::Line("abcd".into())), Err(Refused::Overflow));
+    }
+
+    #[tokio::test]
+    async fn waiting_for_close_does_not_swallow_item_wakeups() {
+        let o = std::sync::Arc::new(Outbox::new(10, 1000));
+        let watcher = {
+            let o = o.clone();
+            tokio::spawn(async move { o.closed().await })
+        };
+        tokio::task::yield_now().await;
+        o.push(Outgoing::Line("a".into())).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), o.ready())
+            .await
+            .expect("the item wake-up reaches the session");
+        o.close(CloseCode::Kicked, "bye");
+        tokio::time::timeout(std::time::Duration::from_secs(1), watcher).await.unwrap().unwrap();
     }
 }

@@ -421,7 +421,7 @@ impl Session {
     /// Sends the last frames and the close, then forgets the session.
     async fn finish<S>(&mut self, socket: &mut S, close: Option<Close>)
     where
-        S: Sink<Message, Error = axum::Error> + Unpin,
+        S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
     {
         if let Some((code, reason)) = &close {
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
@@ -433,9 +433,17 @@ impl Session {
                 socket
                     .send(Message::Close(Some(CloseFrame {
                         code: code.code(),
-                        reason: reason.as_str().into(),
+                        reason: close_reason(reason).into(),
                     })))
-                    .await
+                    .await?;
+                // Wait for the peer's close reply so it reads our close frame before the TCP
+                // connection goes away (otherwise its reply can hit a reset socket).
+                while let Some(Ok(msg)) = socket.next().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+                Ok::<(), axum::Error>(())
             })
             .await;
             self.hub.metrics.closes.get_or_create(&CloseLabels { code: code.name().into() }).inc();
@@ -765,6 +773,15 @@ fn auth_close(e: &AuthError) -> Close {
         AuthError::Expired => (CloseCode::TokenExpired, "token expired".into()),
         other => (CloseCode::Unauthorized, other.to_string()),
     }
+}
+
+/// A close frame's reason is limited to 123 bytes; cut at a character boundary.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 fn deadline_for(exp: u64, grace: Duration) -> tokio::time::Instant {

@@ -473,10 +473,15 @@ export class HeraldClient extends Emitter {
             this.onFrame(ev.data);
         };
         ws.onerror = () => {
-            /* the close event follows */
+            // Browsers follow an error with a close event; some implementations (Node's, on a failed
+            // handshake) do not, so a socket that is closed and silent is treated as closed.
+            setTimeout(() => {
+                if (gen === this.gen && this.ws === ws && ws.readyState === 3)
+                    ws.onclose?.({ code: 1006, reason: 'connection failed' });
+            }, 50);
         };
         ws.onclose = (ev) => {
-            if (gen !== this.gen)
+            if (gen !== this.gen || this.ws !== ws)
                 return;
             this.ws = undefined;
             this.afterSocketGone();

@@ -5,6 +5,7 @@
 //! subscriber and into the history.
 
 pub mod memory;
+pub mod redis;
 
 use crate::config::Namespace;
 use async_trait::async_trait;
@@ -201,6 +202,21 @@ pub trait Engine: Send + Sync + 'static {
     async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, EngineError>;
     /// Whether the engine can serve right now (for `/ready`).
     async fn ready(&self) -> bool;
+    /// Tells the engine which node it serves, once the hub exists, so a clustered engine can
+    /// register the node (heartbeat with its id, address and counts). Default: nothing.
+    fn attach_node(&self, _hub: std::sync::Weak<crate::hub::Hub>) {}
+    /// The node is shutting down: withdraw its registration. Default: nothing.
+    async fn detach_node(&self) {}
+    /// Every live node of the cluster as `/api/info` lists them; `None` when the engine has no
+    /// cluster view (single node) or cannot reach it right now.
+    async fn nodes(&self) -> Option<Vec<serde_json::Value>> {
+        None
+    }
+    /// Subscriber counts per channel across every node, sorted by channel; `None` when the
+    /// engine has no cluster view, and the node's own counts are the answer.
+    async fn channel_counts(&self) -> Option<Vec<(String, usize)>> {
+        None
+    }
 }
 
 /// A fresh random epoch token.

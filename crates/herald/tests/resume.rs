@@ -1,0 +1,341 @@
+//! Positions, history, gap-free resume and keyed state, against the real binary.
+
+mod support;
+
+use herald_protocol::command::{Command, HistoryQuery};
+use herald_protocol::{Op, Position, ServerMessage};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use support::*;
+
+const CONFIG: &str = r#"
+[namespaces.default]
+[namespaces.feed]
+history_size = 100
+max_recover = 60
+[namespaces.tiny]
+history_size = 10
+[namespaces.board]
+keyed = true
+history_size = 100000
+max_recover = 100000
+client_publish = true
+[limits]
+commands_per_second = 0
+"#;
+
+fn since(reply: &Value) -> Position {
+    Position {
+        epoch: reply["epoch"].as_str().unwrap().into(),
+        offset: reply["offset"].as_u64().unwrap(),
+    }
+}
+
+async fn resume(ws: &mut Ws, channel: &str, pos: Position, snapshot: bool) -> Value {
+    ws.request(Command::Subscribe { channel: channel.into(), since: Some(pos), snapshot })
+        .await
+        .expect("resume")
+}
+
+#[tokio::test]
+async fn resume_receives_exactly_what_was_missed_then_live() {
+    let hub = Hub::start(CONFIG);
+    let mut ws = hub.client("a", &["feed:*"]).await;
+    let first = ws.subscribe("feed:1").await;
+    for i in 1..=5 {
+        hub.publish("feed:1", json!(i)).await;
+    }
+    let mut last = None;
+    for i in 1..=5 {
+        let p = ws.next_pub().await;
+        assert_eq!(p.offset, i);
+        last = Some(p.position());
+    }
+    assert_eq!(last.as_ref().unwrap().epoch, first["epoch"].as_str().unwrap());
+    drop(ws);
+    for i in 6..=55 {
+        hub.publish("feed:1", json!(i)).await;
+    }
+    let mut ws = hub.client("a", &["feed:*"]).await;
+    let reply = resume(&mut ws, "feed:1", last.unwrap(), false).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let pubs = reply["publications"].as_array().unwrap();
+    let offsets: Vec<u64> = pubs.iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, (6..=55).collect::<Vec<_>>(), "exactly the 50 missed, in order");
+    assert_eq!(reply["offset"], 55);
+    hub.publish("feed:1", json!("live")).await;
+    let p = ws.next_pub().await;
+    assert_eq!((p.offset, p.data.get()), (56, r#""live""#));
+}
+
+#[tokio::test]
+async fn resume_reasons_trimmed_too_many_and_epoch_changed() {
+    let hub = Hub::start(CONFIG);
+    let mut ws = hub.client("a", &["*"]).await;
+    let start = ws.subscribe("tiny:1").await;
+    for i in 0..20 {
+        hub.publish("tiny:1", json!(i)).await;
+    }
+    let reply = resume(&mut ws, "tiny:2", Position { epoch: "x".into(), offset: 0 }, false).await;
+    assert_eq!(
+        (reply["recovered"].as_bool(), reply["reason"].as_str()),
+        (Some(false), Some("epoch_changed"))
+    );
+    let mut other = hub.client("b", &["*"]).await;
+    let reply = resume(&mut other, "tiny:1", since(&start), false).await;
+    assert_eq!(reply["recovered"], false);
+    assert_eq!(reply["reason"], "history_trimmed");
+    assert!(reply.get("publications").is_none(), "no partial recovery: {reply}");
+    assert_eq!(reply["offset"], 20);
+    // max_recover = 60 in `feed`.
+    let mut c = hub.client("c", &["*"]).await;
+    let feed = c.subscribe("feed:9").await;
+    for i in 0..70 {
+        hub.publish("feed:9", json!(i)).await;
+    }
+    let mut d = hub.client("d", &["*"]).await;
+    let reply = resume(&mut d, "feed:9", since(&feed), false).await;
+    assert_eq!(
+        (reply["recovered"].as_bool(), reply["reason"].as_str()),
+        (Some(false), Some("too_many"))
+    );
+    // History API paging: before / since / latest.
+    let (status, h) = hub.api("GET", "/api/history?channel=feed:9&limit=5", None).await;
+    assert_eq!(status, 200);
+    let offs = |h: &Value| {
+        h["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(offs(&h), vec![66, 67, 68, 69, 70]);
+    let (_, h) = hub.api("GET", "/api/history?channel=feed:9&limit=3&before=66", None).await;
+    assert_eq!(offs(&h), vec![63, 64, 65]);
+    let epoch = feed["epoch"].as_str().unwrap();
+    let (_, h) = hub
+        .api("GET", &format!("/api/history?channel=feed:9&limit=2&since={epoch}:10"), None)
+        .await;
+    assert_eq!(offs(&h), vec![11, 12]);
+    let hq = c
+        .request(Command::History(HistoryQuery {
+            channel: "feed:9".into(),
+            limit: Some(2),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(offs(&hq), vec![69, 70]);
+}
+
+#[tokio::test]
+async fn restart_gives_epoch_changed() {
+    let hub = Hub::start(CONFIG);
+    let mut ws = hub.client("a", &["*"]).await;
+    ws.subscribe("feed:r").await;
+    hub.publish("feed:r", json!(1)).await;
+    let pos = ws.next_pub().await.position();
+    drop(ws);
+    let hub = hub.restart();
+    let mut ws = hub.client("a", &["*"]).await;
+    let reply = resume(&mut ws, "feed:r", pos.clone(), false).await;
+    assert_eq!(reply["recovered"], false);
+    assert_eq!(reply["reason"], "epoch_changed");
+    assert_ne!(reply["epoch"].as_str().unwrap(), pos.epoch);
+}
+
+#[tokio::test]
+async fn resume_from_the_first_reply_of_an_empty_channel_loses_nothing() {
+    let hub = Hub::start(CONFIG);
+    let mut ws = hub.client("a", &["*"]).await;
+    let first = ws.subscribe("feed:empty").await;
+    assert_eq!(first["offset"], 0);
+    drop(ws);
+    hub.publish("feed:empty", json!("a")).await;
+    hub.publish("feed:empty", json!("b")).await;
+    let mut ws = hub.client("a", &["*"]).await;
+    let reply = resume(&mut ws, "feed:empty", since(&first), false).await;
+    assert_eq!(reply["recovered"], true);
+    let data: Vec<&str> = reply["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(data, vec!["a", "b"]);
+}
+
+/// A model of a keyed channel's state, built from snapshots and publications.
+#[derive(Default, Debug, PartialEq)]
+struct Model(BTreeMap<String, Value>);
+
+impl Model {
+    fn from_snapshot(records: &Value) -> Model {
+        Model(
+            records
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r["key"].as_str().unwrap().to_string(), r["value"].clone()))
+                .collect(),
+        )
+    }
+
+    fn apply(&mut self, key: &str, op: Op, data: Value) {
+        match op {
+            Op::Upsert => {
+                self.0.insert(key.into(), data);
+            }
+            Op::Delete => {
+                self.0.remove(key);
+            }
+            Op::Merge => {
+                let entry = self.0.entry(key.into()).or_insert(Value::Null);
+                json_merge(entry, &data);
+            }
+        }
+    }
+}
+
+fn json_merge(target: &mut Value, patch: &Value) {
+    if let Value::Object(p) = patch {
+        if !target.is_object() {
+            *target = json!({});
+        }
+        let t = target.as_object_mut().unwrap();
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                json_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    } else {
+        *target = patch.clone();
+    }
+}
+
+#[tokio::test]
+async fn keyed_resume_not_recovered_carries_a_snapshot() {
+    let hub = Hub::start(CONFIG);
+    hub.publish_with(
+        json!({"channel": "board:1", "key": "t1", "op": "upsert", "data": {"s": "todo"}}),
+    )
+    .await;
+    hub.publish_with(
+        json!({"channel": "board:1", "key": "t1", "op": "merge", "data": {"s": "done", "w": 1}}),
+    )
+    .await;
+    let (status, body) =
+        hub.publish_with(json!({"channel": "feed:x", "key": "t1", "data": 1})).await;
+    assert_eq!((status, body["error"]["code"].as_u64()), (400, Some(116)), "{body}");
+    let mut ws = hub.client("a", &["*"]).await;
+    let reply =
+        resume(&mut ws, "board:1", Position { epoch: "gone".into(), offset: 1 }, false).await;
+    assert_eq!(reply["reason"], "epoch_changed");
+    assert_eq!(
+        reply["snapshot"],
+        json!([{"key": "t1", "value": {"s": "done", "w": 1}, "offset": 2}])
+    );
+    let (_, state) = hub.api("GET", "/api/state?channel=board:1", None).await;
+    assert_eq!(state["records"], reply["snapshot"]);
+    let st = ws.request(Command::State { channel: "board:1".into() }).await.unwrap();
+    assert_eq!(st["offset"], 2);
+}
+
+/// One publisher mutates 1,000 keys continuously while 50 clients subscribe with a snapshot at
+/// random moments; each client's snapshot plus its stream must equal the final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hammer_snapshots_plus_stream_equal_final_state() {
+    let hub = std::sync::Arc::new(Hub::start(CONFIG));
+    const TOTAL: u64 = 3000;
+    // Client `c` subscribes (with a snapshot) once the publisher is at c * 60: moments spread
+    // over the run, while publishing goes on.
+    let spawn_client = |c: u64, hub: std::sync::Arc<Hub>| {
+        tokio::spawn(async move {
+            let mut ws = hub.client(&format!("c{c}"), &["*"]).await;
+            let reply = ws
+                .request(Command::Subscribe {
+                    channel: "board:h".into(),
+                    since: None,
+                    snapshot: true,
+                })
+                .await
+                .unwrap();
+            let mut model = Model::from_snapshot(&reply["snapshot"]);
+            let mut offset = reply["offset"].as_u64().unwrap();
+            while offset < TOTAL {
+                let next = tokio::time::timeout(std::time::Duration::from_secs(8), ws.next()).await;
+                let next =
+                    next.unwrap_or_else(|_| panic!("client {c} stuck at {offset}; reply {reply}"));
+                match next {
+                    Some(ServerMessage::Publication(p)) => {
+                        assert_eq!(
+                            p.offset,
+                            offset + 1,
+                            "client {c}: contiguous after its snapshot"
+                        );
+                        offset = p.offset;
+                        let data: Value = serde_json::from_str(p.data.get()).unwrap();
+                        model.apply(p.key.as_deref().unwrap(), p.op.unwrap(), data);
+                    }
+                    other => panic!("client {c}: {other:?}"),
+                }
+            }
+            model
+        })
+    };
+    let publisher = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut ws = hub.client("pub", &["*"]).await;
+            let mut rng = 0x9E3779B97F4A7C15u64;
+            let mut ids = Vec::new();
+            let mut clients = Vec::new();
+            for i in 0..TOTAL {
+                if i % 60 == 0 && clients.len() < 50 {
+                    clients.push(spawn_client(clients.len() as u64, hub.clone()));
+                }
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let key = format!("k{}", rng % 1000);
+                let (op, data) = match rng % 3 {
+                    0 => (Op::Upsert, json!({"v": i, "tag": key})),
+                    1 => (Op::Merge, json!({"m": i, "tag": null})),
+                    _ => (Op::Delete, Value::Null),
+                };
+                let cmd = Command::Publish(herald_protocol::command::PublishCommand {
+                    channel: "board:h".into(),
+                    kind: Some("task".into()),
+                    data: serde_json::value::RawValue::from_string(data.to_string()).unwrap(),
+                    key: Some(key),
+                    op: Some(op),
+                    idempotency_key: None,
+                    correlation_id: None,
+                });
+                ids.push(ws.send(cmd).await);
+                // Keep at most 16 publishes in flight.
+                if ids.len() >= 16 {
+                    for id in ids.drain(..) {
+                        ws.reply(id).await.expect("publish");
+                    }
+                }
+            }
+            for id in ids {
+                ws.reply(id).await.expect("publish");
+            }
+            clients
+        })
+    };
+    let clients = publisher.await.unwrap();
+    assert_eq!(clients.len(), 50);
+    let (_, state) = hub.api("GET", "/api/state?channel=board:h", None).await;
+    assert_eq!(state["offset"], TOTAL);
+    let truth = Model::from_snapshot(&state["records"]);
+    for (i, c) in clients.into_iter().enumerate() {
+        let model = c.await.unwrap();
+        assert_eq!(model, truth, "client {i}");
+    }
+}

@@ -1,0 +1,325 @@
+//! Test harness: a real `herald` process on 127.0.0.1 and a raw WebSocket client that speaks
+//! docs/protocol.md. Waits are for events with deadlines, never fixed sleeps.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use herald_protocol::command::{Command, Request};
+use herald_protocol::reply::ErrorBody;
+use herald_protocol::{Publication, ServerMessage, split_frame};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command as Proc, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const API_KEY: &str = "test-key";
+pub const SECRET: &str = "test-secret";
+/// Upper bound for any single wait.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running herald process.
+pub struct Hub {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: Arc<tempfile::TempDir>,
+    config: String,
+    extra: Vec<String>,
+    /// Every stderr line so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Hub {
+    /// Starts herald with this TOML configuration (plus listen/api-key/secret flags).
+    pub fn start(config: &str) -> Hub {
+        Hub::start_with(config, &[])
+    }
+
+    /// Starts herald with extra CLI flags.
+    pub fn start_with(config: &str, extra: &[&str]) -> Hub {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Hub::spawn(
+            dir,
+            config.to_string(),
+            extra.iter().map(|s| s.to_string()).collect(),
+            "127.0.0.1:0",
+        )
+    }
+
+    fn spawn(dir: Arc<tempfile::TempDir>, config: String, extra: Vec<String>, listen: &str) -> Hub {
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, &config).expect("write config");
+        let mut child = Proc::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--listen", listen, "--api-key", API_KEY, "--token-secret", SECRET])
+            .arg("--config")
+            .arg(&path)
+            .args(&extra)
+            .env("HERALD_LOG", "warn,herald::audit=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start herald");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(addr) => addr.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("herald did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Hub { child, addr, dir, config, extra, log }
+    }
+
+    /// kill -9 and start again on the same port (memory engine: every stream gets a new epoch).
+    pub fn restart(mut self) -> Hub {
+        self.kill();
+        let listen = self.addr.to_string();
+        Hub::spawn(self.dir.clone(), self.config.clone(), self.extra.clone(), &listen)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY-free: plain kill(2) through the libc crate is not needed; use the kill command.
+        let _ = Proc::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().expect("wait herald")
+    }
+
+    /// Publishes through the HTTP API; returns (status, body).
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let req = match method {
+            "GET" => client.get(self.http(path)),
+            _ => client.post(self.http(path)),
+        }
+        .header("x-api-key", API_KEY);
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Publishes `data` to `channel`; panics unless accepted. Returns the reply.
+    pub async fn publish(&self, channel: &str, data: Value) -> Value {
+        let (status, body) = self
+            .api(
+                "POST",
+                "/api/publish",
+                Some(serde_json::json!({"channel": channel, "data": data})),
+            )
+            .await;
+        assert_eq!(status, 200, "publish failed: {body}");
+        body
+    }
+
+    /// Publishes with extra fields (key, op, type...).
+    pub async fn publish_with(&self, body: Value) -> (u16, Value) {
+        self.api("POST", "/api/publish", Some(body)).await
+    }
+
+    /// Connects and authenticates as `user` allowed on `channels`.
+    pub async fn client(&self, user: &str, channels: &[&str]) -> Ws {
+        let mut ws = Ws::open(&self.ws_url()).await;
+        let reply =
+            ws.request(Command::Connect { token: Some(token(user, channels)), name: None }).await;
+        reply.expect("connect");
+        ws
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HS256 token signed with the test secret.
+pub fn token(user: &str, channels: &[&str]) -> String {
+    token_with(serde_json::json!({
+        "sub": user,
+        "exp": herald_server::auth::unix_now() + 3600,
+        "channels": channels,
+    }))
+}
+
+/// An HS256 token with arbitrary claims.
+pub fn token_with(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A raw protocol client.
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Messages read but not yet consumed.
+    pending: VecDeque<ServerMessage>,
+    next_id: u64,
+    /// The close frame, once received: (code, reason).
+    pub closed: Option<(u16, String)>,
+    /// Answer protocol pings automatically.
+    pub auto_pong: bool,
+}
+
+impl Ws {
+    pub async fn open(url: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        Ws { stream, pending: VecDeque::new(), next_id: 1, closed: None, auto_pong: true }
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.stream.send(Message::text(text.to_string())).await.expect("ws send");
+    }
+
+    /// Sends a command; returns its id.
+    pub async fn send(&mut self, command: Command) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_raw(&Request { id: Some(id), command }.to_json()).await;
+        id
+    }
+
+    /// Reads one more frame into `pending`; false when the connection ended.
+    async fn fill(&mut self) -> bool {
+        loop {
+            let msg = match tokio::time::timeout(WAIT, self.stream.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(_) => return false,
+                Err(_) => panic!("no message within {WAIT:?}"),
+            };
+            match msg {
+                Message::Text(t) => {
+                    for line in split_frame(t.as_str()) {
+                        let m = ServerMessage::parse(line)
+                            .unwrap_or_else(|e| panic!("bad line {line}: {e}"));
+                        if matches!(m, ServerMessage::Ping) && self.auto_pong {
+                            let _ = self.stream.send(Message::text(r#"{"cmd":"pong"}"#)).await;
+                            continue;
+                        }
+                        self.pending.push_back(m);
+                    }
+                    return true;
+                }
+                Message::Close(frame) => {
+                    self.closed =
+                        Some(frame.map_or((1005, String::new()), |f| {
+                            (f.code.into(), f.reason.to_string())
+                        }));
+                    return false;
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next message, or None when the connection ended.
+    pub async fn next(&mut self) -> Option<ServerMessage> {
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return Some(m);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Sends a command and waits for its reply; pushes that arrive meanwhile stay queued.
+    pub async fn request(&mut self, command: Command) -> Result<Value, ErrorBody> {
+        let id = self.send(command).await;
+        self.reply(id).await
+    }
+
+    /// Waits for the reply to `id`.
+    pub async fn reply(&mut self, id: u64) -> Result<Value, ErrorBody> {
+        let mut scanned = 0;
+        loop {
+            while scanned < self.pending.len() {
+                if let ServerMessage::Reply { id: got, .. } = &self.pending[scanned] {
+                    if *got == id {
+                        let Some(ServerMessage::Reply { result, .. }) =
+                            self.pending.remove(scanned)
+                        else {
+                            unreachable!()
+                        };
+                        return result.map(|r| serde_json::from_str(r.get()).unwrap());
+                    }
+                }
+                scanned += 1;
+            }
+            if !self.fill().await {
+                panic!("connection closed before reply {id}: {:?}", self.closed);
+            }
+        }
+    }
+
+    /// Subscribes; returns the reply.
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.request(Command::Subscribe { channel: channel.into(), since: None, snapshot: false })
+            .await
+            .unwrap_or_else(|e| panic!("subscribe {channel}: {e}"))
+    }
+
+    /// The next publication (skipping nothing else: any other message is a test failure).
+    pub async fn next_pub(&mut self) -> Publication {
+        match self.next().await {
+            Some(ServerMessage::Publication(p)) => p,
+            other => panic!("expected a publication, got {other:?} (closed: {:?})", self.closed),
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and the `disconnect` push code.
+    pub async fn expect_close(&mut self) -> (u16, Option<u16>) {
+        let mut push_code = None;
+        while let Some(m) = self.next().await {
+            if let ServerMessage::Disconnect { code, .. } = m {
+                push_code = Some(code);
+            }
+        }
+        (self.closed.as_ref().map_or(0, |c| c.0), push_code)
+    }
+}
+
+/// The `code` of an error reply.
+pub fn code(e: &ErrorBody) -> u16 {
+    e.code
+}

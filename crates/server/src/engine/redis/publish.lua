@@ -1,0 +1,63 @@
+-- One publication, atomically: idempotency check, keyed-state checks and update, offset, history
+-- append and trim, fan-out message.
+-- KEYS: meta, hist, state, idem
+-- ARGV: new_epoch, pubsub channel, head, mid, tail, history_size, history_ttl_ms, meta_ttl_ms,
+--       idempotency_window_ms (0: no key), record key, op ('' | upsert | merge | delete),
+--       new value, expected stored record ('' no check, '-' absent), max_records, max_bytes
+-- Returns {'ok', epoch, offset, time} | {'dup', 'epoch:offset:time'} | {'retry'} | {'records'}
+--       | {'bytes'}
+local hsize, httl, mttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local iwin = tonumber(ARGV[9])
+local rkey, op, value, expected = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local now = now_ms()
+local epoch, offset = ensure_meta(KEYS[1], KEYS[2], KEYS[3], ARGV[1], mttl)
+if iwin > 0 then
+  local prior = redis.call('GET', KEYS[4])
+  if prior and string.sub(prior, 1, #epoch + 1) == epoch .. ':' then
+    return { 'dup', prior }
+  end
+end
+local old_len, new_len = 0, 0
+if op ~= '' then
+  local old = redis.call('HGET', KEYS[3], rkey)
+  if expected ~= '' and expected ~= (old or '-') then
+    return { 'retry' }
+  end
+  if old then
+    old_len = #old - string.find(old, ':', 1, true)
+  end
+  if op ~= 'delete' then
+    new_len = #value
+    if not old and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[14]) then
+      return { 'records' }
+    end
+  end
+  local bytes = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+  if bytes - old_len + new_len > tonumber(ARGV[15]) then
+    return { 'bytes' }
+  end
+end
+offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local off = string.format('%d', offset)
+local time = iso(now)
+local json = ARGV[3] .. ',"epoch":"' .. epoch .. '","offset":' .. off .. ',"id":"' .. epoch
+  .. '-' .. off .. '"' .. ARGV[4] .. ',"time":"' .. time .. '"' .. ARGV[5]
+if op ~= '' then
+  if op == 'delete' then
+    redis.call('HDEL', KEYS[3], rkey)
+  else
+    redis.call('HSET', KEYS[3], rkey, off .. ':' .. value)
+  end
+  redis.call('HINCRBY', KEYS[1], 'bytes', new_len - old_len)
+end
+if hsize > 0 then
+  redis.call('RPUSH', KEYS[2], off .. ':' .. string.format('%d', now) .. ':' .. json)
+  redis.call('PEXPIRE', KEYS[2], math.max(httl, 1))
+end
+trim(KEYS[2], hsize, httl, now)
+local result = epoch .. ':' .. off .. ':' .. time
+if iwin > 0 then
+  redis.call('SET', KEYS[4], result, 'PX', iwin)
+end
+redis.call('PUBLISH', ARGV[2], epoch .. ':' .. off .. ':' .. json)
+return { 'ok', epoch, off, time }

@@ -1,0 +1,565 @@
+//! Test support for the Redis engine: real `redis-server` processes on free ports, real `herald`
+//! processes on the redis engine, and a raw WebSocket subscriber that speaks docs/protocol.md
+//! (reconnects through a URL list and resubscribes with `since`) and records what it saw.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::Message;
+
+/// API key of every test node.
+pub const API_KEY: &str = "test-key";
+/// HS256 secret of every test node.
+pub const SECRET: &str = "test-secret";
+
+/// Namespaces the tests use: deep history by default, a keyed one, small bounds for the
+/// not-recovered reasons, tight state limits.
+pub const CONFIG: &str = r#"
+[limits]
+commands_per_second = 0
+
+[namespaces.default]
+history_size = 20000
+max_recover = 20000
+
+[namespaces.kv]
+keyed = true
+history_size = 5000
+max_recover = 5000
+
+[namespaces.short]
+history_size = 5
+
+[namespaces.cap]
+history_size = 100
+max_recover = 3
+
+[namespaces.lim]
+keyed = true
+max_state_records = 2
+"#;
+
+fn unique_dir(what: &str) -> PathBuf {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let dir = std::env::temp_dir().join(format!("herald-{what}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `redis-server` process (no persistence: a restart loses everything).
+pub struct Redis {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts one on a free port.
+    pub fn start() -> Redis {
+        let mut r = Redis { port: free_port(), child: None };
+        r.spawn();
+        r
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}); the redis engine tests need it: \
+                     `apt-get install -y redis-server` (the test script installs it)"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.pings() {
+            assert!(Instant::now() < deadline, "redis-server on {} did not answer PING", self.port);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether it answers PING right now.
+    pub fn pings(&self) -> bool {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        if s.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// SIGKILL: the data is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The workspace's `target/debug/herald` (honours `CARGO_TARGET_DIR`).
+pub fn herald_bin() -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { workspace.join(t) })
+        .unwrap_or_else(|| workspace.join("target"));
+    let bin = target.join("debug").join(format!("herald{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "the herald binary is missing at {}: run `cargo build --bins` before `cargo test`",
+        bin.display()
+    );
+    bin
+}
+
+/// A `herald serve --engine redis` process.
+pub struct Node {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its node id.
+    pub id: String,
+    dir: PathBuf,
+    /// Its stderr so far, for failure messages.
+    pub log: Arc<parking_lot::Mutex<Vec<String>>>,
+}
+
+impl Node {
+    /// Starts a node on a free port against `redis_url`.
+    pub fn start(redis_url: &str, id: &str) -> Node {
+        let dir = unique_dir("node");
+        let config = dir.join("herald.toml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let mut child = Command::new(herald_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--api-key", API_KEY])
+            .args(["--token-secret", SECRET, "--engine", "redis", "--redis-url", redis_url])
+            .args(["--node-id", id])
+            .arg("--config")
+            .arg(&config)
+            .env("HERALD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn herald");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let keep = log.clone();
+        let tag = id.to_string();
+        std::thread::spawn(move || {
+            let verbose = std::env::var_os("HERALD_TEST_LOG").is_some();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if verbose {
+                    eprintln!("[{tag}] {line}");
+                }
+                keep.lock().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let addr: String =
+                            rest.chars().take_while(|c| !c.is_whitespace() && *c != '/').collect();
+                        break addr.parse::<SocketAddr>().expect("listen address");
+                    }
+                }
+                Err(_) => panic!(
+                    "herald did not report `listening on`; stderr so far:\n{}",
+                    log.lock().join("\n")
+                ),
+            }
+        };
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Node { child, addr, id: id.into(), dir, log }
+    }
+
+    /// `ws://.../ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// `http://...`.
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL: no shutdown, no close frames, no deregistration.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A token for `sub` allowed every channel.
+pub fn token(sub: &str) -> String {
+    let claims = herald_server::auth::Claims {
+        sub: sub.into(),
+        exp: Some(herald_server::auth::unix_now() + 3600),
+        channels: vec!["*".into()],
+        publish: vec!["*".into()],
+        ..Default::default()
+    };
+    herald_server::auth::mint_hs256(SECRET, &claims).unwrap()
+}
+
+/// HTTP API helper.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api { http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap() }
+    }
+}
+
+impl Api {
+    /// POST /api/publish; (HTTP status, body).
+    pub async fn publish(&self, base: &str, body: Value) -> (u16, Value) {
+        match self
+            .http
+            .post(format!("{base}/api/publish"))
+            .header("x-api-key", API_KEY)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(e) => (0, json!({ "transport": e.to_string() })),
+        }
+    }
+
+    /// GET with the API key; (status, body).
+    pub async fn get(&self, base: &str, path: &str) -> (u16, Value) {
+        match self.http.get(format!("{base}{path}")).header("x-api-key", API_KEY).send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(e) => (0, json!({ "transport": e.to_string() })),
+        }
+    }
+}
+
+/// Everything a subscriber saw.
+#[derive(Debug, Default)]
+pub struct Log {
+    /// Every publication accepted into the stream (from replies and live), in order.
+    pub pubs: Vec<Value>,
+    /// Every subscribe reply result.
+    pub replies: Vec<Value>,
+    /// Violations: duplicates, gaps delivered, errors.
+    pub errors: Vec<String>,
+    /// `unsubscribe` pushes with resubscribe.
+    pub resubscribes: usize,
+    /// Connections opened.
+    pub connections: usize,
+    /// The URL of each connection.
+    pub urls: Vec<String>,
+    /// Keyed state rebuilt from snapshots and publications.
+    pub state: BTreeMap<String, Value>,
+    /// Current position.
+    pub position: Option<(String, u64)>,
+}
+
+impl Log {
+    /// Offsets of the recorded publications.
+    pub fn offsets(&self) -> Vec<u64> {
+        self.pubs.iter().map(|p| p["offset"].as_u64().unwrap()).collect()
+    }
+}
+
+/// A subscriber that keeps one subscription alive across reconnects and resubscribe pushes.
+pub struct Subscriber {
+    /// What it saw.
+    pub log: Arc<parking_lot::Mutex<Log>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Options of a subscriber.
+#[derive(Clone)]
+pub struct SubOptions {
+    /// URLs, tried in order (then around again) on every (re)connect.
+    pub urls: Vec<String>,
+    /// Channel.
+    pub channel: String,
+    /// Ask for a snapshot on the first subscribe.
+    pub snapshot: bool,
+    /// Start from this position.
+    pub since: Option<(String, u64)>,
+}
+
+impl Subscriber {
+    /// Starts it; returns once the first subscribe reply arrived.
+    pub async fn start(opts: SubOptions) -> Subscriber {
+        let log = Arc::new(parking_lot::Mutex::new(Log {
+            position: opts.since.clone(),
+            ..Log::default()
+        }));
+        let task = tokio::spawn(run_subscriber(opts, log.clone()));
+        let s = Subscriber { log, task };
+        eventually(Duration::from_secs(10), "first subscribe reply", || {
+            let ok = !s.log.lock().replies.is_empty();
+            async move { ok.then_some(()) }
+        })
+        .await;
+        s
+    }
+
+    /// Waits until it holds offset `last` (in the current epoch) or fails after `within`.
+    pub async fn wait_offset(&self, last: u64, within: Duration) {
+        let log = self.log.clone();
+        let deadline = Instant::now() + within;
+        loop {
+            {
+                let l = log.lock();
+                if l.position.as_ref().is_some_and(|(_, o)| *o >= last) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "subscriber stuck at {:?} waiting for {last}; errors {:?}; urls {:?}",
+                    l.position,
+                    l.errors,
+                    l.urls
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn run_subscriber(opts: SubOptions, log: Arc<parking_lot::Mutex<Log>>) {
+    let token = token("sub");
+    let mut attempt = 0usize;
+    let mut first = true;
+    loop {
+        let url = &opts.urls[attempt % opts.urls.len()];
+        attempt += 1;
+        let Ok(Ok((ws, _))) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        {
+            let mut l = log.lock();
+            l.connections += 1;
+            l.urls.push(url.clone());
+        }
+        let _ = session(ws, &token, &opts, &log, &mut first).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) -> Result<(), ()> {
+    ws.send(Message::Text(v.to_string().into())).await.map_err(|_| ())
+}
+
+fn subscribe_cmd(id: u64, opts: &SubOptions, log: &Log, first: bool) -> Value {
+    let mut cmd = json!({"id": id, "cmd": "subscribe", "channel": opts.channel});
+    if let Some((epoch, offset)) = &log.position {
+        cmd["since"] = json!({"epoch": epoch, "offset": offset});
+    } else if first && opts.snapshot {
+        cmd["snapshot"] = json!(true);
+    }
+    cmd
+}
+
+/// One connection: connect, subscribe (with `since` once a position is known), read until it
+/// ends.
+async fn session(
+    mut ws: Ws,
+    token: &str,
+    opts: &SubOptions,
+    log: &Arc<parking_lot::Mutex<Log>>,
+    first: &mut bool,
+) -> Result<(), ()> {
+    send(&mut ws, json!({"id": 1, "cmd": "connect", "token": token})).await?;
+    let mut next_id = 2u64;
+    let cmd = subscribe_cmd(next_id, opts, &log.lock(), *first);
+    send(&mut ws, cmd).await?;
+    let mut sub_id = next_id;
+    next_id += 1;
+    while let Some(msg) = ws.next().await {
+        let text = match msg.map_err(|_| ())? {
+            Message::Text(t) => t.to_string(),
+            Message::Close(_) => return Err(()),
+            _ => continue,
+        };
+        for line in text.split('\n').filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_str(line).map_err(|_| ())?;
+            if v["push"] == "ping" {
+                send(&mut ws, json!({"cmd": "pong"})).await?;
+            } else if v["push"] == "pub" {
+                let mut l = log.lock();
+                accept(&mut l, &v["pub"]);
+            } else if v["push"] == "unsubscribe" {
+                let cmd = {
+                    let mut l = log.lock();
+                    l.resubscribes += 1;
+                    subscribe_cmd(next_id, opts, &l, false)
+                };
+                sub_id = next_id;
+                next_id += 1;
+                send(&mut ws, cmd).await?;
+            } else if v["id"].as_u64() == Some(sub_id) {
+                if let Some(err) = v.get("error") {
+                    log.lock().errors.push(format!("subscribe error: {err}"));
+                    // Unavailable (engine down): try again on another connection.
+                    return Err(());
+                }
+                *first = false;
+                let r = &v["result"];
+                let mut l = log.lock();
+                l.replies.push(r.clone());
+                let recovered = r["recovered"].as_bool();
+                if recovered == Some(true) {
+                    for p in r["publications"].as_array().cloned().unwrap_or_default() {
+                        accept(&mut l, &p);
+                    }
+                    let at =
+                        (r["epoch"].as_str().unwrap().to_string(), r["offset"].as_u64().unwrap());
+                    if l.position.as_ref() != Some(&at) {
+                        let msg =
+                            format!("recovered reply ends at {at:?}, client at {:?}", l.position);
+                        l.errors.push(msg);
+                    }
+                } else {
+                    if let Some(snapshot) = r["snapshot"].as_array() {
+                        l.state = snapshot
+                            .iter()
+                            .map(|rec| {
+                                (rec["key"].as_str().unwrap().to_string(), rec["value"].clone())
+                            })
+                            .collect();
+                    }
+                    l.position = Some((
+                        r["epoch"].as_str().unwrap().to_string(),
+                        r["offset"].as_u64().unwrap(),
+                    ));
+                }
+            }
+        }
+    }
+    Err(())
+}
+
+/// Takes a publication into the log if it continues the stream; records violations.
+fn accept(l: &mut Log, p: &Value) {
+    let epoch = p["epoch"].as_str().unwrap_or_default().to_string();
+    let offset = p["offset"].as_u64().unwrap_or_default();
+    match &l.position {
+        Some((e, o)) if *e == epoch && offset == o + 1 => {}
+        other => {
+            l.errors.push(format!("publication {epoch}:{offset} after position {other:?}"));
+            return;
+        }
+    }
+    if let (Some(key), Some(op)) = (p["key"].as_str(), p["op"].as_str()) {
+        apply(&mut l.state, key, op, &p["data"]);
+    }
+    l.position = Some((epoch, offset));
+    l.pubs.push(p.clone());
+}
+
+/// Applies a keyed operation (RFC 7386 for merge).
+pub fn apply(state: &mut BTreeMap<String, Value>, key: &str, op: &str, data: &Value) {
+    match op {
+        "upsert" => {
+            state.insert(key.into(), data.clone());
+        }
+        "delete" => {
+            state.remove(key);
+        }
+        "merge" => {
+            let cur = state.entry(key.into()).or_insert(Value::Null);
+            json_patch::merge(cur, data);
+        }
+        other => panic!("unknown op {other}"),
+    }
+}
