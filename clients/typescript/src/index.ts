@@ -781,7 +781,9 @@ export class HeraldClient extends Emitter<ClientEvents> {
       this.onFailure(0, 'connect_timeout');
     }, this.opts.connectTimeoutMs ?? 10000);
 
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       if (gen !== this.gen) return;
       const id = this.nextId++;
       const frame = JSON.stringify(stripUndefined({ id, cmd: 'connect', token, name: this.opts.name }));
@@ -801,10 +803,22 @@ export class HeraldClient extends Emitter<ClientEvents> {
       this.onFrame(ev.data);
     };
     ws.onerror = () => {
-      /* the close event follows */
+      // Browsers follow an error with a close event; some implementations (Node's, on a failed
+      // handshake) do not, so a socket that is closed and silent is treated as closed.
+      setTimeout(() => {
+        if (gen !== this.gen || this.ws !== ws || (opened && ws.readyState !== 3)) return;
+        const onclose = ws.onclose;
+        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+        try {
+          ws.close();
+        } catch {
+          /* never opened */
+        }
+        onclose?.({ code: 1006, reason: 'connection failed' });
+      }, 50);
     };
     ws.onclose = (ev) => {
-      if (gen !== this.gen) return;
+      if (gen !== this.gen || this.ws !== ws) return;
       this.ws = undefined;
       this.afterSocketGone();
       const push = this.disconnectPush;
@@ -887,10 +901,11 @@ export class HeraldClient extends Emitter<ClientEvents> {
   }
 
   private onConnectError(gen: number, err: HeraldError): void {
-    if (gen !== this.gen) return;
+    // A connection lost before the reply is handled by the close handler.
+    if (gen !== this.gen || err.code === 1 || err.code === 2) return;
     // A token that expired between the provider and the hub: a provider can give a fresh one.
     const retry = err.code === 109 && typeof this.opts.token === 'function';
-    if (err.code === 0 || err.code === 1 || retry || err.code === 100 || err.code === 113 || err.code === 110) {
+    if (err.code === 0 || retry || err.code === 100 || err.code === 113 || err.code === 110) {
       this.dropSocket(1000, 'connect failed');
       this.onFailure(0, err.errorName);
       return;

@@ -451,7 +451,9 @@ export class HeraldClient extends Emitter {
             this.dropSocket(1000, 'connect timeout');
             this.onFailure(0, 'connect_timeout');
         }, this.opts.connectTimeoutMs ?? 10000);
+        let opened = false;
         ws.onopen = () => {
+            opened = true;
             if (gen !== this.gen)
                 return;
             const id = this.nextId++;
@@ -476,8 +478,17 @@ export class HeraldClient extends Emitter {
             // Browsers follow an error with a close event; some implementations (Node's, on a failed
             // handshake) do not, so a socket that is closed and silent is treated as closed.
             setTimeout(() => {
-                if (gen === this.gen && this.ws === ws && ws.readyState === 3)
-                    ws.onclose?.({ code: 1006, reason: 'connection failed' });
+                if (gen !== this.gen || this.ws !== ws || (opened && ws.readyState !== 3))
+                    return;
+                const onclose = ws.onclose;
+                ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+                try {
+                    ws.close();
+                }
+                catch {
+                    /* never opened */
+                }
+                onclose?.({ code: 1006, reason: 'connection failed' });
             }, 50);
         };
         ws.onclose = (ev) => {
@@ -569,11 +580,12 @@ export class HeraldClient extends Emitter {
         this.openSocket();
     }
     onConnectError(gen, err) {
-        if (gen !== this.gen)
+        // A connection lost before the reply is handled by the close handler.
+        if (gen !== this.gen || err.code === 1 || err.code === 2)
             return;
         // A token that expired between the provider and the hub: a provider can give a fresh one.
         const retry = err.code === 109 && typeof this.opts.token === 'function';
-        if (err.code === 0 || err.code === 1 || retry || err.code === 100 || err.code === 113 || err.code === 110) {
+        if (err.code === 0 || retry || err.code === 100 || err.code === 113 || err.code === 110) {
             this.dropSocket(1000, 'connect failed');
             this.onFailure(0, err.errorName);
             return;
