@@ -135,7 +135,16 @@ fn init_logging(format: LogFormat) {
 async fn build_engine(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
     match config.engine.kind {
         EngineKind::Memory => Ok(Arc::new(herald_server::engine::memory::MemoryEngine::new())),
-        EngineKind::Redis => anyhow::bail!("the redis engine is not available in this build"),
+        EngineKind::Redis => {
+            let engine = herald_server::engine::redis::RedisEngine::new(&config.engine)?;
+            if !engine.wait_connected(Duration::from_secs(2)).await {
+                eprintln!(
+                    "herald: redis at {} is not reachable yet; serving anyway and reconnecting (publishes answer 503 meanwhile)",
+                    config.engine.redis_url
+                );
+            }
+            Ok(Arc::new(engine))
+        }
     }
 }
 
@@ -152,6 +161,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.listen = addr.to_string();
     let dev_secret = (args.config.is_none()).then(|| config.auth.token_secret.clone()).flatten();
     let hub = Hub::new(config, engine)?;
+    hub.engine.attach_node(Arc::downgrade(&hub));
     for note in &notes {
         eprintln!("herald: {note}");
     }
@@ -170,7 +180,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("herald: dashboard http://{addr}/  demo http://{addr}/demo");
     }
     eprintln!("herald: node {} listening on http://{addr} (WebSocket ws://{addr}/ws)", hub.node_id);
-    herald_server::serve(hub, listener, shutdown_signal()).await?;
+    herald_server::serve(hub.clone(), listener, shutdown_signal()).await?;
+    hub.engine.detach_node().await;
     eprintln!("herald: stopped");
     Ok(())
 }

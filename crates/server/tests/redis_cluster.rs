@@ -21,7 +21,7 @@ async fn three_nodes_one_order() {
         (0..3).map(|i| Node::start(&redis.url(), &format!("order-{i}"))).collect();
     let mut subs = Vec::new();
     for i in 0..6 {
-        subs.push(Subscriber::start(sub_opts(vec![nodes[i % 3].ws_url()], "room:1")).await);
+        subs.push(Subscriber::start(sub_opts(vec![nodes[i % 3].ws_url()], "room-1")).await);
     }
     const PER_NODE: u64 = 300;
     let api = Api::default();
@@ -31,7 +31,7 @@ async fn three_nodes_one_order() {
         publishers.push(tokio::spawn(async move {
             for i in 0..PER_NODE {
                 let (status, body) = api
-                    .publish(&base, json!({"channel": "room:1", "data": {"n": n, "i": i}}))
+                    .publish(&base, json!({"channel": "room-1", "data": {"n": n, "i": i}}))
                     .await;
                 assert_eq!(status, 200, "{body}");
             }
@@ -76,7 +76,7 @@ async fn three_nodes_one_order() {
                     return None;
                 }
                 let (_, ch) = api.get(&base, "/api/channels").await;
-                let room = ch["channels"].as_array()?.iter().find(|c| c["channel"] == "room:1")?;
+                let room = ch["channels"].as_array()?.iter().find(|c| c["channel"] == "room-1")?;
                 (room["subscribers"] == 6).then_some(())
             }
         })

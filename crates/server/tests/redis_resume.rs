@@ -149,7 +149,7 @@ async fn not_recovered_reasons_and_history_pages() {
     assert_eq!((offsets(&h).len(), h["earliest"].clone()), (5, json!(6)));
     let (_, h) = api.get(&b.http(), &format!("/api/history?channel=short:x&since={epoch}:2")).await;
     assert_eq!(h["reason"], "history_trimmed");
-    let (_, h) = api.get(&b.http(), "/api/history?channel=never:x").await;
+    let (_, h) = api.get(&b.http(), "/api/history?channel=never-published").await;
     assert_eq!((h["offset"].clone(), h["earliest"].clone()), (json!(0), json!(0)));
 }
 

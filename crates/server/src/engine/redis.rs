@@ -248,6 +248,20 @@ impl Inner {
         }
     }
 
+    /// Runs a read (safe to repeat) and tries once more when the connection turned out to be
+    /// broken: the first command after a Redis restart meets the dead socket, and the
+    /// connection manager has reconnected by the second.
+    async fn read<T, F, Fut>(&self, mut op: F) -> Result<T, EngineError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match self.run(op(self.conn.clone())).await {
+            Err(EngineError::Unavailable(_)) => self.run(op(self.conn.clone())).await,
+            other => other,
+        }
+    }
+
     /// Waits until publications of `channel` flow to this node (its SUBSCRIBE is confirmed on
     /// the current pub/sub connection). Channels nobody listens to need no wait.
     async fn flowing(&self, channel: &str) -> Result<(), EngineError> {
@@ -518,6 +532,13 @@ async fn pubsub_task(inner: Weak<Inner>, mut sync: mpsc::UnboundedReceiver<Strin
                 }
             }
         }
+        // Make the command connection notice a dead socket now rather than on the next
+        // publish (which would then fail once).
+        let mut conn = engine.conn.clone();
+        tokio::spawn(async move {
+            let cmd = redis::cmd("PING");
+            let _ = tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<String>(&mut conn)).await;
+        });
         drop(engine);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -787,7 +808,9 @@ impl Engine for RedisEngine {
                 }
                 Some("retry") => continue,
                 _ => {
-                    return Err(EngineError::Internal(format!("unexpected script reply {reply:?}")));
+                    return Err(EngineError::Internal(format!(
+                        "unexpected script reply {reply:?}"
+                    )));
                 }
             }
         }
@@ -837,7 +860,6 @@ impl Engine for RedisEngine {
         let inner = &self.inner;
         inner.flowing(channel).await?;
         let keys = inner.keys(channel);
-        let mut conn = inner.conn.clone();
         let mut call = inner.scripts.recover.prepare_invoke();
         call.key(&keys.meta)
             .key(&keys.hist)
@@ -852,8 +874,10 @@ impl Engine for RedisEngine {
             .arg(ns.max_recover)
             .arg(if snapshot && ns.keyed { "1" } else { "0" })
             .arg(if ns.keyed { "1" } else { "0" });
-        let (epoch, offset, status, pubs, state): (String, u64, String, Vec<String>, Vec<String>) =
-            inner.run(call.invoke_async(&mut conn)).await?;
+        let (epoch, offset, status, pubs, state): (String, u64, String, Vec<String>, Vec<String>) = {
+            let call = &call;
+            inner.read(|mut conn| async move { call.invoke_async(&mut conn).await }).await?
+        };
         let mut r = Recovery { offset, keyed: ns.keyed, ..Recovery::default() };
         match status.as_str() {
             "none" => {}
@@ -900,7 +924,6 @@ impl Engine for RedisEngine {
         } else {
             "latest"
         };
-        let mut conn = inner.conn.clone();
         let mut call = inner.scripts.history.prepare_invoke();
         call.key(&keys.meta)
             .key(&keys.hist)
@@ -914,8 +937,10 @@ impl Engine for RedisEngine {
             .arg(q.since.as_ref().map_or(0, |p| p.offset))
             .arg(q.before.unwrap_or(0))
             .arg(limit);
-        let (epoch, offset, earliest, reason, pubs): (String, u64, u64, String, Vec<String>) =
-            inner.run(call.invoke_async(&mut conn)).await?;
+        let (epoch, offset, earliest, reason, pubs): (String, u64, u64, String, Vec<String>) = {
+            let call = &call;
+            inner.read(|mut conn| async move { call.invoke_async(&mut conn).await }).await?
+        };
         Ok(History {
             publications: encoded_entries(&q.channel, &epoch, &pubs)?,
             reason: match reason.as_str() {
@@ -935,11 +960,12 @@ impl Engine for RedisEngine {
         }
         let inner = &self.inner;
         let keys = inner.keys(channel);
-        let mut conn = inner.conn.clone();
         let mut call = inner.scripts.state.prepare_invoke();
         call.key(&keys.meta).key(&keys.hist).key(&keys.state).arg(new_epoch()).arg(meta_ttl(ns));
-        let (epoch, offset, flat): (String, u64, Vec<String>) =
-            inner.run(call.invoke_async(&mut conn)).await?;
+        let (epoch, offset, flat): (String, u64, Vec<String>) = {
+            let call = &call;
+            inner.read(|mut conn| async move { call.invoke_async(&mut conn).await }).await?
+        };
         Ok(State { epoch, offset, records: records(flat)? })
     }
 

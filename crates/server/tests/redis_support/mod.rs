@@ -322,6 +322,8 @@ pub struct Log {
     pub replies: Vec<Value>,
     /// Violations: duplicates, gaps delivered, errors.
     pub errors: Vec<String>,
+    /// Subscribes answered `113 unavailable` (then retried).
+    pub unavailable: usize,
     /// `unsubscribe` pushes with resubscribe.
     pub resubscribes: usize,
     /// Connections opened.
@@ -489,8 +491,14 @@ async fn session(
                 send(&mut ws, cmd).await?;
             } else if v["id"].as_u64() == Some(sub_id) {
                 if let Some(err) = v.get("error") {
-                    log.lock().errors.push(format!("subscribe error: {err}"));
-                    // Unavailable (engine down): try again on another connection.
+                    let mut l = log.lock();
+                    if err["code"] == 113 {
+                        // The engine is unavailable right now (Redis down or reconnecting):
+                        // try again, as a real client does.
+                        l.unavailable += 1;
+                    } else {
+                        l.errors.push(format!("subscribe error: {err}"));
+                    }
                     return Err(());
                 }
                 *first = false;
