@@ -152,7 +152,7 @@ test('liveness: a blackholed connection is detected from missing pings and resum
   const h2 = await startHub({ extra: ['--ping-interval', '200ms', '--pong-timeout', '1s'] });
   const proxy = await startProxy(h2.port);
   try {
-    const c = new HeraldClient({ url: proxy.ws, backoff: fast, livenessMarginMs: 300 });
+    const c = new HeraldClient({ url: proxy.ws, backoff: fast, livenessMarginMs: 300, connectTimeoutMs: 1000 });
     clients.push(c);
     const sub = c.subscribe('demo:t7');
     await c.connect();
