@@ -180,6 +180,11 @@ impl Verifier {
         })
     }
 
+    /// Clock skew accepted on `exp`; sessions add it to their token grace.
+    pub fn leeway_secs(&self) -> u64 {
+        self.validation.leeway
+    }
+
     /// Verifies a token and returns its principal.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;

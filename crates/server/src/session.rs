@@ -9,7 +9,7 @@
 //! The socket is any `Stream + Sink` of axum messages, so tests can drive a session without a
 //! network.
 
-use crate::auth::{AuthError, Principal, unix_now};
+use crate::auth::{AuthError, Principal};
 use crate::engine::{Encoded, PublishInput, now_rfc3339};
 use crate::hub::{Hub, engine_error};
 use crate::metrics::CloseLabels;
@@ -247,6 +247,8 @@ impl Session {
         let expiry = sleep(far);
         tokio::pin!(expiry);
         let mut expiry_armed = false;
+        // A token the verifier still accepts (within its leeway) must not be closed as expired.
+        let grace = t.token_grace + Duration::from_secs(self.hub.verifier.leeway_secs());
         let outbox = self.outbox.clone();
         loop {
             tokio::select! {
@@ -279,7 +281,7 @@ impl Session {
                     if !had_principal
                         && let Some(exp) = self.principal.as_ref().and_then(|p| p.expires_at)
                     {
-                            expiry.as_mut().reset(deadline_for(exp, t.token_grace));
+                            expiry.as_mut().reset(deadline_for(exp, grace));
                             expiry_armed = true;
                     }
                 }
@@ -298,10 +300,10 @@ impl Session {
                 }
                 _ = &mut expiry, if expiry_armed => {
                     match self.principal.as_ref().and_then(|p| p.expires_at) {
-                        Some(exp) if exp + t.token_grace.as_secs() <= unix_now() => {
+                        Some(exp) if lapsed(exp, grace) => {
                             return Some((CloseCode::TokenExpired, "token expired without refresh".into()));
                         }
-                        Some(exp) => expiry.as_mut().reset(deadline_for(exp, t.token_grace)),
+                        Some(exp) => expiry.as_mut().reset(deadline_for(exp, grace)),
                         None => expiry_armed = false,
                     }
                 }
@@ -784,9 +786,18 @@ fn close_reason(reason: &str) -> &str {
     &reason[..end]
 }
 
+fn unix_now_precise() -> Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Whether a token expiring at `exp` (Unix seconds) is past its grace.
+fn lapsed(exp: u64, grace: Duration) -> bool {
+    Duration::from_secs(exp) + grace <= unix_now_precise()
+}
+
 fn deadline_for(exp: u64, grace: Duration) -> tokio::time::Instant {
-    let left = exp.saturating_sub(unix_now()) + grace.as_secs();
-    tokio::time::Instant::now() + Duration::from_secs(left)
+    let left = (Duration::from_secs(exp) + grace).saturating_sub(unix_now_precise());
+    tokio::time::Instant::now() + left
 }
 
 fn too_large(e: &axum::Error) -> bool {
