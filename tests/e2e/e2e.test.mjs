@@ -124,6 +124,7 @@ test('dashboard: network cut, events published meanwhile all appear once; hub re
   await hub.stop('SIGTERM');
   await page.waitForSelector('#conn[data-herald-state="reconnecting"]', { timeout: T });
   assert.match(await page.textContent('#conn'), /reconnecting — attempt \d+ of 10, (next try in \d+ s|trying now)/);
+  await page.screenshot({ path: join(shots, 'dashboard-reconnecting.png') });
   // Start it again on the same port: the page returns to connected and keeps working.
   hub = await startHub({ port });
   await page.waitForSelector('#conn[data-herald-state="connected"]', { timeout: 60000 });
