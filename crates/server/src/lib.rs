@@ -67,6 +67,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let housekeeping = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                hub.engine.maintain(&hub.config).await;
+            }
+        })
+    };
     let drained = hub.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -74,7 +84,9 @@ pub async fn serve(
             tracing::info!("shutting down: closing connections");
             drained.shutdown().await;
         })
-        .await
+        .await?;
+    housekeeping.abort();
+    Ok(())
 }
 
 async fn ws_upgrade(

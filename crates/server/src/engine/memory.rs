@@ -17,7 +17,7 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The memory engine.
 #[derive(Default)]
@@ -26,6 +26,8 @@ pub struct MemoryEngine {
     streams: RwLock<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
     /// Where publications go once stored.
     fanout: OnceLock<Arc<dyn Fanout>>,
+    /// Channels with local subscribers (listen count), which are never swept.
+    listened: Mutex<HashMap<String, usize>>,
 }
 
 /// One channel's stream.
@@ -232,11 +234,55 @@ impl Engine for MemoryEngine {
         Ok(result)
     }
 
-    async fn listen(&self, _channel: &str) -> Result<(), EngineError> {
+    async fn listen(&self, channel: &str) -> Result<(), EngineError> {
+        *self.listened.lock().entry(channel.to_string()).or_default() += 1;
         Ok(())
     }
 
-    async fn unlisten(&self, _channel: &str) {}
+    async fn unlisten(&self, channel: &str) {
+        let mut listened = self.listened.lock();
+        if let Some(n) = listened.get_mut(channel) {
+            *n -= 1;
+            if *n == 0 {
+                listened.remove(channel);
+            }
+        }
+    }
+
+    /// Drops streams that hold nothing any more (history aged out, no state, no idempotency
+    /// keys) and have no subscribers. A later publish starts a new epoch, so a client resuming
+    /// from the old one is told `epoch_changed`, never misled.
+    async fn maintain(&self, config: &crate::config::Config) {
+        let candidates: Vec<(Arc<str>, Arc<Mutex<Stream>>)> =
+            self.streams.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let now = Instant::now();
+        for (channel, stream) in candidates {
+            if self.listened.lock().contains_key(&*channel) {
+                continue;
+            }
+            let Some(ns) = config.namespaces.get(crate::config::Config::namespace_of(&channel))
+            else {
+                continue;
+            };
+            let idle = {
+                let mut s = stream.lock();
+                s.trim(ns);
+                s.forget_old_keys(now);
+                s.history.is_empty() && s.state.is_empty() && s.dedupe.is_empty()
+            };
+            if idle {
+                let mut streams = self.streams.write();
+                // Re-check under the map lock: a publish may have raced in.
+                let still_idle = streams.get(&channel).is_some_and(|s| {
+                    let s = s.lock();
+                    s.history.is_empty() && s.state.is_empty() && s.dedupe.is_empty()
+                });
+                if still_idle && !self.listened.lock().contains_key(&*channel) {
+                    streams.remove(&channel);
+                }
+            }
+        }
+    }
 
     async fn recover(
         &self,
@@ -338,9 +384,6 @@ impl Engine for MemoryEngine {
     }
 }
 
-/// How often idle streams are looked at for eviction.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +460,22 @@ mod tests {
             e.publish(&plain, input("p", "1", Some("x"), None)).await.unwrap_err(),
             EngineError::NotKeyed(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn maintain_drops_only_empty_unlistened_streams() {
+        let e = MemoryEngine::new();
+        let mut config = crate::config::Config::default();
+        config.namespaces.get_mut("default").unwrap().history_size = 0;
+        let ns = config.namespaces["default"].clone();
+        e.publish(&ns, input("gone", "1", None, None)).await.unwrap();
+        e.publish(&ns, input("watched", "1", None, None)).await.unwrap();
+        e.listen("watched").await.unwrap();
+        let watched = e.recover(&ns, "watched", None, false).await.unwrap();
+        e.maintain(&config).await;
+        assert!(e.existing("gone").is_none());
+        let again = e.recover(&ns, "watched", None, false).await.unwrap();
+        assert_eq!((again.epoch, again.offset), (watched.epoch, 1));
     }
 
     #[tokio::test]

@@ -202,6 +202,9 @@ pub trait Engine: Send + Sync + 'static {
     async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, EngineError>;
     /// Whether the engine can serve right now (for `/ready`).
     async fn ready(&self) -> bool;
+    /// Periodic housekeeping (the hub calls it every minute): the memory engine drops idle,
+    /// empty streams so ephemeral channels do not accumulate. Default: nothing.
+    async fn maintain(&self, _config: &crate::config::Config) {}
     /// Tells the engine which node it serves, once the hub exists, so a clustered engine can
     /// register the node (heartbeat with its id, address and counts). Default: nothing.
     fn attach_node(&self, _hub: std::sync::Weak<crate::hub::Hub>) {}
