@@ -466,6 +466,8 @@ export interface ClientEvents {
   state: ConnectionState;
   connected: ConnectResult;
   disconnected: { code: number; reason: string };
+  /** The in-band token refresh was accepted; `expires_at` is the new expiry (Unix seconds). */
+  refreshed: { expires_at?: number };
   error: HeraldError | Error;
 }
 
@@ -1012,6 +1014,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
       if (gen !== this.gen || !token) return;
       const res = (await this.request('refresh', { token })) as { expires_at?: number };
       if (gen !== this.gen) return;
+      this.emit('refreshed', { expires_at: res.expires_at });
       this.scheduleRefresh(res.expires_at);
     } catch (err) {
       if (gen !== this.gen) return;

@@ -233,7 +233,12 @@ test('token provider: admin token minted over HTTP, default-namespace channel, r
   await sub.ready();
   assert.ok(c.info.expires_at > Date.now() / 1000);
   assert.equal(c.info.user, 'tester');
-  await until(() => calls >= 2, { what: 'refresh', timeoutMs: 5000 });
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  const refreshed = await nextEvent(c, 'refreshed', () => true, 5000);
+  assert.ok(calls >= 2);
+  assert.ok(refreshed.expires_at >= c.info.expires_at, JSON.stringify(refreshed));
+  assert.deepEqual(errors, []);
   await c.ping();
   assert.equal(c.state.state, 'connected');
 });

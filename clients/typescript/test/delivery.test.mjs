@@ -142,3 +142,40 @@ test('pings are answered with pong; several URLs are tried in turn', async () =>
   assert.deepEqual(hub.sockets.map((s) => s.url), ['ws://a/ws', 'ws://b/ws']);
   c.close();
 });
+
+test("the browser's online event and a tab becoming visible cut a backoff wait short", async () => {
+  const listeners = { window: new Map(), document: new Map() };
+  const add = (m) => (type, fn) => m.set(type, fn);
+  const doc = { visibilityState: 'visible', addEventListener: add(listeners.document), removeEventListener: () => {} };
+  globalThis.document = doc;
+  globalThis.addEventListener = add(listeners.window);
+  globalThis.removeEventListener = () => {};
+  try {
+    const hub = scriptedHub();
+    let refuse = true;
+    const Base = fakeSocketClass(hub);
+    class Flaky extends Base {
+      constructor(url) {
+        super(url);
+        if (refuse) queueMicrotask(() => this.close(1006, 'refused'));
+      }
+    }
+    // Huge backoff: without a prompt the next try would be minutes away.
+    const c = new HeraldClient({ url: 'ws://fake/ws', WebSocket: Flaky, backoff: { initialMs: 600000, maxMs: 600000, random: () => 0.5 } });
+    c.connect();
+    await until(() => c.state.state === 'reconnecting' && c.state.nextTryMs > 1000);
+    assert.equal(hub.sockets.length, 1);
+    listeners.window.get('online')();
+    await until(() => hub.sockets.length === 2 && c.state.state === 'reconnecting' && c.state.nextTryMs > 1000);
+    refuse = false;
+    doc.visibilityState = 'visible';
+    listeners.document.get('visibilitychange')();
+    await c.waitFor('connected', 2000);
+    assert.equal(hub.sockets.length, 3);
+    c.close();
+  } finally {
+    delete globalThis.document;
+    delete globalThis.addEventListener;
+    delete globalThis.removeEventListener;
+  }
+});

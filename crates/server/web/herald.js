@@ -697,6 +697,7 @@ export class HeraldClient extends Emitter {
             const res = (await this.request('refresh', { token }));
             if (gen !== this.gen)
                 return;
+            this.emit('refreshed', { expires_at: res.expires_at });
             this.scheduleRefresh(res.expires_at);
         }
         catch (err) {
