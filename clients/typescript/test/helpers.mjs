@@ -27,7 +27,10 @@ export function heraldBin() {
  */
 export async function startHub({ port = 0, extra = [], timeoutMs = 15000 } = {}) {
   const args = ['serve', '--listen', `127.0.0.1:${port}`, '--api-key', API_KEY, '--token-secret', TOKEN_SECRET, ...extra];
-  const child = spawn(heraldBin(), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } });
+  // The hub reads HERALD_* variables (config file, engine, ...): start it from the flags alone.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HERALD_')));
+  env.RUST_LOG = process.env.RUST_LOG ?? 'warn';
+  const child = spawn(heraldBin(), args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   let log = '';
   const exited = new Promise((res) => child.once('exit', (code, signal) => res({ code, signal })));
   const listening = await new Promise((resolveP, reject) => {
