@@ -213,6 +213,9 @@ async fn redis_restart_gives_epoch_changed() {
         async move { ok.then_some(()) }
     })
     .await;
+    // Live publications of the new stream flow to it.
+    let later = publish_later(&api, &nodes[1].http()).await;
+    plain.wait_offset(later, Duration::from_secs(15)).await;
     {
         let l = plain.log.lock();
         assert!(l.errors.is_empty(), "{:?}", l.errors);
@@ -221,7 +224,7 @@ async fn redis_restart_gives_epoch_changed() {
             "epoch_changed resync: {:?}",
             l.replies
         );
-        assert_eq!(l.pubs.last().unwrap()["data"], "after");
+        assert_eq!(l.pubs.last().unwrap()["data"], "later");
     }
     eventually(Duration::from_secs(15), "keyed subscriber resynced", || {
         let l = keyed.log.lock();
@@ -237,6 +240,12 @@ async fn redis_restart_gives_epoch_changed() {
         .find(|r| r["reason"] == "epoch_changed")
         .expect("keyed epoch_changed resync");
     assert!(resync["snapshot"].is_array(), "fresh snapshot with the resync: {resync}");
+}
+
+async fn publish_later(api: &Api, base: &str) -> u64 {
+    let (s, b) = api.publish(base, json!({"channel": "news", "data": "later"})).await;
+    assert_eq!(s, 200, "{b}");
+    b["offset"].as_u64().unwrap()
 }
 
 /// Stop redis-server: publish answers 503 with code 113 and /ready says not ready; start it

@@ -28,8 +28,7 @@ async fn subscribe_once(url: &str, channel: &str, since: Option<(&str, u64)>) ->
         since: since.map(|(e, o)| (e.to_string(), o)),
     };
     let s = Subscriber::start(opts).await;
-    let r = s.log.lock().replies[0].clone();
-    r
+    s.log.lock().replies[0].clone()
 }
 
 /// A client leaves, 50 publications happen (through the other node), it resumes with its last
