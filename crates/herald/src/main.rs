@@ -3,6 +3,7 @@
 //! Every flag also reads `HERALD_<FLAG>` from the environment (flag wins over env, env over the
 //! config file, the config file over defaults).
 
+mod cmd_bench;
 mod cmd_publish;
 mod cmd_serve;
 mod cmd_sub;
@@ -27,6 +28,8 @@ enum Cmd {
     Publish(cmd_publish::PublishArgs),
     /// Subscribe and print each publication as one JSON line.
     Sub(cmd_sub::SubArgs),
+    /// Load-test a hub on 127.0.0.1 and print its figures (docs/benchmarks.md).
+    Bench(cmd_bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +42,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Token(args) => cmd_token::run(args),
             Cmd::Publish(args) => cmd_publish::run(args).await,
             Cmd::Sub(args) => cmd_sub::run(args).await,
+            Cmd::Bench(args) => cmd_bench::run(args).await,
         }
     });
     match result {

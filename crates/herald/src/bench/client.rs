@@ -1,0 +1,233 @@
+//! The load generator's side of a connection: raw WebSocket (tokio-tungstenite) speaking the
+//! Herald protocol directly, with byte scanning instead of JSON parsing on the hot path.
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// A client WebSocket over a plain TCP stream.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Where to connect and as whom.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// Server address (127.0.0.1:PORT).
+    pub addr: SocketAddr,
+    /// Token sent in the `connect` command.
+    pub token: String,
+    /// Number of 127.0.0.x source addresses to spread connections over.
+    pub sources: u8,
+}
+
+/// Process-wide time base for payload timestamps (publisher and subscribers share the process).
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since the time base.
+pub fn now_ns() -> u64 {
+    base().elapsed().as_nanos() as u64
+}
+
+impl Endpoint {
+    /// Opens TCP from source address number `n` and upgrades to WebSocket.
+    pub async fn open(&self, n: usize) -> anyhow::Result<Ws> {
+        let sources = u32::from(self.sources.max(1));
+        let host = 1 + (n as u32 % sources);
+        let source = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + host));
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("bind {source}"))?;
+        let stream = socket.connect(self.addr).await.context("tcp connect")?;
+        stream.set_nodelay(true)?;
+        let url = format!("ws://{}/ws", self.addr);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(64 << 20))
+            .max_frame_size(Some(64 << 20));
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+            .await
+            .context("websocket handshake")?;
+        Ok(ws)
+    }
+
+    /// Opens a connection and completes `connect`, then sends `extra` command lines (ids from 2)
+    /// in the same frame. Returns the socket and the JSON replies to the extra commands.
+    pub async fn session(&self, n: usize, extra: &[String]) -> anyhow::Result<(Ws, Vec<Value>)> {
+        let mut ws = self.open(n).await?;
+        let mut frame = format!(r#"{{"id":1,"cmd":"connect","token":"{}"}}"#, self.token);
+        for line in extra {
+            frame.push('\n');
+            frame.push_str(line);
+        }
+        ws.send(Message::text(frame)).await?;
+        let want = extra.len() + 1;
+        let mut replies: Vec<Value> = Vec::with_capacity(want);
+        while replies.len() < want {
+            let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await
+                .context("no reply within 30 s")?;
+            let text = match msg {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(c))) => bail!("closed during setup: {c:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("closed during setup"),
+            };
+            for line in text.as_str().split('\n').filter(|l| !l.is_empty()) {
+                let v: Value = serde_json::from_str(line)?;
+                if v.get("id").is_none() {
+                    continue;
+                }
+                if let Some(err) = v.get("error") {
+                    bail!("command failed: {err}");
+                }
+                replies.push(v);
+            }
+        }
+        replies.remove(0);
+        Ok((ws, replies))
+    }
+}
+
+/// A `subscribe` command line.
+pub fn subscribe_cmd(id: u64, channel: &str, since: Option<(&str, u64)>) -> String {
+    match since {
+        Some((epoch, offset)) => format!(
+            r#"{{"id":{id},"cmd":"subscribe","channel":"{channel}","since":{{"epoch":"{epoch}","offset":{offset}}}}}"#
+        ),
+        None => format!(r#"{{"id":{id},"cmd":"subscribe","channel":"{channel}"}}"#),
+    }
+}
+
+/// Appends a `publish` command whose data carries the send time and pads to `size` bytes.
+pub fn push_publish(out: &mut String, id: u64, channel: &str, size: usize, t: u64) {
+    use std::fmt::Write;
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    let _ =
+        write!(out, r#"{{"id":{id},"cmd":"publish","channel":"{channel}","data":{{"t":{t},"p":""#);
+    let used = 16 + 20; // {"t":…,"p":""} with a 20-digit worst case
+    out.extend(std::iter::repeat_n('x', size.saturating_sub(used)));
+    out.push_str("\"}}");
+}
+
+/// Reads the unsigned integer after `key` in `line`.
+pub fn field_u64(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(key)? + key.len();
+    let digits = line[at..].bytes().take_while(u8::is_ascii_digit);
+    let mut v: u64 = 0;
+    let mut any = false;
+    for d in digits {
+        v = v.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+        any = true;
+    }
+    any.then_some(v)
+}
+
+/// A log-linear latency histogram in microseconds: exact below 1024 us, then 64 sub-buckets per
+/// power of two (under 1.6 % error).
+#[derive(Debug, Default, Clone)]
+pub struct Hist {
+    counts: Vec<u64>,
+    /// Samples recorded.
+    pub n: u64,
+    /// Largest sample, in microseconds.
+    pub max_us: u64,
+}
+
+const LINEAR: u64 = 1024;
+const SUB: u64 = 64;
+
+fn bucket(us: u64) -> usize {
+    if us < LINEAR {
+        return us as usize;
+    }
+    let exp = 63 - u64::from(us.leading_zeros()); // >= 10
+    let sub = (us >> (exp - 6)) & (SUB - 1);
+    (LINEAR + (exp - 10) * SUB + sub) as usize
+}
+
+fn bucket_value(b: usize) -> u64 {
+    let b = b as u64;
+    if b < LINEAR {
+        return b;
+    }
+    let exp = (b - LINEAR) / SUB + 10;
+    let sub = (b - LINEAR) % SUB;
+    ((SUB + sub) << (exp - 6)) + (1 << (exp - 6)) / 2
+}
+
+impl Hist {
+    /// Records one sample.
+    pub fn record(&mut self, us: u64) {
+        let b = bucket(us.min(1 << 40));
+        if self.counts.len() <= b {
+            self.counts.resize(b + 1, 0);
+        }
+        self.counts[b] += 1;
+        self.n += 1;
+        self.max_us = self.max_us.max(us);
+    }
+
+    /// Adds another histogram.
+    pub fn merge(&mut self, other: &Hist) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.n += other.n;
+        self.max_us = self.max_us.max(other.max_us);
+    }
+
+    /// The q-quantile in milliseconds, `None` without samples.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        if self.n == 0 {
+            return None;
+        }
+        let rank = ((self.n as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (b, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(bucket_value(b).min(self.max_us) as f64 / 1000.0);
+            }
+        }
+        Some(self.max_us as f64 / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = Hist::default();
+        for us in 1..=10_000 {
+            h.record(us);
+        }
+        let p50 = h.quantile_ms(0.5).unwrap();
+        assert!((p50 - 5.0).abs() < 0.1, "{p50}");
+        let p99 = h.quantile_ms(0.99).unwrap();
+        assert!((p99 - 9.9).abs() < 0.2, "{p99}");
+        assert_eq!(field_u64(r#"{"offset":42,"data":{"t":7}}"#, "\"offset\":"), Some(42));
+        assert_eq!(field_u64(r#"{"data":{"t":7}}"#, "\"t\":"), Some(7));
+        let mut s = String::new();
+        push_publish(&mut s, 1, "c", 100, 123);
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["data"]["t"], 123);
+        assert!(v["data"].to_string().len() <= 100);
+    }
+}

@@ -1,0 +1,395 @@
+//! The scenarios. Each sets up its connections first, then measures one bounded phase between
+//! two /proc samples of the server.
+
+use super::Outcome;
+use super::client::{Endpoint, Hist, Ws, field_u64, now_ns, push_publish, subscribe_cmd};
+use super::proc_usage;
+use futures_util::{SinkExt, StreamExt, stream};
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What to run against which server.
+pub struct Plan {
+    /// Where to connect.
+    pub endpoint: Endpoint,
+    /// Clients.
+    pub clients: usize,
+    /// Publications (or missed publications per client for resume).
+    pub events: u64,
+    /// Event data size in bytes.
+    pub size: usize,
+    /// Fixed publish rate (0: windowed, as fast as accepted).
+    pub rate: u64,
+    /// Most publications in flight.
+    pub window: u64,
+    /// Publish commands per frame.
+    pub batch: usize,
+    /// Concurrent connection attempts during setup.
+    pub concurrency: usize,
+    /// Bound of the measured phase.
+    pub duration: Duration,
+    /// Namespace of the bench channels.
+    pub namespace: String,
+    /// Server PID for /proc figures.
+    pub pid: Option<u32>,
+}
+
+impl Plan {
+    fn usage(&self) -> Option<(f64, u64)> {
+        self.pid.and_then(proc_usage)
+    }
+
+    fn run_id(&self) -> String {
+        format!("{:x}", now_ns() ^ u64::from(std::process::id()) << 32)
+    }
+}
+
+/// Counters shared by the subscriber tasks.
+#[derive(Default)]
+struct Shared {
+    delivered: AtomicU64,
+    errors: AtomicU64,
+}
+
+const PING: &str = r#"{"push":"ping"}"#;
+
+/// Opens `n` sessions, each with the extra commands `extra(i)`; failures count as errors.
+async fn open_many<F>(
+    plan: &Plan,
+    n: usize,
+    concurrency: usize,
+    extra: F,
+) -> (Vec<(usize, Ws, Vec<Value>)>, u64)
+where
+    F: Fn(usize) -> Vec<String>,
+{
+    let endpoint = &plan.endpoint;
+    let results: Vec<_> = stream::iter(0..n)
+        .map(|i| {
+            let cmds = extra(i);
+            async move { (i, endpoint.session(i, &cmds).await) }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut ok = Vec::with_capacity(n);
+    let mut errors = 0;
+    let mut first_error = None;
+    for (i, r) in results {
+        match r {
+            Ok((ws, replies)) => ok.push((i, ws, replies)),
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        eprintln!("herald bench: {errors} connections failed; first: {e:#}");
+    }
+    (ok, errors)
+}
+
+/// Reads publications until told to stop: checks offsets, records latency.
+async fn subscriber(
+    mut ws: Ws,
+    mut last: u64,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Hist {
+    let mut hist = Hist::default();
+    let mut errors = 0u64;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            m = ws.next() => m,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => {
+                errors += 1;
+                break;
+            }
+        };
+        let now = now_ns();
+        let mut n = 0;
+        for line in text.as_str().split('\n') {
+            if line.starts_with(r#"{"push":"pub""#) {
+                let offset = field_u64(line, r#""offset":"#);
+                if offset != Some(last + 1) {
+                    errors += 1;
+                }
+                last = offset.unwrap_or(last + 1);
+                if let Some(t) = field_u64(line, r#""t":"#) {
+                    hist.record(now.saturating_sub(t) / 1000);
+                }
+                n += 1;
+            } else if line == PING {
+                let _ = ws.send(Message::text(r#"{"cmd":"pong"}"#)).await;
+            } else if !line.is_empty() {
+                // unsubscribe / disconnect / error pushes: the run is broken for this client.
+                eprintln!("herald bench: subscriber got {line}");
+                errors += 1;
+            }
+        }
+        shared.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+    if std::env::var_os("HERALD_BENCH_DEBUG").is_some() {
+        eprintln!("subscriber: last offset {last}, errors {errors}");
+    }
+    shared.errors.fetch_add(errors, Ordering::Relaxed);
+    hist
+}
+
+/// Publishes `plan.events` to `channels` (cycling), windowed or at a fixed rate; returns how many
+/// were published and how many replies were errors.
+async fn publisher(
+    plan: &Plan,
+    channels: &[String],
+    fan: u64,
+    shared: &Shared,
+) -> anyhow::Result<(u64, u64)> {
+    let (ws, _) = plan.endpoint.session(usize::MAX / 2, &[]).await?;
+    let (mut sink, mut source) = ws.split();
+    let acked = Arc::new(AtomicU64::new(0));
+    let reply_errors = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (acked, reply_errors) = (acked.clone(), reply_errors.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = source.next().await {
+                let Message::Text(t) = msg else { continue };
+                for line in t.as_str().split('\n') {
+                    if line.starts_with(r#"{"id":"#) {
+                        if line.contains(r#""error":"#)
+                            && reply_errors.fetch_add(1, Ordering::Relaxed) == 0
+                        {
+                            eprintln!("herald bench: publish refused: {line}");
+                        }
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    let deadline = start + plan.duration;
+    let mut published = 0u64;
+    let mut frame = String::new();
+    while published < plan.events && Instant::now() < deadline {
+        let allowed = if plan.rate > 0 {
+            let due = (start.elapsed().as_secs_f64() * plan.rate as f64) as u64;
+            due.saturating_sub(published)
+        } else {
+            let received = shared.delivered.load(Ordering::Relaxed) / fan;
+            plan.window.saturating_sub(published.saturating_sub(received))
+        };
+        let n = allowed.min(plan.events - published).min(plan.batch as u64);
+        if n == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        frame.clear();
+        let t = now_ns();
+        for k in 0..n {
+            let seq = published + k;
+            let channel = &channels[(seq % channels.len() as u64) as usize];
+            push_publish(&mut frame, seq + 2, channel, plan.size, t);
+        }
+        sink.send(Message::text(frame.as_str())).await?;
+        published += n;
+    }
+    // Wait for the replies so nothing is cut off.
+    let until = Instant::now() + Duration::from_secs(10);
+    while acked.load(Ordering::Relaxed) < published && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let missing = published.saturating_sub(acked.load(Ordering::Relaxed));
+    reader.abort();
+    let _ = sink.close().await;
+    Ok((published, reply_errors.load(Ordering::Relaxed) + missing))
+}
+
+/// Subscribers on `channel_of(i)`, a publisher cycling over `channels`.
+async fn pubsub(plan: &Plan, channels: Vec<String>, fan: u64) -> anyhow::Result<Outcome> {
+    let n = plan.clients;
+    let (opened, mut errors) = open_many(plan, n, plan.concurrency, |i| {
+        vec![subscribe_cmd(2, &channels[i % channels.len()], None)]
+    })
+    .await;
+    let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks: Vec<_> = opened
+        .into_iter()
+        .map(|(_, ws, replies)| {
+            let offset = replies[0]["result"]["offset"].as_u64().unwrap_or(0);
+            tokio::spawn(subscriber(ws, offset, shared.clone(), stop_rx.clone()))
+        })
+        .collect();
+    let subscribed = tasks.len() as u64;
+    // Fan per publication: subscribers per channel.
+    let fan = if channels.len() == 1 { subscribed.max(1) } else { fan };
+    let before = plan.usage();
+    let start = Instant::now();
+    let (published, publish_errors) = publisher(plan, &channels, fan, &shared).await?;
+    errors += publish_errors;
+    let expected = if channels.len() == 1 {
+        published * subscribed
+    } else {
+        // One subscriber per channel; a client that failed to subscribe is already an error.
+        published * subscribed / plan.clients.max(1) as u64
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while shared.delivered.load(Ordering::Relaxed) < expected && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    let after = plan.usage();
+    let _ = stop_tx.send(true);
+    let mut latency = Hist::default();
+    for t in tasks {
+        if let Ok(h) = t.await {
+            latency.merge(&h);
+        }
+    }
+    let delivered = shared.delivered.load(Ordering::Relaxed);
+    errors += shared.errors.load(Ordering::Relaxed) + expected.saturating_sub(delivered);
+    Ok(Outcome {
+        events: published,
+        deliveries: delivered,
+        elapsed,
+        latency,
+        errors,
+        cpu_s: before.zip(after).map(|(b, a)| a.0 - b.0),
+        rss: after.map(|a| a.1),
+        ..Outcome::default()
+    })
+}
+
+/// One channel, N subscribers.
+pub async fn fanout(plan: &Plan) -> anyhow::Result<Outcome> {
+    let channel = format!("{}:fanout-{}", plan.namespace, plan.run_id());
+    pubsub(plan, vec![channel], plan.clients as u64).await
+}
+
+/// N clients, each in its own channel.
+pub async fn rooms(plan: &Plan) -> anyhow::Result<Outcome> {
+    let id = plan.run_id();
+    let channels =
+        (0..plan.clients.max(1)).map(|i| format!("{}:room-{id}-{i}", plan.namespace)).collect();
+    pubsub(plan, channels, 1).await
+}
+
+/// Opens N authenticated connections; with `idle`, reports RSS per connection.
+pub async fn connect(plan: &Plan, idle: bool) -> anyhow::Result<Outcome> {
+    let before = plan.usage();
+    let start = Instant::now();
+    let (opened, errors) = open_many(plan, plan.clients, plan.concurrency, |_| Vec::new()).await;
+    let elapsed = start.elapsed();
+    let ok = opened.len();
+    let mut outcome = Outcome {
+        elapsed,
+        errors,
+        conns_per_sec: Some(ok as f64 / elapsed.as_secs_f64().max(1e-9)),
+        ..Outcome::default()
+    };
+    let mut after = plan.usage();
+    if idle {
+        // Let the server settle (allocator, pending handshakes), then sample.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        after = plan.usage();
+        if let (Some(b), Some(a)) = (before, after) {
+            outcome.bytes_per_conn = Some((a.1 as f64 - b.1 as f64) / ok.max(1) as f64);
+        }
+    }
+    outcome.cpu_s = before.zip(after).map(|(b, a)| a.0 - b.0);
+    outcome.rss = after.map(|a| a.1);
+    drop(opened);
+    Ok(outcome)
+}
+
+/// N clients subscribe, disconnect, miss M publications, reconnect with `since` together.
+pub async fn resume(plan: &Plan) -> anyhow::Result<Outcome> {
+    let channel = format!("{}:resume-{}", plan.namespace, plan.run_id());
+    let n = plan.clients;
+    let (opened, mut errors) =
+        open_many(plan, n, plan.concurrency, |_| vec![subscribe_cmd(2, &channel, None)]).await;
+    let (epoch, offset) = match opened.first() {
+        Some((_, _, r)) => (
+            r[0]["result"]["epoch"].as_str().unwrap_or("").to_string(),
+            r[0]["result"]["offset"].as_u64().unwrap_or(0),
+        ),
+        None => anyhow::bail!("no client could subscribe"),
+    };
+    let survivors: Vec<usize> = opened.iter().map(|(i, _, _)| *i).collect();
+    drop(opened);
+    // The missed publications, acknowledged before anyone comes back.
+    let shared = Shared::default();
+    let quiet = Plan {
+        rate: 0,
+        window: u64::MAX,
+        endpoint: plan.endpoint.clone(),
+        namespace: plan.namespace.clone(),
+        ..*plan
+    };
+    let (published, publish_errors) =
+        publisher(&quiet, std::slice::from_ref(&channel), 1, &shared).await?;
+    errors += publish_errors;
+    let before = plan.usage();
+    let start = Instant::now();
+    let endpoint = &plan.endpoint;
+    let since = subscribe_cmd(2, &channel, Some((&epoch, offset)));
+    let results: Vec<_> = stream::iter(survivors)
+        .map(|i| {
+            let cmds = vec![since.clone()];
+            async move {
+                let r = endpoint.session(i, &cmds).await;
+                (r, start.elapsed())
+            }
+        })
+        .buffer_unordered(n.clamp(1, 1024))
+        .collect()
+        .await;
+    let elapsed = start.elapsed();
+    let after = plan.usage();
+    let mut latency = Hist::default();
+    let mut deliveries = 0;
+    let mut sockets = Vec::with_capacity(results.len());
+    for (r, at) in results {
+        let Ok((ws, replies)) = r else {
+            errors += 1;
+            continue;
+        };
+        sockets.push(ws);
+        let result = &replies[0]["result"];
+        let pubs = result["publications"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let contiguous = pubs
+            .iter()
+            .enumerate()
+            .all(|(k, p)| p["offset"].as_u64() == Some(offset + 1 + k as u64));
+        if result["recovered"] != Value::Bool(true) || pubs.len() as u64 != published || !contiguous
+        {
+            errors += 1;
+        } else {
+            deliveries += published;
+            latency.record(at.as_micros() as u64);
+        }
+    }
+    drop(sockets);
+    Ok(Outcome {
+        events: published,
+        deliveries,
+        elapsed,
+        recovered_ms: Some(elapsed.as_secs_f64() * 1000.0),
+        latency,
+        errors,
+        cpu_s: before.zip(after).map(|(b, a)| a.0 - b.0),
+        rss: after.map(|a| a.1),
+        ..Outcome::default()
+    })
+}

@@ -1,0 +1,355 @@
+//! `herald bench`: a load generator with scenarios (`fanout`, `rooms`, `connect`, `idle`,
+//! `resume`), bounded in count and time, on 127.0.0.1 only.
+//!
+//! It starts this very binary as the server (`herald serve --listen 127.0.0.1:0` with a temporary
+//! configuration) or targets a running one (`--url`, `--server-pid`), measures publish-to-receive
+//! latency from a timestamp in each payload and the server's CPU time and RSS from `/proc`, and
+//! prints one markdown row (or one JSON object with `--json`). docs/benchmarks.md has the method.
+
+#[path = "bench/client.rs"]
+mod client;
+#[path = "bench/scenarios.rs"]
+mod scenarios;
+
+use anyhow::{Context, bail};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Which scenario to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// One channel, N subscribers, events published as fast as accepted (or at `--rate`).
+    Fanout,
+    /// N clients each in its own channel; the publisher cycles over the channels.
+    Rooms,
+    /// Authenticated connections per second until N are open.
+    Connect,
+    /// N idle authenticated connections: server RSS before and after.
+    Idle,
+    /// N clients disconnect, M publications happen, all reconnect and resume.
+    Resume,
+}
+
+/// Arguments of `herald bench`.
+#[derive(clap::Args, Clone)]
+pub struct BenchArgs {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Clients (subscribers / connections). Defaults: fanout 1000, rooms 1000, connect 2000,
+    /// idle 2000, resume 200.
+    #[arg(long, short = 'n')]
+    pub clients: Option<usize>,
+    /// Publications (fanout, rooms) or missed publications per client (resume). Defaults:
+    /// fanout 2000, rooms 20000, resume 100.
+    #[arg(long, short = 'e')]
+    pub events: Option<u64>,
+    /// Size of each event's `data` in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Fixed publish rate in events per second (0: as fast as the window allows).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Most publications in flight (published but not yet received by every subscriber).
+    #[arg(long, default_value_t = 1000)]
+    pub window: u64,
+    /// Publish commands per WebSocket frame.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Connections opened concurrently during setup.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Time bound of the measured phase, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// 127.0.0.x source addresses to spread connections over (0: one per 20,000 clients).
+    #[arg(long, default_value_t = 0)]
+    pub sources: u8,
+    /// Target a running server (`ws://127.0.0.1:PORT/ws`) instead of starting one.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// PID of the running server, for CPU and RSS from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Token secret of the running server (HS256).
+    #[arg(long, default_value = "bench-secret")]
+    pub token_secret: String,
+    /// Namespace of the bench channels (must allow client publish or a token `publish` claim).
+    #[arg(long, default_value = "bench")]
+    pub namespace: String,
+    /// Print one JSON object instead of a markdown row.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the markdown table header before the row.
+    #[arg(long)]
+    pub header: bool,
+    /// Pass the started server's log lines through to stderr.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// What a scenario measured.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Publications made.
+    pub events: u64,
+    /// Publications received by subscribers (or recovered, for resume).
+    pub deliveries: u64,
+    /// Length of the measured phase.
+    pub elapsed: Duration,
+    /// Latency histogram (publish to receive; reconnect to recovered for resume).
+    pub latency: client::Hist,
+    /// Connections opened per second (connect, idle).
+    pub conns_per_sec: Option<f64>,
+    /// Server RSS per connection (idle).
+    pub bytes_per_conn: Option<f64>,
+    /// Time until every client had recovered (resume).
+    pub recovered_ms: Option<f64>,
+    /// Failures: lost or out-of-order deliveries, closed connections, refused commands.
+    pub errors: u64,
+    /// Server CPU seconds during the measured phase.
+    pub cpu_s: Option<f64>,
+    /// Server RSS at the end of the measured phase.
+    pub rss: Option<u64>,
+}
+
+/// The server under test.
+pub struct Server {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its PID, when known.
+    pub pid: Option<u32>,
+    child: Option<Child>,
+    config_path: Option<std::path::PathBuf>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(p) = &self.config_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// CPU seconds (user + system) and RSS bytes of a process, from /proc.
+pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) in clock ticks; Linux reports USER_HZ = 100.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((ticks as f64 / 100.0, rss_kb * 1024))
+}
+
+fn bench_config(namespace: &str) -> String {
+    format!(
+        "[limits]\ncommands_per_second = 0\n\n[namespaces.{namespace}]\nsubscribe = \"authenticated\"\nclient_publish = true\nhistory_size = 1000\n"
+    )
+}
+
+/// Starts this binary as the server and waits for its `listening on` line.
+fn start_server(args: &BenchArgs) -> anyhow::Result<Server> {
+    let exe = std::env::current_exe().context("locating the herald binary")?;
+    let path = std::env::temp_dir().join(format!("herald-bench-{}.toml", std::process::id()));
+    std::fs::write(&path, bench_config(&args.namespace))?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--api-key", "bench-key"])
+        .arg("--token-secret")
+        .arg(&args.token_secret)
+        .arg("--config")
+        .arg(&path)
+        .env("HERALD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting herald serve")?;
+    let stderr = child.stderr.take().context("server stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let verbose = args.verbose;
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if verbose {
+                eprintln!("[server] {line}");
+            }
+            if let Some((_, rest)) = line.split_once("listening on http://")
+                && let Some(addr) = rest.split_whitespace().next()
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let mut server = Server {
+        addr: ([127, 0, 0, 1], 0).into(),
+        pid: Some(child.id()),
+        child: Some(child),
+        config_path: Some(path),
+    };
+    let addr = rx.recv_timeout(Duration::from_secs(20)).context("server did not start")?;
+    server.addr = addr.parse().with_context(|| format!("server address {addr:?}"))?;
+    Ok(server)
+}
+
+fn target_server(url: &str, pid: Option<u32>) -> anyhow::Result<Server> {
+    let parsed = url::Url::parse(url).with_context(|| format!("--url {url:?}"))?;
+    let host = parsed.host_str().unwrap_or("");
+    if !host.starts_with("127.") && host != "localhost" {
+        bail!("herald bench targets 127.0.0.1 only, not {host}");
+    }
+    let port = parsed.port_or_known_default().context("--url needs a port")?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    Ok(Server { addr, pid, child: None, config_path: None })
+}
+
+/// Raises RLIMIT_NOFILE for this process (and so for the server it starts).
+fn raise_nofile(want: u64) {
+    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get()
+        && soft < want
+    {
+        let target = want.max(soft);
+        if rlimit::Resource::NOFILE.set(target, hard.max(target)).is_err() {
+            let _ = rlimit::Resource::NOFILE.set(hard, hard);
+        }
+    }
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".to_string(), |v| format!("{v:.digits$}"))
+}
+
+/// Runs the scenario and prints its figures.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let clients = args.clients.unwrap_or(match args.scenario {
+        Scenario::Fanout | Scenario::Rooms => 1000,
+        Scenario::Connect | Scenario::Idle => 2000,
+        Scenario::Resume => 200,
+    });
+    let events = args.events.unwrap_or(match args.scenario {
+        Scenario::Fanout => 2000,
+        Scenario::Rooms => 20_000,
+        Scenario::Connect | Scenario::Idle => 0,
+        Scenario::Resume => 100,
+    });
+    raise_nofile(2 * clients as u64 + 4096);
+    let server = match &args.url {
+        Some(url) => target_server(url, args.server_pid)?,
+        None => start_server(&args)?,
+    };
+    let sources =
+        if args.sources == 0 { (clients / 20_000 + 1).min(250) as u8 } else { args.sources };
+    let claims = herald_server::auth::Claims {
+        sub: "bench".into(),
+        exp: Some(herald_server::auth::unix_now() + 24 * 3600),
+        channels: vec!["*".into()],
+        publish: vec!["*".into()],
+        ..Default::default()
+    };
+    let token = herald_server::auth::mint_hs256(&args.token_secret, &claims)?;
+    let endpoint = client::Endpoint { addr: server.addr, token, sources };
+    let plan = scenarios::Plan {
+        endpoint,
+        clients,
+        events,
+        size: args.size,
+        rate: args.rate,
+        window: args.window.max(1),
+        batch: args.batch.max(1),
+        concurrency: args.concurrency.max(1),
+        duration: Duration::from_secs(args.duration.max(1)),
+        namespace: args.namespace.clone(),
+        pid: server.pid,
+    };
+    let outcome = match args.scenario {
+        Scenario::Fanout => scenarios::fanout(&plan).await?,
+        Scenario::Rooms => scenarios::rooms(&plan).await?,
+        Scenario::Connect => scenarios::connect(&plan, false).await?,
+        Scenario::Idle => scenarios::connect(&plan, true).await?,
+        Scenario::Resume => scenarios::resume(&plan).await?,
+    };
+    drop(server);
+    report(&args, clients, &outcome);
+    Ok(())
+}
+
+fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
+    let secs = o.elapsed.as_secs_f64().max(1e-9);
+    let name = format!("{:?}", args.scenario).to_lowercase();
+    let per_sec = |n: u64| (n > 0).then(|| n as f64 / secs);
+    let deliveries_per_sec = per_sec(o.deliveries);
+    let events_per_sec = per_sec(o.events);
+    let per_cpu = |n: u64| match o.cpu_s {
+        Some(c) if c > 0.0 && n > 0 => Some(n as f64 / c),
+        _ => None,
+    };
+    let p50 = o.latency.quantile_ms(0.5);
+    let p99 = o.latency.quantile_ms(0.99);
+    let p999 = o.latency.quantile_ms(0.999);
+    if args.json {
+        let v = serde_json::json!({
+            "server": "herald",
+            "scenario": name,
+            "clients": clients,
+            "events": o.events,
+            "size": args.size,
+            "rate": args.rate,
+            "duration_s": secs,
+            "deliveries": o.deliveries,
+            "deliveries_per_sec": deliveries_per_sec.unwrap_or(0.0),
+            "events_per_sec": events_per_sec.unwrap_or(0.0),
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "p999_ms": p999,
+            "max_ms": (o.latency.n > 0).then(|| o.latency.max_us as f64 / 1000.0),
+            "server_cpu_s": o.cpu_s,
+            "deliveries_per_cpu_s": per_cpu(o.deliveries),
+            "events_per_cpu_s": per_cpu(o.events),
+            "server_rss_bytes": o.rss,
+            "bytes_per_conn": o.bytes_per_conn,
+            "conns_per_sec": o.conns_per_sec,
+            "recovered_ms": o.recovered_ms,
+            "errors": o.errors,
+        });
+        println!("{v}");
+        return;
+    }
+    if args.header {
+        println!(
+            "| server | scenario | clients | events | deliveries/s | p50 ms | p99 ms | p99.9 ms | server CPU s | deliveries/CPU-s | RSS MiB | bytes/conn | conns/s | recovered ms | errors |"
+        );
+        println!(
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+    }
+    println!(
+        "| herald | {name} | {clients} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        o.events,
+        fmt_opt(deliveries_per_sec, 0),
+        fmt_opt(p50, 2),
+        fmt_opt(p99, 2),
+        fmt_opt(p999, 2),
+        fmt_opt(o.cpu_s, 2),
+        fmt_opt(per_cpu(o.deliveries), 0),
+        fmt_opt(o.rss.map(|r| r as f64 / 1048576.0), 1),
+        fmt_opt(o.bytes_per_conn, 0),
+        fmt_opt(o.conns_per_sec, 0),
+        fmt_opt(o.recovered_ms, 1),
+        o.errors
+    );
+}
