@@ -12,7 +12,11 @@ const CONFIG: &str = "[namespaces.default]\n[namespaces.board]\nkeyed = true\n";
 
 fn herald(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_herald")).args(args).output().expect("run herald");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn publish(hub: &Hub, extra: &[&str]) -> Value {
@@ -45,7 +49,8 @@ impl Sub {
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout is JSON lines only: {line}: {e}"));
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout is JSON lines only: {line}: {e}"));
                 if tx.send(v).is_err() {
                     break;
                 }
@@ -68,7 +73,17 @@ impl Drop for Sub {
 
 #[tokio::test]
 async fn token_publish_and_sub() {
-    let (ok, token, _) = herald(&["token", "--secret", SECRET, "--sub", "u1", "--channels", "a:*,b", "--ttl", "10m"]);
+    let (ok, token, _) = herald(&[
+        "token",
+        "--secret",
+        SECRET,
+        "--sub",
+        "u1",
+        "--channels",
+        "a:*,b",
+        "--ttl",
+        "10m",
+    ]);
     assert!(ok);
     let claims = herald_server::auth::Verifier::new(&herald_server::config::AuthConfig {
         token_secret: Some(SECRET.into()),
@@ -78,7 +93,10 @@ async fn token_publish_and_sub() {
     .verify(token.trim())
     .await
     .expect("valid token");
-    assert_eq!((claims.user.as_str(), claims.channels.clone()), ("u1", vec!["a:*".to_string(), "b".to_string()]));
+    assert_eq!(
+        (claims.user.as_str(), claims.channels.clone()),
+        ("u1", vec!["a:*".to_string(), "b".to_string()])
+    );
 
     let hub = Hub::start(CONFIG);
     let first = publish(&hub, &["news", r#"{"n":1}"#, "--type", "headline"]);
@@ -98,7 +116,10 @@ async fn token_publish_and_sub() {
     assert_eq!(sub.next()["offset"], live["offset"]);
 
     // Keyed: --key/--op, and --snapshot prints the records first.
-    publish(&hub, &["board:1", r#"{"title":"a","status":"todo"}"#, "--key", "t1", "--op", "upsert"]);
+    publish(
+        &hub,
+        &["board:1", r#"{"title":"a","status":"todo"}"#, "--key", "t1", "--op", "upsert"],
+    );
     publish(&hub, &["board:1", r#"{"status":"done"}"#, "--key", "t1", "--op", "merge"]);
     publish(&hub, &["board:1", r#"{"title":"b"}"#, "--key", "t2"]);
     let deleted = publish(&hub, &["board:1", "null", "--key", "t2", "--op", "delete"]);
@@ -106,7 +127,42 @@ async fn token_publish_and_sub() {
     let snap = Sub::start(&hub, &["--snapshot", "board:1"]);
     let line = snap.next();
     assert_eq!(line["offset"], 4);
-    assert_eq!(line["snapshot"], json!([{"key": "t1", "value": {"title": "a", "status": "done"}, "offset": 2}]));
-    let (ok, _, stderr) = herald(&["publish", "--url", &format!("http://{}", hub.addr), "--api-key", "wrong", "news", "1"]);
-    assert!(!ok && stderr.contains("101"), "a refused publish exits non-zero with the code: {stderr}");
+    assert_eq!(
+        line["snapshot"],
+        json!([{"key": "t1", "value": {"title": "a", "status": "done"}, "offset": 2}])
+    );
+    let (ok, _, stderr) = herald(&[
+        "publish",
+        "--url",
+        &format!("http://{}", hub.addr),
+        "--api-key",
+        "wrong",
+        "news",
+        "1",
+    ]);
+    assert!(
+        !ok && stderr.contains("101"),
+        "a refused publish exits non-zero with the code: {stderr}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_configuration_before_binding() {
+    let (ok, _, stderr) = herald(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--ping-interval",
+        "5s",
+        "--pong-timeout",
+        "5s",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("pong_timeout"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\nunknown_key = 1\n").unwrap();
+    let (ok, _, stderr) = herald(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown_key"), "{stderr}");
 }

@@ -376,3 +376,76 @@ async fn per_user_connection_limit_and_origin_check() {
     }
     assert_eq!(code, Some(4501));
 }
+
+#[tokio::test]
+async fn subscribe_hook_decides_and_is_cached() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/authorize",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let allow = body["user"] == "alice" && body["channel"] == "campaign:1";
+                axum::Json(json!({ "allow": allow }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = format!(
+        "{CONFIG}\n[subscribe_hook]\nurl = \"http://{hook_addr}/authorize\"\ncache_ttl = \"1m\"\n[namespaces.campaign]\nsubscribe = \"hook\"\n"
+    );
+    let hub = Hub::start(&config);
+    let mut alice = client(&hub, "alice", &[]).await;
+    alice.subscribe("campaign:1").await;
+    let sub = |c: &str| Command::Subscribe { channel: c.into(), since: None, snapshot: false };
+    assert_eq!(alice.request(sub("campaign:2")).await.unwrap_err().code, 103);
+    let mut again = client(&hub, "alice", &[]).await;
+    again.subscribe("campaign:1").await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the second campaign:1 answer came from the cache");
+    // A token claim short-circuits the hook.
+    let mut bob = client(&hub, "bob", &["campaign:7"]).await;
+    bob.subscribe("campaign:7").await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn per_connection_limits_have_codes() {
+    let config = format!(
+        "{CONFIG}\n[limits]\nmax_channels_per_connection = 2\ncommands_per_second = 5\nconnection_attempts_per_ip_per_minute = 4\n"
+    );
+    let hub = Hub::start(&config);
+    let mut ws = client(&hub, "a", &["session:*"]).await;
+    ws.subscribe("session:1").await;
+    ws.subscribe("session:2").await;
+    let err = ws
+        .request(Command::Subscribe { channel: "session:3".into(), since: None, snapshot: false })
+        .await;
+    assert_eq!(err.unwrap_err().code, 106);
+    // 30 pings in one frame against a burst of 10: some are refused with 110, none lost.
+    let frame: Vec<String> =
+        (1000..1030).map(|id| format!(r#"{{"id":{id},"cmd":"ping"}}"#)).collect();
+    ws.send_raw(&frame.join("\n")).await;
+    let mut limited = 0;
+    for id in 1000..1030 {
+        if let Err(e) = ws.reply(id).await {
+            assert_eq!(e.code, 110);
+            limited += 1;
+        }
+    }
+    assert!(limited >= 15, "rate limit applied ({limited} of 30 refused)");
+    // One upgrade so far; three more are admitted, the 5th within a minute gets 429.
+    let _c = Ws::open(&hub.ws_url()).await;
+    let _d = Ws::open(&hub.ws_url()).await;
+    let _e = Ws::open(&hub.ws_url()).await;
+    let err =
+        tokio_tungstenite::connect_async(hub.ws_url()).await.expect_err("over the attempt limit");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 429),
+        other => panic!("{other:?}"),
+    }
+}

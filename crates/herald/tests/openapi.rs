@@ -9,7 +9,8 @@ use support::*;
 
 fn spec() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("docs/openapi.json")).expect("valid JSON")
+    serde_json::from_str(&std::fs::read_to_string(path).expect("docs/openapi.json"))
+        .expect("valid JSON")
 }
 
 /// Resolves `$ref` and checks that `value` has every required property, recursively.
@@ -24,7 +25,9 @@ fn check(spec: &Value, schema: &Value, value: &Value, at: &str) {
             assert!(value.get(f).is_some(), "{at}: missing required `{f}` in {value}");
         }
     }
-    if let (Some(props), Some(obj)) = (schema.get("properties").and_then(Value::as_object), value.as_object()) {
+    if let (Some(props), Some(obj)) =
+        (schema.get("properties").and_then(Value::as_object), value.as_object())
+    {
         for (name, sub) in props {
             if let Some(v) = obj.get(name) {
                 check(spec, sub, v, &format!("{at}.{name}"));
@@ -47,7 +50,9 @@ async fn openapi_matches_the_server() {
         .as_object()
         .unwrap()
         .iter()
-        .flat_map(|(path, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), path.clone())))
+        .flat_map(|(path, ops)| {
+            ops.as_object().unwrap().keys().map(move |m| (m.clone(), path.clone()))
+        })
         .collect();
     let served: BTreeSet<(String, String)> =
         herald_server::api::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
@@ -55,7 +60,10 @@ async fn openapi_matches_the_server() {
 
     let hub = Hub::start("[namespaces.default]\n[namespaces.board]\nkeyed = true\n");
     let bodies = [
-        ("/api/publish", json!({"channel": "board:1", "data": {"a": 1}, "key": "k", "op": "upsert"})),
+        (
+            "/api/publish",
+            json!({"channel": "board:1", "data": {"a": 1}, "key": "k", "op": "upsert"}),
+        ),
         ("/api/broadcast", json!({"channels": ["a", "b"], "data": 1})),
         ("/api/disconnect", json!({"user": "nobody"})),
         ("/api/token", json!({"sub": "u", "channels": ["*"]})),
@@ -77,11 +85,20 @@ async fn openapi_matches_the_server() {
         // Every documented /api error response uses the Error schema.
         if path.starts_with("/api/") {
             let (status, value) = {
-                let resp = reqwest::Client::new().request(method.to_uppercase().parse().unwrap(), hub.http(&url)).send().await.unwrap();
+                let resp = reqwest::Client::new()
+                    .request(method.to_uppercase().parse().unwrap(), hub.http(&url))
+                    .send()
+                    .await
+                    .unwrap();
                 (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
             };
             assert_eq!(status, 401);
-            check(&spec, &spec["components"]["responses"]["Error"]["content"]["application/json"]["schema"], &value, path);
+            check(
+                &spec,
+                &spec["components"]["responses"]["Error"]["content"]["application/json"]["schema"],
+                &value,
+                path,
+            );
         }
     }
 }
