@@ -274,15 +274,13 @@ impl Ws {
         let mut scanned = 0;
         loop {
             while scanned < self.pending.len() {
-                if let ServerMessage::Reply { id: got, .. } = &self.pending[scanned] {
-                    if *got == id {
-                        let Some(ServerMessage::Reply { result, .. }) =
-                            self.pending.remove(scanned)
-                        else {
-                            unreachable!()
-                        };
-                        return result.map(|r| serde_json::from_str(r.get()).unwrap());
-                    }
+                if matches!(&self.pending[scanned], ServerMessage::Reply { id: got, .. } if *got == id)
+                {
+                    let Some(ServerMessage::Reply { result, .. }) = self.pending.remove(scanned)
+                    else {
+                        unreachable!()
+                    };
+                    return result.map(|r| serde_json::from_str(r.get()).unwrap());
                 }
                 scanned += 1;
             }
