@@ -160,7 +160,16 @@ async fn idempotency_and_state_limits_across_nodes() {
     let (a, b) = two_nodes(&redis, "idem");
     let api = Api::default();
     let body = json!({"channel": "orders", "data": {"n": 1}, "idempotency_key": "op-77"});
+    let before = herald_server::engine::now_rfc3339();
     let first = publish_ok(&api, &a.http(), body.clone()).await;
+    let after = herald_server::engine::now_rfc3339();
+    // The script writes Redis time as RFC 3339 UTC with milliseconds.
+    let time = first["time"].as_str().unwrap();
+    let shape: String = time.chars().map(|c| if c.is_ascii_digit() { '9' } else { c }).collect();
+    assert_eq!(shape, "9999-99-99T99:99:99.999Z", "{time}");
+    assert!(time[..10] == before[..10] || time[..10] == after[..10], "{time} vs {before}");
+    let (_, h) = api.get(&b.http(), "/api/history?channel=orders").await;
+    assert_eq!(h["publications"][0]["time"], time);
     let again = publish_ok(&api, &b.http(), body).await;
     assert_eq!(again["duplicate"], true);
     assert_eq!(

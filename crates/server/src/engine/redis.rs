@@ -202,8 +202,11 @@ impl RedisEngine {
 
 /// Keys of one channel.
 struct Keys {
+    /// Epoch, offset and state size: losing it means a new epoch.
     meta: String,
+    /// Kept publications, oldest first.
     hist: String,
+    /// Keyed state.
     state: String,
     /// Prefix of idempotency keys (append the key).
     idem: String,
