@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Close a connection that has not sent `connect` within this.
     #[arg(long, env = "HERALD_AUTH_TIMEOUT", value_parser = humantime::parse_duration)]
     auth_timeout: Option<Duration>,
+    /// Time a connection may live past its token's expiry without `refresh`.
+    #[arg(long, env = "HERALD_TOKEN_GRACE", value_parser = humantime::parse_duration)]
+    token_grace: Option<Duration>,
     /// Allowed Origin for WebSocket upgrades (repeat for several).
     #[arg(long = "allowed-origin", env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
@@ -95,6 +98,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.auth_timeout {
             config.timeouts.auth_timeout = v;
+        }
+        if let Some(v) = self.token_grace {
+            config.timeouts.token_grace = v;
         }
         if !self.allowed_origins.is_empty() {
             config.allowed_origins = self.allowed_origins.clone();

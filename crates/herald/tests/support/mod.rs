@@ -112,7 +112,6 @@ impl Hub {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY-free: plain kill(2) through the libc crate is not needed; use the kill command.
         let _ = Proc::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         self.child.wait().expect("wait herald")
     }
