@@ -167,7 +167,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.listen = addr.to_string();
     let dev_secret = (args.config.is_none()).then(|| config.auth.token_secret.clone()).flatten();
     let hub = Hub::new(config, engine)?;
-    hub.engine.attach_node(Arc::downgrade(&hub));
     for note in &notes {
         eprintln!("herald: {note}");
     }
@@ -187,7 +186,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     eprintln!("herald: node {} listening on http://{addr} (WebSocket ws://{addr}/ws)", hub.node_id);
     herald_server::serve(hub.clone(), listener, shutdown_signal()).await?;
-    hub.engine.detach_node().await;
     eprintln!("herald: stopped");
     Ok(())
 }

@@ -60,13 +60,17 @@ pub fn router(hub: Arc<Hub>) -> Router {
 }
 
 /// Serves on a bound listener until `shutdown` resolves, then closes every connection with the
-/// `shutdown` code and drains within the configured deadline.
+/// `shutdown` code and drains within the configured deadline. Applications that mount
+/// [`router`] themselves should call `hub.engine.attach_node(Arc::downgrade(&hub))` once (and
+/// `detach_node` at shutdown) so a Redis cluster lists their node.
 pub async fn serve(
     hub: Arc<Hub>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // A clustered engine registers this node (heartbeat) while it serves.
+    hub.engine.attach_node(Arc::downgrade(&hub));
     let housekeeping = {
         let hub = hub.clone();
         tokio::spawn(async move {
@@ -86,6 +90,7 @@ pub async fn serve(
         })
         .await?;
     housekeeping.abort();
+    hub.engine.detach_node().await;
     Ok(())
 }
 

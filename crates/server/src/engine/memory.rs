@@ -301,13 +301,10 @@ impl Engine for MemoryEngine {
             ..Recovery::default()
         };
         if let Some(since) = since {
-            let outcome = if since.epoch != *s.epoch {
+            // A `since` ahead of the stream cannot belong to it: the stream the client knew is
+            // gone (the same answer the Redis engine gives after a restore from an old snapshot).
+            let outcome = if since.epoch != *s.epoch || since.offset > s.offset {
                 Err(NotRecovered::EpochChanged)
-            } else if since.offset > s.offset {
-                return Err(EngineError::BadRequest(format!(
-                    "since offset {} is ahead of the stream ({})",
-                    since.offset, s.offset
-                )));
             } else if s.offset - since.offset > ns.max_recover as u64 {
                 Err(NotRecovered::TooMany)
             } else {
@@ -421,6 +418,9 @@ mod tests {
         assert_eq!((r.recovered, r.publications.len()), (Some(true), 0));
         let other = Position { epoch: "zzz".into(), offset: 5 };
         let r = e.recover(&ns, "c", Some(&other), false).await.unwrap();
+        assert_eq!(r.reason, Some(NotRecovered::EpochChanged));
+        let ahead = Position { epoch: first.epoch.clone(), offset: 99 };
+        let r = e.recover(&ns, "c", Some(&ahead), false).await.unwrap();
         assert_eq!(r.reason, Some(NotRecovered::EpochChanged));
         let tight = Namespace { max_recover: 1, ..ns.clone() };
         let r = e.recover(&tight, "c", Some(&pos(3)), false).await.unwrap();

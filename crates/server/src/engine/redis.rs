@@ -888,12 +888,6 @@ impl Engine for RedisEngine {
                 r.recovered = Some(true);
                 r.publications = encoded_entries(channel, &epoch, &pubs)?;
             }
-            "ahead" => {
-                return Err(EngineError::BadRequest(format!(
-                    "since offset {} is ahead of the stream ({offset})",
-                    since.map_or(0, |p| p.offset)
-                )));
-            }
             other => {
                 r.recovered = Some(false);
                 r.reason = Some(match other {

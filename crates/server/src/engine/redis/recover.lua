@@ -3,8 +3,9 @@
 -- KEYS: meta, hist, state
 -- ARGV: new_epoch, history_size, history_ttl_ms, meta_ttl_ms, has_since ('1'/'0'), since_epoch,
 --       since_offset, max_recover, want_state ('1'/'0'), keyed ('1'/'0')
--- Returns {epoch, offset, status, publications, flat state}; status is none | ok | ahead |
--- epoch_changed | history_trimmed | too_many.
+-- Returns {epoch, offset, status, publications, flat state}; status is none | ok |
+-- epoch_changed | history_trimmed | too_many. A `since` ahead of the stream (Redis restored from
+-- an older snapshot) is the loss of the stream the client knew: epoch_changed.
 local hsize, httl, mttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local epoch, offset = ensure_meta(KEYS[1], KEYS[2], KEYS[3], ARGV[1], mttl)
@@ -12,10 +13,8 @@ trim(KEYS[2], hsize, httl, now)
 local status, pubs = 'none', {}
 if ARGV[5] == '1' then
   local since = tonumber(ARGV[7])
-  if ARGV[6] ~= epoch then
+  if ARGV[6] ~= epoch or since > offset then
     status = 'epoch_changed'
-  elseif since > offset then
-    status = 'ahead'
   elseif offset - since > tonumber(ARGV[8]) then
     status = 'too_many'
   elseif since == offset then
