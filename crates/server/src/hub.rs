@@ -136,6 +136,8 @@ pub struct Hub {
     next_session: AtomicU64,
     /// Flips to true on shutdown; sessions watch it.
     shutdown: watch::Sender<bool>,
+    /// Woken when the last session closes, so shutdown can stop waiting.
+    drained: tokio::sync::Notify,
     /// When this node started.
     pub started: Instant,
 }
@@ -172,6 +174,7 @@ impl Hub {
             attempts: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
+            drained: tokio::sync::Notify::new(),
             started: Instant::now(),
         }))
     }
@@ -332,7 +335,14 @@ impl Hub {
 
     /// Forgets a session.
     pub fn close_session(&self, session: u64) {
-        let Some(entry) = self.sessions.lock().remove(&session) else { return };
+        let (entry, empty) = {
+            let mut sessions = self.sessions.lock();
+            (sessions.remove(&session), sessions.is_empty())
+        };
+        if empty {
+            self.drained.notify_waiters();
+        }
+        let Some(entry) = entry else { return };
         self.metrics.connections.dec();
         if !entry.user.is_empty() {
             let mut users = self.users.lock();
@@ -388,9 +398,21 @@ impl Hub {
     /// until they are gone.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        let deadline = Instant::now() + self.config.timeouts.shutdown_deadline;
-        while self.connection_count() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let deadline = tokio::time::Instant::now() + self.config.timeouts.shutdown_deadline;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.connection_count() == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                tracing::warn!(
+                    left = self.connection_count(),
+                    "shutdown deadline passed with connections open"
+                );
+                return;
+            }
         }
     }
 }
