@@ -449,3 +449,51 @@ async fn per_connection_limits_have_codes() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn audit_log_as_json_lines() {
+    let hub = Hub::start_with(CONFIG, &["--log-format", "json"]);
+    let mut ws = client(&hub, "auditor", &["session:1"]).await;
+    let err = ws
+        .request(Command::Subscribe { channel: "session:2".into(), since: None, snapshot: false })
+        .await;
+    assert_eq!(err.unwrap_err().code, 103);
+    let mut bad = Ws::open(&hub.ws_url()).await;
+    let _ = bad.request(Command::Connect { token: Some("bad".into()), name: None }).await;
+    assert_eq!(bad.expect_close().await.0, 4500);
+    drop(ws);
+    // The disconnect line is written when the server notices the close; wait for it.
+    let deadline = std::time::Instant::now() + WAIT;
+    let events = loop {
+        let lines = hub.log.lock().unwrap().clone();
+        let events: Vec<serde_json::Value> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "herald::audit")
+            .collect();
+        let has = |e: &str| events.iter().any(|v| v["fields"]["event"] == e);
+        let kicked_out = events
+            .iter()
+            .any(|v| v["fields"]["event"] == "disconnect" && v["fields"]["code"] == 4500);
+        let left = events
+            .iter()
+            .any(|v| v["fields"]["event"] == "disconnect" && v["fields"]["user"] == "auditor");
+        if ["connect", "forbidden_subscribe", "auth_failure"].iter().all(|e| has(e))
+            && kicked_out
+            && left
+        {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "audit events missing: {lines:?}");
+        tokio::task::yield_now().await;
+    };
+    let failure = events.iter().find(|v| v["fields"]["event"] == "auth_failure").unwrap();
+    assert!(
+        failure["fields"]["reason"].as_str().is_some_and(|r| r.contains("invalid token")),
+        "{failure}"
+    );
+    let left = events
+        .iter()
+        .find(|v| v["fields"]["event"] == "disconnect" && v["fields"]["user"] == "auditor");
+    assert!(left.is_some_and(|v| v["fields"]["code"] == 1000), "{events:?}");
+}
