@@ -32,20 +32,26 @@ fn base() -> Instant {
     *BASE.get_or_init(Instant::now)
 }
 
+/// Debug: summed phase times.
+pub static PHASES: [std::sync::atomic::AtomicU64; 3] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+
 /// Nanoseconds since the time base.
 pub fn now_ns() -> u64 {
     base().elapsed().as_nanos() as u64
 }
 
 impl Endpoint {
-    /// Opens TCP from source address number `n` and upgrades to WebSocket.
+    /// Opens TCP (from source address `127.0.0.x` number `n % sources` when there are several)
+    /// and upgrades to WebSocket.
     pub async fn open(&self, n: usize) -> anyhow::Result<Ws> {
-        let sources = u32::from(self.sources.max(1));
-        let host = 1 + (n as u32 % sources);
-        let source = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + host));
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("bind {source}"))?;
-        let stream = socket.connect(self.addr).await.context("tcp connect")?;
+        let t0 = Instant::now();
+        let stream = if self.sources <= 1 {
+            TcpStream::connect(self.addr).await.context("tcp connect")?
+        } else {
+            self.connect_from(n).await?
+        };
+        PHASES[0].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         stream.set_nodelay(true)?;
         let url = format!("ws://{}/ws", self.addr);
         let config = WebSocketConfig::default()
@@ -56,7 +62,40 @@ impl Endpoint {
         let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
             .await
             .context("websocket handshake")?;
+        PHASES[1].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(ws)
+    }
+
+    /// Connects from `127.0.0.x`. The port is chosen here, not by `bind(addr, 0)`: the kernel's
+    /// search for a free port at bind time is linear in the ports in use (and in TIME_WAIT), and
+    /// dominated the client's CPU at 10,000 connections.
+    async fn connect_from(&self, n: usize) -> anyhow::Result<TcpStream> {
+        let sources = usize::from(self.sources);
+        let host = 1 + (n % sources) as u32;
+        let source = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + host));
+        let mut port = 20_000 + ((n / sources) % 40_000) as u16;
+        let mut last = None;
+        for _ in 0..8 {
+            let socket = TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            if let Err(e) = socket.bind(SocketAddr::new(source, port)) {
+                last = Some(e);
+                port = 20_000 + (port - 20_000 + 7919) % 40_000;
+                continue;
+            }
+            match socket.connect(self.addr).await {
+                Ok(s) => return Ok(s),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                        || e.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    last = Some(e);
+                    port = 20_000 + (port - 20_000 + 7919) % 40_000;
+                }
+                Err(e) => return Err(e).context("tcp connect"),
+            }
+        }
+        Err(anyhow::anyhow!("no free source port on {source}: {last:?}"))
     }
 
     /// Opens a connection and completes `connect`, then sends `extra` command lines (ids from 2)
@@ -93,6 +132,8 @@ impl Endpoint {
                 replies.push(v);
             }
         }
+        PHASES[2]
+            .fetch_add(base().elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         replies.remove(0);
         Ok((ws, replies))
     }

@@ -292,6 +292,13 @@ pub async fn connect(plan: &Plan, idle: bool) -> anyhow::Result<Outcome> {
     let (opened, errors) = open_many(plan, plan.clients, plan.concurrency, |_| Vec::new()).await;
     let elapsed = start.elapsed();
     let ok = opened.len();
+    if std::env::var_os("HERALD_BENCH_DEBUG").is_some() {
+        let p: Vec<u64> = super::client::PHASES
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed) / ok.max(1) as u64)
+            .collect();
+        eprintln!("avg us: tcp {} tcp+ws {}", p[0], p[1]);
+    }
     let mut outcome = Outcome {
         elapsed,
         errors,

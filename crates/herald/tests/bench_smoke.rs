@@ -1,0 +1,75 @@
+//! `herald bench` smoke test: every scenario at a tiny size against a server the bench starts
+//! itself. Checks that the JSON has its fields and that nothing was lost; no timing assertions
+//! (figures come from the benchmark, docs/benchmarks.md).
+
+use serde_json::Value;
+use std::process::Command;
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--duration", "20"])
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .expect("run herald bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "herald bench {args:?} failed: {stderr}");
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"))
+}
+
+fn check(v: &Value, scenario: &str) {
+    assert_eq!(v["scenario"], scenario);
+    assert_eq!(v["server"], "herald");
+    for field in [
+        "deliveries_per_sec",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "server_cpu_s",
+        "server_rss_bytes",
+        "bytes_per_conn",
+        "conns_per_sec",
+        "errors",
+    ] {
+        assert!(v.get(field).is_some(), "{scenario}: field {field} missing in {v}");
+    }
+    assert_eq!(v["errors"], 0, "{scenario}: {v}");
+    assert!(v["server_cpu_s"].is_number(), "{scenario}: server CPU from /proc: {v}");
+    assert!(v["server_rss_bytes"].as_u64().unwrap_or(0) > 0, "{scenario}: {v}");
+}
+
+#[test]
+fn fanout_delivers_everything() {
+    let v = bench(&["fanout", "-n", "20", "-e", "50"]);
+    check(&v, "fanout");
+    assert_eq!(v["deliveries"], 20 * 50);
+    assert!(v["p99_ms"].is_number());
+}
+
+#[test]
+fn rooms_delivers_everything() {
+    let v = bench(&["rooms", "-n", "20", "-e", "100"]);
+    check(&v, "rooms");
+    assert_eq!(v["deliveries"], 100);
+}
+
+#[test]
+fn connect_and_idle_open_every_connection() {
+    let v = bench(&["connect", "-n", "50"]);
+    check(&v, "connect");
+    assert!(v["conns_per_sec"].as_f64().unwrap_or(0.0) > 0.0);
+    let v = bench(&["idle", "-n", "50"]);
+    check(&v, "idle");
+    assert!(v["bytes_per_conn"].is_number());
+}
+
+#[test]
+fn resume_recovers_everything() {
+    let v = bench(&["resume", "-n", "10", "-e", "20"]);
+    check(&v, "resume");
+    assert_eq!(v["deliveries"], 10 * 20);
+    assert!(v["recovered_ms"].is_number());
+}
