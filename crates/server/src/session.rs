@@ -562,19 +562,14 @@ impl Session {
             None => {
                 let e = AuthError::Missing;
                 self.audit_auth_failure(&e);
-                self.reply_error(Some(id), ErrorBody::new(ErrorCode::Unauthorized, e.to_string()));
+                self.reply_error(Some(id), auth_error(&e));
                 return Some(auth_close(&e));
             }
             Some(token) => match self.hub.verifier.verify(&token).await {
                 Ok(p) => p,
                 Err(e) => {
                     self.audit_auth_failure(&e);
-                    let code = if e == AuthError::Expired {
-                        ErrorCode::TokenExpired
-                    } else {
-                        ErrorCode::Unauthorized
-                    };
-                    self.reply_error(Some(id), ErrorBody::new(code, e.to_string()));
+                    self.reply_error(Some(id), auth_error(&e));
                     return Some(auth_close(&e));
                 }
             },
@@ -617,12 +612,7 @@ impl Session {
             ),
             Err(e) => {
                 self.audit_auth_failure(&e);
-                let code = if e == AuthError::Expired {
-                    ErrorCode::TokenExpired
-                } else {
-                    ErrorCode::Unauthorized
-                };
-                self.reply_error(Some(id), ErrorBody::new(code, e.to_string()));
+                self.reply_error(Some(id), auth_error(&e));
             }
         }
         None
@@ -768,6 +758,12 @@ impl Session {
         self.hub.metrics.auth_failures.inc();
         tracing::warn!(target: "herald::audit", event = "auth_failure", client = %self.client, ip = %self.ip, reason = %e);
     }
+}
+
+/// The error reply for a refused token: 109 when expired (get a new one), 101 otherwise.
+fn auth_error(e: &AuthError) -> ErrorBody {
+    let code = if *e == AuthError::Expired { ErrorCode::TokenExpired } else { ErrorCode::Unauthorized };
+    ErrorBody::new(code, e.to_string())
 }
 
 fn auth_close(e: &AuthError) -> Close {
