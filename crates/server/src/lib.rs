@@ -82,6 +82,11 @@ pub async fn serve(
         })
     };
     let drained = hub.clone();
+    // Small frames go out at once: with Nagle on, a frame written while the previous one is
+    // unacknowledged waits for the peer's delayed ACK (up to 40 ms on Linux).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -124,7 +129,7 @@ async fn ws_upgrade(
     };
     let limits = &hub.config.limits;
     let upgrade = session::Upgrade { token, origin_allowed, ip: addr.ip() };
-    ws.read_buffer_size(4 * 1024)
+    ws.read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(limits.outbound_queue_bytes.max(1 << 20))
         .max_message_size(limits.max_frame_bytes)
