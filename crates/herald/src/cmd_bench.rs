@@ -114,6 +114,8 @@ pub struct Outcome {
     pub cpu_s: Option<f64>,
     /// Server RSS at the end of the measured phase.
     pub rss: Option<u64>,
+    /// CPU seconds of this load generator (setup included).
+    pub client_cpu_s: Option<f64>,
 }
 
 /// The server under test.
@@ -277,13 +279,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         pid: server.pid,
     };
-    let outcome = match args.scenario {
+    let client_before = proc_usage(std::process::id());
+    let mut outcome = match args.scenario {
         Scenario::Fanout => scenarios::fanout(&plan).await?,
         Scenario::Rooms => scenarios::rooms(&plan).await?,
         Scenario::Connect => scenarios::connect(&plan, false).await?,
         Scenario::Idle => scenarios::connect(&plan, true).await?,
         Scenario::Resume => scenarios::resume(&plan).await?,
     };
+    // Load generator CPU over setup and measurement (it shares the machine with the server).
+    outcome.client_cpu_s = client_before.zip(proc_usage(std::process::id())).map(|(b, a)| a.0 - b.0);
     drop(server);
     report(&args, clients, &outcome);
     Ok(())
@@ -322,6 +327,7 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
             "deliveries_per_cpu_s": per_cpu(o.deliveries),
             "events_per_cpu_s": per_cpu(o.events),
             "server_rss_bytes": o.rss,
+            "client_cpu_s": o.client_cpu_s,
             "bytes_per_conn": o.bytes_per_conn,
             "conns_per_sec": o.conns_per_sec,
             "recovered_ms": o.recovered_ms,
