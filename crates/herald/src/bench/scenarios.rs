@@ -2,10 +2,11 @@
 //! two /proc samples of the server.
 
 use super::Outcome;
-use super::client::{Endpoint, Hist, Ws, field_u64, now_ns, push_publish, subscribe_cmd};
+use super::client::{
+    Endpoint, Hist, ReplyResult, Ws, field_u64, now_ns, push_publish, subscribe_cmd,
+};
 use super::proc_usage;
 use futures_util::{SinkExt, StreamExt, stream};
-use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -63,7 +64,7 @@ async fn open_many<F>(
     n: usize,
     concurrency: usize,
     extra: F,
-) -> (Vec<(usize, Ws, Vec<Value>)>, u64)
+) -> (Vec<(usize, Ws, Vec<ReplyResult>)>, u64)
 where
     F: Fn(usize) -> Vec<String>,
 {
@@ -227,7 +228,7 @@ async fn pubsub(plan: &Plan, channels: Vec<String>, fan: u64) -> anyhow::Result<
     let tasks: Vec<_> = opened
         .into_iter()
         .map(|(_, ws, replies)| {
-            let offset = replies[0]["result"]["offset"].as_u64().unwrap_or(0);
+            let offset = replies[0].offset.unwrap_or(0);
             tokio::spawn(subscriber(ws, offset, shared.clone(), stop_rx.clone()))
         })
         .collect();
@@ -327,10 +328,7 @@ pub async fn resume(plan: &Plan) -> anyhow::Result<Outcome> {
     let (opened, mut errors) =
         open_many(plan, n, plan.concurrency, |_| vec![subscribe_cmd(2, &channel, None)]).await;
     let (epoch, offset) = match opened.first() {
-        Some((_, _, r)) => (
-            r[0]["result"]["epoch"].as_str().unwrap_or("").to_string(),
-            r[0]["result"]["offset"].as_u64().unwrap_or(0),
-        ),
+        Some((_, _, r)) => (r[0].epoch.clone().unwrap_or_default(), r[0].offset.unwrap_or(0)),
         None => anyhow::bail!("no client could subscribe"),
     };
     let survivors: Vec<usize> = opened.iter().map(|(i, _, _)| *i).collect();
@@ -373,14 +371,10 @@ pub async fn resume(plan: &Plan) -> anyhow::Result<Outcome> {
             continue;
         };
         sockets.push(ws);
-        let result = &replies[0]["result"];
-        let pubs = result["publications"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let contiguous = pubs
-            .iter()
-            .enumerate()
-            .all(|(k, p)| p["offset"].as_u64() == Some(offset + 1 + k as u64));
-        if result["recovered"] != Value::Bool(true) || pubs.len() as u64 != published || !contiguous
-        {
+        let result = &replies[0];
+        let pubs = &result.publications;
+        let contiguous = pubs.iter().enumerate().all(|(k, p)| p.offset == offset + 1 + k as u64);
+        if result.recovered != Some(true) || pubs.len() as u64 != published || !contiguous {
             errors += 1;
         } else {
             deliveries += published;
