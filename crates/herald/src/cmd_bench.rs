@@ -288,7 +288,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Resume => scenarios::resume(&plan).await?,
     };
     // Load generator CPU over setup and measurement (it shares the machine with the server).
-    outcome.client_cpu_s = client_before.zip(proc_usage(std::process::id())).map(|(b, a)| a.0 - b.0);
+    outcome.client_cpu_s =
+        client_before.zip(proc_usage(std::process::id())).map(|(b, a)| a.0 - b.0);
     drop(server);
     report(&args, clients, &outcome);
     Ok(())
