@@ -176,8 +176,7 @@ async fn blackhole_is_detected_and_resumed_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_memory_hub_yields_resync_epoch_changed() {
-    let hub = Hub::start();
-    let port = hub.addr.port();
+    let mut hub = Hub::start();
     let client = fast_client(&hub.ws_url());
     let mut sub = client.subscribe("restart", SubscribeOptions::default());
     let start = subscribed(&mut sub).await;
@@ -186,8 +185,7 @@ async fn restarted_memory_hub_yields_resync_epoch_changed() {
     }
     receive_through(&mut sub, start.offset + 1, start.offset + 3).await;
 
-    hub.kill9();
-    let hub = Hub::start_on(port);
+    hub.restart();
     let position = match next_event(&mut sub, Duration::from_secs(30)).await {
         SubEvent::Resync { reason, position, .. } => {
             assert_eq!(reason, NotRecovered::EpochChanged);

@@ -762,7 +762,8 @@ impl Session {
 
 /// The error reply for a refused token: 109 when expired (get a new one), 101 otherwise.
 fn auth_error(e: &AuthError) -> ErrorBody {
-    let code = if *e == AuthError::Expired { ErrorCode::TokenExpired } else { ErrorCode::Unauthorized };
+    let code =
+        if *e == AuthError::Expired { ErrorCode::TokenExpired } else { ErrorCode::Unauthorized };
     ErrorBody::new(code, e.to_string())
 }
 

@@ -8,10 +8,8 @@ use herald_protocol::reply::ErrorBody;
 use herald_protocol::{Publication, ServerMessage, split_frame};
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command as Proc, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -22,13 +20,11 @@ pub const SECRET: &str = "test-secret";
 /// Upper bound for any single wait.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A running herald process.
+/// A running herald process (the binary of this crate) with the test API key and secret.
 pub struct Hub {
-    child: Child,
+    process: herald_testkit::HeraldProcess,
+    /// Where it listens.
     pub addr: SocketAddr,
-    dir: Arc<tempfile::TempDir>,
-    config: String,
-    extra: Vec<String>,
     /// Every stderr line so far.
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -41,79 +37,42 @@ impl Hub {
 
     /// Starts herald with extra CLI flags.
     pub fn start_with(config: &str, extra: &[&str]) -> Hub {
-        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        Hub::spawn(
-            dir,
-            config.to_string(),
-            extra.iter().map(|s| s.to_string()).collect(),
-            "127.0.0.1:0",
-        )
-    }
-
-    fn spawn(dir: Arc<tempfile::TempDir>, config: String, extra: Vec<String>, listen: &str) -> Hub {
-        let path = dir.path().join("herald.toml");
-        std::fs::write(&path, &config).expect("write config");
-        let mut child = Proc::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--listen", listen, "--api-key", API_KEY, "--token-secret", SECRET])
-            .arg("--config")
-            .arg(&path)
-            .args(&extra)
-            .env("HERALD_LOG", "warn,herald::audit=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start herald");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
-                    let _ = tx.send(addr);
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(WAIT) {
-            Ok(addr) => addr.parse().expect("listen address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("herald did not start: {:?}", log.lock().unwrap());
-            }
-        };
-        Hub { child, addr, dir, config, extra, log }
+        let mut args = vec!["--api-key", API_KEY, "--token-secret", SECRET];
+        args.extend_from_slice(extra);
+        let process = herald_testkit::HeraldProcess::start(
+            env!("CARGO_BIN_EXE_herald").as_ref(),
+            config,
+            &args,
+        );
+        Hub { addr: process.addr, log: process.log.clone(), process }
     }
 
     /// kill -9 and start again on the same port (memory engine: every stream gets a new epoch).
     pub fn restart(mut self) -> Hub {
-        self.kill();
-        let listen = self.addr.to_string();
-        Hub::spawn(self.dir.clone(), self.config.clone(), self.extra.clone(), &listen)
+        self.process.restart();
+        self.log = self.process.log.clone();
+        self
     }
 
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        self.process.ws_url()
     }
 
     pub fn http(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}{}", self.process.http_url(), path)
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Proc::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        self.child.wait().expect("wait herald")
+        self.process.terminate()
     }
 
     /// Publishes through the HTTP API; returns (status, body).
@@ -162,12 +121,6 @@ impl Hub {
     }
 }
 
-impl Drop for Hub {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// An HS256 token signed with the test secret.
 pub fn token(user: &str, channels: &[&str]) -> String {
     token_with(serde_json::json!({
@@ -179,12 +132,7 @@ pub fn token(user: &str, channels: &[&str]) -> String {
 
 /// An HS256 token with arbitrary claims.
 pub fn token_with(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    herald_testkit::hs256_token(SECRET, &claims)
 }
 
 /// A raw protocol client.

@@ -6,12 +6,9 @@
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 /// API key of every test node.
@@ -46,18 +43,6 @@ keyed = true
 max_state_records = 2
 "#;
 
-fn unique_dir(what: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let dir = std::env::temp_dir().join(format!("herald-{what}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Polls `f` until it returns `Some`, or panics with `what` after `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
 where
@@ -75,186 +60,50 @@ where
 }
 
 /// A `redis-server` process (no persistence: a restart loses everything).
-pub struct Redis {
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    /// Starts one on a free port.
-    pub fn start() -> Redis {
-        let mut r = Redis { port: free_port(), child: None };
-        r.spawn();
-        r
-    }
-
-    /// `redis://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .args(["--port", &self.port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}); the redis engine tests need it: \
-                     `apt-get install -y redis-server` (the test script installs it)"
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.pings() {
-            assert!(Instant::now() < deadline, "redis-server on {} did not answer PING", self.port);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Whether it answers PING right now.
-    pub fn pings(&self) -> bool {
-        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        if s.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 7];
-        s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    /// SIGKILL: the data is gone.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts again on the same port, empty.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The workspace's `target/debug/herald` (honours `CARGO_TARGET_DIR`).
-pub fn herald_bin() -> PathBuf {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { workspace.join(t) })
-        .unwrap_or_else(|| workspace.join("target"));
-    let bin = target.join("debug").join(format!("herald{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "the herald binary is missing at {}: run `cargo build --bins` before `cargo test`",
-        bin.display()
-    );
-    bin
-}
+pub type Redis = herald_testkit::RedisProcess;
 
 /// A `herald serve --engine redis` process.
 pub struct Node {
-    child: Child,
+    process: herald_testkit::HeraldProcess,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its node id.
-    pub id: String,
-    dir: PathBuf,
-    /// Its stderr so far, for failure messages.
-    pub log: Arc<parking_lot::Mutex<Vec<String>>>,
 }
 
 impl Node {
     /// Starts a node on a free port against `redis_url`.
     pub fn start(redis_url: &str, id: &str) -> Node {
-        let dir = unique_dir("node");
-        let config = dir.join("herald.toml");
-        std::fs::write(&config, CONFIG).unwrap();
-        let mut child = Command::new(herald_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--api-key", API_KEY])
-            .args(["--token-secret", SECRET, "--engine", "redis", "--redis-url", redis_url])
-            .args(["--node-id", id])
-            .arg("--config")
-            .arg(&config)
-            .env("HERALD_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn herald");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let keep = log.clone();
-        let tag = id.to_string();
-        std::thread::spawn(move || {
-            let verbose = std::env::var_os("HERALD_TEST_LOG").is_some();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if verbose {
-                    eprintln!("[{tag}] {line}");
-                }
-                keep.lock().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr: String =
-                            rest.chars().take_while(|c| !c.is_whitespace() && *c != '/').collect();
-                        break addr.parse::<SocketAddr>().expect("listen address");
-                    }
-                }
-                Err(_) => panic!(
-                    "herald did not report `listening on`; stderr so far:\n{}",
-                    log.lock().join("\n")
-                ),
-            }
-        };
-        std::thread::spawn(move || while rx.recv().is_ok() {});
-        Node { child, addr, id: id.into(), dir, log }
+        let process = herald_testkit::HeraldProcess::start(
+            &herald_testkit::herald_bin(),
+            CONFIG,
+            &[
+                "--api-key",
+                API_KEY,
+                "--token-secret",
+                SECRET,
+                "--engine",
+                "redis",
+                "--redis-url",
+                redis_url,
+                "--node-id",
+                id,
+            ],
+        );
+        Node { addr: process.addr, process }
     }
 
     /// `ws://.../ws`.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        self.process.ws_url()
     }
 
     /// `http://...`.
     pub fn http(&self) -> String {
-        format!("http://{}", self.addr)
+        self.process.http_url()
     }
 
     /// SIGKILL: no shutdown, no close frames, no deregistration.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.process.kill();
     }
 }
 
