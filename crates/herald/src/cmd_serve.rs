@@ -64,7 +64,7 @@ impl ServeArgs {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => {
-                notes.push("no --config: using the built-in development configuration (namespaces `default` and `demo`)".to_string());
+                notes.push("no --config: using the built-in development configuration (namespaces default, session, campaign, demo)".to_string());
                 Config::development()
             }
         };

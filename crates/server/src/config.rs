@@ -340,10 +340,14 @@ impl Config {
         Ok(())
     }
 
-    /// The built-in configuration used by `herald serve` with no config file: the default
-    /// namespace (token claims decide) and the `demo` namespace the demo page uses.
+    /// The built-in configuration used by `herald serve` with no config file: the `default`,
+    /// `session` and `campaign` namespaces (token claims decide, as in the README's tour) and the
+    /// `demo` namespace the demo page uses.
     pub fn development() -> Config {
         let mut config = Config::default();
+        for name in ["session", "campaign"] {
+            config.namespaces.insert(name.into(), Namespace::default());
+        }
         config.namespaces.insert(
             "demo".into(),
             Namespace {
