@@ -64,8 +64,9 @@ pub struct BenchArgs {
     /// Time bound of the measured phase, in seconds.
     #[arg(long, default_value_t = 30)]
     pub duration: u64,
-    /// 127.0.0.x source addresses to spread connections over (0: one per 25,000 clients; with
-    /// one, the kernel picks the source port at connect time).
+    /// 127.0.0.x source addresses to spread connections over, with ports chosen by the bench
+    /// (0: 8, or one per 25,000 clients; 1: the kernel picks the port at connect time, which
+    /// gets slow with tens of thousands of sockets in TIME_WAIT from earlier runs).
     #[arg(long, default_value_t = 0)]
     pub sources: u8,
     /// Target a running server (`ws://127.0.0.1:PORT/ws`) instead of starting one.
@@ -256,7 +257,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => start_server(&args)?,
     };
     let sources =
-        if args.sources == 0 { (clients / 25_000 + 1).min(250) as u8 } else { args.sources };
+        if args.sources == 0 { (clients / 25_000 + 1).clamp(8, 250) as u8 } else { args.sources };
     let claims = herald_server::auth::Claims {
         sub: "bench".into(),
         exp: Some(herald_server::auth::unix_now() + 24 * 3600),
