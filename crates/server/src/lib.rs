@@ -13,6 +13,7 @@
 //! - [`engine`]: offsets, history, keyed state and cross-node fan-out ([`engine::memory`]).
 //! - [`outbox`]: a connection's bounded outbound queue.
 //! - [`session`]: one WebSocket connection.
+//! - [`sse`]: the Server-Sent Events fallback, a session behind an adapter.
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod hub;
 pub mod metrics;
 pub mod outbox;
 pub mod session;
+pub mod sse;
 
 pub use config::Config;
 pub use hub::Hub;
@@ -49,6 +51,7 @@ pub fn memory_hub(config: Config) -> anyhow::Result<Arc<Hub>> {
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/ws", get(ws_upgrade))
+        .route("/sse/{channel}", get(sse::stream))
         .merge(api::router(hub.clone()))
         .route("/", get(|| asset("index.html")))
         .route("/demo", get(|| asset("demo.html")))
@@ -114,19 +117,8 @@ async fn ws_upgrade(
         ))
         .into_response();
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string)
-        .or_else(|| query.get("token").cloned());
-    let origin_allowed = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        Some(origin) => {
-            let list = &hub.config.allowed_origins;
-            list.is_empty() || list.iter().any(|o| o == "*" || o == origin)
-        }
-        None => true,
-    };
+    let token = upgrade_token(&headers, &query);
+    let origin_allowed = origin_allowed(&hub, &headers);
     let limits = &hub.config.limits;
     let upgrade = session::Upgrade { token, origin_allowed, ip: addr.ip() };
     ws.read_buffer_size(1024)
@@ -135,6 +127,30 @@ async fn ws_upgrade(
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| session::run(hub, socket, upgrade))
+}
+
+/// The token of an upgrade request: `Authorization: Bearer`, else `?token=`.
+pub(crate) fn upgrade_token(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+        .or_else(|| query.get("token").cloned())
+}
+
+/// Whether the request's `Origin` (if any) is on the allow-list (empty list: any).
+pub(crate) fn origin_allowed(hub: &Hub, headers: &HeaderMap) -> bool {
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(origin) => {
+            let list = &hub.config.allowed_origins;
+            list.is_empty() || list.iter().any(|o| o == "*" || o == origin)
+        }
+        None => true,
+    }
 }
 
 /// The dashboard, demo and their assets, embedded at compile time so one binary is the product.
