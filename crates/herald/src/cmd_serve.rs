@@ -159,7 +159,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (config, notes) = args.config()?;
     init_logging(config.log.format);
     let engine = build_engine(&config).await?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
+    let listener = bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
@@ -188,6 +188,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     herald_server::serve(hub.clone(), listener, shutdown_signal()).await?;
     eprintln!("herald: stopped");
     Ok(())
+}
+
+/// Binds with a deep accept queue: a reconnect storm (every client of a restarted node at once)
+/// must not overflow tokio's default backlog of 1024 and leave clients waiting for a SYN retry.
+async fn bind(listen: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(listen).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(4096)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to listen on")))
 }
 
 async fn shutdown_signal() {

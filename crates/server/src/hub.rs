@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::OnceCell;
 
 /// Local subscribers of one channel.
 #[derive(Default)]
@@ -134,8 +134,8 @@ pub struct Hub {
     attempts: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     /// Session ids.
     next_session: AtomicU64,
-    /// Flips to true on shutdown; sessions watch it.
-    shutdown: watch::Sender<bool>,
+    /// Set on shutdown; sessions opened after it are closed at once.
+    shutting_down: std::sync::atomic::AtomicBool,
     /// Woken when the last session closes, so shutdown can stop waiting.
     drained: tokio::sync::Notify,
     /// When this node started.
@@ -173,7 +173,7 @@ impl Hub {
             users: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
-            shutdown: watch::channel(false).0,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             started: Instant::now(),
         }))
@@ -310,8 +310,13 @@ impl Hub {
     /// Registers a new session; returns its id.
     pub fn open_session(&self, outbox: Arc<Outbox>) -> u64 {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        self.sessions.lock().insert(id, SessionEntry { user: String::new(), outbox });
+        self.sessions
+            .lock()
+            .insert(id, SessionEntry { user: String::new(), outbox: outbox.clone() });
         self.metrics.connections.inc();
+        if self.shutting_down.load(Ordering::SeqCst) {
+            outbox.close(CloseCode::Shutdown, "server shutting down");
+        }
         id
     }
 
@@ -389,15 +394,15 @@ impl Hub {
         entry.1 <= limit
     }
 
-    /// A receiver that turns true on shutdown.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
     /// Tells every session to close with `shutdown` and waits (up to the configured deadline)
     /// until they are gone.
     pub async fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        self.shutting_down.store(true, Ordering::SeqCst);
+        // Closing each outbox wakes its session, which sends the close code and ends; no
+        // per-session shutdown watcher is needed (memory per idle connection).
+        for entry in self.sessions.lock().values() {
+            entry.outbox.close(CloseCode::Shutdown, "server shutting down");
+        }
         let deadline = tokio::time::Instant::now() + self.config.timeouts.shutdown_deadline;
         loop {
             let drained = self.drained.notified();

@@ -121,7 +121,7 @@ async fn ws_upgrade(
     let origin_allowed = origin_allowed(&hub, &headers);
     let limits = &hub.config.limits;
     let upgrade = session::Upgrade { token, origin_allowed, ip: addr.ip() };
-    ws.read_buffer_size(1024)
+    ws.read_buffer_size(256)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(limits.outbound_queue_bytes.max(1 << 20))
         .max_message_size(limits.max_frame_bytes)

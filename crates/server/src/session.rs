@@ -27,7 +27,6 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::time::sleep;
 
 /// What the upgrade request told us.
 #[derive(Debug, Clone)]
@@ -184,8 +183,6 @@ struct Session {
     bucket: TokenBucket,
     /// Rate-limit violations so far.
     violations: u32,
-    /// Reused buffer for draining the outbox.
-    scratch: VecDeque<Outgoing>,
 }
 
 type Close = (CloseCode, String);
@@ -210,7 +207,6 @@ where
         subs: HashMap::new(),
         last_seen: Instant::now(),
         violations: 0,
-        scratch: VecDeque::new(),
     };
     let close = if !upgrade.origin_allowed {
         tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %upgrade.ip, reason = "origin not allowed");
@@ -218,7 +214,7 @@ where
     } else {
         session.serve(&mut socket).await
     };
-    session.finish(&mut socket, close).await;
+    Box::pin(session.finish(&mut socket, close)).await;
 }
 
 impl Session {
@@ -227,34 +223,30 @@ impl Session {
         S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
     {
         // A token in the upgrade request that is already invalid: say so at once.
-        if let Some(token) = self.upgrade_token.clone()
-            && let Err(e) = self.hub.verifier.verify(&token).await
+        if let Some(token) = &self.upgrade_token
+            && let Err(e) = Box::pin(self.hub.verifier.verify(token)).await
         {
             self.audit_auth_failure(&e);
             return Some(auth_close(&e));
         }
-        let t = self.hub.config.timeouts.clone();
-        let mut shutdown = self.hub.shutdown_signal();
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + t.ping_interval,
-            t.ping_interval,
-        );
-        let auth_deadline = sleep(t.auth_timeout);
-        tokio::pin!(auth_deadline);
-        let liveness = sleep(t.pong_timeout);
-        tokio::pin!(liveness);
-        let far = Duration::from_secs(100 * 365 * 24 * 3600);
-        let expiry = sleep(far);
-        tokio::pin!(expiry);
-        let mut expiry_armed = false;
+        let config = self.hub.config.clone();
+        let t = &config.timeouts;
         // A token the verifier still accepts (within its leeway) must not be closed as expired.
         let grace = t.token_grace + Duration::from_secs(self.hub.verifier.leeway_secs());
+        let started = tokio::time::Instant::now();
+        let mut next_ping = started + t.ping_interval;
+        // One timer for every deadline (ping, heartbeat, auth, token expiry): each costs memory
+        // in every idle connection's task. It is re-armed to the earliest deadline; a deadline
+        // that moved later (a message arrived) just makes it fire early and re-arm.
+        let mut armed = next_ping.min(started + t.auth_timeout);
+        let timer = tokio::time::sleep_until(armed);
+        tokio::pin!(timer);
         let outbox = self.outbox.clone();
         loop {
             tokio::select! {
                 biased;
                 _ = outbox.ready() => {
-                    match self.flush(socket).await {
+                    match Box::pin(self.flush(socket)).await {
                         Ok(None) => {}
                         Ok(Some(close)) => return Some(close),
                         Err(()) => return None,
@@ -270,46 +262,48 @@ impl Session {
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         Some(Ok(Message::Close(_))) | None => return None,
                         Some(Err(e)) => return too_large(&e).then(|| {
-                            (CloseCode::MessageTooLarge, format!("frame above {} bytes", self.hub.config.limits.max_frame_bytes))
+                            (CloseCode::MessageTooLarge, format!("frame above {} bytes", config.limits.max_frame_bytes))
                         }),
                     };
                     self.hub.metrics.bytes_in.inc_by(text.len() as u64);
-                    let had_principal = self.principal.is_some();
-                    if let Some(close) = self.handle_frame(text.as_str()).await {
+                    // Boxed: command handling is a large future that an idle connection should
+                    // not carry in its task (memory per idle connection).
+                    if let Some(close) = Box::pin(self.handle_frame(text.as_str())).await {
                         return Some(close);
                     }
-                    if !had_principal
-                        && let Some(exp) = self.principal.as_ref().and_then(|p| p.expires_at)
-                    {
-                            expiry.as_mut().reset(deadline_for(exp, grace));
-                            expiry_armed = true;
+                }
+                _ = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if self.principal.is_none() && now >= started + t.auth_timeout {
+                        return Some((CloseCode::AuthTimeout, "no connect within the auth timeout".into()));
                     }
-                }
-                _ = ping.tick() => {
-                    let _ = self.outbox.push(Outgoing::Line(PUSH_PING.to_string()));
-                }
-                _ = &mut liveness => {
                     let silent = self.last_seen.elapsed();
                     if silent >= t.pong_timeout {
                         return Some((CloseCode::HeartbeatTimeout, format!("nothing received for {} ms", silent.as_millis())));
                     }
-                    liveness.as_mut().reset((self.last_seen + t.pong_timeout).into());
-                }
-                _ = &mut auth_deadline, if self.principal.is_none() => {
-                    return Some((CloseCode::AuthTimeout, "no connect within the auth timeout".into()));
-                }
-                _ = &mut expiry, if expiry_armed => {
-                    match self.principal.as_ref().and_then(|p| p.expires_at) {
-                        Some(exp) if lapsed(exp, grace) => {
-                            return Some((CloseCode::TokenExpired, "token expired without refresh".into()));
-                        }
-                        Some(exp) => expiry.as_mut().reset(deadline_for(exp, grace)),
-                        None => expiry_armed = false,
+                    if let Some(exp) = self.principal.as_ref().and_then(|p| p.expires_at)
+                        && lapsed(exp, grace)
+                    {
+                        return Some((CloseCode::TokenExpired, "token expired without refresh".into()));
+                    }
+                    if now >= next_ping {
+                        let _ = self.outbox.push(Outgoing::Line(PUSH_PING.to_string()));
+                        next_ping = now + t.ping_interval;
                     }
                 }
-                _ = shutdown.changed() => {
-                    return Some((CloseCode::Shutdown, "server shutting down".into()));
+            }
+            let mut deadline = next_ping.min((self.last_seen + t.pong_timeout).into());
+            match &self.principal {
+                None => deadline = deadline.min(started + t.auth_timeout),
+                Some(p) => {
+                    if let Some(exp) = p.expires_at {
+                        deadline = deadline.min(deadline_for(exp, grace));
+                    }
                 }
+            }
+            if deadline < armed || timer.is_elapsed() {
+                armed = deadline;
+                timer.as_mut().reset(armed);
             }
         }
     }
@@ -319,7 +313,8 @@ impl Session {
     where
         S: Sink<Message, Error = axum::Error> + Unpin,
     {
-        let mut items = std::mem::take(&mut self.scratch);
+        // A fresh queue per flush: an idle connection then holds no drained capacity.
+        let mut items = VecDeque::new();
         let close = self.outbox.drain(&mut items);
         let mut batch = Batch::default();
         let mut delivered = 0u64;
@@ -375,7 +370,6 @@ impl Session {
                 }
             }
         }
-        self.scratch = items;
         for channel in &gaps {
             tracing::debug!(channel = %channel, client = %self.client, "position gap: asking to resubscribe");
             batch.add(&reply::push_unsubscribe(
@@ -403,7 +397,7 @@ impl Session {
             r = write => r.is_ok(),
             _ = self.outbox.closed(), if close.is_none() => {
                 // Closed while stuck writing (slow consumer, kick): stop here.
-                return Ok(self.outbox.drain(&mut self.scratch));
+                return Ok(self.outbox.drain(&mut VecDeque::new()));
             }
         };
         if !written {
@@ -557,7 +551,8 @@ impl Session {
             );
             return None;
         }
-        let principal = match token.or_else(|| self.upgrade_token.clone()) {
+        // Taken: once connected the token is not needed (memory per idle connection).
+        let principal = match token.or_else(|| self.upgrade_token.take()) {
             None if self.hub.anonymous_allowed() => Principal::anonymous(),
             None => {
                 let e = AuthError::Missing;

@@ -199,3 +199,16 @@ async fn mutated_frames_never_crash_a_session() {
     }
     assert!(!session.is_finished(), "the session is alive");
 }
+
+/// Every idle connection carries its session future in its task; keep it small (docs/benchmarks.md,
+/// idle memory). Large, rare steps (command handling, flushing, token checks) are boxed.
+#[test]
+fn session_future_stays_small() {
+    let hub = memory_hub(config()).unwrap();
+    let (_tx, inbound) = mpsc::unbounded_channel();
+    let (outbound, _rx) = mpsc::unbounded_channel();
+    let upgrade = Upgrade { token: None, origin_allowed: true, ip: "127.0.0.1".parse().unwrap() };
+    let fut = run(hub, FakeSocket { inbound, outbound }, upgrade);
+    let size = std::mem::size_of_val(&fut);
+    assert!(size <= 1024, "the session future grew to {size} bytes");
+}

@@ -14,19 +14,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How long a process may take to start.
 const START_WITHIN: Duration = Duration::from_secs(20);
 
-/// The workspace's `herald` binary: `$HERALD_BIN`, else `$CARGO_TARGET_DIR/debug/herald`, else
-/// `target/debug/herald`. Integration tests outside the `herald` crate cannot use
-/// `CARGO_BIN_EXE_herald`, so the test command builds it first (`cargo build --bins`).
+/// The workspace's `herald` binary: `$HERALD_BIN`, else `herald` in the profile directory of the
+/// running test (`target/debug/deps/test-…` → `target/debug/herald`, whatever the target dir).
+/// Integration tests outside the `herald` crate cannot use `CARGO_BIN_EXE_herald`, so the test
+/// command builds it first (`cargo build --bins`).
 pub fn herald_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("HERALD_BIN") {
         return PathBuf::from(bin);
     }
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { workspace.join(t) })
-        .unwrap_or_else(|| workspace.join("target"));
-    let bin = target.join("debug").join(format!("herald{}", std::env::consts::EXE_SUFFIX));
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join(format!("herald{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
         "the herald binary is missing at {}: run `cargo build --bins` before `cargo test`",
