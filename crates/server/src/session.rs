@@ -165,8 +165,6 @@ struct Session {
     hub: Arc<Hub>,
     /// Session id in the hub.
     id: u64,
-    /// Public connection id.
-    client: String,
     /// Outbound queue.
     outbox: Arc<Outbox>,
     /// Set by a successful `connect`.
@@ -196,7 +194,6 @@ where
     let outbox = Arc::new(Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes));
     let id = hub.open_session(outbox.clone());
     let mut session = Session {
-        client: format!("{}-{id}", hub.node_id),
         bucket: TokenBucket::new(limits.commands_per_second),
         hub: hub.clone(),
         id,
@@ -218,6 +215,11 @@ where
 }
 
 impl Session {
+    /// Public connection id (`NODE-N`), made when needed rather than kept per connection.
+    fn client(&self) -> String {
+        format!("{}-{}", self.hub.node_id, self.id)
+    }
+
     async fn serve<S>(&mut self, socket: &mut S) -> Option<Close>
     where
         S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
@@ -371,7 +373,7 @@ impl Session {
             }
         }
         for channel in &gaps {
-            tracing::debug!(channel = %channel, client = %self.client, "position gap: asking to resubscribe");
+            tracing::debug!(channel = %channel, client = %self.client(), "position gap: asking to resubscribe");
             batch.add(&reply::push_unsubscribe(
                 channel,
                 ErrorCode::Resubscribe,
@@ -451,11 +453,11 @@ impl Session {
         let user = self.principal.as_ref().map_or("", |p| p.user.as_str());
         match close {
             Some((code, reason)) => tracing::info!(
-                target: "herald::audit", event = "disconnect", client = %self.client, user,
+                target: "herald::audit", event = "disconnect", client = %self.client(), user,
                 ip = %self.ip, code = code.code(), name = code.name(), reason
             ),
             None => tracing::info!(
-                target: "herald::audit", event = "disconnect", client = %self.client, user,
+                target: "herald::audit", event = "disconnect", client = %self.client(), user,
                 ip = %self.ip, code = 1000, name = "client_closed"
             ),
         }
@@ -576,10 +578,10 @@ impl Session {
             self.reply_error(Some(id), e);
             return Some((CloseCode::TooManyConnections, "per-user connection limit".into()));
         }
-        tracing::info!(target: "herald::audit", event = "connect", client = %self.client, user = %principal.user, ip = %self.ip);
+        tracing::info!(target: "herald::audit", event = "connect", client = %self.client(), user = %principal.user, ip = %self.ip);
         let t = &self.hub.config.timeouts;
         let result = ConnectResult {
-            client: self.client.clone(),
+            client: self.client(),
             user: principal.user.clone(),
             time: now_rfc3339(),
             ping_interval_ms: t.ping_interval.as_millis() as u64,
@@ -623,8 +625,8 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         let hub = self.hub.clone();
         let ns = hub.namespace(&channel)?;
-        if let Err(e) = hub.authorize_subscribe(principal, &self.client, &channel, ns).await {
-            tracing::warn!(target: "herald::audit", event = "forbidden_subscribe", client = %self.client, user = %principal.user, channel = %channel);
+        if let Err(e) = hub.authorize_subscribe(principal, &self.client(), &channel, ns).await {
+            tracing::warn!(target: "herald::audit", event = "forbidden_subscribe", client = %self.client(), user = %principal.user, channel = %channel);
             return Err(e);
         }
         if self.subs.contains_key(channel.as_str()) {
@@ -690,7 +692,7 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         let hub = self.hub.clone();
         let ns = hub.namespace(&cmd.channel)?;
-        hub.authorize_publish(principal, &self.client, &cmd.channel, ns).await?;
+        hub.authorize_publish(principal, &self.client(), &cmd.channel, ns).await?;
         let input = PublishInput {
             channel: cmd.channel,
             kind: cmd.kind.unwrap_or_else(|| "message".into()),
@@ -717,7 +719,7 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         let hub = self.hub.clone();
         let ns = hub.namespace(&q.channel)?;
-        hub.authorize_subscribe(principal, &self.client, &q.channel, ns).await?;
+        hub.authorize_subscribe(principal, &self.client(), &q.channel, ns).await?;
         let h = hub
             .engine
             .history(ns, &q, hub.config.limits.max_history_page)
@@ -735,7 +737,7 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         let hub = self.hub.clone();
         let ns = hub.namespace(&channel)?;
-        hub.authorize_subscribe(principal, &self.client, &channel, ns).await?;
+        hub.authorize_subscribe(principal, &self.client(), &channel, ns).await?;
         let st = hub.engine.state(ns, &channel).await.map_err(|e| engine_error(e, &channel))?;
         self.reply(
             id,
@@ -751,7 +753,7 @@ impl Session {
 
     fn audit_auth_failure(&self, e: &AuthError) {
         self.hub.metrics.auth_failures.inc();
-        tracing::warn!(target: "herald::audit", event = "auth_failure", client = %self.client, ip = %self.ip, reason = %e);
+        tracing::warn!(target: "herald::audit", event = "auth_failure", client = %self.client(), ip = %self.ip, reason = %e);
     }
 }
 
