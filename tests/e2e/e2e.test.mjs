@@ -4,10 +4,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import net from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { API_KEY, api, startHub, startProxy } from '../../clients/typescript/test/helpers.mjs';
+import { API_KEY, api, startHub, startProxy, until } from '../../clients/typescript/test/helpers.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const shots = resolve(here, '..', '..', 'artifacts', 'screenshots');
@@ -139,6 +141,70 @@ test('dashboard: network cut, events published meanwhile all appear once; hub re
   got = await page.$$eval('#tail li[data-id]', (els) => els.map((e) => e.dataset.id));
   assert.equal(new Set(got).size, got.length, 'no duplicate ids');
   await page.context().close();
+});
+
+/** A redis-server on a free port, keeping nothing on disk. */
+async function startRedis() {
+  const port = await new Promise((res) => {
+    const srv = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = srv.address().port;
+      srv.close(() => res(p));
+    });
+  });
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const pings = () =>
+    new Promise((res) => {
+      const sock = net.connect(port, '127.0.0.1', () => sock.write('PING\r\n'));
+      sock.once('data', (d) => {
+        sock.destroy();
+        res(d.toString().startsWith('+PONG'));
+      });
+      sock.once('error', () => res(false));
+    });
+  await until(pings, { timeoutMs: 10000, what: 'redis-server to answer PING' });
+  return { url: `redis://127.0.0.1:${port}`, stop: () => child.kill('SIGKILL') };
+}
+
+test('dashboard on the redis engine: hub stopped, events published through another node, hub restarted → every event once', async () => {
+  const redis = await startRedis();
+  const engine = ['--engine', 'redis', '--redis-url', redis.url];
+  let nodeA = await startHub({ extra: engine });
+  const nodeB = await startHub({ extra: engine });
+  const viaA = await startProxy(nodeA.port);
+  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const page = await context.newPage();
+  page.on('pageerror', (err) => pageErrors.push(`redis dashboard: ${err.message}`));
+  try {
+    await page.goto(`${viaA.http}/?backoff_max_ms=2000`);
+    await page.fill('#api-key', API_KEY);
+    await page.click('#login button[type=submit]');
+    await page.waitForSelector('#conn[data-herald-state="connected"]', { timeout: T });
+    await tail(page, 'demo:e2e-redis');
+    const first = await api(nodeB, 'POST', '/api/publish', { channel: 'demo:e2e-redis', data: { n: 0 }, key: 'k0', op: 'upsert' });
+    await page.waitForSelector(`#tail li[data-offset="${first.offset}"]`, { timeout: T });
+
+    // Stop the page's hub; publish through the other node while it is down.
+    const port = nodeA.port;
+    await nodeA.stop('SIGTERM');
+    await page.waitForSelector('#conn[data-herald-state="reconnecting"]', { timeout: T });
+    const N = 10;
+    let last;
+    for (let i = 1; i <= N; i++) last = await api(nodeB, 'POST', '/api/publish', { channel: 'demo:e2e-redis', data: { n: i }, key: `k${i}`, op: 'upsert' });
+    nodeA = await startHub({ port, extra: engine });
+    await page.waitForSelector('#conn[data-herald-state="connected"]', { timeout: 60000 });
+    await page.waitForSelector(`#tail li[data-offset="${last.offset}"]`, { timeout: T });
+    const got = await offsets(page);
+    assert.equal(new Set(got).size, got.length, `duplicates in ${got}`);
+    assert.deepEqual([...got].sort((x, y) => x - y), Array.from({ length: N + 1 }, (_, i) => first.offset + i));
+    const stats = await page.evaluate(() => window.heraldClient.getSubscription('demo:e2e-redis').stats);
+    assert.equal(stats.resyncs, 0, 'resumed from the shared history, no resync');
+  } finally {
+    await context.close();
+    await viaA.close();
+    await nodeA.stop();
+    await nodeB.stop();
+    redis.stop();
+  }
 });
 
 test('demo page: two windows share a live kanban board and an agent run', async () => {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end tests of the dashboard, the demo page and the browser client in headless Chromium.
-# Installs what is missing (Debian's chromium, playwright-core from npm), then runs the tests
+# Installs what is missing (Debian's chromium and redis-server, playwright-core from npm), then runs the tests
 # against target/debug/herald (or $HERALD_BIN, or $CARGO_TARGET_DIR/debug/herald): build it first
 # with `cargo build --bins`.
 set -euo pipefail
@@ -13,6 +13,14 @@ if [ -z "${CHROMIUM_BIN:-}" ] && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium >/dev/null
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "e2e: installing redis-server (Debian package)" >&2
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q redis-server >/dev/null
 fi
 
 npm ci --no-audit --no-fund --loglevel=error
