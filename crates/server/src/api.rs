@@ -228,13 +228,19 @@ async fn info(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
         Some(nodes) if !nodes.is_empty() => nodes,
         _ => vec![node_info(&hub)],
     };
+    let channels = match hub.engine.channel_counts().await {
+        Some(counts) => counts.len(),
+        None => hub.subscribers.counts().len(),
+    };
+    let cluster_connections: u64 = nodes.iter().filter_map(|n| n["connections"].as_u64()).sum();
     Json(json!({
         "node": hub.node_id,
         "version": env!("CARGO_PKG_VERSION"),
         "engine": format!("{:?}", hub.config.engine.kind).to_lowercase(),
         "connections": hub.connection_count(),
+        "cluster_connections": cluster_connections,
         "subscriptions": hub.metrics.subscriptions.get(),
-        "channels": hub.subscribers.counts().len(),
+        "channels": channels,
         "uptime_secs": hub.started.elapsed().as_secs(),
         "nodes": nodes,
     }))
