@@ -2,13 +2,15 @@
 //! resumes every subscription from its last delivered position, and answers requests.
 
 use crate::raw::{RawConnection, RawError, RawReceiver, RawSender};
-use crate::subscription::{Accept, SubEvent, SubscribeOptions, Subscription, Tracker};
+use crate::subscription::{SubEvent, SubscribeOptions, Subscription, Tracker};
 use crate::{BackoffPolicy, ConnectionState, Error, OfflineReason, TokenSource};
 use herald_protocol::command::{HistoryQuery, PublishCommand};
 use herald_protocol::reply::{
     ConnectResult, HistoryResult, PublishResult, RefreshResult, StateResult, SubscribeResult,
 };
-use herald_protocol::{CloseCode, Command, ErrorBody, ErrorCode, Position, Request, ServerMessage};
+use herald_protocol::{
+    CloseCode, Command, Continuity, ErrorBody, ErrorCode, Position, Request, ServerMessage,
+};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -936,11 +938,11 @@ impl Driver {
                     return None;
                 }
                 match sub.tracker.accept(&p) {
-                    Accept::Deliver => {
+                    Continuity::Next => {
                         let _ = sub.tx.send(SubEvent::Publication(p));
                     }
-                    Accept::Duplicate => {}
-                    Accept::Gap => {
+                    Continuity::Duplicate => {}
+                    Continuity::Gap => {
                         tracing::warn!(channel = %p.channel, offset = p.offset, last = ?sub.tracker.last, "herald offset gap; resubscribing");
                         let channel = p.channel.clone();
                         self.send_subscribe(conn, &channel, true);

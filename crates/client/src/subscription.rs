@@ -3,7 +3,7 @@
 
 use futures_util::Stream;
 use herald_protocol::reply::{NotRecovered, SubscribeResult};
-use herald_protocol::{ErrorBody, Position, Publication, Record};
+use herald_protocol::{Continuity, ErrorBody, Position, Publication, Record};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
@@ -76,17 +76,6 @@ impl Stream for Subscription {
     }
 }
 
-/// Whether a live publication continues the stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Accept {
-    /// `offset == last + 1` in the same epoch: deliver it.
-    Deliver,
-    /// Already delivered (`offset <= last`): drop it.
-    Duplicate,
-    /// A hole (or another epoch): resubscribe with `since` = last.
-    Gap,
-}
-
 /// What to do after a subscribe reply.
 #[derive(Debug)]
 pub(crate) struct ReplyOutcome {
@@ -106,21 +95,15 @@ pub(crate) struct Tracker {
 
 impl Tracker {
     /// Classifies a live publication and, when it is delivered, advances `last`.
-    pub fn accept(&mut self, p: &Publication) -> Accept {
+    pub fn accept(&mut self, p: &Publication) -> Continuity {
         let Some(last) = &mut self.last else {
-            return Accept::Gap;
+            return Continuity::Gap;
         };
-        if p.epoch != last.epoch {
-            return Accept::Gap;
-        }
-        if p.offset <= last.offset {
-            Accept::Duplicate
-        } else if p.offset == last.offset + 1 {
+        let c = Continuity::of(&last.epoch, last.offset, &p.epoch, p.offset);
+        if c == Continuity::Next {
             last.offset = p.offset;
-            Accept::Deliver
-        } else {
-            Accept::Gap
         }
+        c
     }
 
     /// Applies a subscribe reply. `since` is what the subscribe asked to resume from; `initial`
@@ -169,9 +152,9 @@ impl Tracker {
         }
         for p in r.publications {
             match self.accept(&p) {
-                Accept::Deliver => events.push(SubEvent::Publication(p)),
-                Accept::Duplicate => {}
-                Accept::Gap => {
+                Continuity::Next => events.push(SubEvent::Publication(p)),
+                Continuity::Duplicate => {}
+                Continuity::Gap => {
                     return ReplyOutcome { events, resubscribe: true };
                 }
             }
@@ -240,13 +223,13 @@ mod tests {
         assert!(
             matches!(&out.events[..], [SubEvent::Subscribed { position, .. }] if position.offset == 5)
         );
-        assert_eq!(t.accept(&publication("e", 5)), Accept::Duplicate);
-        assert_eq!(t.accept(&publication("e", 6)), Accept::Deliver);
-        assert_eq!(t.accept(&publication("e", 6)), Accept::Duplicate);
-        assert_eq!(t.accept(&publication("e", 8)), Accept::Gap);
+        assert_eq!(t.accept(&publication("e", 5)), Continuity::Duplicate);
+        assert_eq!(t.accept(&publication("e", 6)), Continuity::Next);
+        assert_eq!(t.accept(&publication("e", 6)), Continuity::Duplicate);
+        assert_eq!(t.accept(&publication("e", 8)), Continuity::Gap);
         assert_eq!(t.last, Some(pos("e", 6)), "a gap does not move the position");
-        assert_eq!(t.accept(&publication("x", 7)), Accept::Gap, "another epoch is a gap");
-        assert_eq!(t.accept(&publication("e", 7)), Accept::Deliver);
+        assert_eq!(t.accept(&publication("x", 7)), Continuity::Gap, "another epoch is a gap");
+        assert_eq!(t.accept(&publication("e", 7)), Continuity::Next);
     }
 
     #[test]
@@ -287,7 +270,7 @@ mod tests {
             [SubEvent::Resync { reason: NotRecovered::EpochChanged, position, .. }] if *position == pos("new", 3)
         ));
         assert_eq!(t.last, Some(pos("new", 3)));
-        assert_eq!(t.accept(&publication("new", 4)), Accept::Deliver);
+        assert_eq!(t.accept(&publication("new", 4)), Continuity::Next);
     }
 
     #[test]
@@ -323,6 +306,6 @@ mod tests {
     #[test]
     fn before_the_first_reply_everything_is_a_gap() {
         let mut t = Tracker::default();
-        assert_eq!(t.accept(&publication("e", 1)), Accept::Gap);
+        assert_eq!(t.accept(&publication("e", 1)), Continuity::Gap);
     }
 }

@@ -19,7 +19,7 @@ pub mod reply;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use command::{Command, ParseError, Request, Since};
-pub use publication::{Meta, Op, Position, Publication, Record};
+pub use publication::{Continuity, Meta, Op, Position, Publication, Record};
 pub use reply::{ErrorBody, ServerMessage};
 
 /// Protocol version announced in the connect reply.

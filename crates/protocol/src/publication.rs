@@ -29,6 +29,35 @@ impl std::str::FromStr for Position {
     }
 }
 
+/// How a live publication relates to the last position a subscriber delivered. The one rule
+/// every subscriber applies (hub sessions, the Rust and TypeScript clients): deliver the next
+/// offset, drop what was already delivered, and never deliver around a hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuity {
+    /// `offset == last + 1` in the same epoch: deliver it.
+    Next,
+    /// Already delivered (or covered by a subscribe reply): drop it.
+    Duplicate,
+    /// A missing offset or another epoch: resubscribe with `since`.
+    Gap,
+}
+
+impl Continuity {
+    /// Classifies a publication at `(epoch, offset)` after the last delivered position
+    /// `(last_epoch, last_offset)`.
+    pub fn of(last_epoch: &str, last_offset: u64, epoch: &str, offset: u64) -> Continuity {
+        if epoch != last_epoch {
+            Continuity::Gap
+        } else if offset <= last_offset {
+            Continuity::Duplicate
+        } else if offset == last_offset + 1 {
+            Continuity::Next
+        } else {
+            Continuity::Gap
+        }
+    }
+}
+
 /// How a keyed publication changes the channel's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -136,4 +165,18 @@ pub struct Record {
     pub value: Box<RawValue>,
     /// Offset of the publication that last changed it.
     pub offset: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuity() {
+        assert_eq!(Continuity::of("e", 5, "e", 6), Continuity::Next);
+        assert_eq!(Continuity::of("e", 5, "e", 5), Continuity::Duplicate);
+        assert_eq!(Continuity::of("e", 5, "e", 2), Continuity::Duplicate);
+        assert_eq!(Continuity::of("e", 5, "e", 7), Continuity::Gap);
+        assert_eq!(Continuity::of("e", 5, "x", 6), Continuity::Gap);
+    }
 }

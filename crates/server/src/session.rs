@@ -20,7 +20,7 @@ use herald_protocol::command::{Command, HistoryQuery, PublishCommand, Request};
 use herald_protocol::reply::{
     self, ConnectResult, ErrorBody, NotRecovered, PUSH_PING, RefreshResult,
 };
-use herald_protocol::{CloseCode, ErrorCode, Meta, Position, Record, split_frame};
+use herald_protocol::{CloseCode, Continuity, ErrorCode, Meta, Position, Record, split_frame};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
@@ -58,25 +58,14 @@ struct Sub {
     held: Vec<Arc<Encoded>>,
 }
 
-enum Verdict {
-    Deliver,
-    Skip,
-    Gap,
-}
-
 impl Sub {
-    fn check(&mut self, p: &Encoded) -> Verdict {
-        if *p.epoch != *self.epoch {
-            return Verdict::Gap;
-        }
-        if p.offset <= self.delivered {
-            Verdict::Skip
-        } else if p.offset == self.delivered + 1 {
+    /// Classifies a live publication; advances `delivered` when it is the next one.
+    fn check(&mut self, p: &Encoded) -> Continuity {
+        let c = Continuity::of(&self.epoch, self.delivered, &p.epoch, p.offset);
+        if c == Continuity::Next {
             self.delivered = p.offset;
-            Verdict::Deliver
-        } else {
-            Verdict::Gap
         }
+        c
     }
 }
 
@@ -327,13 +316,13 @@ impl Session {
                            batch: &mut Batch,
                            gaps: &mut Vec<Arc<str>>| {
             match sub.check(p) {
-                Verdict::Deliver => {
+                Continuity::Next => {
                     batch.add_shared(&p.frame);
                     delivered += 1;
                     oldest = Some(oldest.map_or(p.accepted, |o| o.min(p.accepted)));
                 }
-                Verdict::Skip => {}
-                Verdict::Gap => gaps.push(p.channel.clone()),
+                Continuity::Duplicate => {}
+                Continuity::Gap => gaps.push(p.channel.clone()),
             }
         };
         for item in items.drain(..) {
