@@ -197,10 +197,7 @@ impl Engine for MemoryEngine {
             key: keyed.as_ref().map(|(k, _)| k.clone()),
             op: keyed.as_ref().map(|(_, op)| *op),
         };
-        let mut encoded = Encoded::new(&publication);
-        encoded.channel = s.channel.clone();
-        encoded.epoch = s.epoch.clone();
-        let encoded = Arc::new(encoded);
+        let encoded = Arc::new(Encoded::new(&publication, s.channel.clone(), s.epoch.clone()));
         if let Some((key, next, old_len, new_len)) = change {
             s.state_bytes = s.state_bytes - old_len + new_len;
             match next {

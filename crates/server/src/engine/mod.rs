@@ -33,10 +33,21 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// Encodes a publication once.
-    pub fn new(publication: &Publication) -> Encoded {
-        let json = serde_json::to_string(publication).expect("publications serialize");
-        Encoded::from_json(&publication.channel, &publication.epoch, publication.offset, &json)
+    /// Encodes a publication once, straight into its frame. `channel` and `epoch` are the
+    /// stream's shared names (the publication's own strings, without new allocations).
+    pub fn new(publication: &Publication, channel: Arc<str>, epoch: Arc<str>) -> Encoded {
+        let mut frame = Vec::with_capacity(PUB_PREFIX.len() + 160 + publication.data.get().len());
+        frame.extend_from_slice(PUB_PREFIX.as_bytes());
+        serde_json::to_writer(&mut frame, publication).expect("publications serialize");
+        frame.push(b'}');
+        let frame = String::from_utf8(frame).expect("serde_json writes UTF-8");
+        Encoded {
+            channel,
+            epoch,
+            offset: publication.offset,
+            frame: frame.into(),
+            accepted: Instant::now(),
+        }
     }
 
     /// Wraps an already serialized publication (as an engine stored it).
@@ -304,7 +315,7 @@ mod tests {
             key: None,
             op: None,
         };
-        let enc = Encoded::new(&p);
+        let enc = Encoded::new(&p, "c".into(), "e".into());
         let back: Publication = serde_json::from_str(enc.publication_json()).unwrap();
         assert_eq!(back.offset, 3);
         assert!(matches!(
