@@ -33,14 +33,20 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// Encodes a publication once, straight into its frame. `channel` and `epoch` are the
-    /// stream's shared names (the publication's own strings, without new allocations).
+    /// Encodes a publication once. `channel` and `epoch` are the stream's shared names (no new
+    /// allocations for them); the frame is serialized into a per-thread buffer and copied once
+    /// into an exactly sized allocation, since it is kept in the history.
     pub fn new(publication: &Publication, channel: Arc<str>, epoch: Arc<str>) -> Encoded {
-        let mut frame = Vec::with_capacity(PUB_PREFIX.len() + 160 + publication.data.get().len());
-        frame.extend_from_slice(PUB_PREFIX.as_bytes());
-        serde_json::to_writer(&mut frame, publication).expect("publications serialize");
-        frame.push(b'}');
-        let frame = String::from_utf8(frame).expect("serde_json writes UTF-8");
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+        }
+        let frame = SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.extend_from_slice(PUB_PREFIX.as_bytes());
+            serde_json::to_writer(&mut *buf, publication).expect("publications serialize");
+            buf.push(b'}');
+            String::from_utf8(buf.as_slice().to_vec()).expect("serde_json writes UTF-8")
+        });
         Encoded {
             channel,
             epoch,
