@@ -140,7 +140,10 @@ fn init_logging(format: LogFormat) {
 /// Builds the engine the configuration names.
 async fn build_engine(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
     match config.engine.kind {
-        EngineKind::Memory => Ok(Arc::new(herald_server::engine::memory::MemoryEngine::new())),
+        EngineKind::Memory => {
+            let budget = config.engine.memory_budget_bytes;
+            Ok(Arc::new(herald_server::engine::memory::MemoryEngine::with_budget(budget)))
+        }
         EngineKind::Redis => {
             let engine = herald_server::engine::redis::RedisEngine::new(&config.engine)?;
             if !engine.wait_connected(Duration::from_secs(2)).await {

@@ -367,6 +367,10 @@ async fn ready(State(hub): State<Arc<Hub>>) -> Response {
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    if let Some((used, budget)) = hub.engine.memory() {
+        hub.metrics.engine_memory_bytes.set(used as i64);
+        hub.metrics.engine_memory_budget_bytes.set(budget as i64);
+    }
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         hub.metrics.render(),

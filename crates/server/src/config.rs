@@ -165,6 +165,11 @@ pub struct EngineConfig {
     pub redis_url: String,
     /// Key prefix in Redis, so several hubs can share one Redis.
     pub redis_prefix: String,
+    /// Memory engine: bytes that history and keyed state of every channel may hold together
+    /// (0: unbounded). Per-channel bounds alone let many channels add up to any size; past this
+    /// the oldest history of the hub is dropped first, and keyed publishes that would grow the
+    /// state beyond it are refused with 112.
+    pub memory_budget_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -173,6 +178,7 @@ impl Default for EngineConfig {
             kind: EngineKind::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "herald".into(),
+            memory_budget_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -266,8 +272,11 @@ pub struct Namespace {
     pub keyed: bool,
     /// Most live keys per channel.
     pub max_state_records: usize,
-    /// Most bytes of live values per channel.
+    /// Most bytes of live records (keys and values) per channel.
     pub max_state_bytes: usize,
+    /// Longest record key, in bytes: keys are stored and sent with every record, so they are
+    /// bounded on their own (a too-long key is refused with 107).
+    pub max_key_bytes: usize,
     /// How long an idempotency key is remembered.
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
@@ -286,6 +295,7 @@ impl Default for Namespace {
             keyed: false,
             max_state_records: 100_000,
             max_state_bytes: 64 * 1024 * 1024,
+            max_key_bytes: 256,
             idempotency_window: Duration::from_secs(300),
         }
     }
@@ -330,6 +340,11 @@ impl Config {
         for (name, ns) in &self.namespaces {
             if name.contains(':') || name.is_empty() {
                 return Err(ConfigError::Invalid(format!("namespace name {name:?} is invalid")));
+            }
+            if ns.max_key_bytes == 0 || ns.max_key_bytes > ns.max_state_bytes {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {name:?}: max_key_bytes must be between 1 and max_state_bytes"
+                )));
             }
             if ns.subscribe == SubscribePolicy::Hook && self.subscribe_hook.is_none() {
                 return Err(ConfigError::Invalid(format!(

@@ -44,7 +44,8 @@ use std::sync::Arc;
 /// Builds a hub on the engine the configuration names (the memory engine here; the binary builds
 /// the Redis engine).
 pub fn memory_hub(config: Config) -> anyhow::Result<Arc<Hub>> {
-    Hub::new(config, Arc::new(engine::memory::MemoryEngine::new()))
+    let engine = engine::memory::MemoryEngine::with_budget(config.engine.memory_budget_bytes);
+    Hub::new(config, Arc::new(engine))
 }
 
 /// Every route of the hub: `/ws`, the API, and the embedded dashboard and demo pages.

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub closes: Family<CloseLabels, Counter>,
     /// Publish accepted → frame written, seconds (oldest publication of each written frame).
     pub delivery_latency: Histogram,
+    /// Bytes of history and state the memory engine holds (set when `/metrics` is read).
+    pub engine_memory_bytes: Gauge,
+    /// The memory engine's budget for them (0: unbounded).
+    pub engine_memory_budget_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -56,6 +60,8 @@ impl Default for Metrics {
             delivery_latency: Histogram::new([
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
+            engine_memory_bytes: Gauge::default(),
+            engine_memory_budget_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open WebSocket connections", m.connections.clone());
@@ -75,6 +81,16 @@ impl Default for Metrics {
             "delivery_latency_seconds",
             "Publish accepted to socket write",
             m.delivery_latency.clone(),
+        );
+        registry.register(
+            "engine_memory_bytes",
+            "Bytes of history and state held by the memory engine",
+            m.engine_memory_bytes.clone(),
+        );
+        registry.register(
+            "engine_memory_budget_bytes",
+            "Memory engine budget for history and state (0: unbounded)",
+            m.engine_memory_budget_bytes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -3,10 +3,29 @@
 //! Each channel's stream sits behind its own mutex; a publish assigns the offset, appends to the
 //! history, updates the keyed state and hands the frame to the fan-out while holding it, so local
 //! subscribers see one order. Restarting the process loses every stream: new epochs.
+//!
+//! # Memory budget
+//!
+//! History and keyed state of every channel are counted against one hub-wide budget
+//! (`engine.memory_budget_bytes`). [`Budget`] keeps, for every stream with history, the time of
+//! its oldest kept publication in one ordered set; past the budget the oldest publication of the
+//! hub is dropped first (O(log channels) per change, no scans), and a resume that needed it is
+//! answered `history_trimmed`. State cannot be dropped: a keyed publish that would grow the state
+//! of the hub past the budget is refused (`112 state_limit_exceeded`).
+//!
+//! # Reads create nothing
+//!
+//! `recover`, `history` and `state` of a channel without a stream answer with its empty position
+//! and create no stream. The epoch of that position is derived from the channel and a seed, so
+//! every read answers the same one and the first publish adopts it: a subscriber of an empty
+//! channel receives offset 1 in the epoch it was told. The seed changes whenever housekeeping
+//! drops a stream, so a channel recreated later never reuses an epoch whose positions were
+//! handed out. A subscriber keeps the epoch it was told even across such a change (held in its
+//! listen entry) until the channel's first publish.
 
 use super::{
     Encoded, Engine, EngineError, Fanout, History, PublishInput, Recovery, State, apply_op,
-    keyed_op, new_epoch, now_rfc3339,
+    keyed_op, now_rfc3339, record_bytes,
 };
 use crate::config::Namespace;
 use async_trait::async_trait;
@@ -15,19 +34,99 @@ use herald_protocol::reply::{NotRecovered, PublishResult};
 use herald_protocol::{Position, Publication, Record};
 use parking_lot::{Mutex, RwLock};
 use serde_json::value::RawValue;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-/// The memory engine.
+/// Bytes a kept publication costs beyond its frame: the `Encoded` value, its `Arc` header and
+/// its history slot.
+const HISTORY_ENTRY_OVERHEAD: usize =
+    std::mem::size_of::<Encoded>() + 3 * std::mem::size_of::<usize>();
+/// Bytes a record costs beyond its key and value: the key `String`, the boxed value, its offset
+/// and a share of the tree node.
+const RECORD_OVERHEAD: usize = 64;
+/// Most publications one publish evicts for the budget; the next publish continues.
+const MAX_EVICTIONS_PER_PUBLISH: usize = 4096;
+
+/// What a kept publication counts against the budget.
+fn entry_cost(p: &Encoded) -> usize {
+    p.frame.len() + HISTORY_ENTRY_OVERHEAD
+}
+
+/// What a record counts against the budget.
+fn record_cost(key: &str, value: &str) -> usize {
+    record_bytes(key, value) + RECORD_OVERHEAD
+}
+
+/// The hub-wide memory budget of history and state, and the oldest-first order of history.
+#[derive(Debug)]
+pub struct Budget {
+    /// Most bytes of history and state together (0: unbounded).
+    limit: usize,
+    /// Bytes of kept publications.
+    history: AtomicUsize,
+    /// Bytes of records.
+    state: AtomicUsize,
+    /// Every stream with history, keyed by the time its oldest kept publication was accepted.
+    /// A stream changes its entry only while holding its own lock (lock order: stream, then
+    /// this), so an entry read here is checked against the stream before it is acted on.
+    oldest: Mutex<BTreeSet<(Instant, Arc<str>)>>,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Budget {
+        Budget {
+            limit,
+            history: AtomicUsize::new(0),
+            state: AtomicUsize::new(0),
+            oldest: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Bytes of history and state now counted.
+    pub fn used(&self) -> usize {
+        self.history.load(Ordering::Relaxed) + self.state.load(Ordering::Relaxed)
+    }
+
+    /// The configured bound (0: unbounded).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn over(&self) -> bool {
+        self.limit > 0 && self.used() > self.limit
+    }
+}
+
+/// A channel this node has subscribers on.
 #[derive(Default)]
+struct Listened {
+    /// `listen` calls not yet matched by `unlisten`.
+    refs: usize,
+    /// The epoch its subscribers were told while the channel had no stream; the stream adopts it.
+    empty_epoch: Option<Arc<str>>,
+}
+
+/// The memory engine.
 pub struct MemoryEngine {
     /// Every stream by channel name.
     streams: RwLock<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
     /// Where publications go once stored.
     fanout: OnceLock<Arc<dyn Fanout>>,
-    /// Channels with local subscribers (listen count), which are never swept.
-    listened: Mutex<HashMap<String, usize>>,
+    /// Channels with local subscribers, which are never swept. Lock order: `streams`, then this.
+    listened: Mutex<HashMap<String, Listened>>,
+    /// Seed of the epochs of channels without a stream; replaced when a stream is dropped.
+    seed: Mutex<std::hash::RandomState>,
+    /// History and state bytes of the whole hub.
+    budget: Budget,
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        MemoryEngine::with_budget(crate::config::EngineConfig::default().memory_budget_bytes)
+    }
 }
 
 /// One channel's stream.
@@ -40,9 +139,11 @@ struct Stream {
     offset: u64,
     /// Kept publications, oldest first.
     history: VecDeque<Arc<Encoded>>,
+    /// This stream's key in [`Budget::oldest`] (the oldest kept publication's time).
+    indexed: Option<Instant>,
     /// Keyed state: key → (value, offset of last change).
     state: BTreeMap<String, (Box<RawValue>, u64)>,
-    /// Bytes of values in `state`.
+    /// Bytes of keys and values in `state` (what `max_state_bytes` bounds).
     state_bytes: usize,
     /// Idempotency keys seen recently and what they got.
     dedupe: HashMap<String, PublishResult>,
@@ -51,12 +152,13 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(channel: &str) -> Stream {
+    fn new(channel: &str, epoch: Arc<str>) -> Stream {
         Stream {
             channel: channel.into(),
-            epoch: new_epoch().into(),
+            epoch,
             offset: 0,
             history: VecDeque::new(),
+            indexed: None,
             state: BTreeMap::new(),
             state_bytes: 0,
             dedupe: HashMap::new(),
@@ -64,15 +166,47 @@ impl Stream {
         }
     }
 
+    /// Keeps this stream's entry in the budget's oldest-first order in step with its history.
+    fn reindex(&mut self, budget: &Budget) {
+        let front = self.history.front().map(|p| p.accepted);
+        if front == self.indexed || budget.limit == 0 {
+            return;
+        }
+        let mut oldest = budget.oldest.lock();
+        if let Some(at) = self.indexed {
+            oldest.remove(&(at, self.channel.clone()));
+        }
+        if let Some(at) = front {
+            oldest.insert((at, self.channel.clone()));
+        }
+        self.indexed = front;
+    }
+
+    fn push(&mut self, p: Arc<Encoded>, budget: &Budget) {
+        budget.history.fetch_add(entry_cost(&p), Ordering::Relaxed);
+        self.history.push_back(p);
+        if self.history.len() == 1 {
+            self.reindex(budget);
+        }
+    }
+
+    /// Drops the oldest kept publication (the caller reindexes).
+    fn pop_front(&mut self, budget: &Budget) {
+        if let Some(p) = self.history.pop_front() {
+            budget.history.fetch_sub(entry_cost(&p), Ordering::Relaxed);
+        }
+    }
+
     /// Drops publications beyond the count or age bound.
-    fn trim(&mut self, ns: &Namespace) {
+    fn trim(&mut self, ns: &Namespace, budget: &Budget) {
         while self.history.len() > ns.history_size {
-            self.history.pop_front();
+            self.pop_front(budget);
         }
         let ttl = ns.history_ttl;
         while self.history.front().is_some_and(|p| p.accepted.elapsed() > ttl) {
-            self.history.pop_front();
+            self.pop_front(budget);
         }
+        self.reindex(budget);
     }
 
     /// Lowest offset in the history (0 when empty).
@@ -114,28 +248,136 @@ impl Stream {
             }
         }
     }
+
+    fn idle(&self) -> bool {
+        self.history.is_empty() && self.state.is_empty() && self.dedupe.is_empty()
+    }
+}
+
+/// The verdict on a resume from `since` in a stream at `epoch`/`offset` (a channel without a
+/// stream is at its empty epoch, offset 0, with no history).
+fn resume_verdict(
+    s: Option<&Stream>,
+    epoch: &str,
+    since: &Position,
+    max_recover: usize,
+) -> Result<Vec<Arc<Encoded>>, NotRecovered> {
+    let offset = s.map_or(0, |s| s.offset);
+    // A `since` ahead of the stream cannot belong to it: the stream the client knew is gone
+    // (the same answer the Redis engine gives after a restore from an old snapshot).
+    if since.epoch != epoch || since.offset > offset {
+        Err(NotRecovered::EpochChanged)
+    } else if offset - since.offset > max_recover as u64 {
+        Err(NotRecovered::TooMany)
+    } else {
+        match s {
+            Some(s) => s.since(since.offset).ok_or(NotRecovered::HistoryTrimmed),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 impl MemoryEngine {
-    /// A new, empty engine.
+    /// A new, empty engine with the default memory budget.
     pub fn new() -> MemoryEngine {
         MemoryEngine::default()
     }
 
+    /// A new, empty engine whose history and state may hold `bytes` together (0: unbounded).
+    pub fn with_budget(bytes: usize) -> MemoryEngine {
+        MemoryEngine {
+            streams: RwLock::new(HashMap::new()),
+            fanout: OnceLock::new(),
+            listened: Mutex::new(HashMap::new()),
+            seed: Mutex::new(std::hash::RandomState::new()),
+            budget: Budget::new(bytes),
+        }
+    }
+
+    /// The hub-wide memory accounting (for metrics and tests).
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// How many channels have a stream (reads of unused channels create none).
+    pub fn stream_count(&self) -> usize {
+        self.streams.read().len()
+    }
+
+    /// The epoch a channel without a stream has right now.
+    fn derived_epoch(&self, channel: &str) -> Arc<str> {
+        const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let mut n = self.seed.lock().hash_one(channel);
+        let epoch: String = (0..10)
+            .map(|_| {
+                let c = ALPHABET[(n % 62) as usize] as char;
+                n /= 62;
+                c
+            })
+            .collect();
+        epoch.into()
+    }
+
+    /// The empty epoch of a channel without a stream, as told to a reader; `streams` must be
+    /// held (read or write) so that no stream appears meanwhile. A listened channel remembers
+    /// it, so its subscribers and its first publish agree.
+    fn empty_epoch(&self, channel: &str) -> Arc<str> {
+        let mut listened = self.listened.lock();
+        match listened.get_mut(channel) {
+            Some(l) => l.empty_epoch.get_or_insert_with(|| self.derived_epoch(channel)).clone(),
+            None => self.derived_epoch(channel),
+        }
+    }
+
+    /// The stream of `channel`, created for a publish.
     fn stream(&self, channel: &str) -> Arc<Mutex<Stream>> {
         if let Some(s) = self.streams.read().get(channel) {
             return s.clone();
         }
-        self.streams
-            .write()
-            .entry(channel.into())
-            .or_insert_with(|| Arc::new(Mutex::new(Stream::new(channel))))
-            .clone()
+        let mut streams = self.streams.write();
+        if let Some(s) = streams.get(channel) {
+            return s.clone();
+        }
+        let epoch = self.empty_epoch(channel);
+        let s = Arc::new(Mutex::new(Stream::new(channel, epoch)));
+        streams.insert(channel.into(), s.clone());
+        s
     }
 
-    /// The stream if it exists; reads of unknown channels do not create one.
-    fn existing(&self, channel: &str) -> Option<Arc<Mutex<Stream>>> {
-        self.streams.read().get(channel).cloned()
+    /// Runs `f` on the channel's stream, or on `None` with the channel's empty epoch when it has
+    /// no stream; reads never create one.
+    fn read<T>(&self, channel: &str, f: impl FnOnce(Option<&mut Stream>, Arc<str>) -> T) -> T {
+        let stream = {
+            let streams = self.streams.read();
+            match streams.get(channel) {
+                Some(s) => s.clone(),
+                None => return f(None, self.empty_epoch(channel)),
+            }
+        };
+        let mut s = stream.lock();
+        let epoch = s.epoch.clone();
+        f(Some(&mut s), epoch)
+    }
+
+    /// Drops the oldest publications of the hub until history and state fit the budget.
+    fn enforce_budget(&self) {
+        for _ in 0..MAX_EVICTIONS_PER_PUBLISH {
+            if !self.budget.over() {
+                return;
+            }
+            let Some((at, channel)) = self.budget.oldest.lock().first().cloned() else { return };
+            let Some(stream) = self.streams.read().get(&channel).cloned() else {
+                // Cannot happen (streams are dropped only without history); never loop on it.
+                self.budget.oldest.lock().remove(&(at, channel));
+                continue;
+            };
+            let mut s = stream.lock();
+            // The stream moved on since the set was read: read it again.
+            if s.indexed == Some(at) {
+                s.pop_front(&self.budget);
+                s.reindex(&self.budget);
+            }
+        }
     }
 }
 
@@ -152,103 +394,126 @@ impl Engine for MemoryEngine {
     ) -> Result<PublishResult, EngineError> {
         let keyed = keyed_op(ns, &input)?;
         let stream = self.stream(&input.channel);
-        let mut s = stream.lock();
-        let now = Instant::now();
-        let idem = input.meta.idempotency_key.clone();
-        if let Some(key) = &idem {
-            s.forget_old_keys(now);
-            if let Some(prior) = s.dedupe.get(key) {
-                return Ok(PublishResult { duplicate: true, ..prior.clone() });
-            }
-        }
-        // Keyed state: compute the new value and check limits before anything changes.
-        let change = match &keyed {
-            Some((key, op)) => {
-                let current = s.state.get(key);
-                let next = apply_op(current.map(|(v, _)| &**v), *op, &input.data)?;
-                let old_len = current.map_or(0, |(v, _)| v.get().len());
-                let new_len = next.as_ref().map_or(0, |v| v.get().len());
-                if current.is_none() && next.is_some() && s.state.len() >= ns.max_state_records {
-                    return Err(EngineError::StateLimit(format!(
-                        "channel {:?} already holds {} records (max_state_records)",
-                        input.channel, ns.max_state_records
-                    )));
-                }
-                if s.state_bytes - old_len + new_len > ns.max_state_bytes {
-                    return Err(EngineError::StateLimit(format!(
-                        "channel {:?} state would exceed {} bytes (max_state_bytes)",
-                        input.channel, ns.max_state_bytes
-                    )));
-                }
-                Some((key.clone(), next, old_len, new_len))
-            }
-            None => None,
-        };
-        s.offset += 1;
-        let publication = Publication {
-            channel: input.channel,
-            epoch: s.epoch.to_string(),
-            offset: s.offset,
-            id: format!("{}-{}", s.epoch, s.offset),
-            kind: input.kind,
-            data: input.data,
-            time: now_rfc3339(),
-            meta: input.meta,
-            key: keyed.as_ref().map(|(k, _)| k.clone()),
-            op: keyed.as_ref().map(|(_, op)| *op),
-        };
-        let encoded = Arc::new(Encoded::new(&publication, s.channel.clone(), s.epoch.clone()));
-        if let Some((key, next, old_len, new_len)) = change {
-            s.state_bytes = s.state_bytes - old_len + new_len;
-            match next {
-                Some(v) => {
-                    s.state.insert(key, (v, publication.offset));
-                }
-                None => {
-                    s.state.remove(&key);
+        let result = {
+            let mut s = stream.lock();
+            let now = Instant::now();
+            let idem = input.meta.idempotency_key.clone();
+            if let Some(key) = &idem {
+                s.forget_old_keys(now);
+                if let Some(prior) = s.dedupe.get(key) {
+                    return Ok(PublishResult { duplicate: true, ..prior.clone() });
                 }
             }
-        }
-        if ns.history_size > 0 {
-            s.history.push_back(encoded.clone());
-        }
-        s.trim(ns);
-        let result = PublishResult {
-            channel: publication.channel,
-            epoch: publication.epoch,
-            offset: publication.offset,
-            id: publication.id,
-            time: publication.time,
-            duplicate: false,
+            // Keyed state: compute the new value and check limits before anything changes.
+            let change = match &keyed {
+                Some((key, op)) => {
+                    let current = s.state.get(key);
+                    let next = apply_op(current.map(|(v, _)| &**v), *op, &input.data)?;
+                    let old_len = current.map_or(0, |(v, _)| record_bytes(key, v.get()));
+                    let new_len = next.as_ref().map_or(0, |v| record_bytes(key, v.get()));
+                    if current.is_none() && next.is_some() && s.state.len() >= ns.max_state_records
+                    {
+                        return Err(EngineError::StateLimit(format!(
+                            "channel {:?} already holds {} records (max_state_records)",
+                            input.channel, ns.max_state_records
+                        )));
+                    }
+                    if s.state_bytes - old_len + new_len > ns.max_state_bytes {
+                        return Err(EngineError::StateLimit(format!(
+                            "channel {:?} state would exceed {} bytes (max_state_bytes)",
+                            input.channel, ns.max_state_bytes
+                        )));
+                    }
+                    // History can be dropped to make room, state cannot.
+                    let old_cost = current.map_or(0, |(v, _)| record_cost(key, v.get()));
+                    let new_cost = next.as_ref().map_or(0, |v| record_cost(key, v.get()));
+                    let state_used = self.budget.state.load(Ordering::Relaxed);
+                    if self.budget.limit > 0
+                        && new_cost > old_cost
+                        && state_used - old_cost + new_cost > self.budget.limit
+                    {
+                        return Err(EngineError::StateLimit(format!(
+                            "the hub's keyed state would exceed its memory budget of {} bytes \
+                             (engine.memory_budget_bytes)",
+                            self.budget.limit
+                        )));
+                    }
+                    Some((key.clone(), next, old_len, new_len, old_cost, new_cost))
+                }
+                None => None,
+            };
+            s.offset += 1;
+            let publication = Publication {
+                channel: input.channel,
+                epoch: s.epoch.to_string(),
+                offset: s.offset,
+                id: format!("{}-{}", s.epoch, s.offset),
+                kind: input.kind,
+                data: input.data,
+                time: now_rfc3339(),
+                meta: input.meta,
+                key: keyed.as_ref().map(|(k, _)| k.clone()),
+                op: keyed.as_ref().map(|(_, op)| *op),
+            };
+            let encoded = Arc::new(Encoded::new(&publication, s.channel.clone(), s.epoch.clone()));
+            if let Some((key, next, old_len, new_len, old_cost, new_cost)) = change {
+                s.state_bytes = s.state_bytes - old_len + new_len;
+                self.budget.state.fetch_add(new_cost, Ordering::Relaxed);
+                self.budget.state.fetch_sub(old_cost, Ordering::Relaxed);
+                match next {
+                    Some(v) => {
+                        s.state.insert(key, (v, publication.offset));
+                    }
+                    None => {
+                        s.state.remove(&key);
+                    }
+                }
+            }
+            if ns.history_size > 0 {
+                s.push(encoded.clone(), &self.budget);
+            }
+            s.trim(ns, &self.budget);
+            let result = PublishResult {
+                channel: publication.channel,
+                epoch: publication.epoch,
+                offset: publication.offset,
+                id: publication.id,
+                time: publication.time,
+                duplicate: false,
+            };
+            if let Some(key) = idem {
+                s.dedupe.insert(key.clone(), result.clone());
+                s.dedupe_order.push_back((now + ns.idempotency_window, key));
+            }
+            if let Some(fanout) = self.fanout.get() {
+                fanout.deliver(encoded);
+            }
+            result
         };
-        if let Some(key) = idem {
-            s.dedupe.insert(key.clone(), result.clone());
-            s.dedupe_order.push_back((now + ns.idempotency_window, key));
-        }
-        if let Some(fanout) = self.fanout.get() {
-            fanout.deliver(encoded);
-        }
+        // With this stream's lock released: eviction locks other streams.
+        self.enforce_budget();
         Ok(result)
     }
 
     async fn listen(&self, channel: &str) -> Result<(), EngineError> {
-        *self.listened.lock().entry(channel.to_string()).or_default() += 1;
+        self.listened.lock().entry(channel.to_string()).or_default().refs += 1;
         Ok(())
     }
 
     async fn unlisten(&self, channel: &str) {
         let mut listened = self.listened.lock();
-        if let Some(n) = listened.get_mut(channel) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(l) = listened.get_mut(channel) {
+            l.refs -= 1;
+            if l.refs == 0 {
                 listened.remove(channel);
             }
         }
     }
 
     /// Drops streams that hold nothing any more (history aged out, no state, no idempotency
-    /// keys) and have no subscribers. A later publish starts a new epoch, so a client resuming
-    /// from the old one is told `epoch_changed`, never misled.
+    /// keys) and have no subscribers. A later publish starts a new epoch (the seed of derived
+    /// epochs changes with every drop), so a client resuming from the old one is told
+    /// `epoch_changed`, never misled.
     async fn maintain(&self, config: &crate::config::Config) {
         let candidates: Vec<(Arc<str>, Arc<Mutex<Stream>>)> =
             self.streams.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -263,19 +528,19 @@ impl Engine for MemoryEngine {
             };
             let idle = {
                 let mut s = stream.lock();
-                s.trim(ns);
+                s.trim(ns, &self.budget);
                 s.forget_old_keys(now);
-                s.history.is_empty() && s.state.is_empty() && s.dedupe.is_empty()
+                s.idle()
             };
             if idle {
                 let mut streams = self.streams.write();
                 // Re-check under the map lock: a publish may have raced in.
-                let still_idle = streams.get(&channel).is_some_and(|s| {
-                    let s = s.lock();
-                    s.history.is_empty() && s.state.is_empty() && s.dedupe.is_empty()
-                });
+                let still_idle = streams.get(&channel).is_some_and(|s| s.lock().idle());
                 if still_idle && !self.listened.lock().contains_key(&*channel) {
                     streams.remove(&channel);
+                    // Before the map lock is released: the channel's next stream derives
+                    // another epoch than the one just dropped.
+                    *self.seed.lock() = std::hash::RandomState::new();
                 }
             }
         }
@@ -288,40 +553,35 @@ impl Engine for MemoryEngine {
         since: Option<&Position>,
         snapshot: bool,
     ) -> Result<Recovery, EngineError> {
-        let stream = self.stream(channel);
-        let mut s = stream.lock();
-        s.trim(ns);
-        let mut r = Recovery {
-            epoch: s.epoch.to_string(),
-            offset: s.offset,
-            keyed: ns.keyed,
-            ..Recovery::default()
-        };
-        if let Some(since) = since {
-            // A `since` ahead of the stream cannot belong to it: the stream the client knew is
-            // gone (the same answer the Redis engine gives after a restore from an old snapshot).
-            let outcome = if since.epoch != *s.epoch || since.offset > s.offset {
-                Err(NotRecovered::EpochChanged)
-            } else if s.offset - since.offset > ns.max_recover as u64 {
-                Err(NotRecovered::TooMany)
-            } else {
-                s.since(since.offset).ok_or(NotRecovered::HistoryTrimmed)
+        let budget = &self.budget;
+        Ok(self.read(channel, |mut s, epoch| {
+            if let Some(s) = s.as_deref_mut() {
+                s.trim(ns, budget);
+            }
+            let s = s.as_deref();
+            let mut r = Recovery {
+                epoch: epoch.to_string(),
+                offset: s.map_or(0, |s| s.offset),
+                keyed: ns.keyed,
+                ..Recovery::default()
             };
-            match outcome {
-                Ok(pubs) => {
-                    r.recovered = Some(true);
-                    r.publications = pubs;
-                }
-                Err(reason) => {
-                    r.recovered = Some(false);
-                    r.reason = Some(reason);
+            if let Some(since) = since {
+                match resume_verdict(s, &epoch, since, ns.max_recover) {
+                    Ok(pubs) => {
+                        r.recovered = Some(true);
+                        r.publications = pubs;
+                    }
+                    Err(reason) => {
+                        r.recovered = Some(false);
+                        r.reason = Some(reason);
+                    }
                 }
             }
-        }
-        if ns.keyed && (snapshot || r.recovered == Some(false)) {
-            r.snapshot = Some(s.records());
-        }
-        Ok(r)
+            if ns.keyed && (snapshot || r.recovered == Some(false)) {
+                r.snapshot = Some(s.map_or_else(Vec::new, Stream::records));
+            }
+            r
+        }))
     }
 
     async fn history(
@@ -331,50 +591,62 @@ impl Engine for MemoryEngine {
         max_page: usize,
     ) -> Result<History, EngineError> {
         let limit = q.limit.unwrap_or(100).min(max_page);
-        let Some(stream) = self.existing(&q.channel) else {
-            let s = self.stream(&q.channel);
-            let s = s.lock();
-            return Ok(History { epoch: s.epoch.to_string(), ..History::default() });
-        };
-        let mut s = stream.lock();
-        s.trim(ns);
-        let mut h = History {
-            epoch: s.epoch.to_string(),
-            offset: s.offset,
-            earliest: s.earliest(),
-            ..History::default()
-        };
-        if let Some(since) = &q.since {
-            if since.epoch != *s.epoch {
-                h.reason = Some(NotRecovered::EpochChanged);
-            } else {
-                match s.since(since.offset.min(s.offset)) {
-                    Some(pubs) => h.publications = pubs.into_iter().take(limit).collect(),
-                    None => h.reason = Some(NotRecovered::HistoryTrimmed),
+        let budget = &self.budget;
+        Ok(self.read(&q.channel, |s, epoch| {
+            let mut h = History { epoch: epoch.to_string(), ..History::default() };
+            let Some(s) = s else {
+                // No stream: nothing kept; a `since` of another stream (or ahead) is answered
+                // as by subscribe.
+                if let Some(since) = &q.since
+                    && (since.epoch != *epoch || since.offset > 0)
+                {
+                    h.reason = Some(NotRecovered::EpochChanged);
                 }
-            }
-        } else {
-            let end = match q.before {
-                Some(before) => s.history.iter().take_while(|p| p.offset < before).count(),
-                None => s.history.len(),
+                return h;
             };
-            let start = end.saturating_sub(limit);
-            h.publications = s.history.range(start..end).cloned().collect();
-        }
-        Ok(h)
+            s.trim(ns, budget);
+            h.offset = s.offset;
+            h.earliest = s.earliest();
+            if let Some(since) = &q.since {
+                // The rule of subscribe: another epoch, or an offset ahead of the stream, is a
+                // stream the client knew that is gone.
+                if since.epoch != *s.epoch || since.offset > s.offset {
+                    h.reason = Some(NotRecovered::EpochChanged);
+                } else {
+                    match s.since(since.offset) {
+                        Some(pubs) => h.publications = pubs.into_iter().take(limit).collect(),
+                        None => h.reason = Some(NotRecovered::HistoryTrimmed),
+                    }
+                }
+            } else {
+                let end = match q.before {
+                    Some(before) => s.history.iter().take_while(|p| p.offset < before).count(),
+                    None => s.history.len(),
+                };
+                let start = end.saturating_sub(limit);
+                h.publications = s.history.range(start..end).cloned().collect();
+            }
+            h
+        }))
     }
 
     async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, EngineError> {
         if !ns.keyed {
             return Err(EngineError::NotKeyed(format!("namespace of {channel:?} is not keyed")));
         }
-        let stream = self.stream(channel);
-        let s = stream.lock();
-        Ok(State { epoch: s.epoch.to_string(), offset: s.offset, records: s.records() })
+        Ok(self.read(channel, |s, epoch| State {
+            epoch: epoch.to_string(),
+            offset: s.as_ref().map_or(0, |s| s.offset),
+            records: s.map_or_else(Vec::new, |s| s.records()),
+        }))
     }
 
     async fn ready(&self) -> bool {
         true
+    }
+
+    fn memory(&self) -> Option<(usize, usize)> {
+        Some((self.budget.used(), self.budget.limit()))
     }
 }
 
@@ -470,9 +742,168 @@ mod tests {
         e.listen("watched").await.unwrap();
         let watched = e.recover(&ns, "watched", None, false).await.unwrap();
         e.maintain(&config).await;
-        assert!(e.existing("gone").is_none());
+        assert!(!e.streams.read().contains_key("gone"));
         let again = e.recover(&ns, "watched", None, false).await.unwrap();
         assert_eq!((again.epoch, again.offset), (watched.epoch, 1));
+    }
+
+    #[tokio::test]
+    async fn keys_count_toward_state_bytes_and_have_a_length_limit() {
+        let e = MemoryEngine::new();
+        let ns = Namespace {
+            keyed: true,
+            max_state_bytes: 1000,
+            max_key_bytes: 200,
+            ..Namespace::default()
+        };
+        let key = |i: usize| format!("{i:0>200}");
+        // Four records of a 200-byte key and a 1-byte value: 804 bytes; a fifth would be 1005.
+        for i in 0..4 {
+            e.publish(&ns, input("k", "1", Some(&key(i)), None)).await.unwrap();
+        }
+        let err = e.publish(&ns, input("k", "1", Some(&key(4)), None)).await.unwrap_err();
+        assert!(matches!(err, EngineError::StateLimit(_)), "{err}");
+        // Deleting a record frees its key's bytes too.
+        e.publish(&ns, input("k", "null", Some(&key(0)), Some(Op::Delete))).await.unwrap();
+        e.publish(&ns, input("k", "1", Some(&key(4)), None)).await.unwrap();
+        let long = "x".repeat(201);
+        let err = e.publish(&ns, input("k", "1", Some(&long), None)).await.unwrap_err();
+        assert_eq!(err.code(), herald_protocol::ErrorCode::BadRequest, "{err}");
+        assert!(err.to_string().contains("max_key_bytes"), "{err}");
+        assert_eq!(e.state(&ns, "k").await.unwrap().offset, 6);
+    }
+
+    /// Past the hub-wide budget the oldest history of the hub goes first, accounting stays under
+    /// the budget after every publish, and a resume that needed a dropped publication is told
+    /// `history_trimmed`.
+    #[tokio::test]
+    async fn budget_drops_the_oldest_history_of_the_hub_first() {
+        const BUDGET: usize = 30_000;
+        let e = MemoryEngine::with_budget(BUDGET);
+        let ns = Namespace::default();
+        let data = format!("\"{}\"", "d".repeat(400));
+        let a0 = e.recover(&ns, "a", None, false).await.unwrap();
+        let b0 = e.recover(&ns, "b", None, false).await.unwrap();
+        for _ in 0..30 {
+            e.publish(&ns, input("a", &data, None, None)).await.unwrap();
+        }
+        for _ in 0..30 {
+            e.publish(&ns, input("b", &data, None, None)).await.unwrap();
+        }
+        assert!(e.budget().used() <= BUDGET, "{}", e.budget().used());
+        let kept = |e: &MemoryEngine, c: &str| e.streams.read()[c].lock().history.len();
+        let full = BUDGET / (entry_cost(&e.streams.read()["b"].lock().history[0]));
+        assert!(kept(&e, "a") + kept(&e, "b") >= full - 1, "the budget is used, not wasted");
+        assert_eq!(kept(&e, "b"), 30, "the newer channel is untouched while the older has history");
+        assert!(kept(&e, "a") < 30);
+        let mut max_used = 0;
+        for _ in 0..100 {
+            e.publish(&ns, input("c", &data, None, None)).await.unwrap();
+            max_used = max_used.max(e.budget().used());
+        }
+        assert!(max_used <= BUDGET, "{max_used}");
+        assert_eq!(kept(&e, "a"), 0, "the oldest channel went first");
+        assert_eq!(kept(&e, "b"), 0);
+        assert!(kept(&e, "c") > 0);
+        assert_eq!(e.budget().oldest.lock().len(), 1, "one index entry per stream with history");
+        let since = |r: &Recovery| Position { epoch: r.epoch.clone(), offset: 0 };
+        let r = e.recover(&ns, "a", Some(&since(&a0)), false).await.unwrap();
+        assert_eq!((r.recovered, r.reason), (Some(false), Some(NotRecovered::HistoryTrimmed)));
+        let r = e.recover(&ns, "b", Some(&since(&b0)), false).await.unwrap();
+        assert_eq!(r.reason, Some(NotRecovered::HistoryTrimmed));
+        // Within the kept window a resume still recovers.
+        let c = e.recover(&ns, "c", None, false).await.unwrap();
+        let at = Position { epoch: c.epoch.clone(), offset: c.offset - 3 };
+        let r = e.recover(&ns, "c", Some(&at), false).await.unwrap();
+        assert_eq!((r.recovered, r.publications.len()), (Some(true), 3));
+    }
+
+    /// State cannot be dropped: once history is gone and state alone would pass the budget,
+    /// keyed publishes that grow it are refused with 112; shrinking ones still pass.
+    #[tokio::test]
+    async fn budget_refuses_state_growth_past_it() {
+        const BUDGET: usize = 20_000;
+        let e = MemoryEngine::with_budget(BUDGET);
+        let ns = Namespace { keyed: true, ..Namespace::default() };
+        let data = format!("\"{}\"", "v".repeat(900));
+        let mut refused = None;
+        for i in 0..100 {
+            match e.publish(&ns, input("k", &data, Some(&format!("r{i}")), None)).await {
+                Ok(_) => assert!(e.budget().used() <= BUDGET),
+                Err(err) => {
+                    refused = Some((i, err));
+                    break;
+                }
+            }
+        }
+        let (i, err) = refused.expect("state growth is refused");
+        assert!(matches!(err, EngineError::StateLimit(_)), "{err}");
+        assert!(err.to_string().contains("memory_budget_bytes"), "{err}");
+        assert!(i >= BUDGET / 1200, "refused only when state itself fills the budget: {i}");
+        assert_eq!(e.budget().history.load(Ordering::Relaxed), 0, "history went first");
+        e.publish(&ns, input("k", "null", Some("r0"), Some(Op::Delete))).await.unwrap();
+        assert!(e.budget().used() <= BUDGET);
+    }
+
+    /// Reads of a channel that has no stream create none, and answer one epoch that the first
+    /// publish adopts, also for a subscriber that was told it before housekeeping reseeded.
+    #[tokio::test]
+    async fn reads_create_nothing_and_the_first_publish_keeps_the_told_epoch() {
+        let e = MemoryEngine::new();
+        let mut config = crate::config::Config::default();
+        config.namespaces.insert("kv".into(), Namespace { keyed: true, ..Namespace::default() });
+        config.namespaces.get_mut("default").unwrap().history_size = 0;
+        let ns = config.namespaces["default"].clone();
+        let kv = config.namespaces["kv"].clone();
+        let q = |c: &str| HistoryQuery { channel: c.into(), ..Default::default() };
+        let r1 = e.recover(&ns, "x", None, false).await.unwrap();
+        let h = e.history(&ns, &q("x"), 100).await.unwrap();
+        let st = e.state(&kv, "kv:y").await.unwrap();
+        let snap = e.recover(&kv, "kv:y", None, true).await.unwrap();
+        assert_eq!(e.stream_count(), 0, "reads created a stream");
+        assert_eq!((h.epoch.as_str(), h.offset, st.offset), (r1.epoch.as_str(), 0, 0));
+        assert_eq!(snap.snapshot.map(|s| s.len()), Some(0));
+        // A subscriber of "x" is told E; housekeeping drops another stream (new seed); the first
+        // publish of "x" is still E:1.
+        e.listen("x").await.unwrap();
+        let told = e.recover(&ns, "x", None, false).await.unwrap();
+        e.publish(&ns, input("gone", "1", None, None)).await.unwrap();
+        let gone = e.recover(&ns, "gone", None, false).await.unwrap().epoch;
+        e.maintain(&config).await;
+        assert_eq!(e.stream_count(), 0);
+        let p = e.publish(&ns, input("x", "1", None, None)).await.unwrap();
+        assert_eq!((p.epoch.as_str(), p.offset), (told.epoch.as_str(), 1));
+        // A dropped stream comes back under another epoch: its old positions are not reused.
+        let again = e.publish(&ns, input("gone", "1", None, None)).await.unwrap();
+        assert_ne!(again.epoch, gone);
+        assert_eq!(again.offset, 1);
+    }
+
+    /// History with `since` follows the rule of subscribe: another epoch or an offset ahead of
+    /// the stream is `epoch_changed`, also on a channel without a stream.
+    #[tokio::test]
+    async fn history_since_ahead_is_epoch_changed() {
+        let e = MemoryEngine::new();
+        let ns = Namespace::default();
+        let q = |epoch: &str, offset| HistoryQuery {
+            channel: "c".into(),
+            since: Some(Position { epoch: epoch.into(), offset }),
+            ..Default::default()
+        };
+        let empty = e.recover(&ns, "c", None, false).await.unwrap().epoch;
+        let h = e.history(&ns, &q(&empty, 0), 100).await.unwrap();
+        assert_eq!(h.reason, None);
+        let h = e.history(&ns, &q(&empty, 3), 100).await.unwrap();
+        assert_eq!(h.reason, Some(NotRecovered::EpochChanged));
+        for _ in 0..5 {
+            e.publish(&ns, input("c", "1", None, None)).await.unwrap();
+        }
+        let h = e.history(&ns, &q(&empty, 99), 100).await.unwrap();
+        assert_eq!((h.reason, h.offset), (Some(NotRecovered::EpochChanged), 5));
+        let h = e.history(&ns, &q(&empty, 5), 100).await.unwrap();
+        assert_eq!((h.reason, h.publications.len()), (None, 0));
+        let h = e.history(&ns, &q(&empty, 2), 100).await.unwrap();
+        assert_eq!(h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), [3, 4, 5]);
     }
 
     #[tokio::test]

@@ -227,6 +227,11 @@ pub trait Engine: Send + Sync + 'static {
     fn attach_node(&self, _hub: std::sync::Weak<crate::hub::Hub>) {}
     /// The node is shutting down: withdraw its registration. Default: nothing.
     async fn detach_node(&self) {}
+    /// Bytes of history and state this engine holds in this process, and its budget for them
+    /// (0: unbounded); `None` when the engine keeps them elsewhere (Redis).
+    fn memory(&self) -> Option<(usize, usize)> {
+        None
+    }
     /// Every live node of the cluster as `/api/info` lists them; `None` when the engine has no
     /// cluster view (single node) or cannot reach it right now.
     async fn nodes(&self) -> Option<Vec<serde_json::Value>> {
@@ -289,8 +294,19 @@ pub fn keyed_op(ns: &Namespace, input: &PublishInput) -> Result<Option<(String, 
             "namespace of {:?} is not keyed; `key` and `op` are not allowed",
             input.channel
         ))),
+        (Some(key), _) if key.len() > ns.max_key_bytes => Err(EngineError::BadRequest(format!(
+            "record key is {} bytes; the namespace allows {} (max_key_bytes)",
+            key.len(),
+            ns.max_key_bytes
+        ))),
         (Some(key), op) => Ok(Some((key.clone(), op.unwrap_or(Op::Upsert)))),
     }
+}
+
+/// Bytes a record counts toward `max_state_bytes`: its key and its value, so that many long keys
+/// with small values cannot grow a channel's state past the limit.
+pub fn record_bytes(key: &str, value: &str) -> usize {
+    key.len() + value.len()
 }
 
 #[cfg(test)]

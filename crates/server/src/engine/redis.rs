@@ -17,7 +17,10 @@
 //! `P:{N:C}:state` (HASH record key → `offset:json`), `P:{N:C}:idem:K` (idempotency window),
 //! and the pub/sub channel `P:pub:C`. The length prefix keeps names unambiguous whatever the
 //! channel contains; the braces keep a channel's keys in one cluster slot. A missing meta key is a
-//! lost stream: the next script to touch the channel starts a new epoch and drops leftovers.
+//! lost (or never used) stream: reads answer its empty position and write nothing; the next
+//! publish starts it and drops leftovers. The epoch of a channel without a stream is derived from
+//! the hub-wide seed `P:epoch_seed` (rotated daily) and the channel, so a subscriber of an empty
+//! channel and its first publish agree on it across nodes (see `redis/common.lua`).
 //!
 //! # Fan-out
 //!
@@ -32,7 +35,8 @@
 //!
 //! Each node writes `P:node:ID` (JSON: id, address, connections, subscriptions, version, channel
 //! counts) every [`HEARTBEAT_EVERY`] with a [`HEARTBEAT_TTL`] expiry and lists its id in the set
-//! `P:nodes`; `/api/info` and `/api/channels` read them.
+//! `P:nodes`; `/api/info` and `/api/channels` read them. `detach_node` stops the heartbeat before
+//! it deletes the registration.
 
 use super::{
     Encoded, Engine, EngineError, Fanout, History, PublishInput, Recovery, State, apply_op,
@@ -66,7 +70,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// A node whose registration is older than this is gone from the cluster view.
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(4);
 /// Meta keys of non-keyed channels expire after this much idleness (or the history TTL, if
-/// longer): an idle stream is then forgotten and its next use starts a new epoch. Keyed channels
+/// longer): an idle stream is then forgotten and its next publish starts a new epoch. Keyed channels
 /// keep their state and meta forever.
 pub const META_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Most channels a node reports in its heartbeat.
@@ -149,6 +153,9 @@ struct Inner {
     node: OnceLock<Weak<Hub>>,
     /// This node's id, once attached.
     node_id: OnceLock<String>,
+    /// The heartbeat task while the node is attached; `detach_node` stops it (and waits for it)
+    /// before it deletes the registration, so a late heartbeat cannot bring the node back.
+    heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The Redis engine.
@@ -182,6 +189,7 @@ impl RedisEngine {
             pubsub_up: AtomicBool::new(false),
             node: OnceLock::new(),
             node_id: OnceLock::new(),
+            heartbeat: Mutex::new(None),
         });
         tokio::spawn(pubsub_task(Arc::downgrade(&inner), rx));
         Ok(RedisEngine { inner })
@@ -210,6 +218,8 @@ struct Keys {
     state: String,
     /// Prefix of idempotency keys (append the key).
     idem: String,
+    /// The hub-wide seed of the epochs of channels without a stream (see `common.lua`).
+    seed: String,
 }
 
 impl Inner {
@@ -220,6 +230,7 @@ impl Inner {
             hist: format!("{base}hist"),
             state: format!("{base}state"),
             idem: format!("{base}idem:"),
+            seed: format!("{}:epoch_seed", self.prefix),
         }
     }
 
@@ -651,13 +662,23 @@ impl Engine for RedisEngine {
         if let Some(h) = hub.upgrade() {
             let _ = self.inner.node_id.set(h.node_id.clone());
         }
-        if self.inner.node.set(hub).is_ok() {
-            tokio::spawn(heartbeat_task(Arc::downgrade(&self.inner)));
+        // The first hub stays the node (a second call re-attaches the same one after a detach).
+        let _ = self.inner.node.set(hub);
+        let mut heartbeat = self.inner.heartbeat.lock();
+        if heartbeat.is_none() {
+            *heartbeat = Some(tokio::spawn(heartbeat_task(Arc::downgrade(&self.inner))));
         }
     }
 
     async fn detach_node(&self) {
         let Some(id) = self.inner.node_id.get() else { return };
+        // Stop the heartbeat and wait until it is gone: a refresh it already queued goes out on
+        // the command connection before the DEL below, never after it.
+        let task = self.inner.heartbeat.lock().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
         let mut conn = self.inner.conn.clone();
         let mut pipe = redis::pipe();
         pipe.cmd("DEL")
@@ -754,6 +775,7 @@ impl Engine for RedisEngine {
                 .key(&keys.hist)
                 .key(&keys.state)
                 .key(&idem_key)
+                .key(&keys.seed)
                 .arg(new_epoch())
                 .arg(inner.pubsub_name(&input.channel))
                 .arg(&head)
@@ -867,6 +889,7 @@ impl Engine for RedisEngine {
         call.key(&keys.meta)
             .key(&keys.hist)
             .key(&keys.state)
+            .key(&keys.seed)
             .arg(new_epoch())
             .arg(ns.history_size)
             .arg(ms(ns.history_ttl))
@@ -925,6 +948,7 @@ impl Engine for RedisEngine {
         call.key(&keys.meta)
             .key(&keys.hist)
             .key(&keys.state)
+            .key(&keys.seed)
             .arg(new_epoch())
             .arg(ns.history_size)
             .arg(ms(ns.history_ttl))
@@ -958,7 +982,12 @@ impl Engine for RedisEngine {
         let inner = &self.inner;
         let keys = inner.keys(channel);
         let mut call = inner.scripts.state.prepare_invoke();
-        call.key(&keys.meta).key(&keys.hist).key(&keys.state).arg(new_epoch()).arg(meta_ttl(ns));
+        call.key(&keys.meta)
+            .key(&keys.hist)
+            .key(&keys.state)
+            .key(&keys.seed)
+            .arg(new_epoch())
+            .arg(meta_ttl(ns));
         let (epoch, offset, flat): (String, u64, Vec<String>) = {
             let call = &call;
             inner.read(|mut conn| async move { call.invoke_async(&mut conn).await }).await?

@@ -1,7 +1,8 @@
 -- Helpers shared by every Herald script (prepended to each one).
 --
 -- Keys of one channel: meta (HASH epoch/offset/bytes), hist (LIST of "offset:ms:json", offsets
--- contiguous, oldest first), state (HASH record key -> "offset:json").
+-- contiguous, oldest first), state (HASH record key -> "offset:json"); and the hub-wide epoch
+-- seed (STRING).
 
 -- Redis server time in milliseconds: one clock for every node.
 local function now_ms()
@@ -29,21 +30,52 @@ local function iso(ms)
     math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, ms % 1000)
 end
 
--- The channel's epoch and offset; a missing meta key means the stream is lost (or new): start a
--- new epoch and drop whatever history or state is left over.
-local function ensure_meta(meta, hist, state, new_epoch, meta_ttl)
+-- How long one epoch seed lives (1 day). It must stay well below the 30-day idle expiry of meta:
+-- a stream whose meta expired gets another seed's epoch when it is created again.
+local SEED_TTL_MS = 86400000
+
+-- The epoch of a channel without a stream (no meta key): derived from the hub-wide seed and the
+-- meta key name, so every node answers a read of an unused channel with the same epoch without
+-- writing anything for the channel, and its first publish adopts that epoch. The seed (one key
+-- for the prefix) is created with `candidate` when missing: a FLUSHALL, a restart without
+-- persistence or its daily expiry gives later streams new epochs, so an epoch whose positions
+-- were handed out is never reused.
+local function empty_epoch(seed_key, meta, candidate)
+  local seed = redis.call('GET', seed_key)
+  if not seed then
+    seed = candidate
+    redis.call('SET', seed_key, seed, 'PX', SEED_TTL_MS)
+  end
+  return string.sub(redis.sha1hex(seed .. '\n' .. meta), 1, 12)
+end
+
+-- For reads: the channel's epoch and offset, and whether it has a stream. A channel without one
+-- is at its empty epoch, offset 0, and nothing is written for it.
+local function read_meta(meta, seed_key, candidate, meta_ttl)
   local m = redis.call('HMGET', meta, 'epoch', 'offset')
-  local existed = true
   if not m[1] then
-    redis.call('DEL', hist, state)
-    redis.call('HSET', meta, 'epoch', new_epoch, 'offset', '0', 'bytes', '0')
-    m = { new_epoch, '0' }
-    existed = false
+    return empty_epoch(seed_key, meta, candidate), 0, false
   end
   if meta_ttl > 0 then
     redis.call('PEXPIRE', meta, meta_ttl)
   end
-  return m[1], tonumber(m[2]), existed
+  return m[1], tonumber(m[2]), true
+end
+
+-- For publishes: the channel's epoch and offset; a missing meta key means the stream is lost (or
+-- new): start it at the empty epoch and drop whatever history or state is left over.
+local function ensure_meta(meta, hist, state, seed_key, candidate, meta_ttl)
+  local m = redis.call('HMGET', meta, 'epoch', 'offset')
+  if not m[1] then
+    local epoch = empty_epoch(seed_key, meta, candidate)
+    redis.call('DEL', hist, state)
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', '0', 'bytes', '0')
+    m = { epoch, '0' }
+  end
+  if meta_ttl > 0 then
+    redis.call('PEXPIRE', meta, meta_ttl)
+  end
+  return m[1], tonumber(m[2])
 end
 
 -- Offset and time (ms) of a history entry.

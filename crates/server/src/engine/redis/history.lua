@@ -1,14 +1,19 @@
--- A page of history.
--- KEYS: meta, hist, state
--- ARGV: new_epoch, history_size, history_ttl_ms, meta_ttl_ms, mode (latest | since | before),
---       since_epoch, since_offset, before, limit
--- Returns {epoch, offset, earliest, reason ('' when none), publications}
+-- A page of history. Writes nothing for a channel without a stream.
+-- KEYS: meta, hist, state, epoch seed
+-- ARGV: new_epoch (seed candidate), history_size, history_ttl_ms, meta_ttl_ms, mode (latest |
+--       since | before), since_epoch, since_offset, before, limit
+-- Returns {epoch, offset, earliest, reason ('' when none), publications}. A `since` of another
+-- epoch or ahead of the stream is epoch_changed, as for subscribe.
 local hsize, httl, mttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local mode, limit = ARGV[5], tonumber(ARGV[9])
 local now = now_ms()
-local epoch, offset, existed = ensure_meta(KEYS[1], KEYS[2], KEYS[3], ARGV[1], mttl)
+local epoch, offset, existed = read_meta(KEYS[1], KEYS[4], ARGV[1], mttl)
 if not existed then
-  return { epoch, '0', '0', '', {} }
+  local reason = ''
+  if mode == 'since' and (ARGV[6] ~= epoch or tonumber(ARGV[7]) > 0) then
+    reason = 'epoch_changed'
+  end
+  return { epoch, '0', '0', reason, {} }
 end
 trim(KEYS[2], hsize, httl, now)
 local len = redis.call('LLEN', KEYS[2])
@@ -18,17 +23,15 @@ if len > 0 then
 end
 local reason, pubs = '', {}
 if mode == 'since' then
-  if ARGV[6] ~= epoch then
+  local after = tonumber(ARGV[7])
+  if ARGV[6] ~= epoch or after > offset then
     reason = 'epoch_changed'
-  else
-    local after = math.min(tonumber(ARGV[7]), offset)
-    if after < offset then
-      if len == 0 or earliest > after + 1 then
-        reason = 'history_trimmed'
-      elseif limit > 0 then
-        local start = after + 1 - earliest
-        pubs = redis.call('LRANGE', KEYS[2], start, start + limit - 1)
-      end
+  elseif after < offset then
+    if len == 0 or earliest > after + 1 then
+      reason = 'history_trimmed'
+    elseif limit > 0 then
+      local start = after + 1 - earliest
+      pubs = redis.call('LRANGE', KEYS[2], start, start + limit - 1)
     end
   end
 else

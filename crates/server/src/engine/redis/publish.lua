@@ -1,7 +1,7 @@
 -- One publication, atomically: idempotency check, keyed-state checks and update, offset, history
 -- append and trim, fan-out message.
--- KEYS: meta, hist, state, idem
--- ARGV: new_epoch, pubsub channel, head, mid, tail, history_size, history_ttl_ms, meta_ttl_ms,
+-- KEYS: meta, hist, state, idem, epoch seed
+-- ARGV: new_epoch (seed candidate), pubsub channel, head, mid, tail, history_size, history_ttl_ms, meta_ttl_ms,
 --       idempotency_window_ms (0: no key), record key, op ('' | upsert | merge | delete),
 --       new value, expected stored record ('' no check, '-' absent), max_records, max_bytes
 -- Returns {'ok', epoch, offset, time} | {'dup', 'epoch:offset:time'} | {'retry'} | {'records'}
@@ -10,7 +10,7 @@ local hsize, httl, mttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]
 local iwin = tonumber(ARGV[9])
 local rkey, op, value, expected = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local now = now_ms()
-local epoch, offset = ensure_meta(KEYS[1], KEYS[2], KEYS[3], ARGV[1], mttl)
+local epoch, offset = ensure_meta(KEYS[1], KEYS[2], KEYS[3], KEYS[5], ARGV[1], mttl)
 if iwin > 0 then
   local prior = redis.call('GET', KEYS[4])
   if prior and string.sub(prior, 1, #epoch + 1) == epoch .. ':' then
@@ -23,16 +23,18 @@ if op ~= '' then
   if expected ~= '' and expected ~= (old or '-') then
     return { 'retry' }
   end
+  -- A record counts its key and its value (record_bytes in engine/mod.rs).
   if old then
-    old_len = #old - string.find(old, ':', 1, true)
+    old_len = #rkey + #old - string.find(old, ':', 1, true)
   end
   if op ~= 'delete' then
-    new_len = #value
+    new_len = #rkey + #value
     if not old and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[14]) then
       return { 'records' }
     end
   end
-  local bytes = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+  -- Never below 0: a counter written before keys counted may under-count.
+  local bytes = math.max(0, tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0'))
   if bytes - old_len + new_len > tonumber(ARGV[15]) then
     return { 'bytes' }
   end
