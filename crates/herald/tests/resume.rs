@@ -339,3 +339,86 @@ async fn hammer_snapshots_plus_stream_equal_final_state() {
         assert_eq!(model, truth, "client {i}");
     }
 }
+
+/// The hub-wide memory budget: publishing far past it keeps the engine's accounting under it,
+/// the oldest channel's history goes first while a newer channel keeps all of its own, and a
+/// resume from a dropped position is told `history_trimmed` (one from a kept position recovers).
+#[tokio::test]
+async fn memory_budget_drops_the_oldest_history_of_the_hub_first() {
+    const BUDGET: u64 = 200_000;
+    let hub = Hub::start(&format!(
+        "[engine]\nmemory_budget_bytes = {BUDGET}\n[namespaces.big]\nhistory_size = 100000\n\
+         max_recover = 100000\n[limits]\ncommands_per_second = 0\n"
+    ));
+    let mut live = hub.client("a", &["*"]).await;
+    let old = live.subscribe("big:old").await;
+    let new = live.subscribe("big:new").await;
+    let blob = "x".repeat(2000);
+    for i in 0..50 {
+        hub.publish("big:old", json!({"i": i, "blob": blob})).await;
+    }
+    for i in 0..60 {
+        hub.publish("big:new", json!({"i": i, "blob": blob})).await;
+    }
+    // The live subscriber lost nothing: budget trimming touches history only.
+    for i in 1..=110u64 {
+        let p = live.next_pub().await;
+        assert_eq!(p.offset, if i <= 50 { i } else { i - 50 }, "{}", p.channel);
+    }
+    let (_, metrics) = hub.api("GET", "/metrics", None).await;
+    let gauge = |name: &str| -> u64 {
+        let text = metrics.as_str().expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {text}"))
+    };
+    let used = gauge("herald_engine_memory_bytes");
+    assert!(used <= BUDGET && used > BUDGET / 2, "accounting {used} vs budget {BUDGET}");
+    assert_eq!(gauge("herald_engine_memory_budget_bytes"), BUDGET);
+    let (_, h_old) = hub.api("GET", "/api/history?channel=big:old&limit=1000", None).await;
+    let (_, h_new) = hub.api("GET", "/api/history?channel=big:new&limit=1000", None).await;
+    let earliest_old = h_old["earliest"].as_u64().unwrap();
+    assert!(earliest_old > 1, "the oldest channel was trimmed first: {}", h_old["earliest"]);
+    assert_eq!(
+        (h_new["earliest"].clone(), h_new["publications"].as_array().unwrap().len()),
+        (json!(1), 60)
+    );
+
+    let mut back = hub.client("b", &["*"]).await;
+    let reply = resume(&mut back, "big:old", since(&old), false).await;
+    assert_eq!(
+        (reply["recovered"].as_bool(), reply["reason"].as_str()),
+        (Some(false), Some("history_trimmed")),
+        "{reply}"
+    );
+    assert_eq!(reply["offset"], 50);
+    let reply = resume(&mut back, "big:new", since(&new), false).await;
+    assert_eq!(reply["recovered"], true);
+    assert_eq!(reply["publications"].as_array().unwrap().len(), 60);
+    let kept = Position { epoch: old["epoch"].as_str().unwrap().into(), offset: earliest_old - 1 };
+    let mut again = hub.client("c", &["*"]).await;
+    let reply = resume(&mut again, "big:old", kept, false).await;
+    assert_eq!(reply["recovered"], true, "from the first kept offset: {reply}");
+}
+
+/// A subscriber of a never-used channel gets its first publication in the epoch it was told, and
+/// the HTTP history with `since` ahead of the stream answers `epoch_changed` as subscribe does.
+#[tokio::test]
+async fn first_publication_keeps_the_empty_epoch_and_since_ahead_is_epoch_changed() {
+    let hub = Hub::start(CONFIG);
+    let (_, h) = hub.api("GET", "/api/history?channel=feed:untouched", None).await;
+    let mut ws = hub.client("a", &["*"]).await;
+    let told = ws.subscribe("feed:untouched").await;
+    assert_eq!((told["offset"].clone(), told["epoch"].clone()), (json!(0), h["epoch"].clone()));
+    hub.publish("feed:untouched", json!("first")).await;
+    let p = ws.next_pub().await;
+    assert_eq!((p.epoch.as_str(), p.offset), (told["epoch"].as_str().unwrap(), 1));
+    let epoch = p.epoch.clone();
+    let (status, h) = hub
+        .api("GET", &format!("/api/history?channel=feed:untouched&since={epoch}:99"), None)
+        .await;
+    assert_eq!((status, h["reason"].clone()), (200, json!("epoch_changed")), "{h}");
+    let (_, h) =
+        hub.api("GET", &format!("/api/history?channel=feed:never&since={epoch}:3"), None).await;
+    assert_eq!(h["reason"], "epoch_changed", "{h}");
+}

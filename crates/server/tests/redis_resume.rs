@@ -282,3 +282,58 @@ async fn snapshot_plus_stream_equals_final_state() {
         assert_eq!(l.state, expected, "client {i} (snapshot at {start})");
     }
 }
+
+/// Subscribe, history and state reads of never-used channels (through both nodes) leave no key
+/// for them in Redis; the subscriber of such a channel gets the first publication, made through
+/// the other node, as offset 1 of the epoch it was told (no resubscribe); the HTTP history with
+/// `since` ahead of the stream answers `epoch_changed` as subscribe does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_unused_channels_leave_no_key_and_the_first_publish_has_no_gap() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis, "untouched");
+    let api = Api::default();
+    let sub = Subscriber::start(SubOptions {
+        urls: vec![a.ws_url()],
+        channel: "untouched".into(),
+        snapshot: false,
+        since: None,
+    })
+    .await;
+    let snap = Subscriber::start(SubOptions {
+        urls: vec![b.ws_url()],
+        channel: "kv:untouched".into(),
+        snapshot: true,
+        since: None,
+    })
+    .await;
+    for i in 0..20 {
+        let (s, _) = api.get(&b.http(), &format!("/api/history?channel=never-{i}")).await;
+        assert_eq!(s, 200);
+        let (s, _) = api.get(&a.http(), &format!("/api/state?channel=kv:never-{i}")).await;
+        assert_eq!(s, 200);
+    }
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let channel_keys: Vec<String> =
+        redis::cmd("KEYS").arg("herald:{*").query_async(&mut conn).await.unwrap();
+    assert!(channel_keys.is_empty(), "reads wrote channel keys: {channel_keys:?}");
+    let (told, _) = sub.log.lock().position.clone().unwrap();
+    let (_, h) = api.get(&b.http(), "/api/history?channel=untouched").await;
+    assert_eq!(h["epoch"], told.as_str(), "every node answers the same empty epoch");
+
+    let p = publish_ok(&api, &b.http(), json!({"channel": "untouched", "data": "first"})).await;
+    assert_eq!((p["epoch"].as_str(), p["offset"].as_u64()), (Some(told.as_str()), Some(1)));
+    sub.wait_offset(1, Duration::from_secs(10)).await;
+    {
+        let l = sub.log.lock();
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!((l.resubscribes, l.offsets()), (0, vec![1]));
+    }
+    publish_ok(&api, &a.http(), json!({"channel": "kv:untouched", "key": "k", "data": 1})).await;
+    snap.wait_offset(1, Duration::from_secs(10)).await;
+    assert_eq!(snap.log.lock().resubscribes, 0);
+
+    let (_, h) =
+        api.get(&a.http(), &format!("/api/history?channel=untouched&since={told}:99")).await;
+    assert_eq!(h["reason"], "epoch_changed", "{h}");
+}
