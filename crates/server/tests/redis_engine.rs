@@ -32,11 +32,8 @@ impl Fanout for Collect {
 }
 
 async fn engine(redis: &Redis) -> (Arc<RedisEngine>, Arc<Collect>) {
-    let config = EngineConfig {
-        kind: EngineKind::Redis,
-        redis_url: redis.url(),
-        ..EngineConfig::default()
-    };
+    let config =
+        EngineConfig { kind: EngineKind::Redis, redis_url: redis.url(), ..EngineConfig::default() };
     let engine = Arc::new(RedisEngine::new(&config).unwrap());
     let collect = Arc::new(Collect::default());
     engine.attach(collect.clone());
@@ -95,7 +92,8 @@ async fn keys_count_toward_state_bytes_and_have_a_length_limit() {
     let err = e.publish(&ns, input("kb:1", "1", Some(&key(4)), None)).await.unwrap_err();
     assert!(matches!(err, EngineError::StateLimit(_)), "{err}");
     // A merge counts its key too.
-    let err = e.publish(&ns, input("kb:1", "{}", Some(&key(5)), Some(Op::Merge))).await.unwrap_err();
+    let err =
+        e.publish(&ns, input("kb:1", "{}", Some(&key(5)), Some(Op::Merge))).await.unwrap_err();
     assert!(matches!(err, EngineError::StateLimit(_)), "{err}");
     e.publish(&ns, input("kb:1", "null", Some(&key(0)), Some(Op::Delete))).await.unwrap();
     e.publish(&ns, input("kb:1", "1", Some(&key(4)), None)).await.unwrap();
@@ -107,8 +105,7 @@ async fn keys_count_toward_state_bytes_and_have_a_length_limit() {
         .await
         .unwrap();
     assert_eq!(bytes, 4 * 201, "the meta counter holds keys and values");
-    let err =
-        e.publish(&ns, input("kb:1", "1", Some(&"x".repeat(201)), None)).await.unwrap_err();
+    let err = e.publish(&ns, input("kb:1", "1", Some(&"x".repeat(201)), None)).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::BadRequest, "{err}");
     assert!(err.to_string().contains("max_key_bytes"), "{err}");
     assert_eq!(e.state(&ns, "kb:1").await.unwrap().records.len(), 4);
@@ -215,15 +212,17 @@ async fn detach_node_stops_the_heartbeat() {
     let registered = async |conn: &mut redis::aio::MultiplexedConnection| {
         let key: bool =
             redis::cmd("EXISTS").arg("herald:node:det-1").query_async(conn).await.unwrap();
-        let listed: bool =
-            redis::cmd("SISMEMBER").arg("herald:nodes").arg("det-1").query_async(conn).await.unwrap();
+        let listed: bool = redis::cmd("SISMEMBER")
+            .arg("herald:nodes")
+            .arg("det-1")
+            .query_async(conn)
+            .await
+            .unwrap();
         key || listed
     };
     e.attach_node(Arc::downgrade(&hub));
-    eventually(Duration::from_secs(5), "the node registers", async || {
-        registered(&mut conn).await
-    })
-    .await;
+    eventually(Duration::from_secs(5), "the node registers", async || registered(&mut conn).await)
+        .await;
     e.detach_node().await;
     assert!(!registered(&mut conn).await, "detach_node removed the registration");
     // Several heartbeat periods: nothing brings it back.
