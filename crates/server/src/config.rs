@@ -411,4 +411,13 @@ mod tests {
         assert_eq!(Config::namespace_of("campaign:42:x"), "campaign");
         assert_eq!(Config::namespace_of("tasks"), "default");
     }
+
+    #[test]
+    fn key_length_limit_is_validated() {
+        assert_eq!(Config::default().namespaces["default"].max_key_bytes, 256);
+        let err = Config::from_toml("[namespaces.default]\nmax_key_bytes = 0\n").unwrap_err();
+        assert!(err.to_string().contains("max_key_bytes"), "{err}");
+        let toml = "[namespaces.default]\nmax_state_bytes = 100\nmax_key_bytes = 101\n";
+        assert!(Config::from_toml(toml).is_err());
+    }
 }
