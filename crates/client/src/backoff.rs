@@ -1,26 +1,36 @@
 //! Reconnect delays: exponential growth with full jitter, a cap, and a circuit breaker.
 //!
-//! Full jitter (a uniform draw in `[0, ceiling]`) spreads the reconnects of many clients after a
-//! hub restart instead of letting them arrive in synchronized waves.
+//! One policy for both clients (this crate and `clients/typescript`), documented in
+//! docs/protocol.md §9:
+//!
+//! - The delay before retry *n* is uniform in `[0, min(max, initial × 2^(n-1))]` (full jitter
+//!   spreads the reconnects of many clients after a hub restart instead of synchronized waves).
+//! - The retry counter resets to 0 as soon as a connection is *established*: its `connect` got a
+//!   reply and every subscription's resubscribe got a reply (resumed or resync'd). A connection
+//!   that resumed is not a failed attempt, however short it lived, so a flapping network keeps
+//!   the delays short and every resume within the history window.
+//! - Only attempts that never got a successful `connect` reply are *failures*. After
+//!   `breaker_after` consecutive failures the circuit breaker opens: the client reports itself
+//!   offline (requests fail fast) and still probes once per `max`; a probe that gets its
+//!   `connect` reply closes the breaker.
 
 use rand::Rng;
 use std::time::Duration;
 
-/// How long to wait between reconnect attempts and when to give up.
+/// How long to wait between reconnect attempts and when to open the circuit breaker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackoffPolicy {
     /// Ceiling of the first retry's delay; later ceilings grow from it.
     pub initial: Duration,
-    /// No delay ever exceeds this, however many attempts failed.
+    /// No delay ever exceeds this, however many attempts failed; also the breaker's probe
+    /// interval.
     pub max: Duration,
     /// Growth factor of the ceiling per attempt (2 doubles it).
     pub multiplier: f64,
     /// Draw each delay uniformly in `[0, ceiling]` (full jitter) instead of using the ceiling.
     pub jitter: bool,
-    /// A connection that stayed up this long resets the delay growth to `initial`.
-    pub stable_after: Duration,
-    /// After this many consecutive failed connection attempts the client goes offline until the
-    /// application calls `Client::reconnect`; `None` retries forever.
+    /// After this many consecutive failed connection attempts the circuit breaker opens: the
+    /// client is offline (requests fail at once) and probes once per `max`; `None` never opens it.
     pub breaker_after: Option<u32>,
 }
 
@@ -31,7 +41,6 @@ impl Default for BackoffPolicy {
             max: Duration::from_secs(30),
             multiplier: 2.0,
             jitter: true,
-            stable_after: Duration::from_secs(10),
             breaker_after: Some(10),
         }
     }
@@ -59,6 +68,73 @@ impl BackoffPolicy {
     /// Whether `failures` consecutive failed attempts open the circuit breaker.
     pub fn breaker_open(&self, failures: u32) -> bool {
         self.breaker_after.is_some_and(|n| failures >= n)
+    }
+}
+
+/// What to do after an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Next {
+    /// Wait `delay`, then make retry number `attempt` (1-based, since the last established
+    /// connection).
+    Retry { attempt: u32, delay: Duration },
+    /// The breaker is open after `failures` consecutive failures: offline, probe after `probe_in`.
+    Open { failures: u32, probe_in: Duration },
+}
+
+/// The reconnect bookkeeping of one client, as pure logic: the driver reports what happened to
+/// each attempt and gets back how long to wait.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    policy: BackoffPolicy,
+    /// Retries since the last established connection: the exponent of the delay.
+    attempt: u32,
+    /// Consecutive attempts that never got a `connect` reply: the breaker's count.
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(policy: BackoffPolicy) -> Backoff {
+        Backoff { policy, attempt: 0, failures: 0 }
+    }
+
+    /// The `connect` reply arrived: this attempt did not fail, and an open breaker closes.
+    pub fn connected(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Every resubscribe of the connection got its reply: the delays start over.
+    pub fn established(&mut self) {
+        self.failures = 0;
+        self.attempt = 0;
+    }
+
+    /// The application asked to reconnect now: forget every failure.
+    pub fn reset(&mut self) {
+        self.established();
+    }
+
+    /// Whether the breaker is open (the last `breaker_after` or more attempts failed).
+    pub fn is_open(&self) -> bool {
+        self.policy.breaker_open(self.failures)
+    }
+
+    /// An attempt ended without a `connect` reply.
+    pub fn failed(&mut self, rng: &mut impl Rng) -> Next {
+        self.failures = self.failures.saturating_add(1);
+        if self.is_open() {
+            return Next::Open { failures: self.failures, probe_in: self.policy.max };
+        }
+        self.retry(rng)
+    }
+
+    /// A connection that got its `connect` reply ended.
+    pub fn lost(&mut self, rng: &mut impl Rng) -> Next {
+        self.retry(rng)
+    }
+
+    fn retry(&mut self, rng: &mut impl Rng) -> Next {
+        self.attempt = self.attempt.saturating_add(1);
+        Next::Retry { attempt: self.attempt, delay: self.policy.delay(self.attempt, rng) }
     }
 }
 
@@ -99,6 +175,97 @@ mod tests {
         let p = BackoffPolicy { jitter: false, ..Default::default() };
         let mut rng = StdRng::seed_from_u64(1);
         assert_eq!(p.delay(3, &mut rng), Duration::from_secs(4));
+    }
+
+    fn no_jitter() -> BackoffPolicy {
+        BackoffPolicy { jitter: false, ..Default::default() }
+    }
+
+    fn retry_secs(next: Next) -> (u32, u64) {
+        match next {
+            Next::Retry { attempt, delay } => (attempt, delay.as_secs()),
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flapping_connection_that_resumes_keeps_the_first_delay() {
+        let mut b = Backoff::new(BackoffPolicy::default());
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..1000 {
+            b.connected();
+            b.established();
+            match b.lost(&mut rng) {
+                Next::Retry { attempt, delay } => {
+                    assert_eq!(attempt, 1);
+                    assert!(delay <= Duration::from_secs(1));
+                }
+                other => panic!("a resumed connection is not a failure: {other:?}"),
+            }
+        }
+        assert!(!b.is_open());
+    }
+
+    #[test]
+    fn failures_double_the_delay_to_the_cap_then_open_the_breaker() {
+        let mut b = Backoff::new(no_jitter());
+        let mut rng = StdRng::seed_from_u64(1);
+        let retries: Vec<(u32, u64)> = (0..9).map(|_| retry_secs(b.failed(&mut rng))).collect();
+        assert_eq!(
+            retries,
+            [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 30), (7, 30), (8, 30), (9, 30)]
+        );
+        assert!(!b.is_open());
+        let open = Next::Open { failures: 10, probe_in: Duration::from_secs(30) };
+        assert_eq!(b.failed(&mut rng), open);
+        assert!(b.is_open());
+        // While open, each failed probe waits one cap interval for the next.
+        let probe = Next::Open { failures: 11, probe_in: Duration::from_secs(30) };
+        assert_eq!(b.failed(&mut rng), probe);
+        // A probe that gets its connect reply closes the breaker.
+        b.connected();
+        assert!(!b.is_open());
+        // Cut before its resubscribes were answered: not established, so the delay goes on from
+        // where it was (probes do not count as retries), but the breaker stays closed.
+        assert_eq!(retry_secs(b.lost(&mut rng)), (10, 30));
+        assert!(!b.is_open());
+        b.connected();
+        b.established();
+        assert_eq!(retry_secs(b.lost(&mut rng)), (1, 1));
+    }
+
+    #[test]
+    fn connected_but_never_established_grows_the_delay_without_opening() {
+        let mut b = Backoff::new(no_jitter());
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..20 {
+            b.connected();
+            retry_secs(b.lost(&mut rng));
+        }
+        b.connected();
+        assert_eq!(retry_secs(b.lost(&mut rng)), (21, 30));
+        assert!(!b.is_open(), "only attempts without a connect reply count as failures");
+    }
+
+    #[test]
+    fn failures_must_be_consecutive_and_reset_clears_everything() {
+        let mut b = Backoff::new(no_jitter());
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..9 {
+            b.failed(&mut rng);
+        }
+        b.connected();
+        for _ in 0..9 {
+            assert!(matches!(b.failed(&mut rng), Next::Retry { .. }));
+        }
+        assert!(matches!(b.failed(&mut rng), Next::Open { failures: 10, .. }));
+        b.reset();
+        assert!(!b.is_open());
+        assert_eq!(retry_secs(b.failed(&mut rng)), (1, 1));
+        let mut never = Backoff::new(BackoffPolicy { breaker_after: None, ..no_jitter() });
+        for _ in 0..100 {
+            assert!(matches!(never.failed(&mut rng), Next::Retry { .. }));
+        }
     }
 
     #[test]

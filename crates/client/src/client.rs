@@ -1,6 +1,7 @@
 //! The resilient client: one background task owns the connection, reconnects with backoff,
 //! resumes every subscription from its last delivered position, and answers requests.
 
+use crate::backoff::{Backoff, Next};
 use crate::raw::{RawConnection, RawError, RawReceiver, RawSender};
 use crate::subscription::{SubEvent, SubscribeOptions, Subscription, Tracker};
 use crate::{BackoffPolicy, ConnectionState, Error, OfflineReason, TokenSource};
@@ -40,8 +41,9 @@ pub enum BuildError {
     BadUrl(String),
 }
 
-/// Configures a [`Client`]. Defaults: backoff 1 s doubling to 30 s with full jitter, breaker
-/// after 10 failed attempts, 10 s request and connect timeouts, 10 s liveness margin.
+/// Configures a [`Client`]. Defaults: backoff 1 s doubling to 30 s with full jitter, reset by
+/// every established connection; breaker after 10 failed attempts, probing every 30 s; 10 s
+/// request and connect timeouts, 10 s liveness margin.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     urls: Vec<String>,
@@ -107,7 +109,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Replaces the reconnect policy (delays, jitter, stable reset, circuit breaker).
+    /// Replaces the reconnect policy (delays, jitter, circuit breaker).
     pub fn backoff(mut self, policy: BackoffPolicy) -> Self {
         self.backoff = policy;
         self
@@ -176,7 +178,7 @@ impl ClientBuilder {
             token: None,
             token_expires_at: None,
             token_stale: false,
-            policy: self.backoff,
+            backoff: Backoff::new(self.backoff),
             connect_timeout: self.connect_timeout,
             liveness_margin: self.liveness_margin,
             refresh_lead: self.refresh_lead,
@@ -188,8 +190,6 @@ impl ClientBuilder {
             subs: HashMap::new(),
             waiting: Vec::new(),
             offline: None,
-            failures: 0,
-            attempt: 0,
         };
         tokio::spawn(driver.run());
         let client = Client {
@@ -372,7 +372,8 @@ impl Client {
     }
 
     /// Resets the backoff and the circuit breaker and connects again now: leaves
-    /// [`ConnectionState::Offline`], or replaces the current connection.
+    /// [`ConnectionState::Offline`] (after a final close code too), or replaces the current
+    /// connection.
     pub fn reconnect(&self) {
         let _ = self.inner.cmd.send(Cmd::Reconnect);
     }
@@ -421,8 +422,8 @@ enum SubStatus {
 enum Ended {
     /// Never got a `connect` reply.
     Failed(String),
-    /// A connected session was lost; `stable` when it lasted `stable_after`.
-    Lost { stable: bool },
+    /// A session that got its `connect` reply was lost.
+    Lost,
     /// Stop trying.
     Final(OfflineReason),
     /// The application asked for a fresh attempt now.
@@ -466,7 +467,8 @@ struct Driver {
     token: Option<String>,
     token_expires_at: Option<u64>,
     token_stale: bool,
-    policy: BackoffPolicy,
+    /// Reconnect delays and the circuit breaker.
+    backoff: Backoff,
     connect_timeout: Duration,
     liveness_margin: Duration,
     refresh_lead: Duration,
@@ -478,11 +480,9 @@ struct Driver {
     subs: HashMap<String, Sub>,
     /// Requests made while not connected; sent once connected (their callers time out).
     waiting: Vec<(Command, ReplyTx)>,
+    /// Why the client is offline: requests fail at once with it. While the circuit breaker is
+    /// open it stays set during the probes.
     offline: Option<OfflineReason>,
-    /// Consecutive failed attempts (reset by a successful `connect`): the breaker's count.
-    failures: u32,
-    /// Retry number for the backoff (reset after a stable connection).
-    attempt: u32,
 }
 
 fn far_future() -> Instant {
@@ -504,69 +504,66 @@ impl Driver {
     }
 
     async fn run(mut self) {
-        let mut delay: Option<Duration> = None;
+        let mut next: Option<Next> = None;
         loop {
-            if let Some(reason) = self.offline.clone() {
-                self.set_state(ConnectionState::Offline { reason: reason.clone() });
-                for (_, reply) in self.waiting.drain(..) {
-                    let _ = reply.send(Err(Error::Offline(reason.clone())));
-                }
-                if matches!(reason, OfflineReason::ClientClosed) {
-                    return;
-                }
-                match self.idle(None).await {
-                    Some(Ended::Reconnect) => {
-                        self.offline = None;
-                        self.failures = 0;
-                        self.attempt = 0;
-                        self.set_state(ConnectionState::Connecting);
+            match next.take() {
+                None => {}
+                Some(Next::Retry { attempt, delay }) => {
+                    self.set_state(ConnectionState::Reconnecting { attempt, next_try_in: delay });
+                    match self.idle(Some(Instant::now() + delay)).await {
+                        None => {}
+                        Some(Ended::Reconnect) => self.backoff.reset(),
+                        Some(_) => return self.shutdown(),
                     }
-                    _ => return self.shutdown(),
                 }
-            }
-            if let Some(wait) = delay.take() {
-                self.set_state(ConnectionState::Reconnecting {
-                    attempt: self.attempt,
-                    next_try_in: wait,
-                });
-                match self.idle(Some(Instant::now() + wait)).await {
-                    None => {}
-                    Some(Ended::Reconnect) => {
-                        self.failures = 0;
-                        self.attempt = 0;
+                Some(Next::Open { failures, probe_in }) => {
+                    // Offline for the application (requests fail fast); one probe per interval.
+                    self.go_offline(OfflineReason::CircuitOpen { attempts: failures });
+                    match self.idle(Some(Instant::now() + probe_in)).await {
+                        None => tracing::debug!(failures, "herald circuit breaker probe"),
+                        Some(Ended::Reconnect) => self.leave_offline(),
+                        Some(_) => return self.shutdown(),
                     }
-                    Some(_) => return self.shutdown(),
                 }
             }
             match self.attempt_once().await {
                 Ended::Failed(why) => {
-                    self.failures += 1;
-                    self.attempt += 1;
                     self.url_idx = (self.url_idx + 1) % self.urls.len();
-                    tracing::debug!(failures = self.failures, %why, "herald connection attempt failed");
-                    if self.policy.breaker_open(self.failures) {
-                        self.offline = Some(OfflineReason::CircuitOpen { attempts: self.failures });
-                    } else {
-                        delay = Some(self.policy.delay(self.attempt, &mut rand::rng()));
+                    next = Some(self.backoff.failed(&mut rand::rng()));
+                    tracing::debug!(?next, %why, "herald connection attempt failed");
+                }
+                Ended::Lost => {
+                    self.url_idx = (self.url_idx + 1) % self.urls.len();
+                    next = Some(self.backoff.lost(&mut rand::rng()));
+                }
+                Ended::Final(reason) => {
+                    self.go_offline(reason);
+                    match self.idle(None).await {
+                        Some(Ended::Reconnect) => self.leave_offline(),
+                        _ => return self.shutdown(),
                     }
                 }
-                Ended::Lost { stable } => {
-                    if stable {
-                        self.attempt = 0;
-                    }
-                    self.attempt += 1;
-                    self.url_idx = (self.url_idx + 1) % self.urls.len();
-                    delay = Some(self.policy.delay(self.attempt, &mut rand::rng()));
-                }
-                Ended::Final(reason) => self.offline = Some(reason),
-                Ended::Reconnect => {
-                    self.failures = 0;
-                    self.attempt = 0;
-                    self.set_state(ConnectionState::Connecting);
-                }
+                Ended::Reconnect => self.leave_offline(),
                 Ended::Close => return self.shutdown(),
             }
         }
+    }
+
+    /// Enters [`ConnectionState::Offline`]: requests waiting for a connection fail with `reason`,
+    /// and so do new ones until the client connects again.
+    fn go_offline(&mut self, reason: OfflineReason) {
+        self.set_state(ConnectionState::Offline { reason: reason.clone() });
+        for (_, reply) in self.waiting.drain(..) {
+            let _ = reply.send(Err(Error::Offline(reason.clone())));
+        }
+        self.offline = Some(reason);
+    }
+
+    /// The application asked to connect again now: forget failures and the offline reason.
+    fn leave_offline(&mut self) {
+        self.offline = None;
+        self.backoff.reset();
+        self.set_state(ConnectionState::Connecting);
     }
 
     fn shutdown(mut self) {
@@ -695,7 +692,9 @@ impl Driver {
         };
         match result {
             Ok((sender, receiver, info)) => {
-                self.failures = 0;
+                // Not a failed attempt, however short the session: a breaker probe closes it.
+                self.backoff.connected();
+                self.offline = None;
                 self.session(sender, receiver, info).await
             }
             Err(HandshakeError::Retry(why)) => Ended::Failed(why),
@@ -729,7 +728,6 @@ impl Driver {
         mut rx: RawReceiver,
         info: ConnectResult,
     ) -> Ended {
-        let started = Instant::now();
         let (out, mut writer) = spawn_writer(sender);
         let mut conn = Conn { out, pending: HashMap::new(), next_id: 2 };
         let liveness = (info.ping_interval_ms > 0)
@@ -745,6 +743,8 @@ impl Driver {
             self.send_subscribe(&mut conn, channel, false);
         }
         let mut resyncing = resuming;
+        // Established once every resubscribe is answered: then the backoff starts over.
+        let mut established = false;
         self.set_state(if resyncing {
             ConnectionState::Resyncing
         } else {
@@ -760,6 +760,19 @@ impl Driver {
         let mut disconnect: Option<(u16, String)> = None;
         let mut alive_until = liveness.map(|l| Instant::now() + l);
         let end = loop {
+            // Checked before every wait, so a session without subscriptions is established at once.
+            if (resyncing || !established)
+                && !self.subs.values().any(|s| s.status == SubStatus::Pending)
+            {
+                if !established {
+                    established = true;
+                    self.backoff.established();
+                }
+                if resyncing {
+                    resyncing = false;
+                    self.set_state(ConnectionState::Connected);
+                }
+            }
             let retry_at = self.subs.values().filter_map(|s| match s.status {
                 SubStatus::RetryAt(at) => Some(at),
                 _ => None,
@@ -773,11 +786,11 @@ impl Driver {
                             break end;
                         }
                     }
-                    Err(e) => break self.closed(e, disconnect.take(), started),
+                    Err(e) => break self.closed(e, disconnect.take()),
                 },
                 _ = sleep_until(alive_until.unwrap_or_else(far_future)), if alive_until.is_some() => {
                     tracing::warn!("herald connection silent past ping interval + margin; reconnecting");
-                    break Ended::Lost { stable: started.elapsed() >= self.policy.stable_after };
+                    break Ended::Lost;
                 }
                 cmd = self.cmd_rx.recv() => {
                     if let Some(end) = self.on_cmd_connected(cmd, &mut conn) {
@@ -814,11 +827,7 @@ impl Driver {
                         self.send_subscribe(&mut conn, &channel, true);
                     }
                 }
-                _ = &mut writer => break Ended::Lost { stable: started.elapsed() >= self.policy.stable_after },
-            }
-            if resyncing && !self.subs.values().any(|s| s.status == SubStatus::Pending) {
-                resyncing = false;
-                self.set_state(ConnectionState::Connected);
+                _ = &mut writer => break Ended::Lost,
             }
         };
         if matches!(end, Ended::Close | Ended::Reconnect) {
@@ -840,12 +849,7 @@ impl Driver {
     }
 
     /// Classifies the end of a connected session.
-    fn closed(
-        &mut self,
-        e: RawError,
-        disconnect: Option<(u16, String)>,
-        started: Instant,
-    ) -> Ended {
+    fn closed(&mut self, e: RawError, disconnect: Option<(u16, String)>) -> Ended {
         let (mut code, mut reason) = match e {
             RawError::Closed { code, reason } => (code, reason),
             other => (None, other.to_string()),
@@ -869,9 +873,9 @@ impl Driver {
                 if c == CloseCode::TokenExpired.code() {
                     self.token_stale = true;
                 }
-                Ended::Lost { stable: started.elapsed() >= self.policy.stable_after }
+                Ended::Lost
             }
-            None => Ended::Lost { stable: started.elapsed() >= self.policy.stable_after },
+            None => Ended::Lost,
         }
     }
 

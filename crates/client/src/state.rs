@@ -13,15 +13,17 @@ pub enum ConnectionState {
     Connected,
     /// The connection was lost or could not be made; the next attempt starts after a delay.
     Reconnecting {
-        /// Retry number since the last stable connection (1 for the first retry).
+        /// Retry number since the last established connection (1 for the first retry): a
+        /// connection is established once its `connect` and every resubscribe got a reply.
         attempt: u32,
         /// How long the client waits before this attempt.
         next_try_in: Duration,
     },
     /// Connected again; subscriptions are resuming from their last delivered positions.
     Resyncing,
-    /// Not connected and not trying: a final close code, the circuit breaker, or `close()`.
-    /// `Client::reconnect` leaves this state.
+    /// Not connected, and requests fail at once: a final close code or `close()` (no more
+    /// attempts), or the open circuit breaker (one probe per backoff cap; a probe that connects
+    /// leaves this state). `Client::reconnect` leaves it too.
     Offline {
         /// Why the client stopped trying.
         reason: OfflineReason,
@@ -72,7 +74,8 @@ pub enum OfflineReason {
         /// The server's message.
         message: String,
     },
-    /// This many consecutive attempts failed; the circuit breaker stops further ones.
+    /// This many consecutive attempts failed (none got a `connect` reply); the circuit breaker
+    /// is open: requests fail at once, and the client probes once per backoff cap.
     CircuitOpen {
         /// How many attempts failed in a row.
         attempts: u32,

@@ -20,7 +20,6 @@ fn fast_policy() -> BackoffPolicy {
         max: Duration::from_millis(200),
         multiplier: 2.0,
         jitter: true,
-        stable_after: Duration::from_millis(200),
         breaker_after: None,
     }
 }
@@ -204,7 +203,7 @@ async fn restarted_memory_hub_yields_resync_epoch_changed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnect_delays_follow_the_policy_and_the_breaker_opens() {
+async fn reconnect_delays_follow_the_policy_and_the_breaker_opens_probes_and_closes() {
     // A hub that is not running: the proxy accepts (so attempts can be timed) and then resets,
     // as the refused upstream connection would.
     let stopped = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -214,7 +213,6 @@ async fn reconnect_delays_follow_the_policy_and_the_breaker_opens() {
         max: Duration::from_millis(400),
         multiplier: 2.0,
         jitter: true,
-        stable_after: Duration::from_secs(10),
         breaker_after: Some(6),
     };
     let (client, mut states) = Client::builder()
@@ -266,13 +264,24 @@ async fn reconnect_delays_follow_the_policy_and_the_breaker_opens() {
             k + 2
         );
     }
-    // Offline means no more attempts.
-    assert!(tokio::time::timeout(Duration::from_secs(1), states.recv()).await.is_err());
-    assert_eq!(proxy.accepted(), 6);
+    // Open: requests fail at once, and the client still probes once per cap interval.
     assert!(matches!(
         client.publish("x", &1).await,
         Err(herald_client::Error::Offline(OfflineReason::CircuitOpen { .. }))
     ));
+    wait_state(&mut states, Duration::from_secs(5), |s| {
+        *s == ConnectionState::Offline { reason: OfflineReason::CircuitOpen { attempts: 7 } }
+    })
+    .await;
+    let times = proxy.accept_times();
+    assert_eq!(times.len(), 7, "one probe");
+    let gap = times[6] - times[5];
+    assert!(
+        gap + Duration::from_millis(5) >= policy.max
+            && gap <= policy.max + Duration::from_millis(500),
+        "the probe came {gap:?} after the last failure, the cap is {:?}",
+        policy.max
+    );
 
     client.reconnect();
     wait_state(&mut states, Duration::from_secs(5), |s| *s == ConnectionState::Connecting).await;
@@ -280,7 +289,67 @@ async fn reconnect_delays_follow_the_policy_and_the_breaker_opens() {
         matches!(s, ConnectionState::Reconnecting { attempt: 1, .. })
     })
     .await;
-    assert_eq!(proxy.accepted(), 7, "reconnect() closes the breaker");
+    assert_eq!(proxy.accepted(), 8, "reconnect() tries at once and resets the count");
+    wait_state(&mut states, Duration::from_secs(10), |s| {
+        *s == ConnectionState::Offline { reason: OfflineReason::CircuitOpen { attempts: 6 } }
+    })
+    .await;
+
+    // The hub comes back: the next probe connects and closes the breaker.
+    let hub = Hub::start();
+    proxy.set_upstream(hub.addr);
+    wait_state(&mut states, Duration::from_secs(10), |s| *s == ConnectionState::Connected).await;
+    client.wait_connected(Duration::from_secs(1)).await.unwrap();
+    client.publish("after-probe", &1).await.expect("requests flow again");
+}
+
+/// A network that cuts every connection shortly after it resumed: each resumed connection resets
+/// the backoff, so the delays stay at the first ceiling and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_connections_reset_the_backoff_under_a_flapping_network() {
+    let hub = Hub::start();
+    let proxy = Arc::new(Proxy::start(hub.addr).await);
+    let policy = BackoffPolicy {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(10),
+        breaker_after: Some(3),
+        ..Default::default()
+    };
+    let (client, mut states) = Client::builder()
+        .url(proxy.ws_url())
+        .token(good_token())
+        .backoff(policy)
+        .build_with_states()
+        .unwrap();
+    let mut sub = client.subscribe("flap", SubscribeOptions::default());
+    let start = subscribed(&mut sub).await;
+
+    let mut attempts = Vec::new();
+    let mut published = 0u64;
+    for round in 0..20u32 {
+        hub.api().publish(&publish_cmd("flap", serde_json::json!(round))).await.unwrap();
+        published += 1;
+        // Wait until this connection resumed (the publication arrived), then cut it.
+        receive_through(&mut sub, start.offset + published, start.offset + published).await;
+        client.wait_connected(Duration::from_secs(5)).await.unwrap();
+        proxy.cut_all(if round % 2 == 0 { Cut::Rst } else { Cut::Fin });
+        match wait_state(&mut states, Duration::from_secs(5), |s| {
+            matches!(s, ConnectionState::Reconnecting { .. })
+        })
+        .await
+        {
+            ConnectionState::Reconnecting { attempt, next_try_in } => {
+                assert!(next_try_in <= Duration::from_millis(100));
+                attempts.push(attempt);
+            }
+            _ => unreachable!(),
+        }
+    }
+    assert!(
+        attempts.iter().all(|a| *a == 1),
+        "a resumed connection is not a failure: {attempts:?}"
+    );
+    assert!(proxy.accepted() >= 20, "one connection per round");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
