@@ -57,6 +57,25 @@ pub fn http_base_from_ws(ws_url: &str) -> Result<String, ApiError> {
     Ok(url.to_string())
 }
 
+/// Turns the hub's HTTP URL (`http://HOST:PORT`, or under a prefix `https://HOST/live`) into its
+/// WebSocket endpoint (`ws://HOST:PORT/ws`, `wss://HOST/live/ws`), so one `HERALD_URL` serves
+/// both `herald publish` and `herald sub`. A `ws://` or `wss://` URL is returned unchanged.
+pub fn ws_url_from_http(url: &str) -> Result<String, ApiError> {
+    let mut parsed = url::Url::parse(url).map_err(|_| ApiError::BadUrl(url.into()))?;
+    let scheme = match parsed.scheme() {
+        "ws" | "wss" => return Ok(url.to_string()),
+        "http" => "ws",
+        "https" => "wss",
+        _ => return Err(ApiError::BadUrl(url.into())),
+    };
+    parsed.set_scheme(scheme).map_err(|_| ApiError::BadUrl(url.into()))?;
+    let path = parsed.path().trim_end_matches('/').to_string();
+    if !path.ends_with("/ws") {
+        parsed.set_path(&format!("{path}/ws"));
+    }
+    Ok(parsed.to_string())
+}
+
 #[derive(Serialize)]
 struct Broadcast<'a> {
     channels: &'a [String],
@@ -178,5 +197,21 @@ mod tests {
         assert_eq!(http_base_from_ws("ws://127.0.0.1:7700/ws").unwrap(), "http://127.0.0.1:7700/");
         assert_eq!(http_base_from_ws("wss://h.example/ws?token=x").unwrap(), "https://h.example/");
         assert!(http_base_from_ws("ftp://x").is_err());
+    }
+
+    #[test]
+    fn http_urls_map_to_the_websocket_endpoint() {
+        let ws = |u: &str| ws_url_from_http(u).unwrap();
+        assert_eq!(ws("http://127.0.0.1:7700"), "ws://127.0.0.1:7700/ws");
+        assert_eq!(ws("http://127.0.0.1:7700/"), "ws://127.0.0.1:7700/ws");
+        assert_eq!(ws("https://h.example/live/"), "wss://h.example/live/ws");
+        assert_eq!(ws("http://h:1/ws"), "ws://h:1/ws");
+        assert_eq!(ws("http://h:1/?token=x"), "ws://h:1/ws?token=x");
+        assert_eq!(ws("ws://127.0.0.1:7700/ws"), "ws://127.0.0.1:7700/ws");
+        assert_eq!(ws("wss://h.example/x/ws"), "wss://h.example/x/ws");
+        assert!(ws_url_from_http("ftp://x").is_err());
+        assert!(ws_url_from_http("127.0.0.1:7700").is_err());
+        // Round trip with the other direction.
+        assert_eq!(http_base_from_ws(&ws("http://h:1")).unwrap(), "http://h:1/");
     }
 }

@@ -25,7 +25,7 @@ pub use error::Error;
 pub use herald_protocol;
 pub use herald_protocol::reply::NotRecovered;
 pub use herald_protocol::{Position, Publication, Record};
-pub use http::{ApiClient, ApiError, http_base_from_ws};
+pub use http::{ApiClient, ApiError, http_base_from_ws, ws_url_from_http};
 pub use state::{ConnectionState, OfflineReason};
 pub use subscription::{SubEvent, SubscribeOptions, Subscription};
 pub use token::{TokenFuture, TokenSource};

@@ -3,20 +3,26 @@
 //! errors go to stderr; a `Resync` is printed on stdout too (as a `{"resync":...}` line) so a
 //! pipeline reading stdout knows it must reload.
 
+use anyhow::Context;
 use futures_util::StreamExt;
-use herald_client::{BackoffPolicy, Client, ConnectionState, SubEvent, SubscribeOptions};
+use herald_client::{
+    BackoffPolicy, Client, ConnectionState, OfflineReason, SubEvent, SubscribeOptions,
+    ws_url_from_http,
+};
 use herald_protocol::Position;
 use std::time::Duration;
 
 /// Arguments of `herald sub`.
 #[derive(clap::Args)]
 pub struct SubArgs {
-    /// WebSocket URL (`ws://127.0.0.1:7700/ws`); repeat for several nodes (the client moves to
-    /// the next one after a failure).
+    /// Hub URL, as `herald publish` takes it (`http://127.0.0.1:7700`, `https://HOST/prefix`:
+    /// the WebSocket endpoint `ws(s)://…/ws` is derived), or the endpoint itself
+    /// (`ws://HOST:PORT/ws`); repeat or separate with commas for several nodes (the client moves
+    /// to the next one after a failure).
     #[arg(
         long,
         env = "HERALD_URL",
-        default_value = "ws://127.0.0.1:7700/ws",
+        default_value = "http://127.0.0.1:7700",
         value_delimiter = ','
     )]
     pub url: Vec<String>,
@@ -29,7 +35,8 @@ pub struct SubArgs {
     /// Ask for a snapshot of a keyed channel first (printed as one `{"snapshot":...}` line).
     #[arg(long)]
     pub snapshot: bool,
-    /// Give up (offline) after this many consecutive failed connection attempts; 0 never gives up.
+    /// Open the circuit breaker after this many consecutive failed connection attempts (then
+    /// probe once per `--backoff-max` until one connects); 0 never opens it.
     #[arg(long, env = "HERALD_BREAKER_AFTER", default_value_t = 10)]
     pub breaker_after: u32,
     /// First reconnect delay ceiling (doubles per attempt, full jitter).
@@ -44,7 +51,7 @@ pub struct SubArgs {
 }
 
 /// Subscribes and prints until interrupted, until every subscription is refused, or until the
-/// client goes offline (final close code or circuit breaker).
+/// client goes offline for good (a final close code); an open circuit breaker keeps probing.
 pub async fn run(args: SubArgs) -> anyhow::Result<()> {
     let policy = BackoffPolicy {
         initial: args.backoff_initial,
@@ -52,8 +59,12 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
         breaker_after: (args.breaker_after > 0).then_some(args.breaker_after),
         ..Default::default()
     };
-    let mut builder =
-        Client::builder().urls(args.url.iter().cloned()).backoff(policy).name("herald-cli");
+    let urls = args
+        .url
+        .iter()
+        .map(|u| ws_url_from_http(u).with_context(|| format!("--url {u:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut builder = Client::builder().urls(urls).backoff(policy).name("herald-cli");
     if let Some(token) = &args.token {
         builder = builder.token(token.clone());
     }
@@ -76,6 +87,10 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             state = states.recv() => match state {
+                // The open breaker still probes: keep waiting, as the client does.
+                Ok(state @ ConnectionState::Offline { reason: OfflineReason::CircuitOpen { .. } }) => {
+                    eprintln!("herald sub: {state}")
+                }
                 Ok(ConnectionState::Offline { reason }) => {
                     anyhow::bail!("offline: {reason}");
                 }
