@@ -5,7 +5,8 @@
 //! Each test function starts one hub and runs a group of checks concurrently against it
 //! (unique users and channels keep them apart); its output lists each check as PASS or FAIL
 //! (`cargo test -p herald --test conformance -- --nocapture`). The `new_rules_*` tests check
-//! what issue 11 adds to the protocol, ahead of the document.
+//! what issue 11 adds to the protocol, ahead of the document; `engine_loss_*` take a hub each
+//! to lose its engine's data.
 
 mod support;
 
@@ -15,6 +16,8 @@ mod client;
 mod clock;
 #[path = "conformance/commands.rs"]
 mod commands;
+#[path = "conformance/engine_loss.rs"]
+mod engine_loss;
 #[path = "conformance/errors.rs"]
 mod errors;
 #[path = "conformance/harness.rs"]
@@ -149,4 +152,14 @@ async fn new_rules_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_rules_redis() {
     new_rules(Engine::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_loss_memory() {
+    engine_loss::memory_restart(CONFIG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_loss_redis() {
+    engine_loss::redis_flush(CONFIG).await;
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Upper bound for any single wait.
@@ -22,6 +23,8 @@ pub struct Conn {
     next_id: u64,
     /// The close frame once received: (code, reason); 1005 for a close without a code.
     pub closed: Option<(u16, String)>,
+    /// How the socket ended without a close frame (a read error), for failure messages.
+    pub ended: Option<String>,
     /// Answer `{"push":"ping"}` with `{"cmd":"pong"}` on the fly (§7), as a client SHOULD.
     pub auto_pong: bool,
     /// Pings received so far (answered or not).
@@ -42,7 +45,11 @@ impl Conn {
         for (name, value) in headers {
             req.headers_mut().insert(*name, value.parse().expect("header value"));
         }
-        let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        // No client-side size cap: a resume reply may legitimately be large, and the suite
+        // checks the server's limits, not tungstenite's (16 MiB frames by default).
+        let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+        let upgrade = tokio_tungstenite::connect_async_with_config(req, Some(config), false);
+        let (stream, _) = tokio::time::timeout(WAIT, upgrade)
             .await
             .expect("upgrade in time")
             .expect("ws upgrade");
@@ -51,6 +58,7 @@ impl Conn {
             pending: VecDeque::new(),
             next_id: 1,
             closed: None,
+            ended: None,
             auto_pong: true,
             pings: 0,
             frame_sizes: Vec::new(),
@@ -123,7 +131,14 @@ impl Conn {
         loop {
             let msg = match tokio::time::timeout(WAIT, self.stream.next()).await {
                 Ok(Some(Ok(m))) => m,
-                Ok(_) => return false,
+                Ok(Some(Err(e))) => {
+                    self.ended = Some(e.to_string());
+                    return false;
+                }
+                Ok(None) => {
+                    self.ended = Some("end of stream".into());
+                    return false;
+                }
                 Err(_) => panic!("no message within {WAIT:?}; pending: {:?}", self.pending),
             };
             match msg {
@@ -147,11 +162,14 @@ impl Conn {
                     self.frame_sizes.push(n);
                     return true;
                 }
-                Message::Binary(b) => panic!("§1: the server sent a binary frame ({} bytes)", b.len()),
+                Message::Binary(b) => {
+                    panic!("§1: the server sent a binary frame ({} bytes)", b.len())
+                }
                 Message::Close(frame) => {
-                    self.closed = Some(
-                        frame.map_or((1005, String::new()), |f| (f.code.into(), f.reason.to_string())),
-                    );
+                    self.closed =
+                        Some(frame.map_or((1005, String::new()), |f| {
+                            (f.code.into(), f.reason.to_string())
+                        }));
                     return false;
                 }
                 _ => continue,
@@ -180,7 +198,9 @@ impl Conn {
     pub async fn next_msg(&mut self) -> Value {
         match self.next().await {
             Some(m) => m,
-            None => panic!("connection ended (close {:?}) while a message was expected", self.closed),
+            None => {
+                panic!("connection ended (close {:?}) while a message was expected", self.closed)
+            }
         }
     }
 
@@ -227,7 +247,7 @@ impl Conn {
     /// same code before it (§9), and that push's fields (§3). Returns the push.
     pub async fn expect_closed_with(&mut self, code: u16, name: &str) -> Value {
         let (close, push) = self.expect_close().await;
-        assert_eq!(close, code, "§9: close code (push: {push:?})");
+        assert_eq!(close, code, "§9: close code (push: {push:?}, socket: {:?})", self.ended);
         let push = push.unwrap_or_else(|| panic!("§9: no disconnect push before close {code}"));
         assert_eq!(push["code"], code, "§9: disconnect push code: {push}");
         assert_eq!(push["name"], name, "§9: disconnect push name: {push}");
@@ -247,7 +267,8 @@ impl Conn {
 /// §3: a server message is a reply (`id` and exactly one of `result`/`error`) or a push
 /// (`push` naming its kind); an error object has `code`, `name`, `message` (§8).
 fn check_shape(v: &Value) {
-    let obj: &Map<String, Value> = v.as_object().unwrap_or_else(|| panic!("§1: not an object: {v}"));
+    let obj: &Map<String, Value> =
+        v.as_object().unwrap_or_else(|| panic!("§1: not an object: {v}"));
     if obj.contains_key("id") {
         assert!(obj["id"].is_u64(), "§2: the reply id is an unsigned integer: {v}");
         let (r, e) = (obj.contains_key("result"), obj.contains_key("error"));
@@ -314,7 +335,8 @@ pub fn assert_code(e: &Value, code: u64) {
 pub fn assert_time(t: &Value) {
     let s = t.as_str().unwrap_or_else(|| panic!("time is not a string: {t}"));
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
     let ok = b.len() == 24
         && digits(0..4)
         && b[4] == b'-'

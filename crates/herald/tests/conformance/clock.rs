@@ -57,7 +57,11 @@ async fn silent_client_is_closed_4002(h: Arc<Ctx>) {
     let start = Instant::now();
     c.expect_closed_with(4002, "heartbeat_timeout").await;
     assert!(c.pings >= 1, "§7: pinged before giving up");
-    assert!(start.elapsed() >= Duration::from_millis(900), "not before pong_timeout: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "not before pong_timeout: {:?}",
+        start.elapsed()
+    );
 }
 
 /// §2 "A connection that has not completed `connect` within the auth timeout … is closed with
@@ -66,7 +70,11 @@ async fn no_connect_within_the_auth_timeout_is_closed_4003(h: Arc<Ctx>) {
     let start = Instant::now();
     let mut c = h.open().await;
     c.expect_closed_with(4003, "auth_timeout").await;
-    assert!(start.elapsed() >= Duration::from_millis(900), "not before the timeout: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "not before the timeout: {:?}",
+        start.elapsed()
+    );
 }
 
 /// §7 "A connection whose token expires without a refresh is closed, after a grace period …,
@@ -74,7 +82,9 @@ async fn no_connect_within_the_auth_timeout_is_closed_4003(h: Arc<Ctx>) {
 async fn token_lapsing_without_refresh_is_closed_4004(h: Arc<Ctx>) {
     let exp = herald_testkit::unix_now() + 2;
     let mut c = h.open().await;
-    c.connect(Some(&h.token_with(json!({"sub": h.unique("lapse"), "exp": exp})))).await.expect("connect");
+    c.connect(Some(&h.token_with(json!({"sub": h.unique("lapse"), "exp": exp}))))
+        .await
+        .expect("connect");
     c.expect_closed_with(4004, "token_expired").await;
     assert!(herald_testkit::unix_now() >= exp, "§7: not closed before exp");
 }
@@ -87,7 +97,9 @@ async fn refresh_moves_the_expiry(h: Arc<Ctx>) {
     let mut c = h.open().await;
     c.connect(Some(&h.token_with(json!({"sub": user, "exp": exp})))).await.expect("connect");
     let later = herald_testkit::unix_now() + 600;
-    let r = c.ok(json!({"cmd": "refresh", "token": h.token_with(json!({"sub": user, "exp": later}))})).await;
+    let r = c
+        .ok(json!({"cmd": "refresh", "token": h.token_with(json!({"sub": user, "exp": later}))}))
+        .await;
     assert_eq!(r["expires_at"], later, "{r}");
     // Keep reading (pings every 200 ms) until the old token plus grace is well past.
     for _ in 0..100 {

@@ -216,7 +216,11 @@ async fn publish_result_and_idempotency(h: Arc<Ctx>) {
     let first = c.ok(once.clone()).await;
     let again = c.ok(once).await;
     assert_eq!(again["duplicate"], true, "§6 duplicate: {again}");
-    assert_eq!((&again["offset"], &again["id"]), (&first["offset"], &first["id"]), "the first result");
+    assert_eq!(
+        (&again["offset"], &again["id"]),
+        (&first["offset"], &first["id"]),
+        "the first result"
+    );
     c.ok(json!({"cmd": "publish", "channel": ch, "data": 3})).await;
     let got: Vec<Value> = [c.next_pub().await, c.next_pub().await, c.next_pub().await]
         .iter()

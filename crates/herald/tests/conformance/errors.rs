@@ -87,7 +87,8 @@ async fn not_subscribed_is_108(h: Arc<Ctx>) {
 
 /// §8 109 "the token has expired"; §9 4004 "the token is expired (at `connect`)".
 async fn expired_token_at_connect_is_109_then_4004(h: Arc<Ctx>) {
-    let token = h.token_with(json!({"sub": h.unique("exp"), "exp": herald_testkit::unix_now() - 3600}));
+    let token =
+        h.token_with(json!({"sub": h.unique("exp"), "exp": herald_testkit::unix_now() - 3600}));
     let mut c = h.open().await;
     assert_code(&c.connect(Some(&token)).await.expect_err("expired"), 109);
     c.expect_closed_with(4004, "token_expired").await;
@@ -97,7 +98,8 @@ async fn expired_token_at_connect_is_109_then_4004(h: Arc<Ctx>) {
 /// (default 200/s; 700 pings in one frame).
 async fn rate_limited_is_110_then_4006(h: Arc<Ctx>) {
     let (mut c, _) = h.client(&[]).await;
-    let frame: Vec<String> = (1..=700).map(|id| format!(r#"{{"id":{},"cmd":"ping"}}"#, 10_000 + id)).collect();
+    let frame: Vec<String> =
+        (1..=700).map(|id| format!(r#"{{"id":{},"cmd":"ping"}}"#, 10_000 + id)).collect();
     c.send_raw(&frame.join("\n")).await;
     let mut limited = 0;
     let mut push = None;
@@ -113,7 +115,10 @@ async fn rate_limited_is_110_then_4006(h: Arc<Ctx>) {
     let close = c.closed.as_ref().map(|c| c.0);
     assert_eq!(close, Some(4006), "§9: repeated violations close with 4006 ({limited} refused)");
     let push = push.expect("§9: disconnect push before the close");
-    assert_eq!((&push["code"], &push["name"], &push["reconnect"]), (&json!(4006), &json!("rate_limited"), &json!(true)));
+    assert_eq!(
+        (&push["code"], &push["name"], &push["reconnect"]),
+        (&json!(4006), &json!("rate_limited"), &json!(true))
+    );
 }
 
 /// §8 111 "a publication is larger than its namespace allows" (`small`: 64 bytes); the

@@ -7,8 +7,8 @@ use crate::support::{Hub, SECRET};
 use futures_util::future::BoxFuture;
 use herald_testkit::RedisProcess;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What every configuration of the suite checks tokens against (§11: `aud`, `iss` "checked when
@@ -31,8 +31,8 @@ pub struct Ctx {
     pub engine: Engine,
     /// Source of unique user and channel names.
     seq: AtomicU64,
-    /// Kept alive as long as the hub; dropped after it.
-    _redis: Option<RedisProcess>,
+    /// Kept alive as long as the hub; dropped after it. A mutex so a check can stop and restart it.
+    redis: Mutex<Option<RedisProcess>>,
 }
 
 impl Ctx {
@@ -50,7 +50,19 @@ impl Ctx {
                 (Hub::start_with(&config, &["--engine", "redis", "--redis-url", &url]), Some(redis))
             }
         };
-        Ctx { hub, engine, seq: AtomicU64::new(1), _redis: redis }
+        Ctx { hub, engine, seq: AtomicU64::new(1), redis: Mutex::new(redis) }
+    }
+
+    /// SIGKILL the redis-server: its data is gone.
+    pub fn kill_redis(&self) {
+        self.redis.lock().unwrap().as_mut().expect("a redis engine").kill();
+    }
+
+    /// Starts the redis-server again on its port, empty; returns once it answers PING.
+    pub async fn start_redis_again(&self) {
+        tokio::task::block_in_place(|| {
+            self.redis.lock().unwrap().as_mut().expect("a redis engine").restart()
+        });
     }
 
     /// A name used by nobody else in this hub's life.
@@ -142,7 +154,12 @@ pub struct Suite {
 impl Suite {
     pub fn new(engine: Engine, config: &str, leeway_secs: u64, label: &str) -> Suite {
         let ctx = Arc::new(Ctx::start(engine, config, leeway_secs));
-        Suite { ctx: Some(ctx), label: format!("{label} [{engine:?}]"), passed: vec![], failed: vec![] }
+        Suite {
+            ctx: Some(ctx),
+            label: format!("{label} [{engine:?}]"),
+            passed: vec![],
+            failed: vec![],
+        }
     }
 
     /// The shared hub.
@@ -161,7 +178,9 @@ impl Suite {
         let ctx = self.ctx().clone();
         let running: Vec<_> = checks
             .into_iter()
-            .map(|(name, f)| (name, tokio::spawn(tokio::time::timeout(CHECK_WITHIN, f(ctx.clone())))))
+            .map(|(name, f)| {
+                (name, tokio::spawn(tokio::time::timeout(CHECK_WITHIN, f(ctx.clone()))))
+            })
             .collect();
         for (name, task) in running {
             let outcome = match task.await {
@@ -184,6 +203,10 @@ impl Suite {
 
     /// Prints the outcome and fails the test if any check failed.
     pub fn finish(self) {
+        let mut failures = format!("{} checks of {} failed:\n", self.failed.len(), self.label);
+        for (name, why) in &self.failed {
+            failures.push_str(&format!("  FAIL {name}: {}\n", why.lines().next().unwrap_or("")));
+        }
         let mut report = format!(
             "conformance {}: {} passed, {} failed\n",
             self.label,
@@ -197,12 +220,14 @@ impl Suite {
             report.push_str(&format!("  FAIL {name}: {}\n", why.replace('\n', "\n       ")));
         }
         println!("{report}");
-        assert!(self.failed.is_empty(), "{report}");
+        assert!(self.failed.is_empty(), "{failures}");
     }
 }
 
 /// Runs one future as a check inside the current task, catching its panic.
-pub async fn catch(fut: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), String> {
+pub async fn catch(
+    fut: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     match tokio::spawn(tokio::time::timeout(CHECK_WITHIN, fut)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(format!("hung for more than {CHECK_WITHIN:?}")),

@@ -25,7 +25,11 @@ pub fn all() -> Vec<Check> {
 #[track_caller]
 pub fn assert_http_error(got: &(u16, Value), status: u16, code: u64) {
     let (s, body) = got;
-    assert_eq!((*s, &body["error"]["code"]), (status, &json!(code)), "§12: expected {status}/{code}: {body}");
+    assert_eq!(
+        (*s, &body["error"]["code"]),
+        (status, &json!(code)),
+        "§12: expected {status}/{code}: {body}"
+    );
     check_error(&body["error"]);
 }
 
@@ -75,7 +79,10 @@ async fn publish_result_and_duplicate(h: Arc<Ctx>) {
     assert!(first.get("duplicate").is_none_or(|d| d == false), "{first}");
     let again = h.publish(body).await;
     assert_eq!(again["duplicate"], true, "{again}");
-    assert_eq!((&again["offset"], &again["id"], &again["time"]), (&first["offset"], &first["id"], &first["time"]));
+    assert_eq!(
+        (&again["offset"], &again["id"], &again["time"]),
+        (&first["offset"], &first["id"], &first["time"])
+    );
     h.publish(json!({"channel": ch, "data": "next"})).await;
     assert_eq!(c.next_pub().await["offset"], 1);
     let p = c.next_pub().await;
@@ -93,14 +100,26 @@ async fn publish_errors_have_their_statuses(h: Arc<Ctx>) {
     assert_http_error(&p(json!({"channel": 5, "data": 1})).await, 400, 107);
     assert_http_error(&p(json!({"channel": "bad name", "data": 1})).await, 400, 114);
     assert_http_error(&p(json!({"channel": "", "data": 1})).await, 400, 114);
-    assert_http_error(&p(json!({"channel": h.channel("session"), "data": 1, "key": "k", "op": "upsert"})).await, 400, 116);
+    assert_http_error(
+        &p(json!({"channel": h.channel("session"), "data": 1, "key": "k", "op": "upsert"})).await,
+        400,
+        116,
+    );
     assert_http_error(&p(json!({"channel": "nowhere:1", "data": 1})).await, 404, 102);
-    assert_http_error(&p(json!({"channel": h.channel("small"), "data": "x".repeat(100)})).await, 413, 111);
+    assert_http_error(
+        &p(json!({"channel": h.channel("small"), "data": "x".repeat(100)})).await,
+        413,
+        111,
+    );
     let board = h.channel("board");
     for k in 0..5 {
         p(json!({"channel": board, "key": format!("k{k}"), "op": "upsert", "data": 1})).await;
     }
-    assert_http_error(&p(json!({"channel": board, "key": "k9", "op": "upsert", "data": 1})).await, 409, 112);
+    assert_http_error(
+        &p(json!({"channel": board, "key": "k9", "op": "upsert", "data": 1})).await,
+        409,
+        112,
+    );
     // Malformed JSON body.
     let resp = reqwest::Client::new()
         .post(h.hub.http("/api/publish"))
@@ -122,7 +141,11 @@ async fn broadcast_reaches_each_channel_once(h: Arc<Ctx>) {
     c.subscribe(&a).await;
     c.subscribe(&b).await;
     let (status, body) = h
-        .api("POST", "/api/broadcast", Some(json!({"channels": [a, b, a, "nowhere:1"], "type": "t", "data": {"n": 1}})))
+        .api(
+            "POST",
+            "/api/broadcast",
+            Some(json!({"channels": [a, b, a, "nowhere:1"], "type": "t", "data": {"n": 1}})),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let results = body["results"].as_array().unwrap_or_else(|| panic!("{body}"));
@@ -131,19 +154,26 @@ async fn broadcast_reaches_each_channel_once(h: Arc<Ctx>) {
     for r in &ok {
         assert_eq!(r["offset"], 1, "{r}");
     }
-    let failed = results.iter().find(|r| r["channel"] == "nowhere:1").unwrap_or_else(|| panic!("{body}"));
+    let failed =
+        results.iter().find(|r| r["channel"] == "nowhere:1").unwrap_or_else(|| panic!("{body}"));
     assert_eq!(failed["error"]["code"], 102, "{failed}");
-    let mut got = vec![c.next_pub().await, c.next_pub().await];
+    let mut got = [c.next_pub().await, c.next_pub().await];
     got.sort_by_key(|p| p["channel"].as_str().unwrap().to_string());
     let mut want = vec![a.clone(), b.clone()];
     want.sort();
     for (p, ch) in got.iter().zip(&want) {
-        assert_eq!((&p["channel"], &p["type"], &p["offset"]), (&json!(ch), &json!("t"), &json!(1)), "{p}");
+        assert_eq!(
+            (&p["channel"], &p["type"], &p["offset"]),
+            (&json!(ch), &json!("t"), &json!(1)),
+            "{p}"
+        );
     }
-    let (status, body) = h.api("POST", "/api/broadcast", Some(json!({"channels": [], "data": 1}))).await;
+    let (status, body) =
+        h.api("POST", "/api/broadcast", Some(json!({"channels": [], "data": 1}))).await;
     assert_http_error(&(status, body), 400, 107);
     let many: Vec<String> = (0..1001).map(|i| format!("session:many{i}")).collect();
-    let (status, body) = h.api("POST", "/api/broadcast", Some(json!({"channels": many, "data": 1}))).await;
+    let (status, body) =
+        h.api("POST", "/api/broadcast", Some(json!({"channels": many, "data": 1}))).await;
     assert_http_error(&(status, body), 400, 107);
 }
 
@@ -159,7 +189,11 @@ async fn history_route(h: Arc<Ctx>) {
     };
     let (status, r) = get(format!("channel={ch}")).await;
     assert_eq!(status, 200, "{r}");
-    assert_eq!((&r["channel"], &r["offset"], &r["earliest"]), (&json!(ch), &json!(8), &json!(1)), "{r}");
+    assert_eq!(
+        (&r["channel"], &r["offset"], &r["earliest"]),
+        (&json!(ch), &json!(8), &json!(1)),
+        "{r}"
+    );
     assert_eq!(offsets(&r["publications"]), vec![4, 5, 6, 7, 8], "capped at max_history_page: {r}");
     let epoch = r["epoch"].as_str().unwrap().to_string();
     let (_, r) = get(format!("channel={ch}&limit=3")).await;
@@ -242,10 +276,15 @@ async fn token_route_mints_a_usable_token(h: Arc<Ctx>) {
     let user = h.unique("minted");
     let ch = h.channel("session");
     let before = herald_testkit::unix_now();
-    let (status, r) = h.api("POST", "/api/token", Some(json!({"sub": user, "channels": [ch], "ttl_secs": 120}))).await;
+    let (status, r) = h
+        .api("POST", "/api/token", Some(json!({"sub": user, "channels": [ch], "ttl_secs": 120})))
+        .await;
     assert_eq!(status, 200, "{r}");
     let exp = r["expires_at"].as_u64().unwrap_or_else(|| panic!("{r}"));
-    assert!((before + 119..=before + 122).contains(&exp), "ttl_secs 120 → expires_at {exp} (now {before})");
+    assert!(
+        (before + 119..=before + 122).contains(&exp),
+        "ttl_secs 120 → expires_at {exp} (now {before})"
+    );
     let mut c = h.open().await;
     let reply = c.connect(r["token"].as_str()).await.expect("the hub accepts its own token");
     assert_eq!((&reply["user"], &reply["expires_at"]), (&json!(user), &json!(exp)), "{reply}");
@@ -261,7 +300,11 @@ async fn health_ready_metrics_need_no_key(h: Arc<Ctx>) {
         assert_eq!(resp.status().as_u16(), 200, "{path}");
         if path == "/metrics" {
             let text = resp.text().await.unwrap();
-            assert!(text.contains("# TYPE herald_"), "Prometheus text: {}", &text[..text.len().min(300)]);
+            assert!(
+                text.contains("# TYPE herald_"),
+                "Prometheus text: {}",
+                &text[..text.len().min(300)]
+            );
         }
     }
 }

@@ -39,7 +39,10 @@ async fn unknown_fields_get_107_naming_the_field(h: Arc<Ctx>) {
     ] {
         let e = c.err(cmd.clone()).await;
         assert_code(&e, 107);
-        assert!(e["message"].as_str().is_some_and(|m| m.contains(field)), "107 names `{field}`: {e}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| m.contains(field)),
+            "107 names `{field}`: {e}"
+        );
     }
     let mut fresh = h.open().await;
     let e = fresh
@@ -59,6 +62,7 @@ async fn json_array_message_gets_107_and_does_nothing(h: Arc<Ctx>) {
     let m = c.next_msg().await;
     // No id can be read from an array: an error push (a reply to id 90 would do too).
     assert!(m["push"] == "error" || m["id"] == 90, "an error for the array: {m}");
+    assert!(m.get("error").is_some(), "107 for an array message, got {m}");
     assert_code(&m["error"], 107);
     c.subscribe(&marker).await;
     h.publish(json!({"channel": ch, "data": "must not arrive"})).await;
@@ -93,11 +97,13 @@ async fn anonymous_subscribe_where_a_token_is_needed_gets_101(h: Arc<Ctx>) {
 async fn client_publish_near_max_message_bytes_is_refused_with_111_not_closed(h: Arc<Ctx>) {
     let ch = h.channel("room");
     let (mut c, _) = h.client(&[&ch]).await;
-    let under = c.request(json!({"cmd": "publish", "channel": ch, "data": "x".repeat(65536 - 64)})).await;
+    let under =
+        c.request(json!({"cmd": "publish", "channel": ch, "data": "x".repeat(65536 - 64)})).await;
     if let Err(e) = &under {
         assert_code(e, 111);
     }
-    let over = c.err(json!({"cmd": "publish", "channel": ch, "data": "x".repeat(65536 + 16)})).await;
+    let over =
+        c.err(json!({"cmd": "publish", "channel": ch, "data": "x".repeat(65536 + 16)})).await;
     assert_code(&over, 111);
     c.still_open().await;
 }
@@ -117,8 +123,13 @@ impl RawWs {
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut b = [0u8; 1];
-            let n = tokio::time::timeout(WAIT, s.read(&mut b)).await.expect("upgrade reply").unwrap();
-            assert!(n == 1 && head.len() < 4096, "upgrade reply: {}", String::from_utf8_lossy(&head));
+            let n =
+                tokio::time::timeout(WAIT, s.read(&mut b)).await.expect("upgrade reply").unwrap();
+            assert!(
+                n == 1 && head.len() < 4096,
+                "upgrade reply: {}",
+                String::from_utf8_lossy(&head)
+            );
             head.push(b[0]);
         }
         assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
@@ -151,7 +162,10 @@ impl RawWs {
     /// One server frame: (opcode, payload); None when the socket ended.
     async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
         let mut head = [0u8; 2];
-        match tokio::time::timeout(WAIT, self.0.read_exact(&mut head)).await.expect("a frame in time") {
+        match tokio::time::timeout(WAIT, self.0.read_exact(&mut head))
+            .await
+            .expect("a frame in time")
+        {
             Ok(_) => {}
             Err(_) => return None,
         }
@@ -188,7 +202,11 @@ impl RawWs {
 async fn invalid_utf8_text_frame_closes_1007(h: Arc<Ctx>) {
     let mut ws = RawWs::open(&h).await;
     ws.send(0x81, &[0x7b, 0xff, 0xfe, 0x7d]).await;
-    assert_eq!(ws.close_code().await, Some(1007));
+    assert_eq!(
+        ws.close_code().await,
+        Some(1007),
+        "close code (None: the socket ended without a close frame)"
+    );
 }
 
 /// Issue 11 item 8: "RSV bits" → 1002 (RFC 6455 §5.2: nonzero RSV without an extension fails
@@ -196,14 +214,22 @@ async fn invalid_utf8_text_frame_closes_1007(h: Arc<Ctx>) {
 async fn rsv_bits_close_1002(h: Arc<Ctx>) {
     let mut ws = RawWs::open(&h).await;
     ws.send(0xC1, br#"{"id":2,"cmd":"ping"}"#).await;
-    assert_eq!(ws.close_code().await, Some(1002));
+    assert_eq!(
+        ws.close_code().await,
+        Some(1002),
+        "close code (None: the socket ended without a close frame)"
+    );
 }
 
 /// Issue 11 item 8: "bad opcode" → 1002 (RFC 6455 §5.2: reserved opcode 0x3).
 async fn unknown_opcode_closes_1002(h: Arc<Ctx>) {
     let mut ws = RawWs::open(&h).await;
     ws.send(0x83, b"x").await;
-    assert_eq!(ws.close_code().await, Some(1002));
+    assert_eq!(
+        ws.close_code().await,
+        Some(1002),
+        "close code (None: the socket ended without a close frame)"
+    );
 }
 
 /// Issue 11 item 9: "`POST /api/disconnect {"user":""}` kicks every anonymous and
@@ -224,14 +250,18 @@ async fn api_history_since_ahead_is_epoch_changed(h: Arc<Ctx>) {
     let ch = h.channel("session");
     let mut epoch = String::new();
     for n in 1..=5 {
-        epoch = h.publish(json!({"channel": ch, "data": n})).await["epoch"].as_str().unwrap().into();
+        epoch =
+            h.publish(json!({"channel": ch, "data": n})).await["epoch"].as_str().unwrap().into();
     }
-    let (status, r) = h.api("GET", &format!("/api/history?channel={ch}&since={epoch}:99"), None).await;
+    let (status, r) =
+        h.api("GET", &format!("/api/history?channel={ch}&since={epoch}:99"), None).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["reason"], "epoch_changed", "{r}");
     assert_eq!(r["publications"], json!([]), "{r}");
     let (mut c, _) = h.client(&[&ch]).await;
-    let r = c.ok(json!({"cmd": "history", "channel": ch, "since": {"epoch": epoch, "offset": 99}})).await;
+    let r = c
+        .ok(json!({"cmd": "history", "channel": ch, "since": {"epoch": epoch, "offset": 99}}))
+        .await;
     assert_eq!(r["reason"], "epoch_changed", "the WebSocket history says the same: {r}");
 }
 

@@ -27,7 +27,12 @@ pub fn records(v: &Value) -> BTreeMap<String, Value> {
     match v {
         Value::Array(rows) => rows
             .iter()
-            .map(|r| (r["key"].as_str().unwrap_or_else(|| panic!("record without key: {r}")).into(), r["value"].clone()))
+            .map(|r| {
+                (
+                    r["key"].as_str().unwrap_or_else(|| panic!("record without key: {r}")).into(),
+                    r["value"].clone(),
+                )
+            })
             .collect(),
         Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         other => panic!("records are neither an array nor an object: {other}"),
@@ -114,7 +119,8 @@ async fn resume_recovered_then_live(h: Arc<Ctx>) {
     assert!(r.get("reason").is_none(), "{r}");
     assert_eq!(r["offset"], 5, "{r}");
     assert_eq!(offsets(&r["publications"]), vec![3, 4, 5], "{r}");
-    let data: Vec<&Value> = r["publications"].as_array().unwrap().iter().map(|p| &p["data"]).collect();
+    let data: Vec<&Value> =
+        r["publications"].as_array().unwrap().iter().map(|p| &p["data"]).collect();
     assert_eq!(data, vec![&json!(3), &json!(4), &json!(5)], "{r}");
     h.publish(json!({"channel": ch, "data": 6})).await;
     assert_eq!(b.next_pub().await["offset"], 6, "live follows");
@@ -191,7 +197,11 @@ async fn resume_beyond_max_recover_is_too_many(h: Arc<Ctx>) {
     assert_not_recovered(&r, "too_many");
     let (mut c, _) = h.client(&[&ch]).await;
     let r = c.ok(resume(&ch, since(&sub, 3))).await;
-    assert_eq!((&r["recovered"], offsets(&r["publications"])), (&json!(true), vec![4, 5, 6]), "{r}");
+    assert_eq!(
+        (&r["recovered"], offsets(&r["publications"])),
+        (&json!(true), vec![4, 5, 6]),
+        "{r}"
+    );
 }
 
 /// §5 "On a keyed channel the reply carries a fresh `snapshot`, so the client replaces its state
@@ -230,8 +240,12 @@ async fn snapshot_sorted_by_key_then_stream_reproduces_state(h: Arc<Ctx>) {
         ]),
         "§5 snapshot: live records, sorted by key, with the offset that set them"
     );
-    let mut model: BTreeMap<String, Value> =
-        r["snapshot"].as_array().unwrap().iter().map(|s| (s["key"].as_str().unwrap().into(), s["value"].clone())).collect();
+    let mut model: BTreeMap<String, Value> = r["snapshot"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["key"].as_str().unwrap().into(), s["value"].clone()))
+        .collect();
     h.publish(put("b", "upsert", json!({"n": 3}))).await;
     h.publish(put("b", "merge", json!({"o": true}))).await;
     h.publish(put("a", "delete", Value::Null)).await;

@@ -77,7 +77,9 @@ async fn keyed_publication_carries_key_and_op(h: Arc<Ctx>) {
     let ch = h.channel("board");
     let (mut c, _) = h.client(&[&ch]).await;
     c.subscribe(&ch).await;
-    for (op, data) in [("upsert", json!({"a": 1})), ("merge", json!({"b": 2})), ("delete", Value::Null)] {
+    for (op, data) in
+        [("upsert", json!({"a": 1})), ("merge", json!({"b": 2})), ("delete", Value::Null)]
+    {
         c.ok(json!({"cmd": "publish", "channel": ch, "key": "k1", "op": op, "data": data})).await;
         let p = c.next_pub().await;
         assert_eq!((&p["key"], &p["op"]), (&json!("k1"), &json!(op)), "{p}");
@@ -94,7 +96,11 @@ async fn offsets_grow_by_one_from_one(h: Arc<Ctx>) {
     }
     for n in 1..=5u64 {
         let p = c.next_pub().await;
-        assert_eq!((&p["offset"], &p["epoch"], &p["data"]), (&json!(n), &sub["epoch"], &json!(n)), "{p}");
+        assert_eq!(
+            (&p["offset"], &p["epoch"], &p["data"]),
+            (&json!(n), &sub["epoch"], &json!(n)),
+            "{p}"
+        );
     }
 }
 
@@ -103,8 +109,15 @@ async fn data_is_any_json_value(h: Arc<Ctx>) {
     let ch = h.channel("room");
     let (mut c, _) = h.client(&[&ch]).await;
     c.subscribe(&ch).await;
-    let values =
-        [json!("text"), json!(3.5), json!(-7), json!(true), json!([1, "a", null]), json!({"n": {"m": []}}), json!(null)];
+    let values = [
+        json!("text"),
+        json!(3.5),
+        json!(-7),
+        json!(true),
+        json!([1, "a", null]),
+        json!({"n": {"m": []}}),
+        json!(null),
+    ];
     for v in &values {
         c.ok(json!({"cmd": "publish", "channel": ch, "data": v})).await;
     }

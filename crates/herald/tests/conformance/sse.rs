@@ -25,7 +25,8 @@ struct Event {
 
 impl Event {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("§13: data is JSON ({e}): {self:?}"))
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("§13: data is JSON ({e}): {self:?}"))
     }
 }
 
@@ -44,9 +45,19 @@ impl Stream {
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
-        let resp = tokio::time::timeout(WAIT, req.send()).await.expect("SSE response in time").unwrap();
-        let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        assert!(ctype.starts_with("text/event-stream"), "§13: text/event-stream, got {ctype} ({})", resp.status());
+        let resp =
+            tokio::time::timeout(WAIT, req.send()).await.expect("SSE response in time").unwrap();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            ctype.starts_with("text/event-stream"),
+            "§13: text/event-stream, got {ctype} ({})",
+            resp.status()
+        );
         Stream { resp, buf: String::new() }
     }
 
@@ -79,7 +90,8 @@ impl Stream {
                 }
                 return Some(e);
             }
-            let chunk = tokio::time::timeout(WAIT, self.resp.chunk()).await.expect("an SSE event in time");
+            let chunk =
+                tokio::time::timeout(WAIT, self.resp.chunk()).await.expect("an SSE event in time");
             match chunk.expect("SSE body") {
                 Some(bytes) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
                 None => return None,
@@ -88,7 +100,10 @@ impl Stream {
     }
 
     async fn expect(&mut self, kind: &str) -> Event {
-        let e = self.next().await.unwrap_or_else(|| panic!("§13: stream ended before a `{kind}` event"));
+        let e = self
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("§13: stream ended before a `{kind}` event"));
         assert_eq!(e.event, kind, "§13: {e:?}");
         e
     }
@@ -108,7 +123,11 @@ async fn subscribed_then_pub_events_with_ids(h: Arc<Ctx>) {
     h.publish(json!({"channel": ch, "data": {"n": 1}})).await;
     let e = s.expect("pub").await;
     let p = e.json();
-    assert_eq!((&p["channel"], &p["offset"], &p["data"]), (&json!(ch), &json!(1), &json!({"n": 1})), "{p}");
+    assert_eq!(
+        (&p["channel"], &p["offset"], &p["data"]),
+        (&json!(ch), &json!(1), &json!({"n": 1})),
+        "{p}"
+    );
     assert_eq!(e.id.as_deref(), Some(format!("{epoch}:1").as_str()), "§13 id of pub");
 }
 
@@ -118,7 +137,10 @@ async fn last_event_id_and_since_resume(h: Arc<Ctx>) {
     let token = h.token(&h.unique("sse"), &[&ch]);
     let mut epoch = String::new();
     for n in 1..=4 {
-        epoch = h.publish(json!({"channel": ch, "data": n})).await["epoch"].as_str().unwrap().to_string();
+        epoch = h.publish(json!({"channel": ch, "data": n})).await["epoch"]
+            .as_str()
+            .unwrap()
+            .to_string();
     }
     let path = format!("/sse/{ch}?token={token}");
     let mut s = Stream::open(&h, &path, None, Some(&format!("{epoch}:2"))).await;

@@ -59,14 +59,24 @@ async fn refused_tokens_get_101_and_4500(h: Arc<Ctx>) {
     };
     let cases: Vec<(&str, String)> = vec![
         ("malformed", "not-a-jwt".into()),
-        ("badly signed", herald_testkit::hs256_token("another-secret", &json!({"sub": "a", "exp": now + 60, "aud": AUDIENCE, "iss": crate::harness::ISSUER}))),
+        (
+            "badly signed",
+            herald_testkit::hs256_token(
+                "another-secret",
+                &json!({"sub": "a", "exp": now + 60, "aud": AUDIENCE, "iss": crate::harness::ISSUER}),
+            ),
+        ),
         ("no sub", h.token_with(json!({"sub": Value::Null}))),
         ("wrong audience", h.token_with(json!({"sub": "a", "aud": "other"}))),
         ("wrong issuer", h.token_with(json!({"sub": "a", "iss": "https://evil.example"}))),
         ("nbf in the future", h.token_with(json!({"sub": "a", "nbf": now + 3600}))),
         (
             "alg none",
-            format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&json!({"sub": "a", "exp": now + 60, "aud": AUDIENCE}).to_string())),
+            format!(
+                "{}.{}.",
+                b64(r#"{"alg":"none","typ":"JWT"}"#),
+                b64(&json!({"sub": "a", "exp": now + 60, "aud": AUDIENCE}).to_string())
+            ),
         ),
     ];
     for (what, token) in cases {

@@ -36,7 +36,8 @@ async fn frame_with_several_commands_is_split_on_newlines(h: Arc<Ctx>) {
 /// §1 "The server batches when several messages are queued for a connection."
 async fn server_batches_queued_messages(h: Arc<Ctx>) {
     let (mut c, _) = h.client(&[]).await;
-    let frame: Vec<String> = (1000..1100).map(|id| format!(r#"{{"id":{id},"cmd":"ping"}}"#)).collect();
+    let frame: Vec<String> =
+        (1000..1100).map(|id| format!(r#"{{"id":{id},"cmd":"ping"}}"#)).collect();
     c.send_raw(&frame.join("\n")).await;
     for id in 1000..1100 {
         assert_eq!(c.reply(id).await, Ok(json!({})));
