@@ -108,9 +108,33 @@ pub enum AuthError {
     /// The token has expired.
     #[error("token expired")]
     Expired,
-    /// Anything else: malformed, bad signature, wrong audience or issuer, unsupported algorithm.
+    /// The token names a `kid` the JWKS does not hold (after a refetch, at most every 10 s).
+    #[error("unknown key id {0:?}")]
+    UnknownKid(String),
+    /// Anything else: malformed, bad signature, wrong or missing audience or issuer,
+    /// unsupported algorithm.
     #[error("invalid token: {0}")]
     Invalid(String),
+}
+
+/// Longest lifetime a minted token may have (`POST /api/token`, `herald token`): one year.
+/// Longer asks are refused rather than clamped, so a caller never gets less than it asked for
+/// without being told.
+pub const MAX_TOKEN_TTL_SECS: u64 = 366 * 24 * 3600;
+
+/// Largest `auth.leeway_secs`: clock skew beyond an hour is a broken clock, and the value is
+/// added to times (no overflow possible below this).
+pub const MAX_LEEWAY_SECS: u64 = 3600;
+
+/// The `exp` of a token minted now with this lifetime, or why it cannot be minted.
+pub fn expiry_after(ttl_secs: u64) -> Result<u64, AuthError> {
+    if ttl_secs == 0 || ttl_secs > MAX_TOKEN_TTL_SECS {
+        return Err(AuthError::Invalid(format!(
+            "ttl must be 1 to {MAX_TOKEN_TTL_SECS} seconds, got {ttl_secs}"
+        )));
+    }
+    // Cannot overflow: unix_now() is far below u64::MAX - MAX_TOKEN_TTL_SECS.
+    Ok(unix_now().saturating_add(ttl_secs))
 }
 
 /// Verifies tokens. Keys are chosen by the token's algorithm family, so an RSA public key can
@@ -124,8 +148,13 @@ pub struct Verifier {
     ec: Option<DecodingKey>,
     /// JWKS endpoint, when configured.
     jwks_url: Option<String>,
+    /// How long a fetched key set is trusted.
+    jwks_ttl: Duration,
     /// Keys fetched from the JWKS, by `kid`, with their algorithm family.
     jwks: RwLock<JwksCache>,
+    /// Held by the one task fetching the JWKS; the others wait on it and then read the cache,
+    /// so a burst of verifications makes one request and none is refused meanwhile.
+    jwks_fetch: tokio::sync::Mutex<()>,
     /// Shared by every check; `algorithms` is set per token.
     validation: Validation,
     /// HTTP client for the JWKS.
@@ -134,12 +163,21 @@ pub struct Verifier {
 
 #[derive(Default)]
 struct JwksCache {
+    /// The key set of the last successful fetch.
     keys: HashMap<String, (DecodingKey, Algorithm)>,
+    /// When `keys` was fetched; older than the TTL means stale.
     fetched: Option<Instant>,
+    /// When the last fetch was tried (successful or not), to space out refetches.
+    attempted: Option<Instant>,
+    /// Counts finished fetch attempts, so a waiter can tell that one finished while it waited.
+    generation: u64,
 }
 
 /// Smallest time between two JWKS fetches, so unknown `kid`s cannot make us hammer the endpoint.
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+
+/// Default of `auth.jwks_ttl`.
+pub const JWKS_DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 impl Verifier {
     /// Builds a verifier from the configuration.
@@ -147,16 +185,33 @@ impl Verifier {
         let pem = |what: &str, e: jsonwebtoken::errors::Error| {
             AuthError::Invalid(format!("cannot read {what} public key: {e}"))
         };
+        let leeway = config.leeway_secs.unwrap_or(5);
+        if leeway > MAX_LEEWAY_SECS {
+            return Err(AuthError::Invalid(format!(
+                "auth.leeway_secs must be at most {MAX_LEEWAY_SECS}"
+            )));
+        }
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = config.leeway_secs.unwrap_or(5);
-        validation.set_required_spec_claims(&["sub"]);
+        validation.leeway = leeway;
         validation.validate_nbf = true;
+        // A configured audience or issuer must be present, not only match when present: a
+        // token minted for another service with the same key has neither ours.
+        let mut required = vec!["sub"];
         match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        let jwks_ttl = config.jwks_ttl.unwrap_or(JWKS_DEFAULT_TTL);
+        if jwks_ttl.is_zero() {
+            return Err(AuthError::Invalid("auth.jwks_ttl must be above 0".into()));
         }
         Ok(Verifier {
             hmac: config.token_secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes())),
@@ -171,7 +226,9 @@ impl Verifier {
                 None => None,
             },
             jwks_url: config.jwks_url.clone(),
+            jwks_ttl,
             jwks: RwLock::new(JwksCache::default()),
+            jwks_fetch: tokio::sync::Mutex::new(()),
             validation,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -190,7 +247,7 @@ impl Verifier {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let alg = header.alg;
         let key = match (alg, &header.kid) {
-            (_, Some(kid)) if self.jwks_url.is_some() => self.jwks_key(kid, alg).await?,
+            (_, Some(kid)) if self.jwks_url.is_some() => Some(self.jwks_key(kid, alg).await?),
             (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512, _) => self.hmac.clone(),
             (Algorithm::RS256, _) => self.rsa.clone(),
             (Algorithm::ES256, _) => self.ec.clone(),
@@ -209,29 +266,82 @@ impl Verifier {
         Ok(data.claims.into())
     }
 
-    async fn jwks_key(&self, kid: &str, alg: Algorithm) -> Result<Option<DecodingKey>, AuthError> {
-        let lookup = |cache: &JwksCache| {
-            cache.keys.get(kid).filter(|(_, a)| *a == alg).map(|(k, _)| k.clone())
+    /// The JWKS key for `kid`, fetching the set when it is stale (older than the TTL) or does not
+    /// hold `kid` (at most every [`JWKS_MIN_REFRESH`]). One task fetches; the others wait for it.
+    async fn jwks_key(&self, kid: &str, alg: Algorithm) -> Result<DecodingKey, AuthError> {
+        let min_refresh = JWKS_MIN_REFRESH.min(self.jwks_ttl);
+        // What the cache says: Ok(key), Err(true) when a fetch should be tried, Err(false) when
+        // the kid is unknown and a fetch was tried too recently.
+        let consult = |cache: &JwksCache| -> Result<DecodingKey, bool> {
+            let fresh = cache.fetched.is_some_and(|t| t.elapsed() < self.jwks_ttl);
+            let may_fetch = !cache.attempted.is_some_and(|t| t.elapsed() < min_refresh);
+            match cache.keys.get(kid) {
+                // A stale set is still used when a refetch is not due yet (the endpoint failed).
+                Some((key, a)) if *a == alg && (fresh || !may_fetch) => Ok(key.clone()),
+                _ => Err(may_fetch),
+            }
         };
-        if let Some(key) = lookup(&self.jwks.read()) {
-            return Ok(Some(key));
+        let seen = {
+            let cache = self.jwks.read();
+            match consult(&cache) {
+                Ok(key) => return Ok(key),
+                Err(false) => return Err(self.not_found(&cache, kid, alg)),
+                Err(true) => cache.generation,
+            }
+        };
+        let _fetching = self.jwks_fetch.lock().await;
+        if self.jwks.read().generation == seen {
+            self.fetch_jwks().await;
         }
-        let recently = self.jwks.read().fetched.is_some_and(|t| t.elapsed() < JWKS_MIN_REFRESH);
-        if recently {
-            return Ok(None);
+        // Whether this task fetched or another did while it waited, the cache is now as new as
+        // it gets; a stale key that survived a failed refetch is still usable.
+        let cache = self.jwks.read();
+        match cache.keys.get(kid) {
+            Some((key, a)) if *a == alg => Ok(key.clone()),
+            _ => Err(self.not_found(&cache, kid, alg)),
         }
+    }
+
+    /// Why `kid` gave no key: the last fetch failed (and nothing is cached), the key is for
+    /// another algorithm, or the set does not hold it.
+    fn not_found(&self, cache: &JwksCache, kid: &str, alg: Algorithm) -> AuthError {
+        match cache.keys.get(kid) {
+            Some((_, a)) => AuthError::Invalid(format!("key {kid:?} is {a:?}, token says {alg:?}")),
+            None if cache.fetched.is_none() => {
+                AuthError::Invalid("the JWKS could not be fetched".into())
+            }
+            None => AuthError::UnknownKid(kid.to_string()),
+        }
+    }
+
+    /// Fetches the key set and replaces the cache with it; on failure the cache keeps its keys
+    /// (logged), so an identity-provider outage does not log everyone out at once.
+    async fn fetch_jwks(&self) {
         let url = self.jwks_url.as_deref().unwrap_or_default();
-        self.jwks.write().fetched = Some(Instant::now());
-        let set: jsonwebtoken::jwk::JwkSet = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| AuthError::Invalid(format!("cannot fetch JWKS: {e}")))?
-            .json()
-            .await
-            .map_err(|e| AuthError::Invalid(format!("bad JWKS: {e}")))?;
+        let fetched = async {
+            let set: jsonwebtoken::jwk::JwkSet = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map_err(|e| format!("cannot fetch JWKS: {e}"))?
+                .json()
+                .await
+                .map_err(|e| format!("bad JWKS: {e}"))?;
+            Ok::<_, String>(set)
+        }
+        .await;
+        let mut cache = self.jwks.write();
+        cache.attempted = Some(Instant::now());
+        cache.generation += 1;
+        let set = match fetched {
+            Ok(set) => set,
+            Err(e) => {
+                tracing::warn!(target: "herald::audit", event = "jwks_fetch_failed", url, error = %e);
+                return;
+            }
+        };
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             let (Some(kid), Ok(key)) = (&jwk.common.key_id, DecodingKey::from_jwk(jwk)) else {
@@ -244,9 +354,8 @@ impl Verifier {
             };
             keys.insert(kid.clone(), (key, alg));
         }
-        let mut cache = self.jwks.write();
         cache.keys = keys;
-        Ok(lookup(&cache))
+        cache.fetched = cache.attempted;
     }
 }
 
@@ -317,5 +426,85 @@ mod tests {
         let forged = format!("{}.{}.AAAA", b64(r#"{"alg":"RS256"}"#), b64(r#"{"sub":"x"}"#));
         assert!(matches!(v.verify(&forged).await, Err(AuthError::Invalid(_))));
         assert!(matches!(v.verify("garbage").await, Err(AuthError::Invalid(_))));
+    }
+
+    fn hs256(claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(b"s3cret");
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn configured_audience_and_issuer_are_required() {
+        let v = Verifier::new(&AuthConfig {
+            token_secret: Some("s3cret".into()),
+            audience: Some("herald".into()),
+            issuer: Some("https://auth.test".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let exp = unix_now() + 60;
+        let ok = hs256(
+            serde_json::json!({"sub": "a", "exp": exp, "aud": "herald", "iss": "https://auth.test"}),
+        );
+        assert_eq!(v.verify(&ok).await.unwrap().user, "a");
+        for claims in [
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://auth.test"}),
+            serde_json::json!({"sub": "a", "exp": exp, "aud": "herald"}),
+            serde_json::json!({"sub": "a", "exp": exp}),
+            serde_json::json!({"sub": "a", "exp": exp, "aud": "other", "iss": "https://auth.test"}),
+            serde_json::json!({"sub": "a", "exp": exp, "aud": "herald", "iss": "evil"}),
+        ] {
+            let err = v.verify(&hs256(claims.clone())).await.unwrap_err();
+            assert!(matches!(err, AuthError::Invalid(_)), "{claims}: {err:?}");
+        }
+        // Without audience/issuer configured, tokens need neither.
+        let open = Verifier::new(&AuthConfig {
+            token_secret: Some("s3cret".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(open.verify(&hs256(serde_json::json!({"sub": "a", "exp": exp}))).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn extreme_times_never_panic() {
+        let v = Verifier::new(&AuthConfig {
+            token_secret: Some("s3cret".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        // Validly signed, absurdly far in the future: accepted with that expiry, no arithmetic
+        // overflow here (sessions saturate their deadline).
+        for exp in [u64::MAX, u64::MAX - 1, 10_000_000_000_000_000_000] {
+            let p = v.verify(&hs256(serde_json::json!({"sub": "a", "exp": exp}))).await.unwrap();
+            assert_eq!(p.expires_at, Some(exp));
+        }
+        // Not representable as a u64 Unix time: refused, not wrapped.
+        for exp in [serde_json::json!(1e20), serde_json::json!(-1), serde_json::json!(1.5e19)] {
+            let r = v.verify(&hs256(serde_json::json!({"sub": "a", "exp": exp}))).await;
+            assert!(matches!(r, Err(AuthError::Invalid(_))), "exp {exp}: {r:?}");
+        }
+        let far_nbf = hs256(serde_json::json!({"sub": "a", "nbf": u64::MAX}));
+        assert!(matches!(v.verify(&far_nbf).await, Err(AuthError::Invalid(_))));
+        let old = hs256(serde_json::json!({"sub": "a", "exp": 0}));
+        assert_eq!(v.verify(&old).await.unwrap_err(), AuthError::Expired);
+        // A leeway large enough to overflow time arithmetic is refused at start.
+        let huge = AuthConfig {
+            token_secret: Some("s".into()),
+            leeway_secs: Some(u64::MAX),
+            ..Default::default()
+        };
+        assert!(Verifier::new(&huge).is_err());
+    }
+
+    #[test]
+    fn minted_lifetimes_are_bounded() {
+        let now = unix_now();
+        let exp = expiry_after(3600).unwrap();
+        assert!((now + 3600..=now + 3601).contains(&exp));
+        assert!(expiry_after(MAX_TOKEN_TTL_SECS).is_ok());
+        for bad in [0, MAX_TOKEN_TTL_SECS + 1, u64::MAX] {
+            assert!(matches!(expiry_after(bad), Err(AuthError::Invalid(_))), "{bad}");
+        }
     }
 }
