@@ -77,6 +77,10 @@ pub struct AuthConfig {
     pub ec_public_key: Option<String>,
     /// JWKS URL; keys are cached by `kid` and refetched on an unknown `kid`.
     pub jwks_url: Option<String>,
+    /// How long fetched JWKS keys are trusted before the set is fetched again (default 5 min),
+    /// so a key the identity provider removed stops verifying tokens.
+    #[serde(with = "humantime_serde", default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ttl: Option<Duration>,
     /// Required `aud`, if set.
     pub audience: Option<String>,
     /// Required `iss`, if set.
@@ -138,6 +142,11 @@ pub struct Limits {
     pub outbound_queue_bytes: usize,
     /// Largest `limit` for history reads.
     pub max_history_page: usize,
+    /// Failed `x-api-key` checks one source IP may make per minute before every API request
+    /// from it is answered 429 until the minute ends (0: unlimited): keys cannot be guessed.
+    pub api_key_failures_per_ip_per_minute: u32,
+    /// Largest HTTP API request body; above: 413 with error 111.
+    pub max_api_body_bytes: usize,
 }
 
 impl Default for Limits {
@@ -151,6 +160,8 @@ impl Default for Limits {
             outbound_queue_messages: 4096,
             outbound_queue_bytes: 8 * 1024 * 1024,
             max_history_page: 1000,
+            api_key_failures_per_ip_per_minute: 20,
+            max_api_body_bytes: 2 * 1024 * 1024,
         }
     }
 }
