@@ -111,6 +111,7 @@ async fn limits(engine: Engine) {
 async fn new_rules(engine: Engine) {
     let mut suite = Suite::new(engine, CONFIG, 5, "new rules (issue 11)");
     suite.run(new_rules::all()).await;
+    suite.run(new_rules::alone()).await;
     suite.finish();
 }
 

@@ -1,7 +1,6 @@
 //! §8 Error codes, each in the situation the table gives (101, 104, 107, 115 are in commands.rs;
-//! 119 in limits.rs). Not reachable from a black-box test: 100 internal, 113 unavailable (needs an
-//! engine outage), 117 resubscribe (needs an internal queue overflow or a lost engine message),
-//! 118 invalid_filter (reserved).
+//! 119 in limits.rs; 113 and 117 in engine_loss.rs, Redis only). Not reachable from a black-box
+//! test: 100 internal, 118 invalid_filter (reserved).
 
 use crate::client::assert_code;
 use crate::harness::{Check, Ctx, checks};

@@ -20,11 +20,16 @@ pub fn all() -> Vec<Check> {
         invalid_utf8_text_frame_closes_1007,
         rsv_bits_close_1002,
         unknown_opcode_closes_1002,
-        api_disconnect_of_the_empty_user_is_107,
         api_history_since_ahead_is_epoch_changed,
         api_token_with_empty_sub_is_107,
         tokens_without_configured_aud_or_iss_are_refused,
     ]
+}
+
+/// Run after `all()`, alone: until item 9 is fixed it kicks every anonymous and unconnected
+/// session of the hub, the other checks' included.
+pub fn alone() -> Vec<Check> {
+    checks![api_disconnect_of_the_empty_user_is_107]
 }
 
 /// Issue 11 item 6: "unknown fields are silently ignored (a `filter` that does nothing, a forged
