@@ -1,6 +1,6 @@
 //! `herald token`: mint an HS256 token.
 
-use herald_server::auth::{Claims, mint_hs256, unix_now};
+use herald_server::auth::{Claims, MAX_TOKEN_TTL_SECS, expiry_after, mint_hs256};
 
 /// Arguments of `herald token`.
 #[derive(clap::Args)]
@@ -20,7 +20,7 @@ pub struct TokenArgs {
     /// Roles, comma-separated (`admin` may do everything).
     #[arg(long, env = "HERALD_ROLES", value_delimiter = ',')]
     roles: Vec<String>,
-    /// Lifetime (`30s`, `1h`, `7d`).
+    /// Lifetime (`30s`, `1h`, `7d`; 1 s to 366 days).
     #[arg(long, env = "HERALD_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: std::time::Duration,
 }
@@ -29,7 +29,9 @@ pub struct TokenArgs {
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     let claims = Claims {
         sub: args.sub,
-        exp: Some(unix_now() + args.ttl.as_secs()),
+        exp: Some(expiry_after(args.ttl.as_secs()).map_err(|_| {
+            anyhow::anyhow!("--ttl must be 1 s to {} days", MAX_TOKEN_TTL_SECS / 86_400)
+        })?),
         nbf: None,
         channels: args.channels,
         publish: args.publish,

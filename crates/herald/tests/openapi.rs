@@ -58,7 +58,9 @@ async fn openapi_matches_the_server() {
         herald_server::api::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
     assert_eq!(documented, served, "docs/openapi.json and api::ROUTES differ");
 
-    let hub = Hub::start("[namespaces.default]\n[namespaces.board]\nkeyed = true\n");
+    let hub = Hub::start(
+        "[limits]\nmax_api_body_bytes = 4096\n[namespaces.default]\n[namespaces.board]\nkeyed = true\n",
+    );
     let bodies = [
         (
             "/api/publish",
@@ -99,6 +101,66 @@ async fn openapi_matches_the_server() {
                 &value,
                 path,
             );
+            // Every status the server can answer on this route is documented for it.
+            let mut answers = vec!["401", "429"];
+            if method == "post" {
+                // Over limits.max_api_body_bytes: 413 with the error object.
+                let big = json!({"channel": "a", "data": "x".repeat(5000)});
+                let (status, value) = hub.api("POST", path, Some(big)).await;
+                assert_eq!((status, value["error"]["code"].as_u64()), (413, Some(111)), "{path}");
+                answers.push("413");
+            }
+            for status in answers {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path}: {status} undocumented"
+                );
+            }
         }
     }
+}
+
+/// Strings the server refuses when empty are documented with `minLength: 1`.
+#[test]
+fn identifiers_must_not_be_empty() {
+    let spec = spec();
+    let schemas = &spec["components"]["schemas"];
+    let body = |path: &str| {
+        spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"].clone()
+    };
+    let required_non_empty = [
+        ("PublishRequest.channel", schemas["PublishRequest"]["properties"]["channel"].clone()),
+        (
+            "BroadcastRequest.channels[]",
+            schemas["BroadcastRequest"]["properties"]["channels"]["items"].clone(),
+        ),
+        ("token.sub", body("/api/token")["properties"]["sub"].clone()),
+        ("disconnect.user", body("/api/disconnect")["properties"]["user"].clone()),
+    ];
+    for (what, schema) in required_non_empty {
+        assert_eq!(schema["minLength"], 1, "{what}: {schema}");
+    }
+    for path in ["/api/history", "/api/state"] {
+        let params = spec["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let channel = params.iter().find(|p| p["name"] == "channel").expect("channel parameter");
+        assert_eq!(channel["schema"]["minLength"], 1, "{path} channel");
+    }
+}
+
+/// /metrics is documented with the media type it is served with.
+#[tokio::test]
+async fn metrics_media_type_is_the_served_one() {
+    let spec = spec();
+    let hub = Hub::start("[namespaces.default]\n");
+    let resp = reqwest::get(hub.http("/metrics")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let served = resp.headers()["content-type"].to_str().unwrap().to_string();
+    let text = resp.text().await.unwrap();
+    assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF");
+    let documented: Vec<&String> = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(documented, vec![&served]);
 }

@@ -1,12 +1,12 @@
 //! The server HTTP API under `/api`, authorized by the `x-api-key` header; plus `/health`,
 //! `/ready` and `/metrics`. docs/openapi.json describes it and a test keeps the two in step.
 
-use crate::auth::{Claims, mint_hs256, unix_now};
+use crate::auth::{Claims, MAX_TOKEN_TTL_SECS, expiry_after, mint_hs256};
 use crate::engine::PublishInput;
 use crate::hub::{Hub, engine_error};
 use crate::session::HistoryReply;
-use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,10 @@ use herald_protocol::{ErrorCode, Meta, Op, Position};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Every (method, path) the API serves; the OpenAPI test compares docs/openapi.json with it.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -62,8 +65,13 @@ pub fn status_for(code: u16) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (status_for(self.0.code), Json(json!({ "error": self.0 }))).into_response()
+        error_response(status_for(self.0.code), self.0)
     }
+}
+
+/// The documented `{"error": {...}}` object with this status.
+fn error_response(status: StatusCode, e: ErrorBody) -> Response {
+    (status, Json(json!({ "error": e }))).into_response()
 }
 
 /// Parses a JSON body into `T` with a protocol error on failure.
@@ -74,6 +82,11 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// The API routes (the caller adds state).
 pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
+    let limits = &hub.config.limits;
+    let throttle = Arc::new(FailureThrottle::new(
+        limits.api_key_failures_per_ip_per_minute,
+        Duration::from_secs(60),
+    ));
     let api = Router::new()
         .route("/api/publish", post(publish))
         .route("/api/broadcast", post(broadcast))
@@ -83,30 +96,232 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
         .route("/api/history", get(history))
         .route("/api/state", get(state))
         .route("/api/token", post(token))
-        .route_layer(axum::middleware::from_fn_with_state(hub, require_api_key));
+        .route_layer(axum::middleware::from_fn_with_state(
+            KeyCheck { hub: hub.clone(), throttle },
+            require_api_key,
+        ))
+        .layer(DefaultBodyLimit::max(limits.max_api_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.max_api_body_bytes,
+            refuse_declared_oversize,
+        ))
+        // Outermost: whatever refused the request (axum's extractors included) answers with
+        // the documented error object.
+        .layer(axum::middleware::map_response(json_refusals));
     Router::new()
         .merge(api)
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
 }
 
-async fn require_api_key(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+/// Unknown paths: under `/api` the error object (104: no such operation); elsewhere an empty
+/// 404 as before.
+async fn not_found(req: Request) -> Response {
+    let path = req.uri().path();
+    if path == "/api" || path.starts_with("/api/") {
+        let message = format!("no API route {path}");
+        return error_response(
+            StatusCode::NOT_FOUND,
+            ErrorBody::new(ErrorCode::UnknownCommand, message),
+        );
+    }
+    StatusCode::NOT_FOUND.into_response()
+}
+
+/// Turns a refusal that is not already JSON (axum's 405, body-limit 413, extractor rejections)
+/// into the error object, keeping its status and headers (`Allow`, `Retry-After`).
+async fn json_refusals(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::MessageTooLarge,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => ErrorCode::UnknownCommand,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    let (mut parts, body) = resp.into_parts();
+    // Rejection texts are short; a longer body is not a rejection text worth echoing.
+    let text = axum::body::to_bytes(body, 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match (status, text.trim()) {
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => "request body larger than limits.max_api_body_bytes",
+        (StatusCode::METHOD_NOT_ALLOWED, _) => "method not allowed on this route",
+        (_, "") => status.canonical_reason().unwrap_or("refused"),
+        (_, t) => t,
+    };
+    let fresh = error_response(status, ErrorBody::new(code, message));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, fresh.into_body())
+}
+
+/// Most of an oversized body read (and discarded) so that its sender sees the 413.
+const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest time spent reading an oversized body.
+const DRAIN_FOR: Duration = Duration::from_secs(10);
+
+/// A body whose `Content-Length` is over the limit is refused with 111 before anything else
+/// looks at it. A client that writes its whole body before reading (most HTTP libraries) would
+/// see a reset instead of the answer if the hub closed with the body unread, so the hub first
+/// reads and discards it (up to 64 MiB, 10 s; beyond, it answers and closes the connection).
+async fn refuse_declared_oversize(
+    State(limit): State<usize>,
     req: Request,
     next: Next,
 ) -> Response {
-    let given = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|n| *n > limit as u64) else {
+        return next.run(req).await;
+    };
+    let mut drained = false;
+    if declared <= DRAIN_MAX_BYTES {
+        use futures_util::StreamExt as _;
+        let mut body = req.into_body().into_data_stream();
+        let read_all = async { while let Some(Ok(_)) = body.next().await {} };
+        drained = tokio::time::timeout(DRAIN_FOR, read_all).await.is_ok();
+    }
+    let message =
+        format!("request body of {declared} bytes is over limits.max_api_body_bytes ({limit})");
+    let mut resp = error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorBody::new(ErrorCode::MessageTooLarge, message),
+    );
+    if !drained {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// State of the API-key check.
+#[derive(Clone)]
+struct KeyCheck {
+    hub: Arc<Hub>,
+    /// Failed checks per source address.
+    throttle: Arc<FailureThrottle>,
+}
+
+async fn require_api_key(State(check): State<KeyCheck>, req: Request, next: Next) -> Response {
+    let hub = &check.hub;
+    // Embedders that serve without connect info share one budget (fail closed, not open).
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let now = Instant::now();
+    // A locked-out address is refused before its key is looked at, so a good key does not
+    // get in either (and guessing learns nothing) until the window ends.
+    if let Some(wait) = check.throttle.locked(ip, now) {
+        return rate_limited(wait);
+    }
+    let given = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
     let ok = !given.is_empty()
         && hub.config.api_keys.iter().any(|k| constant_time_eq(k.as_bytes(), given.as_bytes()));
-    if !ok {
-        hub.metrics.auth_failures.inc();
-        tracing::warn!(target: "herald::audit", event = "auth_failure", reason = "bad or missing API key", path = %req.uri().path());
-        return ApiError(ErrorBody::new(ErrorCode::Unauthorized, "missing or wrong x-api-key"))
-            .into_response();
+    if ok {
+        return next.run(req).await;
     }
-    next.run(req).await
+    hub.metrics.auth_failures.inc();
+    let path = req.uri().path();
+    tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %ip, reason = "bad or missing API key", path = %path);
+    if check.throttle.failed(ip, now) {
+        tracing::warn!(target: "herald::audit", event = "api_key_lockout", ip = %ip, "failed API-key checks per minute exceeded; refusing this address until the minute ends");
+    }
+    ApiError(ErrorBody::new(ErrorCode::Unauthorized, "missing or wrong x-api-key")).into_response()
+}
+
+/// 429 with error 110 and `Retry-After` in whole seconds (at least 1).
+fn rate_limited(wait: Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut resp = ApiError(ErrorBody::new(
+        ErrorCode::RateLimited,
+        "too many failed API-key checks from this address",
+    ))
+    .into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    resp
+}
+
+/// Counts failures per source address in fixed windows: after `limit` failures inside one
+/// window the address is locked out until the window ends. Pure logic with the clock passed in.
+pub struct FailureThrottle {
+    /// Failures allowed per window (0: unlimited).
+    limit: u32,
+    /// Window length.
+    window: Duration,
+    /// Address (IPv6 by /64, what one host usually controls) → (window start, failures).
+    by_addr: parking_lot::Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+/// Addresses tracked at once; past it, expired windows are dropped, then arbitrary ones, so
+/// the table cannot grow without bound under a spread-out attack.
+const THROTTLE_MAX_ADDRESSES: usize = 65_536;
+
+impl FailureThrottle {
+    /// A throttle allowing `limit` failures per `window` and address.
+    pub fn new(limit: u32, window: Duration) -> FailureThrottle {
+        FailureThrottle { limit, window, by_addr: parking_lot::Mutex::new(HashMap::new()) }
+    }
+
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let s = v6.segments();
+                    IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+                }
+            },
+            v4 => v4,
+        }
+    }
+
+    /// How long `ip` stays locked out at `now`, if it is.
+    pub fn locked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        if self.limit == 0 {
+            return None;
+        }
+        let map = self.by_addr.lock();
+        let (start, failures) = *map.get(&Self::key(ip))?;
+        let elapsed = now.saturating_duration_since(start);
+        (failures >= self.limit && elapsed < self.window).then(|| self.window - elapsed)
+    }
+
+    /// Records a failure; true when it is the one that locks the address out.
+    pub fn failed(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let mut map = self.by_addr.lock();
+        let key = Self::key(ip);
+        if map.len() >= THROTTLE_MAX_ADDRESSES && !map.contains_key(&key) {
+            let window = self.window;
+            map.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
+            if map.len() >= THROTTLE_MAX_ADDRESSES
+                && let Some(evict) = map.keys().next().copied()
+            {
+                map.remove(&evict);
+            }
+        }
+        let entry = map.entry(key).or_insert((now, 0));
+        if now.saturating_duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+        entry.1 == self.limit
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -256,6 +471,10 @@ async fn disconnect(
     raw: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let b: DisconnectBody = body(&raw)?;
+    // An empty user is every anonymous and not-yet-connected session, never a user.
+    if b.user.is_empty() {
+        return Err(ErrorBody::new(ErrorCode::BadRequest, "`user` must not be empty").into());
+    }
     let n = hub.disconnect_user(&b.user);
     tracing::info!(target: "herald::audit", event = "kick", user = %b.user, connections = n);
     Ok(Json(json!({ "disconnected": n })))
@@ -343,7 +562,10 @@ async fn token(
     if b.sub.is_empty() {
         return Err(ErrorBody::new(ErrorCode::BadRequest, "`sub` must not be empty").into());
     }
-    let exp = unix_now() + b.ttl_secs.unwrap_or(3600);
+    let exp = expiry_after(b.ttl_secs.unwrap_or(3600)).map_err(|_| {
+        let message = format!("`ttl_secs` must be 1 to {MAX_TOKEN_TTL_SECS}");
+        ErrorBody::new(ErrorCode::BadRequest, message)
+    })?;
     let claims = Claims {
         sub: b.sub,
         exp: Some(exp),
@@ -376,4 +598,52 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         hub.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_lock_an_address_out_for_the_rest_of_the_window() {
+        let t = FailureThrottle::new(3, Duration::from_secs(60));
+        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Instant::now();
+        assert!(!t.failed(a, t0));
+        assert!(!t.failed(a, t0 + Duration::from_secs(1)));
+        assert_eq!(t.locked(a, t0 + Duration::from_secs(1)), None, "below the limit");
+        assert!(t.failed(a, t0 + Duration::from_secs(2)), "the third failure locks");
+        assert_eq!(t.locked(a, t0 + Duration::from_secs(20)), Some(Duration::from_secs(40)));
+        assert_eq!(t.locked(b, t0 + Duration::from_secs(20)), None, "another address is free");
+        // The window ends: unlocked, and counting starts again.
+        assert_eq!(t.locked(a, t0 + Duration::from_secs(60)), None);
+        assert!(!t.failed(a, t0 + Duration::from_secs(61)));
+        assert_eq!(t.locked(a, t0 + Duration::from_secs(61)), None);
+    }
+
+    #[test]
+    fn ipv6_hosts_count_by_prefix_and_zero_is_unlimited() {
+        let t = FailureThrottle::new(2, Duration::from_secs(60));
+        let now = Instant::now();
+        t.failed("2001:db8::1".parse().unwrap(), now);
+        t.failed("2001:db8::2".parse().unwrap(), now);
+        assert!(t.locked("2001:db8::ffff".parse().unwrap(), now).is_some(), "same /64");
+        assert!(t.locked("2001:db8:0:1::1".parse().unwrap(), now).is_none(), "other /64");
+        let open = FailureThrottle::new(0, Duration::from_secs(60));
+        let ip = "10.0.0.1".parse().unwrap();
+        for _ in 0..100 {
+            assert!(!open.failed(ip, now));
+        }
+        assert_eq!(open.locked(ip, now), None);
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let t = FailureThrottle::new(5, Duration::from_secs(60));
+        let now = Instant::now();
+        for i in 0..(THROTTLE_MAX_ADDRESSES as u32 + 10) {
+            t.failed(IpAddr::V4(Ipv4Addr::from(i)), now);
+        }
+        assert!(t.by_addr.lock().len() <= THROTTLE_MAX_ADDRESSES);
+    }
 }
