@@ -7,9 +7,11 @@
  *
  * What it guarantees to the application:
  * - a visible connection state (`connecting`, `connected`, `reconnecting`, `resyncing`, `offline`);
- * - reconnection with exponential backoff and full jitter (1 s doubling to a 30 s cap), a circuit
- *   breaker after 10 failed attempts that only `reconnect()` (or the browser's `online` event)
- *   closes again;
+ * - reconnection with exponential backoff and full jitter (1 s doubling to a 30 s cap); only attempts
+ *   that never got a `connect` reply count as failures, and the count resets once a connection is
+ *   connected with every subscription resumed; a circuit breaker opens after 10 consecutive
+ *   failures (`offline`, still probing once per 30 s) and `reconnect()` or the browser's `online`
+ *   event closes it at once;
  * - every subscription resumes from the last delivered position after every reconnect, and
  *   publications reach the application in offset order, exactly once; when a resume is impossible
  *   the subscription emits `resync` (with a fresh snapshot on keyed channels) instead of pretending
@@ -192,12 +194,35 @@ export class Emitter<Events extends { [K in keyof Events]: unknown }> {
       try {
         (fn as Listener<Events[K]>)(arg);
       } catch (err) {
-        // A listener's bug must not break delivery to the others or the client's state.
-        setTimeout(() => {
-          throw err;
-        }, 0);
+        // A listener's bug must not break delivery to the others, the client's state, or the
+        // process (a rethrow from a timer would kill Node): report it and go on.
+        this.listenerFailed(new ListenerError(String(event), err));
       }
     }
+  }
+
+  /** Whether `event` has at least one listener. */
+  protected hasListeners(event: keyof Events): boolean {
+    return (this.listeners.get(event)?.size ?? 0) > 0;
+  }
+
+  /** Reports an exception thrown by a listener; never throws. */
+  protected listenerFailed(err: ListenerError): void {
+    console.error(err.message, err.cause);
+  }
+}
+
+/** An exception thrown by an application's event listener, reported on the client's `error` event. */
+export class ListenerError extends Error {
+  /** The event whose listener threw (`publication`, `state`, ...). */
+  readonly event: string;
+  /** What the listener threw. */
+  readonly cause: unknown;
+  constructor(event: string, cause: unknown, where = '') {
+    super(`a '${event}' listener${where} threw: ${cause instanceof Error ? cause.message : String(cause)}`);
+    this.name = 'ListenerError';
+    this.event = event;
+    this.cause = cause;
   }
 }
 
@@ -228,6 +253,8 @@ export type ConnectionState =
       /** `not_started`, `closed` (by the app), `circuit_open`, or the server's close/error name. */
       reason: string;
       code?: number;
+      /** With `circuit_open`: `Date.now()` of the next probe (one per backoff cap, 30 s by default). */
+      nextTryAt?: number;
     };
 
 export type ConnectionStateName = ConnectionState['state'];
@@ -255,9 +282,12 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 export interface BackoffOptions {
   /** First delay cap in ms (default 1000). */
   initialMs?: number;
-  /** Largest delay in ms (default 30000). */
+  /** Largest delay in ms, and the probe interval while the circuit breaker is open (default 30000). */
   maxMs?: number;
-  /** Failed attempts before the circuit breaker opens (default 10). */
+  /**
+   * Consecutive failed attempts (never answered `connect`) before the circuit breaker opens
+   * (default 10).
+   */
   maxAttempts?: number;
   /** Random source in [0,1) (tests). */
   random?: () => number;
@@ -285,8 +315,6 @@ export interface ClientOptions {
   livenessMarginMs?: number;
   /** Refresh the token this long before it expires (default min(30000, half the remaining)). */
   refreshBeforeMs?: number;
-  /** A connection that lasted this long resets the backoff (default 5000 ms). */
-  stableAfterMs?: number;
   /** The WebSocket implementation (default: the global one). */
   WebSocket?: WebSocketConstructor;
   /** React to the browser's `online` and `visibilitychange` events (default true). */
@@ -324,15 +352,23 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** Applies a JSON merge patch (RFC 7386) to `target` and returns the result (no mutation). */
+/**
+ * Applies a JSON merge patch (RFC 7386) to `target` and returns the result (no mutation). Every
+ * key is an ordinary own property, `__proto__` included (the hub keeps such keys; an assignment
+ * would set the prototype instead and the client's state would differ from the hub's).
+ */
 export function mergePatch(target: unknown, patch: unknown): unknown {
   if (!isObject(patch)) return patch;
   const out: Record<string, unknown> = isObject(target) ? { ...target } : {};
   for (const [k, v] of Object.entries(patch)) {
     if (v === null) delete out[k];
-    else out[k] = mergePatch(out[k], v);
+    else setOwn(out, k, mergePatch(Object.prototype.hasOwnProperty.call(out, k) ? out[k] : undefined, v));
   }
   return out;
+}
+
+function setOwn(o: Record<string, unknown>, k: string, v: unknown): void {
+  Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -354,8 +390,15 @@ export interface ResyncEvent {
   channel: string;
   /** Why the stream could not be resumed (`epoch_changed`, `history_trimmed`, `too_many`). */
   reason: NotRecoveredReason | string;
+  /** The last position delivered before the resync: what follows it up to `position` was skipped. */
+  from: Position;
   /** The position the subscription continues from. */
   position: Position;
+  /**
+   * How many publications were skipped (`position.offset - from.offset`) when the epoch is the
+   * same; absent when the epoch changed (the old stream is gone, its length is unknown).
+   */
+  skipped?: number;
   /** On keyed channels: every record at `position`; replace your state with it. */
   snapshot?: KeyedRecord[];
 }
@@ -368,6 +411,8 @@ export interface UnsubscribedEvent {
 
 export interface SubscriptionEvents {
   publication: Publication;
+  /** The subscription's status changed (see `SubscriptionStatus`). */
+  status: SubscriptionStatus;
   subscribed: SubscribedEvent;
   resync: ResyncEvent;
   unsubscribed: UnsubscribedEvent;
@@ -376,7 +421,13 @@ export interface SubscriptionEvents {
   records: ReadonlyMap<string, unknown>;
 }
 
-export type SubscriptionStatus = 'pending' | 'subscribing' | 'subscribed' | 'unsubscribed';
+/**
+ * `pending`: waiting for a connection the client is trying to make; `subscribing`: the subscribe
+ * was sent; `subscribed`: publications flow; `offline`: the client is offline (circuit breaker
+ * open, a final close, `close()`), the subscription resumes when it connects again;
+ * `unsubscribed`: ended for good.
+ */
+export type SubscriptionStatus = 'pending' | 'subscribing' | 'subscribed' | 'offline' | 'unsubscribed';
 
 /**
  * A subscription to one channel. Emits `publication` in offset order, exactly once, across
@@ -388,7 +439,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** The last delivered position (undefined before the first subscribe reply). */
   position?: Position;
   keyed = false;
-  status: SubscriptionStatus = 'pending';
+  private _status: SubscriptionStatus = 'pending';
   /** Keyed state: key → value, kept from snapshots and publications. */
   readonly records = new Map<string, unknown>();
   /** Counters, for tests and dashboards. */
@@ -404,6 +455,23 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.channel = channel;
     this.options = options;
     if (options.since) this.position = { ...options.since };
+  }
+
+  /** Where the subscription is; every change emits `status`. */
+  get status(): SubscriptionStatus {
+    return this._status;
+  }
+
+  /** @internal */
+  _setStatus(status: SubscriptionStatus): void {
+    if (this._status === status) return;
+    this._status = status;
+    this.emit('status', status);
+  }
+
+  /** Listener exceptions go to the client's `error` event. */
+  protected listenerFailed(err: ListenerError): void {
+    this.client._listenerFailed(new ListenerError(err.event, err.cause, ` of subscription ${this.channel}`), false);
   }
 
   /** Drops this handle; the channel is left when the last handle is dropped. */
@@ -472,8 +540,9 @@ export interface ClientEvents {
 }
 
 interface Pending {
+  /** Called synchronously when the reply is read, before the next message of the same frame. */
   resolve: (v: unknown) => void;
-  reject: (e: unknown) => void;
+  reject: (e: HeraldError) => void;
   timer: ReturnType<typeof setTimeout> | undefined;
   frame: string;
   sent: boolean;
@@ -528,7 +597,14 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private _state: ConnectionState = { state: 'offline', reason: 'not_started' };
   private started = false;
   private everConnected = false;
-  private attempt = 0;
+  /**
+   * Consecutive attempts that ended without a `connect` reply: the backoff exponent and the
+   * breaker's count. Reset once a connection is `connected` (connect answered, every
+   * resubscribe answered), so short-lived connections that resumed never open the breaker.
+   */
+  private failures = 0;
+  /** Whether the current attempt got its `connect` reply (then its end is not a failure). */
+  private reachedConnect = false;
   private retryTimer?: ReturnType<typeof setTimeout>;
   private connectTimer?: ReturnType<typeof setTimeout>;
   private livenessTimer?: ReturnType<typeof setTimeout>;
@@ -577,7 +653,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
     if (!this.started) {
       this.started = true;
       this.bindBrowserEvents();
-      this.attempt = 0;
+      this.failures = 0;
       this.setState({ state: 'connecting', attempt: 1 });
       this.openSocket();
     }
@@ -595,7 +671,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
     }
     this.clearTimer('retryTimer');
     if (this.ws) this.dropSocket(1000, 'reconnect requested');
-    this.attempt = 0;
+    this.failures = 0;
     this.setState(this.everConnected ? this.reconnectingState(0, 0) : { state: 'connecting', attempt: 1 });
     this.openSocket();
   }
@@ -640,11 +716,22 @@ export class HeraldClient extends Emitter<ClientEvents> {
 
   /**
    * Subscribes to a channel. Subscribing to a channel that is already subscribed returns the same
-   * subscription (reference counted: the channel is left when every handle unsubscribed).
+   * subscription (reference counted: the channel is left when every handle unsubscribed). Options
+   * given again must equal the existing subscription's (omitted ones are taken from it); other
+   * options throw `HeraldError` 105 `already_subscribed` rather than being silently ignored.
    */
   subscribe(channel: string, options: SubscribeOptions = {}): Subscription {
     const existing = this.subs.get(channel);
     if (existing && existing.status !== 'unsubscribed') {
+      const conflict = optionsConflict(existing.options, options);
+      if (conflict) {
+        throw new HeraldError({
+          code: 105,
+          name: 'already_subscribed',
+          message: `${channel} is already subscribed with ${conflict}: pass the same options, or unsubscribe every handle first`,
+          channel,
+        });
+      }
       existing.refs += 1;
       return existing;
     }
@@ -661,14 +748,14 @@ export class HeraldClient extends Emitter<ClientEvents> {
 
   /** Publishes over the WebSocket. */
   publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<PublishResult> {
-    const { timeoutMs, ...rest } = options;
-    return this.request('publish', { channel, data, ...rest }, timeoutMs) as Promise<PublishResult>;
+    return this.request('publish', { channel, data, ...publishFields(options) }, options.timeoutMs) as Promise<PublishResult>;
   }
 
   /** Reads a channel's history. */
   history(channel: string, options: HistoryOptions = {}): Promise<HistoryResult> {
-    const { timeoutMs, ...rest } = options;
-    return this.request('history', { channel, ...rest }, timeoutMs) as Promise<HistoryResult>;
+    const { limit, since, before, timeoutMs } = options;
+    const fields = { channel, limit, since: since && { epoch: since.epoch, offset: since.offset }, before };
+    return this.request('history', fields, timeoutMs) as Promise<HistoryResult>;
   }
 
   /** Reads a keyed channel's records. */
@@ -687,25 +774,48 @@ export class HeraldClient extends Emitter<ClientEvents> {
    * `disconnected` (it may or may not have been processed: use `idempotency_key` for publishes).
    */
   request(cmd: string, fields: Record<string, unknown>, timeoutMs?: number): Promise<unknown> {
+    return new Promise((resolve, reject) => this.command(cmd, fields, timeoutMs, resolve, reject));
+  }
+
+  /**
+   * Sends a command; `onResult` / `onError` run synchronously when the reply is read (the
+   * subscribe reply must be applied before the publications that follow it in the same frame).
+   */
+  private command(
+    cmd: string,
+    fields: Record<string, unknown>,
+    timeoutMs: number | undefined,
+    onResult: (r: unknown) => void,
+    onError: (e: HeraldError) => void,
+  ): void {
+    if (!this.started && this._state.state === 'offline' && this._state.reason === 'closed') {
+      onError(new HeraldError({ code: 2, name: 'closed', message: 'client closed' }));
+      return;
+    }
     const id = this.nextId++;
     const frame = JSON.stringify({ id, cmd, ...stripUndefined(fields) });
     const ms = timeoutMs ?? this.opts.requestTimeoutMs ?? 10000;
-    return new Promise((resolve, reject) => {
-      if (!this.started && this._state.state === 'offline' && this._state.reason === 'closed') {
-        reject(new HeraldError({ code: 2, name: 'closed', message: 'client closed' }));
-        return;
-      }
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        const i = this.outbox.indexOf(id);
-        if (i >= 0) this.outbox.splice(i, 1);
-        reject(new HeraldError({ code: 0, name: 'timeout', message: `${cmd} timed out after ${ms} ms` }));
-      }, ms);
-      const p: Pending = { resolve, reject, timer, frame, sent: false, gen: this.gen };
-      this.pending.set(id, p);
-      if (this.isLive()) this.sendPending(id, p);
-      else this.outbox.push(id);
-    });
+    const timer = setTimeout(() => {
+      this.pending.delete(id);
+      const i = this.outbox.indexOf(id);
+      if (i >= 0) this.outbox.splice(i, 1);
+      onError(new HeraldError({ code: 0, name: 'timeout', message: `${cmd} timed out after ${ms} ms` }));
+    }, ms);
+    const p: Pending = { resolve: onResult, reject: onError, timer, frame, sent: false, gen: this.gen };
+    this.pending.set(id, p);
+    if (this.isLive()) this.sendPending(id, p);
+    else this.outbox.push(id);
+  }
+
+  /** @internal Reports a listener's exception on the `error` event (or the console). */
+  _listenerFailed(err: ListenerError, fromErrorEvent: boolean): void {
+    if (!fromErrorEvent && this.hasListeners('error')) this.emit('error', err);
+    else console.error(err.message, err.cause);
+  }
+
+  /** A throwing `error` listener is reported on the console (no loop). */
+  protected listenerFailed(err: ListenerError): void {
+    this._listenerFailed(err, err.event === 'error');
   }
 
   // ------------------------------------------------------------------ internals: state
@@ -716,7 +826,19 @@ export class HeraldClient extends Emitter<ClientEvents> {
 
   private setState(s: ConnectionState): void {
     this._state = s;
+    if (s.state === 'offline') {
+      // No silent "pending forever": subscriptions say the client is offline.
+      for (const sub of this.subs.values()) if (sub.status !== 'unsubscribed') sub._setStatus('offline');
+    }
     this.emit('state', s);
+  }
+
+  /** The connection is up and every subscription was answered: `connected`, backoff reset. */
+  private enterConnected(): void {
+    const info = this.info!;
+    this.failures = 0;
+    this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
+    this.emit('connected', info);
   }
 
   private get maxAttempts(): number {
@@ -735,13 +857,19 @@ export class HeraldClient extends Emitter<ClientEvents> {
     };
   }
 
-  /** Full-jitter delay for a 1-based attempt. */
+  private get capMs(): number {
+    return this.opts.backoff?.maxMs ?? 30000;
+  }
+
+  /**
+   * Full-jitter delay before try `attempt` (1-based, counted since the last connection that got
+   * its `connect` reply): uniform in [0, min(maxMs, initialMs × 2^(attempt-1))).
+   */
   backoffDelay(attempt: number): number {
     const b = this.opts.backoff ?? {};
     const initial = b.initialMs ?? 1000;
-    const max = b.maxMs ?? 30000;
     const rnd = b.random ?? Math.random;
-    const cap = Math.min(max, initial * Math.pow(2, Math.max(0, attempt - 1)));
+    const cap = Math.min(this.capMs, initial * Math.pow(2, Math.max(0, attempt - 1)));
     return Math.floor(rnd() * cap);
   }
 
@@ -756,6 +884,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private async openSocket(): Promise<void> {
     const gen = ++this.gen;
     this.disconnectPush = undefined;
+    this.reachedConnect = false;
     let token: string | undefined;
     try {
       const t = this.opts.token;
@@ -860,7 +989,8 @@ export class HeraldClient extends Emitter<ClientEvents> {
     this.clearTimer('livenessTimer');
     this.clearTimer('refreshTimer');
     this.resyncPending.clear();
-    for (const sub of this.subs.values()) if (sub.status !== 'unsubscribed') sub.status = 'pending';
+    this.connectedAt = 0;
+    for (const sub of this.subs.values()) if (sub.status !== 'unsubscribed') sub._setStatus('pending');
     this.failPending(false, { code: 1, name: 'disconnected', message: 'connection lost' });
   }
 
@@ -875,22 +1005,30 @@ export class HeraldClient extends Emitter<ClientEvents> {
     if (all) this.outbox.length = 0;
   }
 
-  /** A connection attempt failed or an established connection dropped: back off and retry. */
+  /**
+   * A connection attempt failed or an established connection dropped: back off and retry. Only
+   * an attempt that never got its `connect` reply is a failure; the breaker opens after
+   * `maxAttempts` consecutive failures and then probes once per `maxMs`.
+   */
   private onFailure(code: number, reason: string): void {
     if (!this.started) return;
-    if (this.connectedAt && Date.now() - this.connectedAt >= (this.opts.stableAfterMs ?? 5000)) {
-      this.attempt = 0;
-    }
-    this.connectedAt = 0;
+    if (!this.reachedConnect) this.failures += 1;
+    this.reachedConnect = false;
     if (this.urls.length > 1) this.urlIndex = (this.urlIndex + 1) % this.urls.length;
-    this.attempt += 1;
-    if (this.attempt > this.maxAttempts) {
-      this.setState({ state: 'offline', reason: 'circuit_open', code: code || undefined });
+    this.clearTimer('retryTimer');
+    if (this.failures >= this.maxAttempts) {
+      const probeMs = this.capMs;
+      this.setState({ state: 'offline', reason: 'circuit_open', code: code || undefined, nextTryAt: Date.now() + probeMs });
+      // A probe keeps the state `offline`; its success closes the breaker, its failure re-arms it.
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = undefined;
+        if (this.started && !this.ws) this.openSocket();
+      }, probeMs);
       return;
     }
-    const delay = this.backoffDelay(this.attempt);
-    this.setState(this.reconnectingState(this.attempt, delay, code || undefined, reason));
-    this.clearTimer('retryTimer');
+    const attempt = this.failures + 1;
+    const delay = this.backoffDelay(attempt);
+    this.setState(this.reconnectingState(attempt, delay, code || undefined, reason));
     this.retryTimer = setTimeout(() => this.tryNow(), delay);
   }
 
@@ -921,6 +1059,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
     if (gen !== this.gen) return;
     this.clearTimer('connectTimer');
     this.info = res;
+    this.reachedConnect = true;
     this.connectedAt = Date.now();
     this.pingIntervalMs = res.ping_interval_ms || 25000;
     this.touch();
@@ -929,13 +1068,12 @@ export class HeraldClient extends Emitter<ClientEvents> {
     this.everConnected = true;
     const subs = [...this.subs.values()].filter((s) => s.status !== 'unsubscribed');
     if (resuming && subs.length > 0) {
+      // `connected` (state and event) comes when every resubscribe is answered.
       for (const s of subs) this.resyncPending.add(s.channel);
       this.setState({ state: 'resyncing', pending: subs.length });
     } else {
-      this.attempt = 0;
-      this.setState({ state: 'connected', client: res.client, node: res.node, clients: res.clients });
+      this.enterConnected();
     }
-    this.emit('connected', res);
     for (const s of subs) this.sendSubscribe(s);
     // Flush commands made while disconnected, in order.
     for (const id of this.outbox.splice(0)) {
@@ -948,8 +1086,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
     if (!this.resyncPending.delete(channel)) return;
     if (this._state.state !== 'resyncing') return;
     if (this.resyncPending.size === 0) {
-      const info = this.info!;
-      this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
+      this.enterConnected();
     } else {
       this.setState({ state: 'resyncing', pending: this.resyncPending.size });
     }
@@ -1071,7 +1208,9 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private onFrame(data: unknown): void {
     this.touch();
     if (typeof data !== 'string') return;
+    const gen = this.gen;
     for (const line of data.split('\n')) {
+      if (gen !== this.gen) return; // a message replaced the connection
       if (!line.trim()) continue;
       let msg: Msg;
       try {
@@ -1122,18 +1261,23 @@ export class HeraldClient extends Emitter<ClientEvents> {
 
   private sendSubscribe(sub: Subscription): void {
     if (!this.isLive()) return;
-    sub.status = 'subscribing';
+    sub._setStatus('subscribing');
     const gen = ++sub.generation;
     const fields: Record<string, unknown> = { channel: sub.channel };
     if (sub.position) fields.since = { epoch: sub.position.epoch, offset: sub.position.offset };
     else if (sub.options.snapshot) fields.snapshot = true;
-    this.request('subscribe', fields).then(
+    // The reply is applied synchronously: publications that follow it in the same frame (or the
+    // same read) must find the subscription `subscribed` at the reply's position.
+    this.command(
+      'subscribe',
+      fields,
+      undefined,
       (r) => {
         if (gen !== sub.generation || sub.status === 'unsubscribed') return;
         this.onSubscribed(sub, r as SubscribeResult);
         this.resyncDone(sub.channel);
       },
-      (err: HeraldError) => {
+      (err) => {
         if (gen !== sub.generation || sub.status === 'unsubscribed') return;
         if (err.code === 1 || err.code === 2) return; // connection dropped: resubscribed on reconnect
         if (err.code === 0 || TRANSIENT_SUBSCRIBE_ERRORS.has(err.code)) {
@@ -1145,7 +1289,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
           sub._emit('error', err);
           return;
         }
-        sub.status = 'unsubscribed';
+        sub._setStatus('unsubscribed');
         if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
         this.resyncDone(sub.channel);
         sub._emit('error', err);
@@ -1158,7 +1302,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
     const before = sub.position;
     const resumed = before !== undefined;
     sub.keyed = !!res.keyed;
-    sub.status = 'subscribed';
+    sub._setStatus('subscribed');
     if (!resumed) {
       sub.position = { epoch: res.epoch, offset: res.offset };
       if (res.snapshot) sub._setSnapshot(res.snapshot);
@@ -1201,7 +1345,14 @@ export class HeraldClient extends Emitter<ClientEvents> {
       recovered: false,
       snapshot: res.snapshot,
     });
-    sub._emit('resync', { channel: sub.channel, reason, position: { ...sub.position }, snapshot: res.snapshot });
+    sub._emit('resync', {
+      channel: sub.channel,
+      reason,
+      from: { ...before },
+      position: { ...sub.position },
+      skipped: res.epoch === before.epoch ? Math.max(0, res.offset - before.offset) : undefined,
+      snapshot: res.snapshot,
+    });
   }
 
   private onPublication(pub: Publication): void {
@@ -1238,7 +1389,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private resubscribe(sub: Subscription, needUnsubscribe: boolean): void {
     if (sub.status === 'subscribing' || !this.isLive()) return;
     sub.stats.resubscribes += 1;
-    sub.status = 'subscribing';
+    sub._setStatus('subscribing');
     if (needUnsubscribe) this.request('unsubscribe', { channel: sub.channel }).catch(() => {});
     this.sendSubscribe(sub);
   }
@@ -1247,11 +1398,11 @@ export class HeraldClient extends Emitter<ClientEvents> {
     const sub = msg.channel ? this.subs.get(msg.channel) : undefined;
     if (!sub || sub.status === 'unsubscribed') return;
     if (msg.resubscribe) {
-      sub.status = 'pending';
+      sub._setStatus('pending');
       this.resubscribe(sub, false);
       return;
     }
-    sub.status = 'unsubscribed';
+    sub._setStatus('unsubscribed');
     sub.generation++;
     this.subs.delete(sub.channel);
     sub._emit('unsubscribed', { channel: sub.channel, code: msg.code, reason: msg.reason || msg.name || 'unsubscribed' });
@@ -1261,13 +1412,31 @@ export class HeraldClient extends Emitter<ClientEvents> {
   _unsubscribe(sub: Subscription): void {
     if (sub.status === 'unsubscribed') return;
     const wasActive = sub.status === 'subscribed' || sub.status === 'subscribing';
-    sub.status = 'unsubscribed';
+    sub._setStatus('unsubscribed');
     sub.generation++;
     if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
     this.resyncDone(sub.channel);
     if (wasActive && this.isLive()) this.request('unsubscribe', { channel: sub.channel }).catch(() => {});
     sub._emit('unsubscribed', { channel: sub.channel, reason: 'client' });
   }
+}
+
+/** The publish fields of protocol §2 (nothing else is sent: the hub rejects unknown fields). */
+function publishFields(o: Omit<PublishOptions, 'timeoutMs'>): Record<string, unknown> {
+  return { type: o.type, key: o.key, op: o.op, idempotency_key: o.idempotency_key, correlation_id: o.correlation_id };
+}
+
+function samePosition(a?: Position, b?: Position): boolean {
+  return a === b || (a !== undefined && b !== undefined && a.epoch === b.epoch && a.offset === b.offset);
+}
+
+/** What in `again` differs from the options the subscription was made with (undefined: nothing). */
+function optionsConflict(have: SubscribeOptions, again: SubscribeOptions): string | undefined {
+  if (again.snapshot !== undefined && !!again.snapshot !== !!have.snapshot) return `snapshot: ${!!have.snapshot}`;
+  if (again.since !== undefined && !samePosition(again.since, have.since)) {
+    return have.since ? `since ${have.since.epoch}:${have.since.offset}` : 'no since';
+  }
+  return undefined;
 }
 
 function stripUndefined(o: Record<string, unknown>): Record<string, unknown> {
@@ -1305,6 +1474,18 @@ export interface TokenRequest {
   ttl_secs?: number;
 }
 
+/** Publish options of the HTTP API (protocol §12): the socket's, plus `source` and `user`. */
+export interface ApiPublishOptions extends Omit<PublishOptions, 'timeoutMs'> {
+  /** `meta.source` (default `api`). */
+  source?: string;
+  /** `meta.user`, the user the backend publishes for. */
+  user?: string;
+}
+
+function apiPublishFields(o: ApiPublishOptions): Record<string, unknown> {
+  return { ...publishFields(o), source: o.source, user: o.user };
+}
+
 /** The hub's HTTP API, authorized by an API key. Uses the global `fetch`. */
 export class HeraldApi {
   readonly baseUrl: string;
@@ -1338,12 +1519,12 @@ export class HeraldApi {
     return json as T;
   }
 
-  publish(channel: string, data: unknown, options: Omit<PublishOptions, 'timeoutMs'> = {}): Promise<PublishResult> {
-    return this.call('POST', '/api/publish', stripUndefined({ channel, data, ...options }));
+  publish(channel: string, data: unknown, options: ApiPublishOptions = {}): Promise<PublishResult> {
+    return this.call('POST', '/api/publish', stripUndefined({ channel, data, ...apiPublishFields(options) }));
   }
 
-  broadcast(channels: string[], data: unknown, options: Omit<PublishOptions, 'timeoutMs'> = {}): Promise<{ results: unknown[] }> {
-    return this.call('POST', '/api/broadcast', stripUndefined({ channels, data, ...options }));
+  broadcast(channels: string[], data: unknown, options: ApiPublishOptions = {}): Promise<{ results: unknown[] }> {
+    return this.call('POST', '/api/broadcast', stripUndefined({ channels, data, ...apiPublishFields(options) }));
   }
 
   channels(): Promise<{ channels: { channel: string; subscribers: number }[] }> {

@@ -24,8 +24,12 @@ export function connectionStore(client: HeraldClient): Readable<ConnectionState>
 
 export interface ChannelView<T = unknown> {
   channel: string;
-  /** `pending` until subscribed, `subscribed`, or `unsubscribed` after an error. */
-  status: 'pending' | 'subscribed' | 'unsubscribed';
+  /**
+   * `subscribed` while publications flow; `pending` while (re)subscribing or reconnecting;
+   * `offline` while the client is offline (circuit breaker open, final close); `unsubscribed` after
+   * an error ended it.
+   */
+  status: 'pending' | 'subscribed' | 'offline' | 'unsubscribed';
   /** The latest publications, oldest first (at most `keep`). */
   publications: Publication<T>[];
   /** Keyed channels: the records (key → value). */
@@ -77,6 +81,10 @@ export function channelStore<T = unknown>(
       s.on('resync', (e) => set({ resync: e, position: e.position, records: recordsOf(s), publications: [] })),
       s.on('error', (e) => set({ error: e.message })),
       s.on('unsubscribed', () => set({ status: 'unsubscribed' })),
+      s.on('status', (st) => {
+        const view = st === 'subscribed' || st === 'offline' || st === 'unsubscribed' ? st : 'pending';
+        if (view !== value.status) set({ status: view });
+      }),
     ];
     if (s.status === 'subscribed') set({ status: 'subscribed', position: s.position, records: recordsOf(s) });
   };

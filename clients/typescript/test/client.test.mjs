@@ -243,25 +243,83 @@ test('token provider: admin token minted over HTTP, default-namespace channel, r
   assert.equal(c.state.state, 'connected');
 });
 
-test('circuit breaker opens after maxAttempts; reconnect() tries again; full-jitter delays are capped', async () => {
+test('circuit breaker: opens after maxAttempts failures, probes once per maxMs until the hub answers; reconnect() closes it at once', async () => {
   const proxy = await startProxy(hub.port);
   proxy.cut();
   try {
-    const c = client({ url: proxy.ws, backoff: { initialMs: 5, maxMs: 20, maxAttempts: 3 } });
+    // A probe interval far away: only reconnect() can bring this one back within the test.
+    const manual = client({ url: proxy.ws, backoff: { initialMs: 5, maxMs: 60000, maxAttempts: 3 } });
     const tries = [];
-    c.on('state', (s) => s.state === 'reconnecting' && s.nextTryMs >= 0 && tries.push(s.attempt));
-    await assert.rejects(c.connect(), /circuit_open/);
-    assert.deepEqual(c.state, { state: 'offline', reason: 'circuit_open', code: c.state.code });
-    assert.deepEqual([...new Set(tries)], [1, 2, 3]);
+    manual.on('state', (s) => s.state === 'reconnecting' && tries.push(s.attempt));
+    await assert.rejects(manual.connect(), /circuit_open/);
+    const open = manual.state;
+    assert.equal(open.state, 'offline');
+    assert.equal(open.reason, 'circuit_open');
+    assert.equal(open.code, 1006, JSON.stringify(open));
+    assert.ok(open.nextTryAt > Date.now() + 50000, JSON.stringify(open));
+    // Try 1 is the first `connecting`; tries 2 and 3 are retries; the third failure opens it.
+    assert.deepEqual([...new Set(tries)], [2, 3]);
+
+    // A short probe interval: the breaker opens, failed probes keep it offline, a probe that
+    // reaches the hub closes it with no call from the app (Node has no `online` event).
+    const probing = client({ url: proxy.ws, backoff: { initialMs: 5, maxMs: 50, maxAttempts: 2 } });
+    const sub = probing.subscribe('demo:t-probe');
+    await assert.rejects(probing.connect(), /circuit_open/);
+    const after = [];
+    probing.on('state', (s) => after.push(s));
+    assert.equal(sub.status, 'offline');
+    await until(() => after.length >= 3, { what: 'two failed probes' });
+    assert.ok(after.every((s) => s.state === 'offline' && s.reason === 'circuit_open'), JSON.stringify(after));
     proxy.pass();
-    c.reconnect();
-    await c.waitFor('connected');
+    await probing.waitFor('connected', 5000);
+    await sub.ready();
+    assert.equal(sub.status, 'subscribed');
+
+    assert.equal(manual.state.state, 'offline');
+    manual.reconnect();
+    await manual.waitFor('connected', 5000);
 
     const d = new HeraldClient({ url: 'ws://127.0.0.1:1/ws', backoff: { random: () => 0.999999 } });
     const delays = [1, 2, 3, 4, 5, 6, 7, 10].map((a) => d.backoffDelay(a));
     assert.deepEqual(delays, [999, 1999, 3999, 7999, 15999, 29999, 29999, 29999]);
     const z = new HeraldClient({ url: 'ws://127.0.0.1:1/ws', backoff: { random: () => 0 } });
     assert.equal(z.backoffDelay(5), 0);
+  } finally {
+    await proxy.close();
+  }
+});
+
+test('flapping network (every connection cut after 400 ms): each reconnect resumes, attempt stays 1, no breaker, no resync', async () => {
+  const proxy = await startProxy(hub.port);
+  try {
+    // Without the reset on a resumed connection, 3 cuts would open this breaker.
+    const c = client({ url: proxy.ws, backoff: { initialMs: 50, maxMs: 400, maxAttempts: 3 } });
+    const sub = c.subscribe('demo:t-flap');
+    await c.connect();
+    await sub.ready();
+    const seen = [];
+    sub.on('publication', (p) => seen.push(p.offset));
+    const states = [];
+    c.on('state', (s) => states.push(s));
+    proxy.flap(400);
+    c.reconnect(); // the current connection was accepted before flap(): start flapping now
+    const http = new HeraldApi(hub.http, API_KEY);
+    const CUTS = 8;
+    let top = 0;
+    const deadline = Date.now() + 15000;
+    for (let i = 0; proxy.cuts < CUTS && c.state.state !== 'offline' && Date.now() < deadline; i++) {
+      top = (await http.publish('demo:t-flap', i)).offset;
+      await new Promise((r) => setTimeout(r, 10)); // pacing of the publisher, not synchronization
+    }
+    assert.ok(!states.some((s) => s.state === 'offline'), `the breaker opened: ${JSON.stringify(states.at(-1))}`);
+    assert.ok(proxy.cuts >= CUTS, `only ${proxy.cuts} cuts`);
+    proxy.flap(0);
+    await until(() => sub.position.offset === top, { timeoutMs: 10000, what: `offset ${top} (at ${sub.position.offset})` });
+    assert.deepEqual(seen, Array.from({ length: top }, (_, i) => i + 1));
+    assert.equal(sub.stats.resyncs, 0);
+    const retries = states.filter((s) => s.state === 'reconnecting');
+    assert.ok(retries.length >= CUTS, `${retries.length} reconnects`);
+    assert.deepEqual([...new Set(retries.map((s) => s.attempt))], [1]);
   } finally {
     await proxy.close();
   }
@@ -329,6 +387,49 @@ test('adapters: connection store, channel store (svelte contract) and React hook
   await c.publish('demo:t11', 'x');
   await until(() => cells[1].publications.length === 1);
   for (const f of cleanups) f();
+});
+
+test('merge patches with a __proto__ key (top level and nested) give the records GET /api/state has', async () => {
+  const http = new HeraldApi(hub.http, API_KEY);
+  const c = client();
+  const sub = c.subscribe('demo:t-proto', { snapshot: true });
+  await c.connect();
+  await sub.ready();
+  // JSON.parse makes `__proto__` an own key, as it is on the wire (a literal would set the prototype).
+  const patches = ['{"a":1,"n":{"b":2}}', '{"__proto__":{"polluted":true}}', '{"n":{"__proto__":{"deep":1}}}', '{"__proto__":{"x":2}}'];
+  let top = 0;
+  for (const p of patches) top = (await http.publish('demo:t-proto', JSON.parse(p), { key: 'r', op: 'merge' })).offset;
+  await until(() => sub.position.offset === top, { what: 'every patch applied' });
+  const st = await http.state('demo:t-proto');
+  const hubValue = st.records.find((r) => r.key === 'r').value;
+  // Key order is not part of the value (the hub sorts keys): compare with sorted keys.
+  const canon = (v) => JSON.stringify(v, (_, x) => (x && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.keys(x).sort().map((k) => [k, x[k]])) : x));
+  assert.equal(canon(sub.records.get('r')), canon(hubValue));
+  assert.deepEqual(sub.records.get('r'), hubValue);
+  assert.ok(Object.keys(hubValue).includes('__proto__'), `the hub keeps the key: ${JSON.stringify(hubValue)}`);
+  assert.equal(Object.getPrototypeOf(sub.records.get('r')), Object.prototype, 'the prototype is untouched');
+  assert.equal({}.polluted, undefined);
+});
+
+test('a publication listener that throws is reported on the error event and delivery goes on', async () => {
+  const c = client();
+  const sub = c.subscribe('demo:t-throw');
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  await c.connect();
+  await sub.ready();
+  const seen = [];
+  sub.on('publication', (p) => {
+    throw new Error(`listener bug at ${p.offset}`);
+  });
+  sub.on('publication', (p) => seen.push(p.offset));
+  for (let i = 0; i < 3; i++) await c.publish('demo:t-throw', i);
+  await until(() => seen.length === 3, { what: 'three deliveries' });
+  assert.deepEqual(seen, [1, 2, 3]);
+  assert.deepEqual(errors.map((e) => [e.name, e.event, e.cause.message]), [1, 2, 3].map((o) => ['ListenerError', 'publication', `listener bug at ${o}`]));
+  assert.match(errors[0].message, /'publication' listener of subscription demo:t-throw threw/);
+  assert.equal(sub.stats.delivered, 3);
+  assert.equal(c.state.state, 'connected');
 });
 
 test('mergePatch follows RFC 7386; final close codes', () => {

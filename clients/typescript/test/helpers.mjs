@@ -27,9 +27,10 @@ export function heraldBin() {
  */
 export async function startHub({ port = 0, extra = [], timeoutMs = 15000 } = {}) {
   const args = ['serve', '--listen', `127.0.0.1:${port}`, '--api-key', API_KEY, '--token-secret', TOKEN_SECRET, ...extra];
-  // The hub reads HERALD_* variables (config file, engine, ...): start it from the flags alone.
+  // The hub reads HERALD_* variables (config file, engine, ...): start it from the flags alone,
+  // except its log filter (HERALD_LOG, default warn).
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HERALD_')));
-  env.RUST_LOG = process.env.RUST_LOG ?? 'warn';
+  env.HERALD_LOG = process.env.HERALD_LOG ?? 'warn';
   const child = spawn(heraldBin(), args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   let log = '';
   const exited = new Promise((res) => child.once('exit', (code, signal) => res({ code, signal })));
@@ -109,10 +110,14 @@ export function nextEvent(emitter, event, pred = () => true, timeoutMs = 10000) 
 /**
  * A loopback TCP proxy in front of `targetPort`. Modes: `pass` forwards; `cut()` destroys every
  * connection (RST) and refuses new ones until `pass()`; `blackhole()` keeps sockets open but drops
- * every byte both ways (a network that loses packets without FIN or RST).
+ * every byte both ways (a network that loses packets without FIN or RST). `flap(ms)` makes a
+ * flapping network: every connection accepted from then on is cut (RST) `ms` after it was accepted
+ * (`flap(0)` stops it); `cuts` counts those cuts.
  */
 export async function startProxy(targetPort) {
   let mode = 'pass';
+  let flapMs = 0;
+  let cuts = 0;
   const conns = new Set();
   const server = net.createServer((client) => {
     if (mode === 'cut') {
@@ -122,6 +127,14 @@ export async function startProxy(targetPort) {
     const upstream = net.connect(targetPort, '127.0.0.1');
     const pair = { client, upstream };
     conns.add(pair);
+    if (flapMs > 0) {
+      setTimeout(() => {
+        if (!conns.delete(pair)) return;
+        cuts += 1;
+        client.resetAndDestroy();
+        upstream.destroy();
+      }, flapMs);
+    }
     const drop = () => {
       conns.delete(pair);
       client.destroy();
@@ -144,6 +157,12 @@ export async function startProxy(targetPort) {
     http: `http://127.0.0.1:${port}`,
     get connections() {
       return conns.size;
+    },
+    get cuts() {
+      return cuts;
+    },
+    flap(ms) {
+      flapMs = ms;
     },
     pass() {
       mode = 'pass';

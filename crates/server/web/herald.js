@@ -9,9 +9,11 @@
  *
  * What it guarantees to the application:
  * - a visible connection state (`connecting`, `connected`, `reconnecting`, `resyncing`, `offline`);
- * - reconnection with exponential backoff and full jitter (1 s doubling to a 30 s cap), a circuit
- *   breaker after 10 failed attempts that only `reconnect()` (or the browser's `online` event)
- *   closes again;
+ * - reconnection with exponential backoff and full jitter (1 s doubling to a 30 s cap); only attempts
+ *   that never got a `connect` reply count as failures, and the count resets once a connection is
+ *   connected with every subscription resumed; a circuit breaker opens after 10 consecutive
+ *   failures (`offline`, still probing once per 30 s) and `reconnect()` or the browser's `online`
+ *   event closes it at once;
  * - every subscription resumes from the last delivered position after every reconnect, and
  *   publications reach the application in offset order, exactly once; when a resume is impossible
  *   the subscription emits `resync` (with a fresh snapshot on keyed channels) instead of pretending
@@ -80,12 +82,28 @@ export class Emitter {
                 fn(arg);
             }
             catch (err) {
-                // A listener's bug must not break delivery to the others or the client's state.
-                setTimeout(() => {
-                    throw err;
-                }, 0);
+                // A listener's bug must not break delivery to the others, the client's state, or the
+                // process (a rethrow from a timer would kill Node): report it and go on.
+                this.listenerFailed(new ListenerError(String(event), err));
             }
         }
+    }
+    /** Whether `event` has at least one listener. */
+    hasListeners(event) {
+        return (this.listeners.get(event)?.size ?? 0) > 0;
+    }
+    /** Reports an exception thrown by a listener; never throws. */
+    listenerFailed(err) {
+        console.error(err.message, err.cause);
+    }
+}
+/** An exception thrown by an application's event listener, reported on the client's `error` event. */
+export class ListenerError extends Error {
+    constructor(event, cause, where = '') {
+        super(`a '${event}' listener${where} threw: ${cause instanceof Error ? cause.message : String(cause)}`);
+        this.name = 'ListenerError';
+        this.event = event;
+        this.cause = cause;
     }
 }
 // ---------------------------------------------------------------------------------------------
@@ -94,7 +112,11 @@ export class Emitter {
 function isObject(v) {
     return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
-/** Applies a JSON merge patch (RFC 7386) to `target` and returns the result (no mutation). */
+/**
+ * Applies a JSON merge patch (RFC 7386) to `target` and returns the result (no mutation). Every
+ * key is an ordinary own property, `__proto__` included (the hub keeps such keys; an assignment
+ * would set the prototype instead and the client's state would differ from the hub's).
+ */
 export function mergePatch(target, patch) {
     if (!isObject(patch))
         return patch;
@@ -103,9 +125,12 @@ export function mergePatch(target, patch) {
         if (v === null)
             delete out[k];
         else
-            out[k] = mergePatch(out[k], v);
+            setOwn(out, k, mergePatch(Object.prototype.hasOwnProperty.call(out, k) ? out[k] : undefined, v));
     }
     return out;
+}
+function setOwn(o, k, v) {
+    Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true });
 }
 /**
  * A subscription to one channel. Emits `publication` in offset order, exactly once, across
@@ -116,7 +141,7 @@ export class Subscription extends Emitter {
     constructor(client, channel, options) {
         super();
         this.keyed = false;
-        this.status = 'pending';
+        this._status = 'pending';
         /** Keyed state: key → value, kept from snapshots and publications. */
         this.records = new Map();
         /** Counters, for tests and dashboards. */
@@ -128,6 +153,21 @@ export class Subscription extends Emitter {
         this.options = options;
         if (options.since)
             this.position = { ...options.since };
+    }
+    /** Where the subscription is; every change emits `status`. */
+    get status() {
+        return this._status;
+    }
+    /** @internal */
+    _setStatus(status) {
+        if (this._status === status)
+            return;
+        this._status = status;
+        this.emit('status', status);
+    }
+    /** Listener exceptions go to the client's `error` event. */
+    listenerFailed(err) {
+        this.client._listenerFailed(new ListenerError(err.event, err.cause, ` of subscription ${this.channel}`), false);
     }
     /** Drops this handle; the channel is left when the last handle is dropped. */
     unsubscribe() {
@@ -213,7 +253,14 @@ export class HeraldClient extends Emitter {
         this._state = { state: 'offline', reason: 'not_started' };
         this.started = false;
         this.everConnected = false;
-        this.attempt = 0;
+        /**
+         * Consecutive attempts that ended without a `connect` reply: the backoff exponent and the
+         * breaker's count. Reset once a connection is `connected` (connect answered, every
+         * resubscribe answered), so short-lived connections that resumed never open the breaker.
+         */
+        this.failures = 0;
+        /** Whether the current attempt got its `connect` reply (then its end is not a failure). */
+        this.reachedConnect = false;
         this.lastRecv = 0;
         this.connectedAt = 0;
         this.pingIntervalMs = 25000;
@@ -248,7 +295,7 @@ export class HeraldClient extends Emitter {
         if (!this.started) {
             this.started = true;
             this.bindBrowserEvents();
-            this.attempt = 0;
+            this.failures = 0;
             this.setState({ state: 'connecting', attempt: 1 });
             this.openSocket();
         }
@@ -266,7 +313,7 @@ export class HeraldClient extends Emitter {
         this.clearTimer('retryTimer');
         if (this.ws)
             this.dropSocket(1000, 'reconnect requested');
-        this.attempt = 0;
+        this.failures = 0;
         this.setState(this.everConnected ? this.reconnectingState(0, 0) : { state: 'connecting', attempt: 1 });
         this.openSocket();
     }
@@ -314,11 +361,22 @@ export class HeraldClient extends Emitter {
     }
     /**
      * Subscribes to a channel. Subscribing to a channel that is already subscribed returns the same
-     * subscription (reference counted: the channel is left when every handle unsubscribed).
+     * subscription (reference counted: the channel is left when every handle unsubscribed). Options
+     * given again must equal the existing subscription's (omitted ones are taken from it); other
+     * options throw `HeraldError` 105 `already_subscribed` rather than being silently ignored.
      */
     subscribe(channel, options = {}) {
         const existing = this.subs.get(channel);
         if (existing && existing.status !== 'unsubscribed') {
+            const conflict = optionsConflict(existing.options, options);
+            if (conflict) {
+                throw new HeraldError({
+                    code: 105,
+                    name: 'already_subscribed',
+                    message: `${channel} is already subscribed with ${conflict}: pass the same options, or unsubscribe every handle first`,
+                    channel,
+                });
+            }
             existing.refs += 1;
             return existing;
         }
@@ -334,13 +392,13 @@ export class HeraldClient extends Emitter {
     }
     /** Publishes over the WebSocket. */
     publish(channel, data, options = {}) {
-        const { timeoutMs, ...rest } = options;
-        return this.request('publish', { channel, data, ...rest }, timeoutMs);
+        return this.request('publish', { channel, data, ...publishFields(options) }, options.timeoutMs);
     }
     /** Reads a channel's history. */
     history(channel, options = {}) {
-        const { timeoutMs, ...rest } = options;
-        return this.request('history', { channel, ...rest }, timeoutMs);
+        const { limit, since, before, timeoutMs } = options;
+        const fields = { channel, limit, since: since && { epoch: since.epoch, offset: since.offset }, before };
+        return this.request('history', fields, timeoutMs);
     }
     /** Reads a keyed channel's records. */
     getState(channel, timeoutMs) {
@@ -356,28 +414,44 @@ export class HeraldClient extends Emitter {
      * `disconnected` (it may or may not have been processed: use `idempotency_key` for publishes).
      */
     request(cmd, fields, timeoutMs) {
+        return new Promise((resolve, reject) => this.command(cmd, fields, timeoutMs, resolve, reject));
+    }
+    /**
+     * Sends a command; `onResult` / `onError` run synchronously when the reply is read (the
+     * subscribe reply must be applied before the publications that follow it in the same frame).
+     */
+    command(cmd, fields, timeoutMs, onResult, onError) {
+        if (!this.started && this._state.state === 'offline' && this._state.reason === 'closed') {
+            onError(new HeraldError({ code: 2, name: 'closed', message: 'client closed' }));
+            return;
+        }
         const id = this.nextId++;
         const frame = JSON.stringify({ id, cmd, ...stripUndefined(fields) });
         const ms = timeoutMs ?? this.opts.requestTimeoutMs ?? 10000;
-        return new Promise((resolve, reject) => {
-            if (!this.started && this._state.state === 'offline' && this._state.reason === 'closed') {
-                reject(new HeraldError({ code: 2, name: 'closed', message: 'client closed' }));
-                return;
-            }
-            const timer = setTimeout(() => {
-                this.pending.delete(id);
-                const i = this.outbox.indexOf(id);
-                if (i >= 0)
-                    this.outbox.splice(i, 1);
-                reject(new HeraldError({ code: 0, name: 'timeout', message: `${cmd} timed out after ${ms} ms` }));
-            }, ms);
-            const p = { resolve, reject, timer, frame, sent: false, gen: this.gen };
-            this.pending.set(id, p);
-            if (this.isLive())
-                this.sendPending(id, p);
-            else
-                this.outbox.push(id);
-        });
+        const timer = setTimeout(() => {
+            this.pending.delete(id);
+            const i = this.outbox.indexOf(id);
+            if (i >= 0)
+                this.outbox.splice(i, 1);
+            onError(new HeraldError({ code: 0, name: 'timeout', message: `${cmd} timed out after ${ms} ms` }));
+        }, ms);
+        const p = { resolve: onResult, reject: onError, timer, frame, sent: false, gen: this.gen };
+        this.pending.set(id, p);
+        if (this.isLive())
+            this.sendPending(id, p);
+        else
+            this.outbox.push(id);
+    }
+    /** @internal Reports a listener's exception on the `error` event (or the console). */
+    _listenerFailed(err, fromErrorEvent) {
+        if (!fromErrorEvent && this.hasListeners('error'))
+            this.emit('error', err);
+        else
+            console.error(err.message, err.cause);
+    }
+    /** A throwing `error` listener is reported on the console (no loop). */
+    listenerFailed(err) {
+        this._listenerFailed(err, err.event === 'error');
     }
     // ------------------------------------------------------------------ internals: state
     isLive() {
@@ -385,7 +459,20 @@ export class HeraldClient extends Emitter {
     }
     setState(s) {
         this._state = s;
+        if (s.state === 'offline') {
+            // No silent "pending forever": subscriptions say the client is offline.
+            for (const sub of this.subs.values())
+                if (sub.status !== 'unsubscribed')
+                    sub._setStatus('offline');
+        }
         this.emit('state', s);
+    }
+    /** The connection is up and every subscription was answered: `connected`, backoff reset. */
+    enterConnected() {
+        const info = this.info;
+        this.failures = 0;
+        this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
+        this.emit('connected', info);
     }
     get maxAttempts() {
         return this.opts.backoff?.maxAttempts ?? 10;
@@ -401,13 +488,18 @@ export class HeraldClient extends Emitter {
             reason,
         };
     }
-    /** Full-jitter delay for a 1-based attempt. */
+    get capMs() {
+        return this.opts.backoff?.maxMs ?? 30000;
+    }
+    /**
+     * Full-jitter delay before try `attempt` (1-based, counted since the last connection that got
+     * its `connect` reply): uniform in [0, min(maxMs, initialMs × 2^(attempt-1))).
+     */
     backoffDelay(attempt) {
         const b = this.opts.backoff ?? {};
         const initial = b.initialMs ?? 1000;
-        const max = b.maxMs ?? 30000;
         const rnd = b.random ?? Math.random;
-        const cap = Math.min(max, initial * Math.pow(2, Math.max(0, attempt - 1)));
+        const cap = Math.min(this.capMs, initial * Math.pow(2, Math.max(0, attempt - 1)));
         return Math.floor(rnd() * cap);
     }
     clearTimer(name) {
@@ -420,6 +512,7 @@ export class HeraldClient extends Emitter {
     async openSocket() {
         const gen = ++this.gen;
         this.disconnectPush = undefined;
+        this.reachedConnect = false;
         let token;
         try {
             const t = this.opts.token;
@@ -532,9 +625,10 @@ export class HeraldClient extends Emitter {
         this.clearTimer('livenessTimer');
         this.clearTimer('refreshTimer');
         this.resyncPending.clear();
+        this.connectedAt = 0;
         for (const sub of this.subs.values())
             if (sub.status !== 'unsubscribed')
-                sub.status = 'pending';
+                sub._setStatus('pending');
         this.failPending(false, { code: 1, name: 'disconnected', message: 'connection lost' });
     }
     /** Rejects requests that were sent (all of them when `all`). */
@@ -550,24 +644,34 @@ export class HeraldClient extends Emitter {
         if (all)
             this.outbox.length = 0;
     }
-    /** A connection attempt failed or an established connection dropped: back off and retry. */
+    /**
+     * A connection attempt failed or an established connection dropped: back off and retry. Only
+     * an attempt that never got its `connect` reply is a failure; the breaker opens after
+     * `maxAttempts` consecutive failures and then probes once per `maxMs`.
+     */
     onFailure(code, reason) {
         if (!this.started)
             return;
-        if (this.connectedAt && Date.now() - this.connectedAt >= (this.opts.stableAfterMs ?? 5000)) {
-            this.attempt = 0;
-        }
-        this.connectedAt = 0;
+        if (!this.reachedConnect)
+            this.failures += 1;
+        this.reachedConnect = false;
         if (this.urls.length > 1)
             this.urlIndex = (this.urlIndex + 1) % this.urls.length;
-        this.attempt += 1;
-        if (this.attempt > this.maxAttempts) {
-            this.setState({ state: 'offline', reason: 'circuit_open', code: code || undefined });
+        this.clearTimer('retryTimer');
+        if (this.failures >= this.maxAttempts) {
+            const probeMs = this.capMs;
+            this.setState({ state: 'offline', reason: 'circuit_open', code: code || undefined, nextTryAt: Date.now() + probeMs });
+            // A probe keeps the state `offline`; its success closes the breaker, its failure re-arms it.
+            this.retryTimer = setTimeout(() => {
+                this.retryTimer = undefined;
+                if (this.started && !this.ws)
+                    this.openSocket();
+            }, probeMs);
             return;
         }
-        const delay = this.backoffDelay(this.attempt);
-        this.setState(this.reconnectingState(this.attempt, delay, code || undefined, reason));
-        this.clearTimer('retryTimer');
+        const attempt = this.failures + 1;
+        const delay = this.backoffDelay(attempt);
+        this.setState(this.reconnectingState(attempt, delay, code || undefined, reason));
         this.retryTimer = setTimeout(() => this.tryNow(), delay);
     }
     /** Cuts a backoff wait short (browser came online, tab became visible). */
@@ -599,6 +703,7 @@ export class HeraldClient extends Emitter {
             return;
         this.clearTimer('connectTimer');
         this.info = res;
+        this.reachedConnect = true;
         this.connectedAt = Date.now();
         this.pingIntervalMs = res.ping_interval_ms || 25000;
         this.touch();
@@ -607,15 +712,14 @@ export class HeraldClient extends Emitter {
         this.everConnected = true;
         const subs = [...this.subs.values()].filter((s) => s.status !== 'unsubscribed');
         if (resuming && subs.length > 0) {
+            // `connected` (state and event) comes when every resubscribe is answered.
             for (const s of subs)
                 this.resyncPending.add(s.channel);
             this.setState({ state: 'resyncing', pending: subs.length });
         }
         else {
-            this.attempt = 0;
-            this.setState({ state: 'connected', client: res.client, node: res.node, clients: res.clients });
+            this.enterConnected();
         }
-        this.emit('connected', res);
         for (const s of subs)
             this.sendSubscribe(s);
         // Flush commands made while disconnected, in order.
@@ -631,8 +735,7 @@ export class HeraldClient extends Emitter {
         if (this._state.state !== 'resyncing')
             return;
         if (this.resyncPending.size === 0) {
-            const info = this.info;
-            this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
+            this.enterConnected();
         }
         else {
             this.setState({ state: 'resyncing', pending: this.resyncPending.size });
@@ -752,7 +855,10 @@ export class HeraldClient extends Emitter {
         this.touch();
         if (typeof data !== 'string')
             return;
+        const gen = this.gen;
         for (const line of data.split('\n')) {
+            if (gen !== this.gen)
+                return; // a message replaced the connection
             if (!line.trim())
                 continue;
             let msg;
@@ -811,14 +917,16 @@ export class HeraldClient extends Emitter {
     sendSubscribe(sub) {
         if (!this.isLive())
             return;
-        sub.status = 'subscribing';
+        sub._setStatus('subscribing');
         const gen = ++sub.generation;
         const fields = { channel: sub.channel };
         if (sub.position)
             fields.since = { epoch: sub.position.epoch, offset: sub.position.offset };
         else if (sub.options.snapshot)
             fields.snapshot = true;
-        this.request('subscribe', fields).then((r) => {
+        // The reply is applied synchronously: publications that follow it in the same frame (or the
+        // same read) must find the subscription `subscribed` at the reply's position.
+        this.command('subscribe', fields, undefined, (r) => {
             if (gen !== sub.generation || sub.status === 'unsubscribed')
                 return;
             this.onSubscribed(sub, r);
@@ -838,7 +946,7 @@ export class HeraldClient extends Emitter {
                 sub._emit('error', err);
                 return;
             }
-            sub.status = 'unsubscribed';
+            sub._setStatus('unsubscribed');
             if (this.subs.get(sub.channel) === sub)
                 this.subs.delete(sub.channel);
             this.resyncDone(sub.channel);
@@ -850,7 +958,7 @@ export class HeraldClient extends Emitter {
         const before = sub.position;
         const resumed = before !== undefined;
         sub.keyed = !!res.keyed;
-        sub.status = 'subscribed';
+        sub._setStatus('subscribed');
         if (!resumed) {
             sub.position = { epoch: res.epoch, offset: res.offset };
             if (res.snapshot)
@@ -896,7 +1004,14 @@ export class HeraldClient extends Emitter {
             recovered: false,
             snapshot: res.snapshot,
         });
-        sub._emit('resync', { channel: sub.channel, reason, position: { ...sub.position }, snapshot: res.snapshot });
+        sub._emit('resync', {
+            channel: sub.channel,
+            reason,
+            from: { ...before },
+            position: { ...sub.position },
+            skipped: res.epoch === before.epoch ? Math.max(0, res.offset - before.offset) : undefined,
+            snapshot: res.snapshot,
+        });
     }
     onPublication(pub) {
         const sub = this.subs.get(pub.channel);
@@ -934,7 +1049,7 @@ export class HeraldClient extends Emitter {
         if (sub.status === 'subscribing' || !this.isLive())
             return;
         sub.stats.resubscribes += 1;
-        sub.status = 'subscribing';
+        sub._setStatus('subscribing');
         if (needUnsubscribe)
             this.request('unsubscribe', { channel: sub.channel }).catch(() => { });
         this.sendSubscribe(sub);
@@ -944,11 +1059,11 @@ export class HeraldClient extends Emitter {
         if (!sub || sub.status === 'unsubscribed')
             return;
         if (msg.resubscribe) {
-            sub.status = 'pending';
+            sub._setStatus('pending');
             this.resubscribe(sub, false);
             return;
         }
-        sub.status = 'unsubscribed';
+        sub._setStatus('unsubscribed');
         sub.generation++;
         this.subs.delete(sub.channel);
         sub._emit('unsubscribed', { channel: sub.channel, code: msg.code, reason: msg.reason || msg.name || 'unsubscribed' });
@@ -958,7 +1073,7 @@ export class HeraldClient extends Emitter {
         if (sub.status === 'unsubscribed')
             return;
         const wasActive = sub.status === 'subscribed' || sub.status === 'subscribing';
-        sub.status = 'unsubscribed';
+        sub._setStatus('unsubscribed');
         sub.generation++;
         if (this.subs.get(sub.channel) === sub)
             this.subs.delete(sub.channel);
@@ -968,12 +1083,31 @@ export class HeraldClient extends Emitter {
         sub._emit('unsubscribed', { channel: sub.channel, reason: 'client' });
     }
 }
+/** The publish fields of protocol §2 (nothing else is sent: the hub rejects unknown fields). */
+function publishFields(o) {
+    return { type: o.type, key: o.key, op: o.op, idempotency_key: o.idempotency_key, correlation_id: o.correlation_id };
+}
+function samePosition(a, b) {
+    return a === b || (a !== undefined && b !== undefined && a.epoch === b.epoch && a.offset === b.offset);
+}
+/** What in `again` differs from the options the subscription was made with (undefined: nothing). */
+function optionsConflict(have, again) {
+    if (again.snapshot !== undefined && !!again.snapshot !== !!have.snapshot)
+        return `snapshot: ${!!have.snapshot}`;
+    if (again.since !== undefined && !samePosition(again.since, have.since)) {
+        return have.since ? `since ${have.since.epoch}:${have.since.offset}` : 'no since';
+    }
+    return undefined;
+}
 function stripUndefined(o) {
     const out = {};
     for (const [k, v] of Object.entries(o))
         if (v !== undefined)
             out[k] = v;
     return out;
+}
+function apiPublishFields(o) {
+    return { ...publishFields(o), source: o.source, user: o.user };
 }
 /** The hub's HTTP API, authorized by an API key. Uses the global `fetch`. */
 export class HeraldApi {
@@ -1006,10 +1140,10 @@ export class HeraldApi {
         return json;
     }
     publish(channel, data, options = {}) {
-        return this.call('POST', '/api/publish', stripUndefined({ channel, data, ...options }));
+        return this.call('POST', '/api/publish', stripUndefined({ channel, data, ...apiPublishFields(options) }));
     }
     broadcast(channels, data, options = {}) {
-        return this.call('POST', '/api/broadcast', stripUndefined({ channels, data, ...options }));
+        return this.call('POST', '/api/broadcast', stripUndefined({ channels, data, ...apiPublishFields(options) }));
     }
     channels() {
         return this.call('GET', '/api/channels');
