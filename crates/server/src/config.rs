@@ -105,6 +105,13 @@ pub struct Timeouts {
     /// Time a connection may live past its token's expiry without `refresh`.
     #[serde(with = "humantime_serde")]
     pub token_grace: Duration,
+    /// Time allowed for an HTTP request head to arrive, and for the next one on a kept-alive
+    /// connection (slowloris bound).
+    #[serde(with = "humantime_serde")]
+    pub http_header_read: Duration,
+    /// Time allowed to handle one HTTP request, body included.
+    #[serde(with = "humantime_serde")]
+    pub http_request: Duration,
     /// How long shutdown waits for connections to drain.
     #[serde(with = "humantime_serde")]
     pub shutdown_deadline: Duration,
@@ -118,6 +125,8 @@ impl Default for Timeouts {
             auth_timeout: Duration::from_secs(10),
             token_grace: Duration::from_secs(5),
             shutdown_deadline: Duration::from_secs(10),
+            http_header_read: Duration::from_secs(10),
+            http_request: Duration::from_secs(30),
         }
     }
 }
@@ -134,6 +143,10 @@ pub struct Limits {
     pub max_connections_per_user: usize,
     /// WebSocket upgrade attempts per source IP per minute (0: unlimited).
     pub connection_attempts_per_ip_per_minute: u32,
+    /// Plain HTTP connections (not upgraded to WebSocket) open on the node (0: unlimited).
+    pub max_http_connections: usize,
+    /// Plain HTTP connections open from one source IP, every route counted (0: unlimited).
+    pub max_http_connections_per_ip: usize,
     /// Commands per second per connection (burst of twice that; 0: unlimited).
     pub commands_per_second: u32,
     /// Messages an outbound queue may hold before the connection is a slow consumer.
@@ -156,6 +169,8 @@ impl Default for Limits {
             max_channels_per_connection: 256,
             max_connections_per_user: 0,
             connection_attempts_per_ip_per_minute: 0,
+            max_http_connections: 4096,
+            max_http_connections_per_ip: 256,
             commands_per_second: 200,
             outbound_queue_messages: 4096,
             outbound_queue_bytes: 8 * 1024 * 1024,

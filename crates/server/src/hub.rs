@@ -140,6 +140,8 @@ pub struct Hub {
     drained: tokio::sync::Notify,
     /// When this node started.
     pub started: Instant,
+    /// Plain HTTP connections open on this node's listener (per-IP and total bounds).
+    pub http_connections: Arc<crate::listener::HttpConnections>,
 }
 
 /// Channel names: 1–255 bytes, no whitespace or control characters.
@@ -176,6 +178,7 @@ impl Hub {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             started: Instant::now(),
+            http_connections: Default::default(),
         }))
     }
 

@@ -22,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod hook;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod session;
@@ -72,7 +73,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(hub.clone());
     // A clustered engine registers this node (heartbeat) while it serves.
     hub.engine.attach_node(Arc::downgrade(&hub));
     let housekeeping = {
@@ -85,19 +86,28 @@ pub async fn serve(
             }
         })
     };
+    let t = &hub.config.timeouts;
+    let limits = listener::HttpLimits {
+        header_read_timeout: t.http_header_read,
+        request_timeout: t.http_request,
+        max_connections: hub.config.limits.max_http_connections,
+        max_connections_per_ip: hub.config.limits.max_http_connections_per_ip,
+    };
     let drained = hub.clone();
-    // Small frames go out at once: with Nagle on, a frame written while the previous one is
-    // unacknowledged waits for the peer's delayed ACK (up to 40 ms on Linux).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing connections");
-            drained.shutdown().await;
-        })
-        .await?;
+    let drain = async move {
+        tracing::info!("shutting down: closing connections");
+        drained.shutdown().await;
+    };
+    listener::serve_http(
+        listener,
+        app,
+        limits,
+        hub.http_connections.clone(),
+        shutdown,
+        drain,
+        t.shutdown_deadline,
+    )
+    .await?;
     housekeeping.abort();
     hub.engine.detach_node().await;
     Ok(())
