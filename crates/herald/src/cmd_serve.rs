@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// `text` or `json` log lines.
     #[arg(long, env = "HERALD_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Log filter in tracing's env-filter syntax (`info`, `debug`, `herald=trace`); default
+    /// `info`.
+    #[arg(long = "log", env = "HERALD_LOG")]
+    log: Option<String>,
 }
 
 impl ServeArgs {
@@ -127,13 +131,22 @@ impl ServeArgs {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+fn init_logging(format: LogFormat, directives: Option<&str>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_new(directives.unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // The WebSocket library traces whole frames (tokens in `connect` and `refresh` included),
+    // verbatim and in hex: secrets never reach logs, whatever HERALD_LOG asks.
+    let no_frames = tracing_subscriber::filter::filter_fn(|meta| {
+        let wire = meta.target().starts_with("tungstenite")
+            || meta.target().starts_with("tokio_tungstenite");
+        !(wire && *meta.level() == tracing::Level::TRACE)
+    });
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().finish().with(no_frames).init(),
+        LogFormat::Text => builder.finish().with(no_frames).init(),
     }
 }
 
@@ -160,7 +173,7 @@ async fn build_engine(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
 /// Runs the hub.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (config, notes) = args.config()?;
-    init_logging(config.log.format);
+    init_logging(config.log.format, args.log.as_deref());
     let engine = build_engine(&config).await?;
     let listener = bind(&config.listen)
         .await
