@@ -274,7 +274,7 @@ impl Verifier {
         // the kid is unknown and a fetch was tried too recently.
         let consult = |cache: &JwksCache| -> Result<DecodingKey, bool> {
             let fresh = cache.fetched.is_some_and(|t| t.elapsed() < self.jwks_ttl);
-            let may_fetch = !cache.attempted.is_some_and(|t| t.elapsed() < min_refresh);
+            let may_fetch = cache.attempted.is_none_or(|t| t.elapsed() >= min_refresh);
             match cache.keys.get(kid) {
                 // A stale set is still used when a refetch is not due yet (the endpoint failed).
                 Some((key, a)) if *a == alg && (fresh || !may_fetch) => Ok(key.clone()),
