@@ -31,6 +31,9 @@ pub struct Config {
     pub api_keys: Vec<String>,
     /// Allowed `Origin` values for WebSocket upgrades (`*` for any). Empty: any origin.
     pub allowed_origins: Vec<String>,
+    /// Refuse WebSocket upgrades that carry no `Origin` header at all (browser-only
+    /// deployments: every browser sends one; non-browser clients then need to send one too).
+    pub require_origin: bool,
     /// Token verification.
     pub auth: AuthConfig,
     /// Heartbeat, auth and shutdown timings.
@@ -54,6 +57,7 @@ impl Default for Config {
             node_id: String::new(),
             api_keys: Vec::new(),
             allowed_origins: Vec::new(),
+            require_origin: false,
             auth: AuthConfig::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
@@ -88,6 +92,9 @@ pub struct AuthConfig {
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     pub leeway_secs: Option<u64>,
 }
+
+/// Room a client `publish` command needs around its data (channel, key, ids) within one frame.
+pub const FRAME_ENVELOPE_BYTES: usize = 16 * 1024;
 
 /// Timings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,7 +172,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_frame_bytes: 64 * 1024,
+            max_frame_bytes: 64 * 1024 + FRAME_ENVELOPE_BYTES,
             max_channels_per_connection: 256,
             max_connections_per_user: 0,
             connection_attempts_per_ip_per_minute: 0,
@@ -370,6 +377,18 @@ impl Config {
             if ns.max_key_bytes == 0 || ns.max_key_bytes > ns.max_state_bytes {
                 return Err(ConfigError::Invalid(format!(
                     "namespace {name:?}: max_key_bytes must be between 1 and max_state_bytes"
+                )));
+            }
+            // A client publish of up to max_message_bytes must fit in one frame, so that a too
+            // large one is refused with 111 rather than closed with the final 4504.
+            if ns.client_publish
+                && ns.max_message_bytes.saturating_add(FRAME_ENVELOPE_BYTES)
+                    > self.limits.max_frame_bytes
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {name:?} lets clients publish up to {} bytes: limits.max_frame_bytes \
+                     ({}) must be at least that plus {FRAME_ENVELOPE_BYTES} for the command",
+                    ns.max_message_bytes, self.limits.max_frame_bytes
                 )));
             }
             if ns.subscribe == SubscribePolicy::Hook && self.subscribe_hook.is_none() {

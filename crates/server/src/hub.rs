@@ -215,15 +215,24 @@ impl Hub {
             ErrorBody::new(ErrorCode::Forbidden, "not allowed to subscribe to this channel")
                 .with_channel(channel)
         };
+        // An anonymous connection is told to log in (101), not that it is not allowed (103):
+        // a client can then tell "needs a token" from "this user may not" (seed 003).
+        let needs_token = || {
+            ErrorBody::new(ErrorCode::Unauthorized, "this channel needs a token: connect with one")
+                .with_channel(channel)
+        };
         if principal.is_anonymous() && !ns.anonymous {
-            return Err(forbidden());
+            return Err(needs_token());
         }
         if principal.may_subscribe(channel) {
             return Ok(());
         }
         let allowed = match ns.subscribe {
             SubscribePolicy::Anyone => true,
-            SubscribePolicy::Authenticated => !principal.is_anonymous(),
+            SubscribePolicy::Authenticated if principal.is_anonymous() => {
+                return Err(needs_token());
+            }
+            SubscribePolicy::Authenticated => true,
             SubscribePolicy::Claims => false,
             SubscribePolicy::Hook => match &self.hook {
                 Some(hook) => hook.allows(&principal.user, channel, client).await,
@@ -244,10 +253,12 @@ impl Hub {
         if principal.may_publish(channel) {
             return Ok(());
         }
-        if ns.client_publish
-            && self.authorize_subscribe(principal, client, channel, ns).await.is_ok()
-        {
-            return Ok(());
+        if ns.client_publish {
+            match self.authorize_subscribe(principal, client, channel, ns).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code == ErrorCode::Unauthorized.code() => return Err(e),
+                Err(_) => {}
+            }
         }
         Err(ErrorBody::new(ErrorCode::Forbidden, "not allowed to publish to this channel")
             .with_channel(channel))

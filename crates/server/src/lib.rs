@@ -129,7 +129,8 @@ async fn ws_upgrade(
         .into_response();
     }
     let token = upgrade_token(&headers, &query);
-    let origin_allowed = origin_allowed(&hub, &headers);
+    let origin_allowed = origin_allowed(&hub, &headers)
+        && (headers.contains_key(header::ORIGIN) || !hub.config.require_origin);
     let limits = &hub.config.limits;
     let upgrade = session::Upgrade { token, origin_allowed, ip: addr.ip() };
     ws.read_buffer_size(256)

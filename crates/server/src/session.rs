@@ -15,7 +15,7 @@ use crate::hub::{Hub, engine_error};
 use crate::metrics::CloseLabels;
 use crate::outbox::{Outbox, Outgoing};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use herald_protocol::command::{Command, HistoryQuery, PublishCommand, Request};
 use herald_protocol::reply::{
     self, ConnectResult, ErrorBody, NotRecovered, PUSH_PING, RefreshResult,
@@ -198,7 +198,24 @@ where
         tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %upgrade.ip, reason = "origin not allowed");
         Some((CloseCode::Forbidden, "origin not allowed".to_string()))
     } else {
-        session.serve(&mut socket).await
+        // A bug in command handling must not leave the connection counted (the per-user limit
+        // would lock the user out): the bookkeeping below runs on every exit, panics included.
+        let served = std::panic::AssertUnwindSafe(session.serve(&mut socket)).catch_unwind().await;
+        match served {
+            Ok(close) => close,
+            Err(_) => {
+                tracing::error!(client = %session.client(), "session panicked: closing it");
+                let _ = tokio::time::timeout(
+                    CLOSE_GRACE,
+                    socket.send(Message::Close(Some(CloseFrame {
+                        code: 1011,
+                        reason: "internal error".into(),
+                    }))),
+                )
+                .await;
+                None
+            }
+        }
     };
     Box::pin(session.finish(&mut socket, close)).await;
 }
@@ -252,9 +269,19 @@ impl Session {
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         Some(Ok(Message::Close(_))) | None => return None,
-                        Some(Err(e)) => return too_large(&e).then(|| {
-                            (CloseCode::MessageTooLarge, format!("frame above {} bytes", config.limits.max_frame_bytes))
-                        }),
+                        Some(Err(e)) => {
+                            if too_large(&e) {
+                                return Some((CloseCode::MessageTooLarge, format!("frame above {} bytes", config.limits.max_frame_bytes)));
+                            }
+                            // RFC 6455 §7.4.1: 1007 for invalid UTF-8, 1002 for a protocol
+                            // violation (RSV bits, bad opcode, unmasked frame…).
+                            if let Some(code) = violation_code(&e) {
+                                tracing::debug!(client = %self.client(), error = %e, "websocket protocol violation");
+                                let frame = CloseFrame { code, reason: close_reason(&e.to_string()).to_string().into() };
+                                let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame)))).await;
+                            }
+                            return None;
+                        }
                     };
                     self.hub.metrics.bytes_in.inc_by(text.len() as u64);
                     // Boxed: command handling is a large future that an idle connection should
@@ -589,8 +616,9 @@ impl Session {
         match self.hub.verifier.verify(token).await {
             Ok(p) if p.user == current.user => {
                 let result = RefreshResult { expires_at: p.expires_at };
-                self.principal = Some(p);
                 self.reply(id, &result);
+                self.end_subscriptions_not_granted(&p).await;
+                self.principal = Some(p);
             }
             Ok(_) => self.reply_error(
                 Some(id),
@@ -604,6 +632,34 @@ impl Session {
         None
     }
 
+    /// After a refresh: every subscription the new token no longer grants ends with an
+    /// `unsubscribe` push (103, no resubscribe), so a narrowed token stops the flow at once.
+    async fn end_subscriptions_not_granted(&mut self, principal: &Principal) {
+        let hub = self.hub.clone();
+        let client = self.client();
+        let mut ended = Vec::new();
+        for channel in self.subs.keys() {
+            let allowed = match hub.namespace(channel) {
+                Ok(ns) => hub.authorize_subscribe(principal, &client, channel, ns).await.is_ok(),
+                Err(_) => false,
+            };
+            if !allowed {
+                ended.push(channel.clone());
+            }
+        }
+        for channel in ended {
+            self.subs.remove(&channel);
+            hub.remove_subscriber(&channel, self.id).await;
+            tracing::info!(target: "herald::audit", event = "subscription_revoked", client = %client, user = %principal.user, ip = %self.ip, channel = %channel);
+            let _ = self.outbox.push(Outgoing::Line(reply::push_unsubscribe(
+                &channel,
+                ErrorCode::Forbidden,
+                "the refreshed token no longer grants this channel",
+                false,
+            )));
+        }
+    }
+
     async fn subscribe(
         &mut self,
         id: u64,
@@ -615,7 +671,7 @@ impl Session {
         let hub = self.hub.clone();
         let ns = hub.namespace(&channel)?;
         if let Err(e) = hub.authorize_subscribe(principal, &self.client(), &channel, ns).await {
-            tracing::warn!(target: "herald::audit", event = "forbidden_subscribe", client = %self.client(), user = %principal.user, channel = %channel);
+            tracing::warn!(target: "herald::audit", event = "forbidden_subscribe", client = %self.client(), user = %principal.user, ip = %self.ip, channel = %channel, code = e.code);
             return Err(e);
         }
         if self.subs.contains_key(channel.as_str()) {
@@ -773,14 +829,31 @@ fn unix_now_precise() -> Duration {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
 }
 
-/// Whether a token expiring at `exp` (Unix seconds) is past its grace.
+/// Whether a token expiring at `exp` (Unix seconds, client-supplied) is past its grace.
 fn lapsed(exp: u64, grace: Duration) -> bool {
-    Duration::from_secs(exp) + grace <= unix_now_precise()
+    Duration::from_secs(exp).saturating_add(grace) <= unix_now_precise()
 }
 
+/// Longest a deadline is set ahead: an `exp` decades away (or near `u64::MAX`) must not
+/// overflow `Instant`; the timer is re-armed when it fires anyway.
+const FAR_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn deadline_for(exp: u64, grace: Duration) -> tokio::time::Instant {
-    let left = (Duration::from_secs(exp) + grace).saturating_sub(unix_now_precise());
-    tokio::time::Instant::now() + left
+    let left = Duration::from_secs(exp).saturating_add(grace).saturating_sub(unix_now_precise());
+    tokio::time::Instant::now() + left.min(FAR_DEADLINE)
+}
+
+/// The RFC 6455 close code for a broken inbound frame, if it is one.
+fn violation_code(e: &axum::Error) -> Option<u16> {
+    // axum hides tungstenite's error type; its message names the kind.
+    let text = e.to_string();
+    if text.contains("UTF-8") {
+        Some(1007)
+    } else if text.contains("protocol error") {
+        Some(1002)
+    } else {
+        None
+    }
 }
 
 fn too_large(e: &axum::Error) -> bool {
