@@ -100,6 +100,10 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
             KeyCheck { hub: hub.clone(), throttle },
             require_api_key,
         ))
+        // Explicit routes rather than a router fallback, so that an application merging this
+        // router with its own fallback still can.
+        .route("/api", axum::routing::any(unknown_api_route))
+        .route("/api/{*rest}", axum::routing::any(unknown_api_route))
         .layer(DefaultBodyLimit::max(limits.max_api_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             limits.max_api_body_bytes,
@@ -113,21 +117,12 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
 }
 
-/// Unknown paths: under `/api` the error object (104: no such operation); elsewhere an empty
-/// 404 as before.
-async fn not_found(req: Request) -> Response {
-    let path = req.uri().path();
-    if path == "/api" || path.starts_with("/api/") {
-        let message = format!("no API route {path}");
-        return error_response(
-            StatusCode::NOT_FOUND,
-            ErrorBody::new(ErrorCode::UnknownCommand, message),
-        );
-    }
-    StatusCode::NOT_FOUND.into_response()
+/// Unknown paths under `/api`: the error object (104: no such operation).
+async fn unknown_api_route(req: Request) -> Response {
+    let message = format!("no API route {}", req.uri().path());
+    error_response(StatusCode::NOT_FOUND, ErrorBody::new(ErrorCode::UnknownCommand, message))
 }
 
 /// Turns a refusal that is not already JSON (axum's 405, body-limit 413, extractor rejections)
