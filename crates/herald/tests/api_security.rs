@@ -308,3 +308,23 @@ async fn configured_audience_and_issuer_are_required_on_sse() {
         assert_eq!((event.as_str(), data["code"].as_u64()), ("error", Some(101)), "{what}: {data}");
     }
 }
+
+#[tokio::test]
+async fn far_future_expiry_is_served() {
+    let hub = Hub::start("[namespaces.default]\n");
+    for exp in [json!(u64::MAX), json!(10_000_000_000_000_000_000u64)] {
+        let token = token_with(json!({"sub": "far", "exp": exp, "channels": ["*"]}));
+        let mut ws = Ws::open(&hub.ws_url()).await;
+        let reply = ws.request(Command::Connect { token: Some(token), name: None }).await;
+        assert!(reply.is_ok(), "exp {exp}: {reply:?}");
+        ws.subscribe("far").await;
+        hub.publish("far", json!(1)).await;
+        assert_eq!(ws.next_pub().await.data.get(), "1");
+    }
+    // Out of the u64 range: refused with 101, the socket closed properly.
+    let token = token_with(json!({"sub": "far", "exp": 1e20}));
+    let mut ws = Ws::open(&hub.ws_url()).await;
+    let err = ws.request(Command::Connect { token: Some(token), name: None }).await.unwrap_err();
+    assert_eq!(code(&err), 101);
+    assert_eq!(ws.expect_close().await.0, 4500);
+}
