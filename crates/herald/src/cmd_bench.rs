@@ -161,7 +161,7 @@ pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
 
 fn bench_config(namespace: &str) -> String {
     format!(
-        "[limits]\ncommands_per_second = 0\n\n[namespaces.{namespace}]\nsubscribe = \"authenticated\"\nclient_publish = true\nhistory_size = 1000\n"
+        "[limits]\ncommands_per_second = 0\noutbound_queue_messages = 4096\n\n[namespaces.{namespace}]\nsubscribe = \"authenticated\"\nclient_publish = true\nhistory_size = 1000\n"
     )
 }
 

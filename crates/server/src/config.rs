@@ -179,7 +179,7 @@ impl Default for Limits {
             max_http_connections: 4096,
             max_http_connections_per_ip: 256,
             commands_per_second: 200,
-            outbound_queue_messages: 4096,
+            outbound_queue_messages: 256,
             outbound_queue_bytes: 8 * 1024 * 1024,
             max_history_page: 1000,
             api_key_failures_per_ip_per_minute: 20,
@@ -327,7 +327,7 @@ impl Default for Namespace {
             max_recover: 1000,
             keyed: false,
             max_state_records: 100_000,
-            max_state_bytes: 64 * 1024 * 1024,
+            max_state_bytes: 2 * 1024 * 1024,
             max_key_bytes: 256,
             idempotency_window: Duration::from_secs(300),
         }
@@ -391,6 +391,15 @@ impl Config {
                     ns.max_message_bytes, self.limits.max_frame_bytes
                 )));
             }
+            // A snapshot or `state` reply carries the whole state in one message, which must
+            // fit the reply budget (a quarter of the outbound queue).
+            if ns.keyed && ns.max_state_bytes > self.limits.outbound_queue_bytes / 4 {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {name:?}: max_state_bytes ({}) must be at most a quarter of \
+                     limits.outbound_queue_bytes ({}), so a snapshot reply fits the queue",
+                    ns.max_state_bytes, self.limits.outbound_queue_bytes
+                )));
+            }
             if ns.subscribe == SubscribePolicy::Hook && self.subscribe_hook.is_none() {
                 return Err(ConfigError::Invalid(format!(
                     "namespace {name:?} uses subscribe = \"hook\" but [subscribe_hook] is not set"
@@ -398,6 +407,28 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Settings that are valid but break a guarantee in practice, for a warning at startup.
+    /// A slow consumer closed with 4001 misses up to about twice the outbound queue (what was
+    /// queued plus what was being written): a namespace that cannot recover that many
+    /// publications makes every 4001 a `too_many` resync instead of a resume.
+    pub fn warnings(&self) -> Vec<String> {
+        let queue = self.limits.outbound_queue_messages;
+        self.namespaces
+            .iter()
+            .filter(|(_, ns)| {
+                ns.history_size > 0 && ns.history_size.min(ns.max_recover) < 2 * queue
+            })
+            .map(|(name, ns)| {
+                format!(
+                    "namespace {name:?}: history_size/max_recover ({}/{}) below twice \
+                     limits.outbound_queue_messages ({queue}): a slow consumer closed with 4001 \
+                     may not be able to resume",
+                    ns.history_size, ns.max_recover
+                )
+            })
+            .collect()
     }
 
     /// The built-in configuration used by `herald serve` with no config file: the `default`,

@@ -6,7 +6,7 @@ use crate::config::{Config, Namespace, SubscribePolicy};
 use crate::engine::{Encoded, Engine, EngineError, Fanout, PublishInput};
 use crate::hook::SubscribeHook;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Outgoing, Refused};
+use crate::outbox::{Outbox, Outgoing};
 use herald_protocol::reply::{ErrorBody, PublishResult};
 use herald_protocol::{CloseCode, ErrorCode};
 use parking_lot::{Mutex, RwLock};
@@ -29,12 +29,11 @@ struct ChannelSubscribers {
 /// This node's channel → subscribers registry; the engine delivers into it.
 pub struct Subscribers {
     channels: RwLock<HashMap<Arc<str>, ChannelSubscribers>>,
-    metrics: Arc<Metrics>,
 }
 
 impl Subscribers {
-    fn new(metrics: Arc<Metrics>) -> Subscribers {
-        Subscribers { channels: RwLock::new(HashMap::new()), metrics }
+    fn new() -> Subscribers {
+        Subscribers { channels: RwLock::new(HashMap::new()) }
     }
 
     /// Adds a subscriber; returns the channel's listening gate and whether it was the first.
@@ -78,9 +77,8 @@ impl Fanout for Subscribers {
         let channels = self.channels.read();
         let Some(entry) = channels.get(&*publication.channel) else { return };
         for (_, outbox) in &entry.sessions {
-            if outbox.push(Outgoing::Pub(publication.clone())) == Err(Refused::Overflow) {
-                self.metrics.slow_consumer_closes.inc();
-            }
+            // An overflow closes that one connection; the session counts the 4001 as it ends.
+            let _ = outbox.push(Outgoing::Pub(publication.clone()));
         }
     }
 
@@ -155,8 +153,11 @@ impl Hub {
     /// Builds a hub on an engine.
     pub fn new(config: Config, engine: Arc<dyn Engine>) -> anyhow::Result<Arc<Hub>> {
         config.validate()?;
+        for warning in config.warnings() {
+            tracing::warn!("configuration: {warning}");
+        }
         let metrics = Arc::new(Metrics::default());
-        let subscribers = Arc::new(Subscribers::new(metrics.clone()));
+        let subscribers = Arc::new(Subscribers::new());
         engine.attach(subscribers.clone());
         let node_id = if config.node_id.is_empty() {
             format!("n-{}", &crate::engine::new_epoch()[..6])

@@ -16,6 +16,8 @@ use tokio::sync::Notify;
 pub enum Outgoing {
     /// A live publication (filtered by the session against its subscription state).
     Pub(Arc<Encoded>),
+    /// A recovered publication that did not fit in its subscribe reply, in offset order.
+    Recovered(Arc<Encoded>),
     /// A reply or push, already encoded.
     Line(String),
     /// A subscribe reply: publications of `channel` queued before it are held until it is sent.
@@ -27,7 +29,7 @@ pub enum Outgoing {
 impl Outgoing {
     fn len(&self) -> usize {
         match self {
-            Outgoing::Pub(p) => p.frame.len(),
+            Outgoing::Pub(p) | Outgoing::Recovered(p) => p.frame.len(),
             Outgoing::Line(l) | Outgoing::Subscribed { line: l, .. } => l.len(),
             Outgoing::Reset(_) => 64,
         }
@@ -124,6 +126,12 @@ impl Outbox {
         std::mem::swap(&mut inner.queue, into);
         inner.bytes = 0;
         inner.closed.clone()
+    }
+
+    /// Items and bytes queued now.
+    pub fn queued(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.queue.len(), inner.bytes)
     }
 
     /// Whether the queue has been closed.

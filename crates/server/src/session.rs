@@ -43,6 +43,8 @@ pub struct Upgrade {
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// How long the final close may take on a stuck socket.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a slow consumer's socket stays open to drain what is in flight before the close.
+const SLOW_CONSUMER_CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// Rate-limit violations tolerated before the connection is closed.
 const MAX_RATE_VIOLATIONS: u32 = 100;
 
@@ -54,8 +56,14 @@ struct Sub {
     delivered: u64,
     /// The subscribe reply is still queued: hold live publications until it is written.
     awaiting_reply: bool,
-    /// Publications held while `awaiting_reply`.
+    /// Publications held while `awaiting_reply` or catching up.
     held: Vec<Arc<Encoded>>,
+    /// Recovered publications that did not fit in the subscribe reply, fed through the outbox as
+    /// it drains (so no reply is larger than the queue allows).
+    backlog: VecDeque<Arc<Encoded>>,
+    /// While catching up: the offset the recovery reached. Live publications up to it are
+    /// covered by the backlog; later ones wait in `held` until the backlog is delivered.
+    catchup_until: Option<u64>,
 }
 
 impl Sub {
@@ -254,7 +262,9 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = outbox.ready() => {
-                    match Box::pin(self.flush(socket)).await {
+                    let flushed = Box::pin(self.flush(socket)).await;
+                    self.feed_backlogs();
+                    match flushed {
                         Ok(None) => {}
                         Ok(Some(close)) => return Some(close),
                         Err(()) => return None,
@@ -352,12 +362,40 @@ impl Session {
                 Continuity::Gap => gaps.push(p.channel.clone()),
             }
         };
+        let held_limit = self.hub.config.limits.outbound_queue_messages;
+        let mut overflow = false;
         for item in items.drain(..) {
             match item {
+                Outgoing::Recovered(p) => {
+                    let Some(sub) = self.subs.get_mut(&*p.channel) else { continue };
+                    deliver(sub, &p, &mut batch, &mut gaps);
+                    if matches!(gaps.last(), Some(c) if *c == p.channel) {
+                        self.subs.remove(&*p.channel);
+                    } else if sub.catchup_until == Some(p.offset) {
+                        // Caught up: what arrived live meanwhile follows, in order.
+                        sub.catchup_until = None;
+                        for h in std::mem::take(&mut sub.held) {
+                            deliver(sub, &h, &mut batch, &mut gaps);
+                            if matches!(gaps.last(), Some(c) if *c == p.channel) {
+                                break;
+                            }
+                        }
+                        if matches!(gaps.last(), Some(c) if *c == p.channel) {
+                            self.subs.remove(&*p.channel);
+                        }
+                    }
+                }
                 Outgoing::Pub(p) => {
                     let Some(sub) = self.subs.get_mut(&*p.channel) else { continue };
-                    if sub.awaiting_reply {
+                    if let Some(until) = sub.catchup_until
+                        && !sub.awaiting_reply
+                        && p.offset <= until
+                        && *p.epoch == *sub.epoch
+                    {
+                        // Covered by the backlog.
+                    } else if sub.awaiting_reply || sub.catchup_until.is_some() {
                         sub.held.push(p);
+                        overflow |= sub.held.len() > held_limit;
                     } else {
                         deliver(sub, &p, &mut batch, &mut gaps);
                         if matches!(gaps.last(), Some(c) if *c == p.channel) {
@@ -370,6 +408,11 @@ impl Session {
                     batch.add(&line);
                     if let Some(sub) = self.subs.get_mut(&channel) {
                         sub.awaiting_reply = false;
+                        if let Some(until) = sub.catchup_until {
+                            // Held ones the backlog covers go; the rest wait for it.
+                            sub.held.retain(|p| p.offset > until || *p.epoch != *sub.epoch);
+                            continue;
+                        }
                         for p in std::mem::take(&mut sub.held) {
                             deliver(sub, &p, &mut batch, &mut gaps);
                             if matches!(gaps.last(), Some(c) if *c == channel) {
@@ -387,6 +430,13 @@ impl Session {
                     }
                 }
             }
+        }
+        if overflow {
+            // Live publications outran a catch-up: this connection is a slow consumer.
+            self.outbox.close(
+                CloseCode::SlowConsumer,
+                "live publications outran the recovery of a subscription",
+            );
         }
         for channel in &gaps {
             tracing::debug!(channel = %channel, client = %self.client(), "position gap: asking to resubscribe");
@@ -437,8 +487,25 @@ impl Session {
     where
         S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
     {
+        // Out of the fan-out first: nothing more is queued for a connection that is closing.
+        for channel in std::mem::take(&mut self.subs).into_keys() {
+            self.hub.remove_subscriber(&channel, self.id).await;
+        }
         if let Some((code, reason)) = &close {
-            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            self.hub.metrics.closes.get_or_create(&CloseLabels { code: code.name().into() }).inc();
+            if *code == CloseCode::SlowConsumer {
+                // Every 4001, whatever overflowed the queue (fan-out, a reply, a catch-up).
+                self.hub.metrics.slow_consumer_closes.inc();
+            }
+            // A slow consumer gets time to read what is already in flight (the socket's buffers
+            // hold thousands of publications): closing at once would discard them with the
+            // connection, and its resume would have to recover all of them.
+            let grace = if *code == CloseCode::SlowConsumer {
+                SLOW_CONSUMER_CLOSE_GRACE
+            } else {
+                CLOSE_GRACE
+            };
+            let _ = tokio::time::timeout(grace, async {
                 if *code != CloseCode::SlowConsumer {
                     let _ = self.flush(socket).await;
                 }
@@ -460,10 +527,6 @@ impl Session {
                 Ok::<(), axum::Error>(())
             })
             .await;
-            self.hub.metrics.closes.get_or_create(&CloseLabels { code: code.name().into() }).inc();
-        }
-        for channel in std::mem::take(&mut self.subs).into_keys() {
-            self.hub.remove_subscriber(&channel, self.id).await;
         }
         self.hub.close_session(self.id);
         let user = self.principal.as_ref().map_or("", |p| p.user.as_str());
@@ -702,12 +765,33 @@ impl Session {
                 return Err(engine_error(e, &channel));
             }
         };
+        // A reply never takes more than a quarter of the outbound queue: recovered publications
+        // beyond that follow as pushes, fed as the queue drains (issue: replies larger than the
+        // queue closed the client as a slow consumer, forever).
+        let mut recovery = recovery;
+        let budget = self.reply_budget();
+        let snapshot_bytes: usize = recovery
+            .snapshot
+            .as_deref()
+            .map_or(0, |r| r.iter().map(|r| r.key.len() + r.value.get().len() + 32).sum());
+        let mut backlog = VecDeque::new();
+        let mut catchup_until = None;
+        let mut offset = recovery.offset;
+        let fits = fitting_prefix(&recovery.publications, budget.saturating_sub(snapshot_bytes));
+        if fits < recovery.publications.len() {
+            backlog = recovery.publications.split_off(fits).into();
+            catchup_until = backlog.back().map(|p: &Arc<Encoded>| p.offset);
+            offset = recovery.publications.last().map_or_else(
+                || backlog.front().map_or(recovery.offset, |p: &Arc<Encoded>| p.offset - 1),
+                |p| p.offset,
+            );
+        }
         let line = reply::reply_ok(
             id,
             &SubscribeReply {
                 channel: &channel,
                 epoch: &recovery.epoch,
-                offset: recovery.offset,
+                offset,
                 keyed: recovery.keyed,
                 recovered: recovery.recovered,
                 reason: recovery.reason,
@@ -720,13 +804,43 @@ impl Session {
             channel.clone(),
             Sub {
                 epoch: recovery.epoch.into(),
-                delivered: recovery.offset,
+                delivered: offset,
                 awaiting_reply: true,
                 held: Vec::new(),
+                backlog,
+                catchup_until,
             },
         );
         let _ = self.outbox.push(Outgoing::Subscribed { channel, line });
+        self.feed_backlogs();
         Ok(())
+    }
+
+    /// Most bytes of publications one reply carries: a quarter of the outbound queue.
+    fn reply_budget(&self) -> usize {
+        self.hub.config.limits.outbound_queue_bytes / 4
+    }
+
+    /// Moves backlog publications into the outbox while it is below a quarter of its bounds.
+    fn feed_backlogs(&mut self) {
+        if self.subs.values().all(|s| s.backlog.is_empty()) {
+            return;
+        }
+        let limits = &self.hub.config.limits;
+        let (max_bytes, max_messages) =
+            (limits.outbound_queue_bytes / 4, (limits.outbound_queue_messages / 4).max(1));
+        for sub in self.subs.values_mut() {
+            while let Some(p) = sub.backlog.front() {
+                let (len, bytes) = self.outbox.queued();
+                if len >= max_messages || bytes + p.frame.len() > max_bytes {
+                    return;
+                }
+                let p = sub.backlog.pop_front().expect("front exists");
+                if self.outbox.push(Outgoing::Recovered(p)).is_err() {
+                    return;
+                }
+            }
+        }
     }
 
     async fn publish(
@@ -770,6 +884,18 @@ impl Session {
             .history(ns, &q, hub.config.limits.max_history_page)
             .await
             .map_err(|e| engine_error(e, &q.channel))?;
+        let mut h = h;
+        let fits = fitting_prefix(&h.publications, self.reply_budget());
+        if fits < h.publications.len() {
+            // A page that would not fit the queue is shortened: from the end when reading
+            // forward (`since`), from the start otherwise, so the next page follows on.
+            if q.since.is_some() {
+                h.publications.truncate(fits.max(1));
+            } else {
+                let fits = fitting_suffix(&h.publications, self.reply_budget()).max(1);
+                h.publications.drain(..h.publications.len() - fits);
+            }
+        }
         self.reply(id, &HistoryReply::new(&q.channel, &h));
         Ok(())
     }
@@ -862,6 +988,29 @@ fn too_large(e: &axum::Error) -> bool {
     text.contains("Space limit exceeded")
         || text.contains("too long")
         || text.contains("Message too big")
+}
+
+/// How many of `pubs`, from the first, fit in `budget` bytes.
+fn fitting_prefix(pubs: &[Arc<Encoded>], budget: usize) -> usize {
+    let mut used = 0;
+    pubs.iter()
+        .take_while(|p| {
+            used += p.frame.len();
+            used <= budget
+        })
+        .count()
+}
+
+/// How many of `pubs`, from the last, fit in `budget` bytes.
+fn fitting_suffix(pubs: &[Arc<Encoded>], budget: usize) -> usize {
+    let mut used = 0;
+    pubs.iter()
+        .rev()
+        .take_while(|p| {
+            used += p.frame.len();
+            used <= budget
+        })
+        .count()
 }
 
 /// Publications embedded in a reply without re-serializing them.
