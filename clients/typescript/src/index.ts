@@ -7,11 +7,12 @@
  *
  * What it guarantees to the application:
  * - a visible connection state (`connecting`, `connected`, `reconnecting`, `resyncing`, `offline`);
- * - reconnection with exponential backoff and full jitter (1 s doubling to a 30 s cap); only attempts
- *   that never got a `connect` reply count as failures, and the count resets once a connection is
- *   connected with every subscription resumed; a circuit breaker opens after 10 consecutive
- *   failures (`offline`, still probing once per 30 s) and `reconnect()` or the browser's `online`
- *   event closes it at once;
+ * - reconnection with exponential backoff and full jitter (1 s doubling to a 30 s cap), the policy
+ *   of docs/protocol.md §9 shared with the Rust client: the retry counter resets once a connection
+ *   got its `connect` reply and every resubscribe was answered; only attempts that never got a
+ *   `connect` reply are failures; after 10 consecutive failures the circuit breaker opens
+ *   (`offline`, requests fail at once, a probe once per 30 s); a probe that connects,
+ *   `reconnect()` or the browser's `online` event closes it;
  * - every subscription resumes from the last delivered position after every reconnect, and
  *   publications reach the application in offset order, exactly once; when a resume is impossible
  *   the subscription emits `resync` (with a fresh snapshot on keyed channels) instead of pretending
@@ -119,9 +120,12 @@ export interface ErrorBody {
 
 /** An error from the hub (a protocol error object) or from the client itself. */
 export class HeraldError extends Error {
-  /** Protocol error code (§8), or a client-side code: 0 timeout, 1 disconnected, 2 closed. */
+  /**
+   * Protocol error code (§8), or a client-side code: 0 timeout, 1 disconnected, 2 closed, 3
+   * offline (circuit breaker open, or a final close).
+   */
   readonly code: number;
-  /** Protocol error name, or `timeout` / `disconnected` / `closed`. */
+  /** Protocol error name, or `timeout` / `disconnected` / `closed` / `offline`. */
   readonly errorName: string;
   readonly channel?: string;
   constructor(body: ErrorBody) {
@@ -235,9 +239,11 @@ export type ConnectionState =
   | { state: 'connected'; client: string; node: string; clients: number }
   | {
       state: 'reconnecting';
-      /** Attempt number, 1-based. */
+      /** Retry number since the last established connection, 1-based (the backoff exponent). */
       attempt: number;
-      /** Attempts before the circuit breaker opens. */
+      /** Consecutive attempts that never got a `connect` reply, so far. */
+      failures: number;
+      /** Failures that open the circuit breaker. */
       maxAttempts: number;
       /** Milliseconds from the moment of this state to the next try (0 while trying). */
       nextTryMs: number;
@@ -598,10 +604,11 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private started = false;
   private everConnected = false;
   /**
-   * Consecutive attempts that ended without a `connect` reply: the backoff exponent and the
-   * breaker's count. Reset once a connection is `connected` (connect answered, every
-   * resubscribe answered), so short-lived connections that resumed never open the breaker.
+   * Retries since the last established connection (connect answered and every resubscribe
+   * answered): the backoff exponent. A connection that resumed resets it, however short it lived.
    */
+  private retries = 0;
+  /** Consecutive attempts that never got a `connect` reply: the circuit breaker's count. */
   private failures = 0;
   /** Whether the current attempt got its `connect` reply (then its end is not a failure). */
   private reachedConnect = false;
@@ -653,7 +660,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
     if (!this.started) {
       this.started = true;
       this.bindBrowserEvents();
-      this.failures = 0;
+      this.retries = this.failures = 0;
       this.setState({ state: 'connecting', attempt: 1 });
       this.openSocket();
     }
@@ -671,7 +678,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
     }
     this.clearTimer('retryTimer');
     if (this.ws) this.dropSocket(1000, 'reconnect requested');
-    this.failures = 0;
+    this.retries = this.failures = 0;
     this.setState(this.everConnected ? this.reconnectingState(0, 0) : { state: 'connecting', attempt: 1 });
     this.openSocket();
   }
@@ -788,8 +795,9 @@ export class HeraldClient extends Emitter<ClientEvents> {
     onResult: (r: unknown) => void,
     onError: (e: HeraldError) => void,
   ): void {
-    if (!this.started && this._state.state === 'offline' && this._state.reason === 'closed') {
-      onError(new HeraldError({ code: 2, name: 'closed', message: 'client closed' }));
+    const refusal = this.offlineError();
+    if (refusal) {
+      onError(refusal);
       return;
     }
     const id = this.nextId++;
@@ -805,6 +813,14 @@ export class HeraldClient extends Emitter<ClientEvents> {
     this.pending.set(id, p);
     if (this.isLive()) this.sendPending(id, p);
     else this.outbox.push(id);
+  }
+
+  /** Why a request fails at once: the client is closed or offline (not merely not started). */
+  private offlineError(): HeraldError | undefined {
+    const s = this._state;
+    if (s.state !== 'offline' || s.reason === 'not_started') return undefined;
+    if (s.reason === 'closed') return new HeraldError({ code: 2, name: 'closed', message: 'client closed' });
+    return new HeraldError({ code: 3, name: 'offline', message: `client is offline (${s.reason})` });
   }
 
   /** @internal Reports a listener's exception on the `error` event (or the console). */
@@ -836,7 +852,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
   /** The connection is up and every subscription was answered: `connected`, backoff reset. */
   private enterConnected(): void {
     const info = this.info!;
-    this.failures = 0;
+    this.retries = this.failures = 0;
     this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
     this.emit('connected', info);
   }
@@ -849,6 +865,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
     return {
       state: 'reconnecting',
       attempt: Math.max(1, attempt),
+      failures: this.failures,
       maxAttempts: this.maxAttempts,
       nextTryMs: delay,
       nextTryAt: Date.now() + delay,
@@ -1012,23 +1029,27 @@ export class HeraldClient extends Emitter<ClientEvents> {
    */
   private onFailure(code: number, reason: string): void {
     if (!this.started) return;
-    if (!this.reachedConnect) this.failures += 1;
+    const failed = !this.reachedConnect;
     this.reachedConnect = false;
     if (this.urls.length > 1) this.urlIndex = (this.urlIndex + 1) % this.urls.length;
     this.clearTimer('retryTimer');
-    if (this.failures >= this.maxAttempts) {
+    if (failed) this.failures += 1;
+    if (failed && this.failures >= this.maxAttempts) {
       const probeMs = this.capMs;
       this.setState({ state: 'offline', reason: 'circuit_open', code: code || undefined, nextTryAt: Date.now() + probeMs });
-      // A probe keeps the state `offline`; its success closes the breaker, its failure re-arms it.
+      // Requests waiting for a connection fail now, as later ones will while the breaker is open.
+      this.failPending(true, { code: 3, name: 'offline', message: 'client is offline (circuit_open)' });
+      // A probe keeps the state `offline`; its `connect` reply closes the breaker, its failure
+      // re-arms it.
       this.retryTimer = setTimeout(() => {
         this.retryTimer = undefined;
         if (this.started && !this.ws) this.openSocket();
       }, probeMs);
       return;
     }
-    const attempt = this.failures + 1;
-    const delay = this.backoffDelay(attempt);
-    this.setState(this.reconnectingState(attempt, delay, code || undefined, reason));
+    this.retries += 1;
+    const delay = this.backoffDelay(this.retries);
+    this.setState(this.reconnectingState(this.retries, delay, code || undefined, reason));
     this.retryTimer = setTimeout(() => this.tryNow(), delay);
   }
 
@@ -1059,7 +1080,9 @@ export class HeraldClient extends Emitter<ClientEvents> {
     if (gen !== this.gen) return;
     this.clearTimer('connectTimer');
     this.info = res;
+    // The attempt did not fail (and an open breaker closes); the retries reset once resumed.
     this.reachedConnect = true;
+    this.failures = 0;
     this.connectedAt = Date.now();
     this.pingIntervalMs = res.ping_interval_ms || 25000;
     this.touch();

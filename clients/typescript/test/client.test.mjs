@@ -257,8 +257,12 @@ test('circuit breaker: opens after maxAttempts failures, probes once per maxMs u
     assert.equal(open.reason, 'circuit_open');
     assert.equal(open.code, 1006, JSON.stringify(open));
     assert.ok(open.nextTryAt > Date.now() + 50000, JSON.stringify(open));
-    // Try 1 is the first `connecting`; tries 2 and 3 are retries; the third failure opens it.
-    assert.deepEqual([...new Set(tries)], [2, 3]);
+    // The first `connecting` fails, retries 1 and 2 fail: the third failure opens it.
+    assert.deepEqual([...new Set(tries)], [1, 2]);
+    // While it is open, requests fail at once instead of waiting for their timeout.
+    const t0 = Date.now();
+    await assert.rejects(manual.publish('demo:t-probe', 1, { timeoutMs: 5000 }), (e) => e.code === 3 && e.errorName === 'offline');
+    assert.ok(Date.now() - t0 < 1000);
 
     // A short probe interval: the breaker opens, failed probes keep it offline, a probe that
     // reaches the hub closes it with no call from the app (Node has no `online` event).

@@ -9,11 +9,12 @@
  *
  * What it guarantees to the application:
  * - a visible connection state (`connecting`, `connected`, `reconnecting`, `resyncing`, `offline`);
- * - reconnection with exponential backoff and full jitter (1 s doubling to a 30 s cap); only attempts
- *   that never got a `connect` reply count as failures, and the count resets once a connection is
- *   connected with every subscription resumed; a circuit breaker opens after 10 consecutive
- *   failures (`offline`, still probing once per 30 s) and `reconnect()` or the browser's `online`
- *   event closes it at once;
+ * - reconnection with exponential backoff and full jitter (1 s doubling to a 30 s cap), the policy
+ *   of docs/protocol.md §9 shared with the Rust client: the retry counter resets once a connection
+ *   got its `connect` reply and every resubscribe was answered; only attempts that never got a
+ *   `connect` reply are failures; after 10 consecutive failures the circuit breaker opens
+ *   (`offline`, requests fail at once, a probe once per 30 s); a probe that connects,
+ *   `reconnect()` or the browser's `online` event closes it;
  * - every subscription resumes from the last delivered position after every reconnect, and
  *   publications reach the application in offset order, exactly once; when a resume is impossible
  *   the subscription emits `resync` (with a fresh snapshot on keyed channels) instead of pretending
@@ -254,10 +255,11 @@ export class HeraldClient extends Emitter {
         this.started = false;
         this.everConnected = false;
         /**
-         * Consecutive attempts that ended without a `connect` reply: the backoff exponent and the
-         * breaker's count. Reset once a connection is `connected` (connect answered, every
-         * resubscribe answered), so short-lived connections that resumed never open the breaker.
+         * Retries since the last established connection (connect answered and every resubscribe
+         * answered): the backoff exponent. A connection that resumed resets it, however short it lived.
          */
+        this.retries = 0;
+        /** Consecutive attempts that never got a `connect` reply: the circuit breaker's count. */
         this.failures = 0;
         /** Whether the current attempt got its `connect` reply (then its end is not a failure). */
         this.reachedConnect = false;
@@ -295,7 +297,7 @@ export class HeraldClient extends Emitter {
         if (!this.started) {
             this.started = true;
             this.bindBrowserEvents();
-            this.failures = 0;
+            this.retries = this.failures = 0;
             this.setState({ state: 'connecting', attempt: 1 });
             this.openSocket();
         }
@@ -313,7 +315,7 @@ export class HeraldClient extends Emitter {
         this.clearTimer('retryTimer');
         if (this.ws)
             this.dropSocket(1000, 'reconnect requested');
-        this.failures = 0;
+        this.retries = this.failures = 0;
         this.setState(this.everConnected ? this.reconnectingState(0, 0) : { state: 'connecting', attempt: 1 });
         this.openSocket();
     }
@@ -421,8 +423,9 @@ export class HeraldClient extends Emitter {
      * subscribe reply must be applied before the publications that follow it in the same frame).
      */
     command(cmd, fields, timeoutMs, onResult, onError) {
-        if (!this.started && this._state.state === 'offline' && this._state.reason === 'closed') {
-            onError(new HeraldError({ code: 2, name: 'closed', message: 'client closed' }));
+        const refusal = this.offlineError();
+        if (refusal) {
+            onError(refusal);
             return;
         }
         const id = this.nextId++;
@@ -441,6 +444,15 @@ export class HeraldClient extends Emitter {
             this.sendPending(id, p);
         else
             this.outbox.push(id);
+    }
+    /** Why a request fails at once: the client is closed or offline (not merely not started). */
+    offlineError() {
+        const s = this._state;
+        if (s.state !== 'offline' || s.reason === 'not_started')
+            return undefined;
+        if (s.reason === 'closed')
+            return new HeraldError({ code: 2, name: 'closed', message: 'client closed' });
+        return new HeraldError({ code: 3, name: 'offline', message: `client is offline (${s.reason})` });
     }
     /** @internal Reports a listener's exception on the `error` event (or the console). */
     _listenerFailed(err, fromErrorEvent) {
@@ -470,7 +482,7 @@ export class HeraldClient extends Emitter {
     /** The connection is up and every subscription was answered: `connected`, backoff reset. */
     enterConnected() {
         const info = this.info;
-        this.failures = 0;
+        this.retries = this.failures = 0;
         this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
         this.emit('connected', info);
     }
@@ -481,6 +493,7 @@ export class HeraldClient extends Emitter {
         return {
             state: 'reconnecting',
             attempt: Math.max(1, attempt),
+            failures: this.failures,
             maxAttempts: this.maxAttempts,
             nextTryMs: delay,
             nextTryAt: Date.now() + delay,
@@ -652,16 +665,20 @@ export class HeraldClient extends Emitter {
     onFailure(code, reason) {
         if (!this.started)
             return;
-        if (!this.reachedConnect)
-            this.failures += 1;
+        const failed = !this.reachedConnect;
         this.reachedConnect = false;
         if (this.urls.length > 1)
             this.urlIndex = (this.urlIndex + 1) % this.urls.length;
         this.clearTimer('retryTimer');
-        if (this.failures >= this.maxAttempts) {
+        if (failed)
+            this.failures += 1;
+        if (failed && this.failures >= this.maxAttempts) {
             const probeMs = this.capMs;
             this.setState({ state: 'offline', reason: 'circuit_open', code: code || undefined, nextTryAt: Date.now() + probeMs });
-            // A probe keeps the state `offline`; its success closes the breaker, its failure re-arms it.
+            // Requests waiting for a connection fail now, as later ones will while the breaker is open.
+            this.failPending(true, { code: 3, name: 'offline', message: 'client is offline (circuit_open)' });
+            // A probe keeps the state `offline`; its `connect` reply closes the breaker, its failure
+            // re-arms it.
             this.retryTimer = setTimeout(() => {
                 this.retryTimer = undefined;
                 if (this.started && !this.ws)
@@ -669,9 +686,9 @@ export class HeraldClient extends Emitter {
             }, probeMs);
             return;
         }
-        const attempt = this.failures + 1;
-        const delay = this.backoffDelay(attempt);
-        this.setState(this.reconnectingState(attempt, delay, code || undefined, reason));
+        this.retries += 1;
+        const delay = this.backoffDelay(this.retries);
+        this.setState(this.reconnectingState(this.retries, delay, code || undefined, reason));
         this.retryTimer = setTimeout(() => this.tryNow(), delay);
     }
     /** Cuts a backoff wait short (browser came online, tab became visible). */
@@ -703,7 +720,9 @@ export class HeraldClient extends Emitter {
             return;
         this.clearTimer('connectTimer');
         this.info = res;
+        // The attempt did not fail (and an open breaker closes); the retries reset once resumed.
         this.reachedConnect = true;
+        this.failures = 0;
         this.connectedAt = Date.now();
         this.pingIntervalMs = res.ping_interval_ms || 25000;
         this.touch();
