@@ -23,6 +23,12 @@ pub struct TokenArgs {
     /// Lifetime (`30s`, `1h`, `7d`; 1 s to 366 days).
     #[arg(long, env = "HERALD_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: std::time::Duration,
+    /// Audience (`aud`): required by a hub with `auth.audience` set.
+    #[arg(long, env = "HERALD_AUDIENCE")]
+    audience: Option<String>,
+    /// Issuer (`iss`): required by a hub with `auth.issuer` set.
+    #[arg(long, env = "HERALD_ISSUER")]
+    issuer: Option<String>,
 }
 
 /// Prints the token.
@@ -36,6 +42,8 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         channels: args.channels,
         publish: args.publish,
         roles: args.roles,
+        aud: args.audience,
+        iss: args.issuer,
     };
     println!("{}", mint_hs256(&args.secret, &claims)?);
     Ok(())

@@ -568,6 +568,9 @@ async fn token(
         channels: b.channels,
         publish: b.publish,
         roles: b.roles,
+        // The hub must accept what it mints: the configured audience and issuer go in.
+        aud: hub.config.auth.audience.clone(),
+        iss: hub.config.auth.issuer.clone(),
     };
     let token = mint_hs256(secret, &claims)
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;

@@ -27,6 +27,12 @@ pub struct Claims {
     /// Roles; `admin` may do everything.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// Audience: required (and checked) when `auth.audience` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Issuer: required (and checked) when `auth.issuer` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
 }
 
 /// An authenticated (or anonymous) connection identity.

@@ -47,6 +47,9 @@ pub enum Refused {
 
 struct Inner {
     queue: VecDeque<Outgoing>,
+    /// Publications in `queue`: the message bound counts these; replies are bounded by the
+    /// command rate limit (a frame of 300 commands must not close its own connection).
+    publications: usize,
     bytes: usize,
     closed: Option<(CloseCode, String)>,
 }
@@ -69,7 +72,12 @@ impl Outbox {
     /// A queue with these bounds.
     pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
         Outbox {
-            inner: Mutex::new(Inner { queue: VecDeque::new(), bytes: 0, closed: None }),
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                publications: 0,
+                bytes: 0,
+                closed: None,
+            }),
             notify: Notify::new(),
             closing: Notify::new(),
             max_messages,
@@ -84,8 +92,12 @@ impl Outbox {
         if inner.closed.is_some() {
             return Err(Refused::Closed);
         }
-        if inner.queue.len() >= self.max_messages || inner.bytes + len > self.max_bytes {
+        let publication = matches!(item, Outgoing::Pub(_) | Outgoing::Recovered(_));
+        if (publication && inner.publications >= self.max_messages)
+            || inner.bytes + len > self.max_bytes
+        {
             inner.queue = VecDeque::new();
+            inner.publications = 0;
             inner.bytes = 0;
             inner.closed = Some((
                 CloseCode::SlowConsumer,
@@ -101,6 +113,7 @@ impl Outbox {
         }
         let was_empty = inner.queue.is_empty();
         inner.queue.push_back(item);
+        inner.publications += usize::from(publication);
         inner.bytes += len;
         drop(inner);
         if was_empty {
@@ -124,14 +137,15 @@ impl Outbox {
     pub fn drain(&self, into: &mut VecDeque<Outgoing>) -> Option<(CloseCode, String)> {
         let mut inner = self.inner.lock();
         std::mem::swap(&mut inner.queue, into);
+        inner.publications = 0;
         inner.bytes = 0;
         inner.closed.clone()
     }
 
-    /// Items and bytes queued now.
+    /// Publications and bytes queued now.
     pub fn queued(&self) -> (usize, usize) {
         let inner = self.inner.lock();
-        (inner.queue.len(), inner.bytes)
+        (inner.publications, inner.bytes)
     }
 
     /// Whether the queue has been closed.
@@ -165,9 +179,19 @@ mod tests {
     #[test]
     fn overflow_closes_and_empties() {
         let o = Outbox::new(2, 1000);
-        o.push(Outgoing::Line("a".into())).unwrap();
-        o.push(Outgoing::Line("b".into())).unwrap();
-        assert_eq!(o.push(Outgoing::Line("c".into())), Err(Refused::Overflow));
+        let p = || {
+            Outgoing::Pub(Arc::new(Encoded {
+                channel: "c".into(),
+                epoch: "e".into(),
+                offset: 1,
+                frame: "{}".into(),
+                accepted: std::time::Instant::now(),
+            }))
+        };
+        o.push(p()).unwrap();
+        o.push(Outgoing::Line("replies are not counted".into())).unwrap();
+        o.push(p()).unwrap();
+        assert_eq!(o.push(p()), Err(Refused::Overflow));
         assert_eq!(o.push(Outgoing::Line("d".into())), Err(Refused::Closed));
         let mut q = VecDeque::new();
         let closed = o.drain(&mut q);

@@ -63,7 +63,7 @@ async fn binary_frame_closes_4502(h: Arc<Ctx>) {
 async fn oversized_frame_closes_4504(h: Arc<Ctx>) {
     let ch = h.channel("room");
     let (mut c, _) = h.client(&[&ch]).await;
-    let big = json!({"id": 9, "cmd": "publish", "channel": ch, "data": "x".repeat(70 * 1024)});
+    let big = json!({"id": 9, "cmd": "publish", "channel": ch, "data": "x".repeat(96 * 1024)});
     c.send_raw(&big.to_string()).await;
     c.expect_closed_with(4504, "message_too_large").await;
     // Another connection is unaffected.
