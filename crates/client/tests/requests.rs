@@ -156,7 +156,7 @@ async fn raw_layer_speaks_batched_frames() {
             id: Some(2),
             command: Command::Subscribe { channel: "raw".into(), since: None, snapshot: false },
         },
-        Request { id: Some(3), command: Command::Ping },
+        Request { id: Some(3), command: Command::Ping { timestamp: None } },
     ])
     .await
     .unwrap();

@@ -70,7 +70,7 @@ async fn a_resume_larger_than_the_queue_is_paged_in_order_with_live_publications
     }
     publisher.await.unwrap();
     // The connection is healthy: a ping is answered and nothing else is queued.
-    ws.request(Command::Ping).await.expect("still connected");
+    ws.request(Command::Ping { timestamp: None }).await.expect("still connected");
 }
 
 #[tokio::test]

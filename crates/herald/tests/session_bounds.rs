@@ -51,7 +51,7 @@ async fn a_token_expiring_in_the_far_future_works_and_releases_its_connection() 
             let connected = ws.request(Command::Connect { token: Some(token), name: None }).await;
             connected.expect("a far-future exp is a valid token");
             ws.subscribe("feed:far").await;
-            ws.request(Command::Ping).await.expect("the session keeps serving");
+            ws.request(Command::Ping { timestamp: None }).await.expect("the session keeps serving");
             drop(ws);
             wait_connections(&hub, 0).await;
         }

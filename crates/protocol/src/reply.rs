@@ -184,6 +184,15 @@ pub struct RefreshResult {
     pub expires_at: Option<u64>,
 }
 
+/// Reply to `ping`: `{}`, or the command's `timestamp` echoed unchanged (seed 000 measures the
+/// round trip with it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PingResult {
+    /// The `timestamp` the ping carried, byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Box<RawValue>>,
+}
+
 /// A decoded server message (client side).
 #[derive(Debug, Clone)]
 pub enum ServerMessage {
@@ -341,5 +350,13 @@ mod tests {
             ServerMessage::Disconnect { code: 4001, reconnect: true, .. }
         ));
         assert!(matches!(ServerMessage::parse(PUSH_PING).unwrap(), ServerMessage::Ping));
+    }
+
+    #[test]
+    fn ping_result_echoes_or_is_empty() {
+        assert_eq!(reply_ok(1, &PingResult::default()), r#"{"id":1,"result":{}}"#);
+        let ts = RawValue::from_string("1.764e12".into()).unwrap();
+        let line = reply_ok(2, &PingResult { timestamp: Some(ts) });
+        assert_eq!(line, r#"{"id":2,"result":{"timestamp":1.764e12}}"#);
     }
 }

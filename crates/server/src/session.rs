@@ -597,8 +597,8 @@ impl Session {
         };
         let result = match command {
             Command::Connect { .. } | Command::Pong => Ok(()),
-            Command::Ping => {
-                self.reply(id, &serde_json::json!({}));
+            Command::Ping { timestamp } => {
+                self.reply(id, &reply::PingResult { timestamp });
                 Ok(())
             }
             Command::Subscribe { channel, since, snapshot } => {
