@@ -112,11 +112,13 @@ codes! {
         AuthTimeout = 4003, "auth_timeout";
         /// The token lapsed without a refresh; get a new token, then reconnect.
         TokenExpired = 4004, "token_expired";
-        /// The per-user connection limit or per-IP attempt limit was reached; back off.
+        /// The per-user connection limit was reached; back off. (Over the per-IP attempt limit
+        /// an upgrade is refused before it happens: HTTP 429 with error 110.)
         TooManyConnections = 4005, "too_many_connections";
         /// Too many commands per second; back off.
         RateLimited = 4006, "rate_limited";
-        /// The node lost its engine (Redis); reconnect, perhaps to another node, and resume.
+        /// Reserved, not sent: when the node loses its engine (Redis), connections stay open and
+        /// each subscription gets an `unsubscribe` push with 117, then 113 until Redis is back.
         EngineUnavailable = 4007, "engine_unavailable";
         /// The token is missing, malformed, badly signed, or for another audience or issuer.
         Unauthorized = 4500, "unauthorized";

@@ -169,6 +169,7 @@ async fn mutated_frames_never_crash_a_session() {
         state ^= state << 17;
         state
     };
+    let mut expected = 0usize;
     for round in 0..3000 {
         let seed = seeds[round % seeds.len()].as_bytes();
         let mut m = seed.to_vec();
@@ -183,20 +184,25 @@ async fn mutated_frames_never_crash_a_session() {
             }
         }
         let text = String::from_utf8_lossy(&m).into_owned();
+        // Every message of the frame gets exactly one answer: a reply or an error push.
+        expected += herald_protocol::split_frame(&text).count();
         c.send(&text);
     }
     // Drain and finally prove the session still answers.
     c.send(r#"{"id":999999,"cmd":"ping"}"#);
+    let mut answered = 0;
     loop {
         match c.next().await {
             ServerMessage::Reply { id: 999999, result } => {
                 assert!(result.is_ok());
                 break;
             }
+            ServerMessage::Reply { .. } | ServerMessage::Error(_) => answered += 1,
             ServerMessage::Disconnect { code, .. } => panic!("session closed with {code}"),
             _ => {}
         }
     }
+    assert_eq!(answered, expected, "every mutated message was answered once");
     assert!(!session.is_finished(), "the session is alive");
 }
 
