@@ -18,6 +18,8 @@ use futures_util::{Sink, Stream};
 use herald_protocol::command::{Command, Request};
 use herald_protocol::reply::PUB_PREFIX;
 use herald_protocol::{Position, ServerMessage, split_frame};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -61,6 +63,22 @@ impl Sink<Message> for Pipe {
     }
 }
 
+/// The parts of a `SubscribeResult` the adapter reads; its publications stay raw JSON.
+#[derive(Deserialize)]
+struct Subscribed<'a> {
+    epoch: String,
+    offset: u64,
+    #[serde(default, borrow)]
+    publications: Vec<&'a RawValue>,
+}
+
+/// Where a publication sits in its stream (its `id` as an SSE event).
+#[derive(Deserialize)]
+struct PubPosition {
+    epoch: String,
+    offset: u64,
+}
+
 /// Turns session frames into SSE events and keeps the subscription alive.
 struct Adapter {
     /// Commands to the session.
@@ -71,25 +89,66 @@ struct Adapter {
     position: Option<Position>,
     /// Next command id.
     next_id: u64,
+    /// Id of the subscribe the client asked for (by opening the stream): its reply is the
+    /// documented `subscribed` event, publications inside. Later subscribes are the adapter's
+    /// own resubscribes, whose publications the client never asked for and gets as `pub`.
+    first_subscribe: u64,
     /// Whether the stream is over (after an error or a disconnect).
     done: bool,
 }
 
 impl Adapter {
-    fn send(&mut self, command: Command) {
+    fn send(&mut self, command: Command) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         let line = Request { id: Some(id), command }.to_json();
         let _ = self.commands.send(Ok(Message::Text(line.into())));
+        id
     }
 
-    fn subscribe(&mut self) {
+    fn subscribe(&mut self) -> u64 {
         let command = Command::Subscribe {
             channel: self.channel.clone(),
             since: self.position.clone(),
             snapshot: false,
         };
-        self.send(command);
+        self.send(command)
+    }
+
+    /// A `pub` event (its `id` the publication's position, what `Last-Event-ID` resumes from).
+    fn publication(&mut self, epoch: &str, offset: u64, json: &str) -> Event {
+        self.position = Some(Position { epoch: epoch.into(), offset });
+        Event::default().event("pub").id(format!("{epoch}:{offset}")).data(json)
+    }
+
+    /// The events of a subscribe reply.
+    fn subscribed(&mut self, id: u64, raw: &str, out: &mut Vec<Event>) {
+        let Ok(reply) = serde_json::from_str::<Subscribed>(raw) else { return };
+        if id == self.first_subscribe {
+            self.position = Some(Position { epoch: reply.epoch.clone(), offset: reply.offset });
+            let id = format!("{}:{}", reply.epoch, reply.offset);
+            out.push(Event::default().event("subscribed").id(id).data(raw));
+            return;
+        }
+        // The adapter's own resubscribe: what it recovered goes out as `pub` events, each with
+        // its id, after a `subscribed` whose id is the position before them, so an app that
+        // handles only `pub` misses nothing and `Last-Event-ID` never skips past them.
+        let before = reply.offset.saturating_sub(reply.publications.len() as u64);
+        let mut data: serde_json::Value = serde_json::from_str(raw).unwrap_or_default();
+        if let Some(obj) = data.as_object_mut() {
+            obj.remove("publications");
+        }
+        self.position = Some(Position { epoch: reply.epoch.clone(), offset: before });
+        out.push(
+            Event::default()
+                .event("subscribed")
+                .id(format!("{}:{before}", reply.epoch))
+                .data(data.to_string()),
+        );
+        for p in reply.publications {
+            let Ok(at) = serde_json::from_str::<PubPosition>(p.get()) else { continue };
+            out.push(self.publication(&at.epoch, at.offset, p.get()));
+        }
     }
 
     /// The SSE events for one session frame.
@@ -103,27 +162,11 @@ impl Adapter {
             match msg {
                 ServerMessage::Publication(p) => {
                     let json = &line[PUB_PREFIX.len()..line.len() - 1];
-                    out.push(
-                        Event::default()
-                            .event("pub")
-                            .id(format!("{}:{}", p.epoch, p.offset))
-                            .data(json),
-                    );
-                    self.position = Some(p.position());
+                    out.push(self.publication(&p.epoch, p.offset, json));
                 }
                 ServerMessage::Reply { id: 1, result: Ok(_) } => {}
-                ServerMessage::Reply { result: Ok(r), .. } => {
-                    let v: serde_json::Value = serde_json::from_str(r.get()).unwrap_or_default();
-                    if let (Some(epoch), Some(offset)) = (v["epoch"].as_str(), v["offset"].as_u64())
-                    {
-                        self.position = Some(Position { epoch: epoch.into(), offset });
-                        out.push(
-                            Event::default()
-                                .event("subscribed")
-                                .id(format!("{epoch}:{offset}"))
-                                .data(r.get()),
-                        );
-                    }
+                ServerMessage::Reply { id, result: Ok(r) } => {
+                    self.subscribed(id, r.get(), &mut out)
                 }
                 ServerMessage::Reply { result: Err(e), .. } | ServerMessage::Error(e) => {
                     out.push(
@@ -136,7 +179,9 @@ impl Adapter {
                 ServerMessage::Ping => {
                     let _ = self.commands.send(Ok(Message::Text(r#"{"cmd":"pong"}"#.into())));
                 }
-                ServerMessage::Unsubscribe { resubscribe: true, .. } => self.subscribe(),
+                ServerMessage::Unsubscribe { resubscribe: true, .. } => {
+                    self.subscribe();
+                }
                 ServerMessage::Unsubscribe { .. } => self.done = true,
                 ServerMessage::Disconnect { code, reason, reconnect } => {
                     let data = serde_json::json!({ "code": code, "reason": reason, "reconnect": reconnect });
@@ -181,15 +226,26 @@ pub async fn stream(
         ip: addr.ip(),
     };
     tokio::spawn(session::run(hub.clone(), pipe, upgrade));
-    let mut adapter = Adapter { commands, channel, position: since, next_id: 1, done: false };
+    let mut adapter =
+        Adapter { commands, channel, position: since, next_id: 1, first_subscribe: 0, done: false };
     adapter.send(Command::Connect { token, name: None });
-    adapter.subscribe();
+    adapter.first_subscribe = adapter.subscribe();
     // The adapter task ends when the session ends (its frames channel closes), when the stream
-    // is over, or when the HTTP client goes away (the event channel closes).
+    // is over, or when the HTTP client goes away (the body, holding the event receiver, is
+    // dropped). Ending it drops the session's command channel, which ends the session.
     let (events_tx, events) = mpsc::channel::<Result<Event, Infallible>>(BODY_BUFFER);
     tokio::spawn(async move {
-        while let Some(msg) = frames.recv().await {
-            let Message::Text(text) = msg else { continue };
+        loop {
+            let msg = tokio::select! {
+                msg = frames.recv() => msg,
+                // A closed tab on a quiet channel: nothing would be sent to notice it.
+                () = events_tx.closed() => return,
+            };
+            let text = match msg {
+                Some(Message::Text(text)) => text,
+                Some(_) => continue,
+                None => return,
+            };
             for event in adapter.events(text.as_str()) {
                 if events_tx.send(Ok(event)).await.is_err() {
                     return;
