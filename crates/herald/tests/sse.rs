@@ -290,7 +290,8 @@ async fn sse_kick_and_shutdown_are_disconnect_events() {
 }
 
 /// Issue 11 item 8: an SSE reader too slow for its queue is closed with a `disconnect` event
-/// (4001, reconnect) after what was in flight, and resumes from its last id without loss.
+/// (4001, reconnect) after what was in flight, even when it took nothing during the drain grace,
+/// and resumes from its last id without loss.
 #[tokio::test]
 async fn sse_slow_consumer_gets_a_disconnect_event_and_resumes() {
     let config = format!("{CONFIG}[limits]\noutbound_queue_messages = 16\n");
@@ -313,6 +314,17 @@ async fn sse_slow_consumer_gets_a_disconnect_event_and_resumes() {
     }
     let (_, body) = hub.api("GET", "/api/channels", None).await;
     assert_eq!(body["channels"], json!([]), "closed as a slow consumer after {published}");
+    // Still not reading until the session is gone: its drain grace (10 s) runs out with the
+    // pipeline full, and the `disconnect` must reach the reader all the same.
+    let deadline = std::time::Instant::now() + 2 * WAIT;
+    loop {
+        let (_, info) = hub.api("GET", "/api/info", None).await;
+        if info["nodes"][0]["connections"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the session outlived its grace: {info}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (d, offsets) = read_to_disconnect(&mut events, 3_000).await;
     assert_eq!((&d["code"], &d["reconnect"]), (&json!(4001), &json!(true)), "{d}");
     let last = offsets.last().copied().unwrap_or(0);

@@ -14,6 +14,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
 use herald_protocol::command::{Command, Request};
 use herald_protocol::reply::PUB_PREFIX;
@@ -25,20 +26,39 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_util::sync::PollSender;
 
-/// Frames buffered between the session and the HTTP body; beyond this the session's own
-/// bounded queue takes over (and closes a slow reader with `slow_consumer`).
+/// Frames in flight between the session and the HTTP body before the session's flush waits;
+/// beyond this the session's own bounded queue takes over (and closes a slow reader with
+/// `slow_consumer`).
 const BODY_BUFFER: usize = 16;
 
-/// The session's socket: commands in, frames out (bounded, so a slow HTTP reader pushes back).
+/// Backpressure between the session (through its [`Pipe`]) and the adapter ([`Frames`]).
+#[derive(Default)]
+struct Flow {
+    /// Frames the session sent that the adapter has not taken yet.
+    in_flight: AtomicUsize,
+    /// The session's flush, waiting for the adapter to take frames.
+    flush: AtomicWaker,
+    /// The session is gone (its pipe dropped): what it queued is all there will be.
+    ended: AtomicBool,
+}
+
+/// The session's socket: commands in, frames out. Sending never waits, so the session's last
+/// `disconnect` push always gets queued behind what is in flight, even for a reader too slow to
+/// take anything; the wait (backpressure) is in `flush`, until at most [`BODY_BUFFER`] frames
+/// are in flight.
 struct Pipe {
     inbound: mpsc::UnboundedReceiver<Result<Message, axum::Error>>,
-    outbound: PollSender<Message>,
+    outbound: mpsc::UnboundedSender<Message>,
+    flow: Arc<Flow>,
 }
+
+/// What a write to a [`Pipe`] whose adapter ended gets.
+const CLIENT_GONE: &str = "the SSE client is gone";
 
 impl Stream for Pipe {
     type Item = Result<Message, axum::Error>;
@@ -49,17 +69,91 @@ impl Stream for Pipe {
 
 impl Sink<Message> for Pipe {
     type Error = axum::Error;
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.outbound).poll_ready(cx).map_err(axum::Error::new)
+    fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.outbound.is_closed() {
+            return Poll::Ready(Err(axum::Error::new(CLIENT_GONE)));
+        }
+        Poll::Ready(Ok(()))
     }
-    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-        Pin::new(&mut self.outbound).start_send(item).map_err(axum::Error::new)
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        self.flow.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.outbound.send(item).map_err(|_| axum::Error::new(CLIENT_GONE))
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.outbound).poll_flush(cx).map_err(axum::Error::new)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let caught_up = |pipe: &Pipe| {
+            if pipe.outbound.is_closed() {
+                Some(Err(axum::Error::new(CLIENT_GONE)))
+            } else if pipe.flow.in_flight.load(Ordering::Acquire) <= BODY_BUFFER {
+                Some(Ok(()))
+            } else {
+                None
+            }
+        };
+        if let Some(r) = caught_up(&self) {
+            return Poll::Ready(r);
+        }
+        self.flow.flush.register(cx.waker());
+        // Checked again after registering: the adapter may have taken frames in between.
+        match caught_up(&self) {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
     }
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.outbound).poll_close(cx).map_err(axum::Error::new)
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.poll_flush(cx)
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.flow.ended.store(true, Ordering::Release);
+    }
+}
+
+/// The adapter's end of a [`Pipe`].
+struct Frames {
+    rx: mpsc::UnboundedReceiver<Message>,
+    flow: Arc<Flow>,
+}
+
+impl Frames {
+    /// The next frame; None once the session is gone and everything it sent was taken.
+    async fn recv(&mut self) -> Option<Message> {
+        let msg = self.rx.recv().await?;
+        self.flow.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.flow.flush.wake();
+        Some(msg)
+    }
+
+    /// After the session ended with frames still queued (a slow reader's drain grace ran out,
+    /// or a shorter one for other closes): its `disconnect` push alone, if it queued one, so the
+    /// reader learns the close code now. The publications skipped were never delivered, so the
+    /// client's last id resumes them. Without a push, everything left.
+    fn after_end(&mut self, first: &str) -> String {
+        let mut left = vec![first.to_string()];
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Message::Text(text) = msg {
+                left.push(text.as_str().to_string());
+            }
+        }
+        let disconnect = left
+            .iter()
+            .flat_map(|frame| split_frame(frame))
+            .find(|line| matches!(ServerMessage::parse(line), Ok(ServerMessage::Disconnect { .. })))
+            .map(str::to_string);
+        disconnect.unwrap_or_else(|| left.join("\n"))
+    }
+
+    fn session_ended(&self) -> bool {
+        self.flow.ended.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        // A flush waiting on this adapter must see that it is gone.
+        self.rx.close();
+        self.flow.flush.wake();
     }
 }
 
@@ -218,8 +312,10 @@ pub async fn stream(
         .or_else(|| query.get("since").cloned())
         .and_then(|s| s.parse::<Position>().ok());
     let (commands, inbound) = mpsc::unbounded_channel();
-    let (frames_tx, mut frames) = mpsc::channel::<Message>(BODY_BUFFER);
-    let pipe = Pipe { inbound, outbound: PollSender::new(frames_tx) };
+    let (outbound, rx) = mpsc::unbounded_channel();
+    let flow = Arc::new(Flow::default());
+    let pipe = Pipe { inbound, outbound, flow: flow.clone() };
+    let mut frames = Frames { rx, flow };
     let upgrade = Upgrade {
         token: None,
         origin_allowed: crate::origin_allowed(&hub, &headers),
@@ -246,7 +342,14 @@ pub async fn stream(
                 Some(_) => continue,
                 None => return,
             };
-            for event in adapter.events(text.as_str()) {
+            let left;
+            let text = if frames.session_ended() {
+                left = frames.after_end(text.as_str());
+                left.as_str()
+            } else {
+                text.as_str()
+            };
+            for event in adapter.events(text) {
                 if events_tx.send(Ok(event)).await.is_err() {
                     return;
                 }
