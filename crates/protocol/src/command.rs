@@ -102,9 +102,9 @@ pub struct ParseError {
     pub message: String,
 }
 
-/// Every field any command may carry. Each is one bit of [`Wire::present`], so that one pass over
-/// the object can say, per command, which field does not belong (protocol §2: unknown fields are
-/// refused, not ignored: a misspelt `snapshot` or a forged `user` must not pass silently).
+/// Every field any command may carry, so that the parse can say, per command, which field does
+/// not belong (protocol §2: unknown fields are refused, not ignored: a misspelt `snapshot` or a
+/// forged `user` must not pass silently).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
     Id,
@@ -194,57 +194,82 @@ impl Field {
     }
 }
 
-/// The flat wire form of every command. Deserialized by hand ([`WireSeed`]) so that only an
-/// object is accepted (a derived struct also takes `[id, cmd, channel, ...]` arrays), duplicate and
-/// unknown keys are seen, and `data` stays borrowed raw JSON.
+/// The flat wire form of every command, for serializing. Parsing goes through [`Fields`].
 #[derive(Debug, Default, Serialize)]
 struct Wire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<u64>,
-    cmd: std::borrow::Cow<'a, str>,
+    cmd: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    channel: Option<String>,
+    channel: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<String>,
+    token: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
+    name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    since: Option<Position>,
+    since: Option<&'a Position>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     snapshot: bool,
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    kind: Option<String>,
-    /// `Some` whenever present, even as `null` (a delete carries no value).
+    kind: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<String>,
+    key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     op: Option<Op>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    idempotency_key: Option<String>,
+    idempotency_key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    correlation_id: Option<String>,
+    correlation_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     before: Option<u64>,
-    /// Seed 000's `ping {timestamp}`, echoed in the reply; kept raw so it comes back unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     timestamp: Option<&'a RawValue>,
-    /// Bit set of the [`Field`]s present.
-    #[serde(skip)]
-    present: u32,
+}
+
+/// One message object as read: `id` and `cmd` decoded, every other field kept as raw JSON until
+/// the command is known, so that a field the command does not take is reported as such whatever
+/// its value. Deserialized by hand ([`FieldsSeed`]) so that only an object is accepted (a derived
+/// struct also takes `[id, cmd, channel, ...]` arrays) and duplicate and unknown keys are seen.
+#[derive(Default)]
+struct Fields<'de> {
+    id: Option<u64>,
+    cmd: Option<std::borrow::Cow<'de, str>>,
+    /// Raw values by [`Field`] index (`id` and `cmd` unused).
+    raw: [Option<&'de RawValue>; Field::ALL.len()],
     /// The first key that is no field of any command.
-    #[serde(skip)]
     unknown: Option<String>,
 }
 
-/// What the parse had read when it failed: the id for the error reply, the field for the message.
+impl<'de> Fields<'de> {
+    /// Decodes a field; `null` is an absent optional field.
+    fn get<T: Deserialize<'de>>(&self, f: Field) -> Result<Option<T>, String> {
+        self.raw[f as usize].map_or(Ok(None), |raw| decode(raw, f))
+    }
+
+    fn present(&self) -> impl Iterator<Item = Field> + '_ {
+        Field::ALL.into_iter().filter(|f| self.raw[*f as usize].is_some())
+    }
+}
+
+/// Decodes one field's raw value; `null` is `None`.
+fn decode<'de, T: Deserialize<'de>>(raw: &'de RawValue, f: Field) -> Result<Option<T>, String> {
+    serde_json::from_str::<Option<T>>(raw.get()).map_err(|e| {
+        // The position would be inside the value, not the line: leave it out.
+        let msg = e.to_string();
+        let at = format!(" at line {} column {}", e.line(), e.column());
+        let msg = msg.strip_suffix(&at).unwrap_or(&msg);
+        format!("bad field `{}`: {msg}", f.name())
+    })
+}
+
+/// The id, as soon as it was read: an error later in the line still names it.
 #[derive(Default)]
 struct Progress {
     id: Option<u64>,
-    field: Option<&'static str>,
 }
 
 /// One object key: a [`Field`] or another name (kept only to name it in the error).
@@ -269,26 +294,27 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-/// Deserializes a [`Wire`] from a JSON object, recording its progress as it goes.
-struct WireSeed<'p>(&'p mut Progress);
+/// Deserializes [`Fields`] from a JSON object, recording the id as soon as it is read.
+struct FieldsSeed<'p>(&'p mut Progress);
 
-impl<'de> serde::de::DeserializeSeed<'de> for WireSeed<'_> {
-    type Value = Wire<'de>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Wire<'de>, D::Error> {
+impl<'de> serde::de::DeserializeSeed<'de> for FieldsSeed<'_> {
+    type Value = Fields<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Fields<'de>, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for WireSeed<'_> {
-    type Value = Wire<'de>;
+impl<'de> serde::de::Visitor<'de> for FieldsSeed<'_> {
+    type Value = Fields<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Wire<'de>, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
         use serde::de::Error;
-        let mut w = Wire::default();
+        let mut w = Fields::default();
+        let mut seen = 0u32;
         while let Some(key) = map.next_key::<Key>()? {
             let f = match key {
                 Key::Known(f) => f,
@@ -298,38 +324,22 @@ impl<'de> serde::de::Visitor<'de> for WireSeed<'_> {
                     continue;
                 }
             };
-            if w.present & f.bit() != 0 {
+            if seen & f.bit() != 0 {
                 // Two readers of one duplicated key may disagree on which value counts.
                 return Err(A::Error::custom(format_args!("duplicate field `{}`", f.name())));
             }
-            w.present |= f.bit();
-            self.0.field = Some(f.name());
+            seen |= f.bit();
+            let raw: &'de RawValue = map.next_value()?;
             match f {
                 Field::Id => {
-                    w.id = map.next_value()?;
+                    w.id = decode(raw, f).map_err(A::Error::custom)?;
                     self.0.id = w.id;
                 }
-                Field::Cmd => w.cmd = map.next_value::<Borrowed<'de>>()?.0,
-                Field::Channel => w.channel = map.next_value()?,
-                Field::Token => w.token = map.next_value()?,
-                Field::Name => w.name = map.next_value()?,
-                Field::Since => w.since = map.next_value()?,
-                Field::Snapshot => w.snapshot = map.next_value()?,
-                Field::Type => w.kind = map.next_value()?,
-                Field::Data => w.data = Some(map.next_value()?),
-                Field::Key => w.key = map.next_value()?,
-                Field::Op => w.op = map.next_value()?,
-                Field::IdempotencyKey => w.idempotency_key = map.next_value()?,
-                Field::CorrelationId => w.correlation_id = map.next_value()?,
-                Field::Limit => w.limit = map.next_value()?,
-                Field::Before => w.before = map.next_value()?,
-                Field::Timestamp => {
-                    let raw: &'de RawValue = map.next_value()?;
-                    // `null` is an absent timestamp, as for every other optional field.
-                    w.timestamp = (raw.get() != "null").then_some(raw);
+                Field::Cmd => {
+                    w.cmd = decode::<Borrowed<'de>>(raw, f).map_err(A::Error::custom)?.map(|c| c.0)
                 }
+                _ => w.raw[f as usize] = Some(raw),
             }
-            self.0.field = None;
         }
         Ok(w)
     }
@@ -357,6 +367,20 @@ impl<'de> Deserialize<'de> for Borrowed<'de> {
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+/// `since` as the wire carries it: exactly `{epoch, offset}` (an extra key is a 107 too).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinceWire {
+    epoch: String,
+    offset: u64,
+}
+
+impl From<SinceWire> for Position {
+    fn from(s: SinceWire) -> Position {
+        Position { epoch: s.epoch, offset: s.offset }
     }
 }
 
@@ -419,24 +443,25 @@ impl Request {
         }
         let mut progress = Progress::default();
         let mut de = serde_json::Deserializer::from_str(line);
-        let parsed = serde::de::DeserializeSeed::deserialize(WireSeed(&mut progress), &mut de)
+        let parsed = serde::de::DeserializeSeed::deserialize(FieldsSeed(&mut progress), &mut de)
             .and_then(|w| de.end().map(|()| w));
-        let wire = parsed.map_err(|e| ParseError {
-            id: progress
-                .id
-                .or_else(|| serde_json::from_str::<IdOnly>(line).ok().and_then(|i| i.id)),
-            code: ErrorCode::BadRequest,
-            message: match progress.field {
-                Some(field) => format!("bad field `{field}`: {e}"),
-                None => format!("malformed command: {e}"),
-            },
+        let w = parsed.map_err(|e| {
+            let message = e.to_string();
+            ParseError {
+                id: progress
+                    .id
+                    .or_else(|| serde_json::from_str::<IdOnly>(line).ok().and_then(|i| i.id)),
+                code: ErrorCode::BadRequest,
+                message: if message.starts_with("bad field") || message.starts_with("duplicate") {
+                    message
+                } else {
+                    format!("malformed command: {message}")
+                },
+            }
         })?;
-        let id = wire.id;
+        let id = w.id;
         let bad = |message: String| ParseError { id, code: ErrorCode::BadRequest, message };
-        if wire.present & Field::Cmd.bit() == 0 {
-            return Err(bad("missing field `cmd`".into()));
-        }
-        let cmd = wire.cmd.as_ref();
+        let Some(cmd) = w.cmd.as_deref() else { return Err(bad("missing field `cmd`".into())) };
         let Some(allowed) = Field::allowed(cmd) else {
             return Err(ParseError {
                 id,
@@ -444,64 +469,71 @@ impl Request {
                 message: format!("unknown command {cmd:?}"),
             });
         };
-        let takes = allowed.iter().fold(Field::Id.bit() | Field::Cmd.bit(), |m, f| m | f.bit());
-        let stray = Field::ALL.into_iter().find(|f| wire.present & !takes & f.bit() != 0);
-        if let Some(name) = wire.unknown.as_deref().or(stray.map(Field::name)) {
+        let stray = w.present().find(|f| !allowed.contains(f));
+        if let Some(name) = w.unknown.as_deref().or(stray.map(Field::name)) {
             let names: Vec<&str> = allowed.iter().map(|f| f.name()).collect();
             let names = if names.is_empty() { "no fields".to_string() } else { names.join(", ") };
             return Err(bad(format!("unknown field {name:?} in {cmd} (it takes {names})")));
         }
-        let need_channel =
-            |c: Option<String>| c.ok_or_else(|| bad("missing field `channel`".into()));
-        let unicode = |field: &str, raw: &RawValue| match lone_surrogate(raw.get()) {
+        let get_str = |f: Field| w.get::<String>(f).map_err(bad);
+        let channel =
+            || get_str(Field::Channel)?.ok_or_else(|| bad("missing field `channel`".into()));
+        let unicode = |f: Field, raw: &RawValue| match lone_surrogate(raw.get()) {
             Some(unit) => Err(bad(format!(
-                "bad field `{field}`: lone surrogate \\u{unit:04x} (strings must be Unicode text)"
+                "bad field `{}`: lone surrogate \\u{unit:04x} (strings must be Unicode text)",
+                f.name()
             ))),
             None => Ok(()),
         };
+        let since = || Ok(w.get::<SinceWire>(Field::Since).map_err(bad)?.map(Position::from));
         let command = match cmd {
-            "connect" => Command::Connect { token: wire.token, name: wire.name },
+            "connect" => {
+                Command::Connect { token: get_str(Field::Token)?, name: get_str(Field::Name)? }
+            }
             "subscribe" => Command::Subscribe {
-                channel: need_channel(wire.channel)?,
-                since: wire.since,
-                snapshot: wire.snapshot,
+                channel: channel()?,
+                since: since()?,
+                snapshot: w.get::<bool>(Field::Snapshot).map_err(bad)?.unwrap_or(false),
             },
-            "unsubscribe" => Command::Unsubscribe { channel: need_channel(wire.channel)? },
+            "unsubscribe" => Command::Unsubscribe { channel: channel()? },
             "publish" => {
-                let channel = need_channel(wire.channel)?;
-                let data = wire.data.ok_or_else(|| bad("missing field `data`".into()))?;
-                unicode("data", data)?;
+                let channel = channel()?;
+                // A present `data` may be `null` (a delete carries no value).
+                let data = w.raw[Field::Data as usize]
+                    .ok_or_else(|| bad("missing field `data`".into()))?;
+                unicode(Field::Data, data)?;
                 Command::Publish(PublishCommand {
                     channel,
-                    kind: wire.kind,
+                    kind: get_str(Field::Type)?,
                     data: data.to_owned(),
-                    key: wire.key,
-                    op: wire.op,
-                    idempotency_key: wire.idempotency_key,
-                    correlation_id: wire.correlation_id,
+                    key: get_str(Field::Key)?,
+                    op: w.get::<Op>(Field::Op).map_err(bad)?,
+                    idempotency_key: get_str(Field::IdempotencyKey)?,
+                    correlation_id: get_str(Field::CorrelationId)?,
                 })
             }
             "ping" => {
-                if let Some(t) = wire.timestamp {
+                let timestamp = w.raw[Field::Timestamp as usize].filter(|t| t.get() != "null");
+                if let Some(t) = timestamp {
                     if !matches!(t.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')) {
                         let msg = "bad field `timestamp`: expected a number or a string";
                         return Err(bad(msg.into()));
                     }
-                    unicode("timestamp", t)?;
+                    unicode(Field::Timestamp, t)?;
                 }
-                Command::Ping { timestamp: wire.timestamp.map(ToOwned::to_owned) }
+                Command::Ping { timestamp: timestamp.map(ToOwned::to_owned) }
             }
             "pong" => Command::Pong,
             "refresh" => Command::Refresh {
-                token: wire.token.ok_or_else(|| bad("missing field `token`".into()))?,
+                token: get_str(Field::Token)?.ok_or_else(|| bad("missing field `token`".into()))?,
             },
             "history" => Command::History(HistoryQuery {
-                channel: need_channel(wire.channel)?,
-                limit: wire.limit,
-                since: wire.since,
-                before: wire.before,
+                channel: channel()?,
+                limit: w.get::<usize>(Field::Limit).map_err(bad)?,
+                since: since()?,
+                before: w.get::<u64>(Field::Before).map_err(bad)?,
             }),
-            "state" => Command::State { channel: need_channel(wire.channel)? },
+            "state" => Command::State { channel: channel()? },
             other => unreachable!("{other:?} is in Field::allowed but not parsed"),
         };
         if id.is_none() && !matches!(command, Command::Pong) {
@@ -515,49 +547,49 @@ impl Request {
         let mut w = Wire { id: self.id, ..Default::default() };
         match &self.command {
             Command::Connect { token, name } => {
-                w.cmd = "connect".into();
-                w.token = token.clone();
-                w.name = name.clone();
+                w.cmd = "connect";
+                w.token = token.as_deref();
+                w.name = name.as_deref();
             }
             Command::Subscribe { channel, since, snapshot } => {
-                w.cmd = "subscribe".into();
-                w.channel = Some(channel.clone());
-                w.since = since.clone();
+                w.cmd = "subscribe";
+                w.channel = Some(channel);
+                w.since = since.as_ref();
                 w.snapshot = *snapshot;
             }
             Command::Unsubscribe { channel } => {
-                w.cmd = "unsubscribe".into();
-                w.channel = Some(channel.clone());
+                w.cmd = "unsubscribe";
+                w.channel = Some(channel);
             }
             Command::Publish(p) => {
-                w.cmd = "publish".into();
-                w.channel = Some(p.channel.clone());
-                w.kind = p.kind.clone();
+                w.cmd = "publish";
+                w.channel = Some(&p.channel);
+                w.kind = p.kind.as_deref();
                 w.data = Some(&p.data);
-                w.key = p.key.clone();
+                w.key = p.key.as_deref();
                 w.op = p.op;
-                w.idempotency_key = p.idempotency_key.clone();
-                w.correlation_id = p.correlation_id.clone();
+                w.idempotency_key = p.idempotency_key.as_deref();
+                w.correlation_id = p.correlation_id.as_deref();
             }
             Command::Ping { timestamp } => {
-                w.cmd = "ping".into();
+                w.cmd = "ping";
                 w.timestamp = timestamp.as_deref();
             }
-            Command::Pong => w.cmd = "pong".into(),
+            Command::Pong => w.cmd = "pong",
             Command::Refresh { token } => {
-                w.cmd = "refresh".into();
-                w.token = Some(token.clone());
+                w.cmd = "refresh";
+                w.token = Some(token);
             }
             Command::History(q) => {
-                w.cmd = "history".into();
-                w.channel = Some(q.channel.clone());
+                w.cmd = "history";
+                w.channel = Some(&q.channel);
                 w.limit = q.limit;
-                w.since = q.since.clone();
+                w.since = q.since.as_ref();
                 w.before = q.before;
             }
             Command::State { channel } => {
-                w.cmd = "state".into();
-                w.channel = Some(channel.clone());
+                w.cmd = "state";
+                w.channel = Some(channel);
             }
         }
         serde_json::to_string(&w).expect("commands always serialize")
@@ -643,6 +675,16 @@ mod tests {
         assert_eq!(e.message, r#"unknown field "since" in unsubscribe (it takes channel)"#);
         let e = err(r#"{"cmd":"pong","x":1}"#);
         assert_eq!(e.message, r#"unknown field "x" in pong (it takes no fields)"#);
+        // Whatever the foreign field's value: it is not type-checked as another command's field.
+        let e = err(r#"{"id":7,"cmd":"subscribe","channel":"c","limit":"many"}"#);
+        assert!(e.message.starts_with(r#"unknown field "limit" in subscribe"#), "{}", e.message);
+        let e = err(r#"{"id":"7","cmd":"ping"}"#);
+        assert!(e.message.starts_with("bad field `id`: invalid type: string"), "{}", e.message);
+        let e = err(r#"{"id":8,"cmd":"state","channel":["c"]}"#);
+        assert_eq!(
+            e.message, "bad field `channel`: invalid type: sequence, expected a string",
+            "no position inside the value"
+        );
         let e = err(r#"{"id":4,"cmd":"connect","tokn":"t"}"#);
         assert_eq!((e.id, e.code), (Some(4), ErrorCode::BadRequest));
         // An unknown command is 104, whatever its fields.

@@ -215,7 +215,8 @@ pub enum ServerMessage {
 struct WireMessage<'a> {
     #[serde(default)]
     id: Option<u64>,
-    #[serde(borrow, default)]
+    /// `Some` whenever present: `"result": null` is a result (of `()`), not a missing one.
+    #[serde(borrow, default, deserialize_with = "present")]
     result: Option<&'a RawValue>,
     #[serde(default)]
     error: Option<ErrorBody>,
@@ -233,6 +234,10 @@ struct WireMessage<'a> {
     resubscribe: bool,
     #[serde(default)]
     reconnect: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 impl ServerMessage {
@@ -350,6 +355,14 @@ mod tests {
             ServerMessage::Disconnect { code: 4001, reconnect: true, .. }
         ));
         assert!(matches!(ServerMessage::parse(PUSH_PING).unwrap(), ServerMessage::Ping));
+    }
+
+    #[test]
+    fn a_null_result_is_a_result() {
+        match ServerMessage::parse(&reply_ok(5, &())).unwrap() {
+            ServerMessage::Reply { id: 5, result: Ok(r) } => assert_eq!(r.get(), "null"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
