@@ -328,3 +328,37 @@ async fn far_future_expiry_is_served() {
     assert_eq!(code(&err), 101);
     assert_eq!(ws.expect_close().await.0, 4500);
 }
+
+/// The HTTP API is as strict as the WebSocket protocol: a field a body does not take is 107
+/// naming it (never silently ignored), and `data` that subscribers could not all decode alike (a
+/// lone surrogate escape) is refused on every way in.
+#[tokio::test]
+async fn http_bodies_refuse_unknown_fields_and_lone_surrogates() {
+    let hub = Hub::start("[namespaces.default]\n");
+    let (status, body) = hub
+        .publish_with(json!({"channel": "default:a", "data": 1, "filter": "status != \"done\""}))
+        .await;
+    assert_error("publish with filter", (status, &body), (400, 107));
+    assert!(body["error"]["message"].as_str().unwrap().contains("filter"), "{body}");
+    let (status, body) =
+        hub.api("POST", "/api/disconnect", Some(json!({"user": "u", "all": true}))).await;
+    assert_error("disconnect with all", (status, &body), (400, 107));
+    let (status, body) =
+        hub.api("POST", "/api/token", Some(json!({"sub": "u", "admin": true}))).await;
+    assert_error("token with admin", (status, &body), (400, 107));
+    // `"\ud800"` written as JSON text: the escape, not a character.
+    let raw = r#"{"channel":"default:a","data":"\ud800"}"#;
+    let (status, _, body) = raw_request(
+        &hub,
+        &format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nx-api-key: {API_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            raw.len()
+        ),
+        raw.as_bytes(),
+    )
+    .await;
+    assert_error("lone surrogate", (status, &body), (400, 107));
+    // Nothing was stored by any of them.
+    let (_, h) = hub.api("GET", "/api/history?channel=default:a", None).await;
+    assert_eq!(h["offset"], 0, "{h}");
+}

@@ -325,6 +325,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Body of `POST /api/publish`; `POST /api/broadcast` has `channels` instead of `channel`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PublishBody {
     #[serde(default)]
     channel: Option<String>,
@@ -457,6 +458,7 @@ async fn info(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DisconnectBody {
     user: String,
 }
@@ -531,6 +533,7 @@ async fn state(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TokenBody {
     sub: String,
     #[serde(default)]

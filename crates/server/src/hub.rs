@@ -268,6 +268,15 @@ impl Hub {
     /// Publishes (after authorization): size check, then the engine's atomic step.
     pub async fn publish(&self, input: PublishInput) -> Result<PublishResult, ErrorBody> {
         let ns = self.namespace(&input.channel)?;
+        // Every way in (WebSocket, HTTP, in process) refuses what subscribers could not all
+        // decode alike: a lone UTF-16 surrogate escape (browsers accept it, serde_json does not).
+        if let Some(unit) = herald_protocol::command::lone_surrogate(input.data.get()) {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("`data` holds a lone surrogate escape \\u{unit:04x}"),
+            )
+            .with_channel(&input.channel));
+        }
         if input.data.get().len() > ns.max_message_bytes {
             return Err(ErrorBody::new(
                 ErrorCode::MessageTooLarge,
