@@ -87,36 +87,50 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
         limits.api_key_failures_per_ip_per_minute,
         Duration::from_secs(60),
     ));
+    // One middleware for every API route (size, key, refusals as the error object): each layer
+    // costs a boxed future per request, and the HTTP publish path is hot (docs/benchmarks.md).
+    let check = ApiCheck { hub: hub.clone(), throttle, max_body: limits.max_api_body_bytes };
     let api = Router::new()
-        .route("/api/publish", post(publish))
-        .route("/api/broadcast", post(broadcast))
-        .route("/api/channels", get(channels))
-        .route("/api/info", get(info))
-        .route("/api/disconnect", post(disconnect))
-        .route("/api/history", get(history))
-        .route("/api/state", get(state))
-        .route("/api/token", post(token))
-        .route_layer(axum::middleware::from_fn_with_state(
-            KeyCheck { hub: hub.clone(), throttle },
-            require_api_key,
-        ))
+        .route("/api/publish", post(publish).fallback(|| not_allowed("POST")))
+        .route("/api/broadcast", post(broadcast).fallback(|| not_allowed("POST")))
+        .route("/api/channels", get(channels).fallback(|| not_allowed("GET")))
+        .route("/api/info", get(info).fallback(|| not_allowed("GET")))
+        .route("/api/disconnect", post(disconnect).fallback(|| not_allowed("POST")))
+        .route("/api/history", get(history).fallback(|| not_allowed("GET")))
+        .route("/api/state", get(state).fallback(|| not_allowed("GET")))
+        .route("/api/token", post(token).fallback(|| not_allowed("POST")))
+        .route_layer(axum::middleware::from_fn_with_state(check, api_check))
         // Explicit routes rather than a router fallback, so that an application merging this
         // router with its own fallback still can.
         .route("/api", axum::routing::any(unknown_api_route))
+        .route("/api/", axum::routing::any(unknown_api_route))
         .route("/api/{*rest}", axum::routing::any(unknown_api_route))
-        .layer(DefaultBodyLimit::max(limits.max_api_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            limits.max_api_body_bytes,
-            refuse_declared_oversize,
-        ))
-        // Outermost: whatever refused the request (axum's extractors included) answers with
-        // the documented error object.
-        .layer(axum::middleware::map_response(json_refusals));
+        .layer(DefaultBodyLimit::max(limits.max_api_body_bytes));
     Router::new()
         .merge(api)
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+}
+
+/// A known route asked with another method: 405 with `Allow` and the error object (104).
+async fn not_allowed(allow: &'static str) -> Response {
+    let mut resp = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorBody::new(ErrorCode::UnknownCommand, "method not allowed on this route"),
+    );
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// The checks in front of every API route, in one layer: a body declared over the limit, the
+/// API key (with the per-address throttle), then refusals made the error object.
+async fn api_check(State(check): State<ApiCheck>, req: Request, next: Next) -> Response {
+    let resp = match refuse_declared_oversize(check.max_body, req).await {
+        Ok(req) => require_api_key(&check, req, next).await,
+        Err(refused) => refused,
+    };
+    json_refusals(resp).await
 }
 
 /// Unknown paths under `/api`: the error object (104: no such operation).
@@ -169,18 +183,14 @@ const DRAIN_FOR: Duration = Duration::from_secs(10);
 /// looks at it. A client that writes its whole body before reading (most HTTP libraries) would
 /// see a reset instead of the answer if the hub closed with the body unread, so the hub first
 /// reads and discards it (up to 64 MiB, 10 s; beyond, it answers and closes the connection).
-async fn refuse_declared_oversize(
-    State(limit): State<usize>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn refuse_declared_oversize(limit: usize, req: Request) -> Result<Request, Response> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let Some(declared) = declared.filter(|n| *n > limit as u64) else {
-        return next.run(req).await;
+        return Ok(req);
     };
     let mut drained = false;
     if declared <= DRAIN_MAX_BYTES {
@@ -198,18 +208,20 @@ async fn refuse_declared_oversize(
     if !drained {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    resp
+    Err(resp)
 }
 
-/// State of the API-key check.
+/// State of the checks in front of the API routes.
 #[derive(Clone)]
-struct KeyCheck {
+struct ApiCheck {
     hub: Arc<Hub>,
     /// Failed checks per source address.
     throttle: Arc<FailureThrottle>,
+    /// `limits.max_api_body_bytes`, for bodies declared larger.
+    max_body: usize,
 }
 
-async fn require_api_key(State(check): State<KeyCheck>, req: Request, next: Next) -> Response {
+async fn require_api_key(check: &ApiCheck, req: Request, next: Next) -> Response {
     let hub = &check.hub;
     // Embedders that serve without connect info share one budget (fail closed, not open).
     let ip = req
