@@ -142,6 +142,38 @@ pub struct Hub {
     pub http_connections: Arc<crate::listener::HttpConnections>,
 }
 
+/// Deepest nesting of arrays and objects a publication's `data` may have: what every decoder
+/// reads, with room for the envelope (publication, reply, batch) around it.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// The deepest nesting of arrays and objects in a JSON text (already known to be valid JSON).
+/// A scan by hand: the text is raw (never parsed into a value), and a parse to measure it would
+/// itself hit the recursion limit.
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Channel names: 1–255 bytes, no whitespace or control characters.
 pub fn valid_channel(channel: &str) -> bool {
     !channel.is_empty()
@@ -274,6 +306,15 @@ impl Hub {
             return Err(ErrorBody::new(
                 ErrorCode::BadRequest,
                 format!("`data` holds a lone surrogate escape \\u{unit:04x}"),
+            )
+            .with_channel(&input.channel));
+        }
+        // serde_json (the Rust client, this hub's own history reader) refuses JSON nested deeper
+        // than 128 levels; data deeper than MAX_DATA_DEPTH would be stored but undecodable.
+        if json_depth(input.data.get()) > MAX_DATA_DEPTH {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
             )
             .with_channel(&input.channel));
         }
@@ -449,4 +490,17 @@ impl Hub {
 /// Maps an engine failure to the protocol error.
 pub fn engine_error(e: EngineError, channel: &str) -> ErrorBody {
     ErrorBody::new(e.code(), e.to_string()).with_channel(channel)
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::json_depth;
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(json_depth(r#"["[[[[", "\"{{{"]"#), 1);
+        assert_eq!(json_depth(&format!("{}{}", "[".repeat(200), "]".repeat(200))), 200);
+    }
 }
