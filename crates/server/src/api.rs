@@ -3,7 +3,7 @@
 
 use crate::auth::{Claims, MAX_TOKEN_TTL_SECS, expiry_after, mint_hs256};
 use crate::engine::PublishInput;
-use crate::hub::{Hub, engine_error};
+use crate::hub::Hub;
 use crate::session::HistoryReply;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -422,10 +422,7 @@ async fn broadcast(
 
 async fn channels(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     // Clustered engines count every node's subscribers; otherwise this node's.
-    let counts = match hub.engine.channel_counts().await {
-        Some(counts) => counts,
-        None => hub.subscribers.counts(),
-    };
+    let counts = hub.channel_counts().await;
     let list: Vec<_> = counts
         .into_iter()
         .map(|(channel, n)| json!({ "channel": channel, "subscribers": n }))
@@ -447,14 +444,8 @@ pub fn node_info(hub: &Hub) -> serde_json::Value {
 async fn info(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     // Clustered engines list every live node; otherwise (or when the cluster view is
     // unreachable) this node alone.
-    let nodes = match hub.engine.nodes().await {
-        Some(nodes) if !nodes.is_empty() => nodes,
-        _ => vec![node_info(&hub)],
-    };
-    let channels = match hub.engine.channel_counts().await {
-        Some(counts) => counts.len(),
-        None => hub.subscribers.counts().len(),
-    };
+    let nodes = hub.nodes().await;
+    let channels = hub.channel_counts().await.len();
     let cluster_connections: u64 = nodes.iter().filter_map(|n| n["connections"].as_u64()).sum();
     Json(json!({
         "node": hub.node_id,
@@ -515,11 +506,7 @@ async fn history(
     };
     let ns = hub.namespace(&p.channel)?;
     let q = HistoryQuery { channel: p.channel.clone(), limit: p.limit, since, before: p.before };
-    let h = hub
-        .engine
-        .history(ns, &q, hub.config.limits.max_history_page)
-        .await
-        .map_err(|e| engine_error(e, &p.channel))?;
+    let h = hub.history(ns, &q).await?;
     Ok(Json(HistoryReply::new(&p.channel, &h)).into_response())
 }
 
@@ -534,7 +521,7 @@ async fn state(
 ) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.body_text()))?;
     let ns = hub.namespace(&p.channel)?;
-    let st = hub.engine.state(ns, &p.channel).await.map_err(|e| engine_error(e, &p.channel))?;
+    let st = hub.state(ns, &p.channel).await?;
     Ok(Json(StateResult {
         channel: p.channel,
         epoch: st.epoch,
@@ -593,7 +580,7 @@ async fn token(
 }
 
 async fn ready(State(hub): State<Arc<Hub>>) -> Response {
-    if hub.engine.ready().await {
+    if hub.ready().await {
         Json(json!({ "status": "ready" })).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "engine unavailable" })))
@@ -602,7 +589,7 @@ async fn ready(State(hub): State<Arc<Hub>>) -> Response {
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
-    if let Some((used, budget)) = hub.engine.memory() {
+    if let Some((used, budget)) = hub.engine_memory() {
         hub.metrics.engine_memory_bytes.set(used as i64);
         hub.metrics.engine_memory_budget_bytes.set(budget as i64);
     }

@@ -3,12 +3,14 @@
 
 use crate::auth::{Principal, Verifier};
 use crate::config::{Config, Namespace, SubscribePolicy};
-use crate::engine::{Encoded, Engine, EngineError, Fanout, PublishInput};
+use crate::engine::{Engine, EngineError, Fanout, History, PublishInput, Recovery, State};
+use crate::frame::Encoded;
 use crate::hook::SubscribeHook;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outgoing};
+use herald_protocol::command::HistoryQuery;
 use herald_protocol::reply::{ErrorBody, PublishResult};
-use herald_protocol::{CloseCode, ErrorCode};
+use herald_protocol::{CloseCode, ErrorCode, Position};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -114,8 +116,9 @@ pub struct Hub {
     pub config: Arc<Config>,
     /// This node's id.
     pub node_id: String,
-    /// Offsets, history, state and cross-node fan-out.
-    pub engine: Arc<dyn Engine>,
+    /// Offsets, history, state and cross-node fan-out; reached only through the hub's methods,
+    /// so every read and write takes one path.
+    engine: Arc<dyn Engine>,
     /// Local subscribers.
     pub subscribers: Arc<Subscribers>,
     /// Token verification.
@@ -183,7 +186,7 @@ pub fn valid_channel(channel: &str) -> bool {
 
 impl Hub {
     /// Builds a hub on an engine.
-    pub fn new(config: Config, engine: Arc<dyn Engine>) -> anyhow::Result<Arc<Hub>> {
+    pub fn new(config: Config, engine: Arc<dyn Engine>) -> Result<Arc<Hub>, crate::HubError> {
         config.validate()?;
         for warning in config.warnings() {
             tracing::warn!("configuration: {warning}");
@@ -335,6 +338,80 @@ impl Hub {
             self.metrics.publications.inc();
         }
         Ok(result)
+    }
+
+    /// Where `channel` stands, plus what a subscriber resuming from `since` (or asking for a
+    /// snapshot) needs. Call after [`Hub::add_subscriber`], so nothing published after the
+    /// position read can be missed.
+    pub async fn recover(
+        &self,
+        ns: &Namespace,
+        channel: &str,
+        since: Option<&Position>,
+        snapshot: bool,
+    ) -> Result<Recovery, ErrorBody> {
+        self.engine
+            .recover(ns, channel, since, snapshot)
+            .await
+            .map_err(|e| engine_error(e, channel))
+    }
+
+    /// A page of a channel's history (at most `limits.max_history_page` publications).
+    pub async fn history(&self, ns: &Namespace, q: &HistoryQuery) -> Result<History, ErrorBody> {
+        self.engine
+            .history(ns, q, self.config.limits.max_history_page)
+            .await
+            .map_err(|e| engine_error(e, &q.channel))
+    }
+
+    /// A keyed channel's records and the position they correspond to.
+    pub async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, ErrorBody> {
+        self.engine.state(ns, channel).await.map_err(|e| engine_error(e, channel))
+    }
+
+    /// Whether the engine can serve right now (`/ready`).
+    pub async fn ready(&self) -> bool {
+        self.engine.ready().await
+    }
+
+    /// Bytes of history and state the engine holds in this process, and its budget.
+    pub fn engine_memory(&self) -> Option<(usize, usize)> {
+        self.engine.memory()
+    }
+
+    /// Periodic housekeeping of the engine ([`crate::serve`] runs it every minute; an
+    /// application that mounts [`crate::router`] itself runs it too).
+    pub async fn maintain(&self) {
+        self.engine.maintain(&self.config).await;
+    }
+
+    /// Registers this node with a clustered engine (heartbeat with its id, address and counts)
+    /// until [`Hub::detach_node`]. [`crate::serve`] calls both.
+    pub fn attach_node(self: &Arc<Self>) {
+        self.engine.attach_node(Arc::downgrade(self));
+    }
+
+    /// Withdraws this node's registration (shutdown).
+    pub async fn detach_node(&self) {
+        self.engine.detach_node().await;
+    }
+
+    /// Every live node of the cluster, or this node alone when the engine has no cluster view
+    /// (or cannot reach it right now).
+    pub async fn nodes(&self) -> Vec<serde_json::Value> {
+        match self.engine.nodes().await {
+            Some(nodes) if !nodes.is_empty() => nodes,
+            _ => vec![crate::api::node_info(self)],
+        }
+    }
+
+    /// Subscriber counts per channel: across the cluster when the engine has a cluster view,
+    /// else this node's.
+    pub async fn channel_counts(&self) -> Vec<(String, usize)> {
+        match self.engine.channel_counts().await {
+            Some(counts) => counts,
+            None => self.subscribers.counts(),
+        }
     }
 
     /// Registers a session's subscription for live publications and waits until the engine

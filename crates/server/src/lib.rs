@@ -1,5 +1,7 @@
-//! Herald hub as a library: build a [`Hub`] from a [`Config`], mount [`router`] into an axum
-//! application (seed 004 embeds it), or run it alone with [`serve`].
+//! Herald hub as a library: build a [`Hub`] from a [`Config`] ([`hub_from_config`],
+//! [`memory_hub`]), mount [`router`] into an axum application (seed 004 embeds it), or run it
+//! alone with [`serve`]. Cargo features: `redis` (the Redis engine, off by default), `clap`
+//! (`clap::ValueEnum` on the configuration enums).
 //!
 //! # Layout
 //!
@@ -11,6 +13,7 @@
 //! - [`api`]: the HTTP API (`/api/*`, `/health`, `/ready`, `/metrics`).
 //! - [`hub`]: one node's shared state: namespaces, authorization, local subscribers, sessions.
 //! - [`engine`]: offsets, history, keyed state and cross-node fan-out ([`engine::memory`]).
+//! - [`error`]: why a hub could not be built.
 //! - [`outbox`]: a connection's bounded outbound queue.
 //! - [`session`]: one WebSocket connection.
 //! - [`sse`]: the Server-Sent Events fallback, a session behind an adapter.
@@ -20,6 +23,8 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod error;
+pub mod frame;
 pub mod hook;
 pub mod hub;
 pub mod listener;
@@ -29,6 +34,7 @@ pub mod session;
 pub mod sse;
 
 pub use config::Config;
+pub use error::HubError;
 pub use hub::Hub;
 
 use axum::Router;
@@ -42,11 +48,39 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Builds a hub on the engine the configuration names (the memory engine here; the binary builds
-/// the Redis engine).
-pub fn memory_hub(config: Config) -> anyhow::Result<Arc<Hub>> {
+/// Builds a hub on the memory engine, whatever engine the configuration names.
+pub fn memory_hub(config: Config) -> Result<Arc<Hub>, HubError> {
     let engine = engine::memory::MemoryEngine::with_budget(config.engine.memory_budget_bytes);
     Hub::new(config, Arc::new(engine))
+}
+
+/// Builds a hub on the engine the configuration names, as `herald serve` does. The Redis engine
+/// (feature `redis`; without it `kind = "redis"` is refused) is given 2 s to connect; past that
+/// the hub serves anyway and the engine reconnects by itself, publishes answering 503 meanwhile.
+pub async fn hub_from_config(config: Config) -> Result<Arc<Hub>, HubError> {
+    config.validate()?;
+    let engine: Arc<dyn engine::Engine> = match config.engine.kind {
+        config::EngineKind::Memory => {
+            let budget = config.engine.memory_budget_bytes;
+            Arc::new(engine::memory::MemoryEngine::with_budget(budget))
+        }
+        #[cfg(feature = "redis")]
+        config::EngineKind::Redis => {
+            let redis = engine::redis::RedisEngine::new(&config.engine)?;
+            if !redis.wait_connected(std::time::Duration::from_secs(2)).await {
+                tracing::warn!(
+                    "redis is not reachable yet; serving anyway and reconnecting (publishes \
+                     answer 503 meanwhile)"
+                );
+            }
+            Arc::new(redis)
+        }
+        #[cfg(not(feature = "redis"))]
+        config::EngineKind::Redis => {
+            return Err(config::ConfigError::Invalid(config::REDIS_NOT_BUILT.into()).into());
+        }
+    };
+    Hub::new(config, engine)
 }
 
 /// Every route of the hub: `/ws`, the API, and the embedded dashboard and demo pages.
@@ -66,8 +100,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
 
 /// Serves on a bound listener until `shutdown` resolves, then closes every connection with the
 /// `shutdown` code and drains within the configured deadline. Applications that mount
-/// [`router`] themselves should call `hub.engine.attach_node(Arc::downgrade(&hub))` once (and
-/// `detach_node` at shutdown) so a Redis cluster lists their node.
+/// [`router`] themselves should call [`Hub::attach_node`] once (and [`Hub::detach_node`] at
+/// shutdown) so a Redis cluster lists their node, and [`Hub::maintain`] every minute.
 pub async fn serve(
     hub: Arc<Hub>,
     listener: tokio::net::TcpListener,
@@ -75,14 +109,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router(hub.clone());
     // A clustered engine registers this node (heartbeat) while it serves.
-    hub.engine.attach_node(Arc::downgrade(&hub));
+    hub.attach_node();
     let housekeeping = {
         let hub = hub.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
                 every.tick().await;
-                hub.engine.maintain(&hub.config).await;
+                hub.maintain().await;
             }
         })
     };
@@ -109,7 +143,7 @@ pub async fn serve(
     )
     .await?;
     housekeeping.abort();
-    hub.engine.detach_node().await;
+    hub.detach_node().await;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! writes it as one frame. A queue over its message or byte bound is closed as a slow consumer and
 //! emptied: that one connection pays, nobody else waits.
 
-use crate::engine::Encoded;
+use crate::frame::Encoded;
 use herald_protocol::CloseCode;
 use parking_lot::Mutex;
 use std::collections::VecDeque;

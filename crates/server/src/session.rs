@@ -10,8 +10,9 @@
 //! network.
 
 use crate::auth::{AuthError, Principal};
-use crate::engine::{Encoded, PublishInput, now_rfc3339};
-use crate::hub::{Hub, engine_error};
+use crate::engine::{PublishInput, now_rfc3339};
+use crate::frame::Encoded;
+use crate::hub::Hub;
 use crate::metrics::CloseLabels;
 use crate::outbox::{Outbox, Outgoing};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -758,11 +759,11 @@ impl Session {
         // Register for live publications first, then read: nothing published after the read
         // position can be missed (guarantee 3).
         hub.add_subscriber(&channel, self.id, self.outbox.clone()).await?;
-        let recovery = match hub.engine.recover(ns, &channel, since.as_ref(), snapshot).await {
+        let recovery = match hub.recover(ns, &channel, since.as_ref(), snapshot).await {
             Ok(r) => r,
             Err(e) => {
                 hub.remove_subscriber(&channel, self.id).await;
-                return Err(engine_error(e, &channel));
+                return Err(e);
             }
         };
         // A reply never takes more than a quarter of the outbound queue: recovered publications
@@ -879,12 +880,7 @@ impl Session {
         let hub = self.hub.clone();
         let ns = hub.namespace(&q.channel)?;
         hub.authorize_subscribe(principal, &self.client(), &q.channel, ns).await?;
-        let h = hub
-            .engine
-            .history(ns, &q, hub.config.limits.max_history_page)
-            .await
-            .map_err(|e| engine_error(e, &q.channel))?;
-        let mut h = h;
+        let mut h = hub.history(ns, &q).await?;
         let fits = fitting_prefix(&h.publications, self.reply_budget());
         if fits < h.publications.len() {
             // A page that would not fit the queue is shortened: from the end when reading
@@ -909,7 +905,7 @@ impl Session {
         let hub = self.hub.clone();
         let ns = hub.namespace(&channel)?;
         hub.authorize_subscribe(principal, &self.client(), &channel, ns).await?;
-        let st = hub.engine.state(ns, &channel).await.map_err(|e| engine_error(e, &channel))?;
+        let st = hub.state(ns, &channel).await?;
         self.reply(
             id,
             &herald_protocol::reply::StateResult {

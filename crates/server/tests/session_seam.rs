@@ -5,7 +5,8 @@
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream};
 use herald_protocol::ServerMessage;
-use herald_server::engine::{Encoded, Fanout, PublishInput};
+use herald_server::engine::{Fanout, PublishInput};
+use herald_server::frame::Encoded;
 use herald_server::session::{Upgrade, run};
 use herald_server::{Config, memory_hub};
 use std::pin::Pin;

@@ -24,10 +24,11 @@
 //! listen entry) until the channel's first publish.
 
 use super::{
-    Encoded, Engine, EngineError, Fanout, History, PublishInput, Recovery, State, apply_op,
-    keyed_op, now_rfc3339, record_bytes,
+    Engine, EngineError, Fanout, History, PublishInput, Recovery, State, apply_op, keyed_op,
+    now_rfc3339, record_bytes,
 };
 use crate::config::Namespace;
+use crate::frame::Encoded;
 use async_trait::async_trait;
 use herald_protocol::command::HistoryQuery;
 use herald_protocol::reply::{NotRecovered, PublishResult};

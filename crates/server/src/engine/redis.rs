@@ -39,10 +39,11 @@
 //! it deletes the registration.
 
 use super::{
-    Encoded, Engine, EngineError, Fanout, History, PublishInput, Recovery, State, apply_op,
-    keyed_op, new_epoch,
+    Engine, EngineError, Fanout, History, PublishInput, Recovery, State, apply_op, keyed_op,
+    new_epoch,
 };
 use crate::config::{EngineConfig, Namespace};
+use crate::frame::Encoded;
 use crate::hub::Hub;
 use async_trait::async_trait;
 use futures_util::StreamExt;

@@ -1,0 +1,102 @@
+//! A publication encoded once: the bytes every subscriber receives and the history keeps.
+//!
+//! Engines produce [`Encoded`] frames, the fan-out hands the same `Arc` to every subscriber's
+//! outbox, and sessions write its bytes unchanged; nothing below the session re-serializes a
+//! publication.
+
+use axum::extract::ws::Utf8Bytes;
+use herald_protocol::Publication;
+use herald_protocol::reply::PUB_PREFIX;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A publication as the hub moves it: its position and its ready-to-send push frame.
+#[derive(Debug)]
+pub struct Encoded {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// Stream epoch.
+    pub epoch: Arc<str>,
+    /// Offset in the stream.
+    pub offset: u64,
+    /// `{"push":"pub","pub":{...}}`, shared by every subscriber.
+    pub frame: Utf8Bytes,
+    /// When this node got it, for the publish-to-write latency histogram.
+    pub accepted: Instant,
+}
+
+impl Encoded {
+    /// Encodes a publication once. `channel` and `epoch` are the stream's shared names (no new
+    /// allocations for them); the frame is serialized into a per-thread buffer and copied once
+    /// into an exactly sized allocation, since it is kept in the history.
+    pub fn new(publication: &Publication, channel: Arc<str>, epoch: Arc<str>) -> Encoded {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+        }
+        let frame = SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.extend_from_slice(PUB_PREFIX.as_bytes());
+            serde_json::to_writer(&mut *buf, publication).expect("publications serialize");
+            buf.push(b'}');
+            String::from_utf8(buf.as_slice().to_vec()).expect("serde_json writes UTF-8")
+        });
+        Encoded {
+            channel,
+            epoch,
+            offset: publication.offset,
+            frame: frame.into(),
+            accepted: Instant::now(),
+        }
+    }
+
+    /// Wraps an already serialized publication (as an engine stored it).
+    pub fn from_json(channel: &str, epoch: &str, offset: u64, json: &str) -> Encoded {
+        let mut frame = String::with_capacity(PUB_PREFIX.len() + json.len() + 1);
+        frame.push_str(PUB_PREFIX);
+        frame.push_str(json);
+        frame.push('}');
+        Encoded {
+            channel: channel.into(),
+            epoch: epoch.into(),
+            offset,
+            frame: frame.into(),
+            accepted: Instant::now(),
+        }
+    }
+
+    /// The publication object alone (to embed in replies).
+    pub fn publication_json(&self) -> &str {
+        let s = self.frame.as_str();
+        &s[PUB_PREFIX.len()..s.len() - 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_protocol::Meta;
+    use serde_json::value::RawValue;
+
+    #[test]
+    fn encoded_frame_embeds_publication() {
+        let p = Publication {
+            channel: "c".into(),
+            epoch: "e".into(),
+            offset: 3,
+            id: "e-3".into(),
+            kind: "t".into(),
+            data: RawValue::from_string("[1]".into()).unwrap(),
+            time: crate::engine::now_rfc3339(),
+            meta: Meta::default(),
+            key: None,
+            op: None,
+        };
+        let enc = Encoded::new(&p, "c".into(), "e".into());
+        let back: Publication = serde_json::from_str(enc.publication_json()).unwrap();
+        assert_eq!(back.offset, 3);
+        assert!(matches!(
+            herald_protocol::ServerMessage::parse(enc.frame.as_str()).unwrap(),
+            herald_protocol::ServerMessage::Publication(_)
+        ));
+    }
+}
