@@ -1,4 +1,5 @@
-// Generated from clients/typescript/src/index.ts by `npm run build` in clients/typescript.
+// Generated from clients/typescript/src/ (index.ts and the modules it imports, in one file) by
+// `npm run build` in clients/typescript.
 // Do not edit: edit the TypeScript source and rebuild (a test fails when this copy is stale).
 /**
  * @herald/client: browser and Node client for the Herald real-time event hub.
@@ -19,9 +20,35 @@
  *   publications reach the application in offset order, exactly once; when a resume is impossible
  *   the subscription emits `resync` (with a fresh snapshot on keyed channels) instead of pretending
  *   continuity.
+ *
+ * Layout (each module imports only modules above it in this list; none imports the client):
+ * - `types.ts`: wire types of the protocol and the public types (connection state, options,
+ *   subscription events); types only.
+ * - `errors.ts`: `HeraldError`, `ListenerError`, the close codes of protocol §9.
+ * - `emitter.ts`: the typed event emitter under the client and each subscription.
+ * - `merge-patch.ts`: JSON merge patch (RFC 7386) for keyed `merge` operations.
+ * - `fields.ts`: the documented command fields, shared by the WebSocket client and the HTTP API.
+ * - `transport.ts`: the WebSocket seam (the socket interface, finding an implementation, the
+ *   default URL) and frame encoding/splitting.
+ * - `backoff.ts`: the reconnect policy: full-jitter backoff and the circuit breaker's counts.
+ * - `subscription.ts`: one subscription's state and delivery rules (resume, resync, duplicates,
+ *   gaps, keyed records); it reaches the client through the narrow `SubscriptionHost`.
+ * - `client.ts`: `HeraldClient`, the connection state machine (connect, reconnect, liveness,
+ *   refresh, request/reply correlation, resubscribing).
+ * - `http.ts`: `HeraldApi`, the hub's HTTP API.
+ * - `index.ts`: this file, the public API (re-exports only).
+ * - `store.ts`, `react.ts`, `svelte.ts`: framework adapters over the public API.
+ *
+ * The hub serves a one-file bundle of these modules as `/static/herald.js`
+ * (`scripts/copy-web.mjs`, run by `npm run build`).
+ */
+// errors.js
+/**
+ * Errors: the hub's error object as an exception (`HeraldError`, also used for the client's own
+ * failures), a listener's exception (`ListenerError`), and the WebSocket close codes of protocol §9.
  */
 /** An error from the hub (a protocol error object) or from the client itself. */
-export class HeraldError extends Error {
+class HeraldError extends Error {
     constructor(body) {
         super(`${body.code} (${body.name}): ${body.message}`);
         this.name = 'HeraldError';
@@ -31,7 +58,7 @@ export class HeraldError extends Error {
     }
 }
 /** Close codes 4000–4999 and their names (protocol §9). */
-export const CLOSE_CODES = {
+const CLOSE_CODES = {
     4000: 'shutdown',
     4001: 'slow_consumer',
     4002: 'heartbeat_timeout',
@@ -47,11 +74,23 @@ export const CLOSE_CODES = {
     4504: 'message_too_large',
 };
 /** Whether a close code means "do not reconnect" (4500–4999). */
-export function isFinalCloseCode(code) {
+function isFinalCloseCode(code) {
     return code >= 4500 && code <= 4999;
 }
+/** An exception thrown by an application's event listener, reported on the client's `error` event. */
+class ListenerError extends Error {
+    constructor(event, cause, where = '') {
+        super(`a '${event}' listener${where} threw: ${cause instanceof Error ? cause.message : String(cause)}`);
+        this.name = 'ListenerError';
+        this.event = event;
+        this.cause = cause;
+    }
+}
+
+// emitter.js
+/** A small typed event emitter, the base of the client and of each subscription. */
 /** Minimal typed event emitter; `on` returns a function that removes the listener. */
-export class Emitter {
+class Emitter {
     constructor() {
         this.listeners = new Map();
     }
@@ -98,18 +137,9 @@ export class Emitter {
         console.error(err.message, err.cause);
     }
 }
-/** An exception thrown by an application's event listener, reported on the client's `error` event. */
-export class ListenerError extends Error {
-    constructor(event, cause, where = '') {
-        super(`a '${event}' listener${where} threw: ${cause instanceof Error ? cause.message : String(cause)}`);
-        this.name = 'ListenerError';
-        this.event = event;
-        this.cause = cause;
-    }
-}
-// ---------------------------------------------------------------------------------------------
-// JSON merge patch (RFC 7386) for keyed `merge` operations
-// ---------------------------------------------------------------------------------------------
+
+// merge-patch.js
+/** JSON merge patch (RFC 7386), applied by keyed channels' `merge` operations. */
 function isObject(v) {
     return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -118,7 +148,7 @@ function isObject(v) {
  * key is an ordinary own property, `__proto__` included (the hub keeps such keys; an assignment
  * would set the prototype instead and the client's state would differ from the hub's).
  */
-export function mergePatch(target, patch) {
+function mergePatch(target, patch) {
     if (!isObject(patch))
         return patch;
     const out = isObject(target) ? { ...target } : {};
@@ -133,13 +163,21 @@ export function mergePatch(target, patch) {
 function setOwn(o, k, v) {
     Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true });
 }
+
+// subscription.js
+/**
+ * One subscription's state: its last delivered position, its status, its keyed records, and the
+ * delivery rules (apply the subscribe reply, resume or resync, drop duplicates, resubscribe on a
+ * gap). It reaches its client only through the narrow `SubscriptionHost` seam, so this module does
+ * not import the client.
+ */
 /**
  * A subscription to one channel. Emits `publication` in offset order, exactly once, across
  * reconnects. For keyed channels `records` holds the channel's state (snapshot + publications).
  */
-export class Subscription extends Emitter {
+class Subscription extends Emitter {
     /** @internal */
-    constructor(client, channel, options) {
+    constructor(host, channel, options) {
         super();
         this.keyed = false;
         this._status = 'pending';
@@ -149,7 +187,7 @@ export class Subscription extends Emitter {
         this.stats = { delivered: 0, duplicatesDropped: 0, gaps: 0, resyncs: 0, resubscribes: 0 };
         /** @internal */ this.refs = 1;
         /** @internal */ this.generation = 0;
-        this.client = client;
+        this.host = host;
         this.channel = channel;
         this.options = options;
         if (options.since)
@@ -168,14 +206,14 @@ export class Subscription extends Emitter {
     }
     /** Listener exceptions go to the client's `error` event. */
     listenerFailed(err) {
-        this.client._listenerFailed(new ListenerError(err.event, err.cause, ` of subscription ${this.channel}`), false);
+        this.host.listenerFailed(new ListenerError(err.event, err.cause, ` of subscription ${this.channel}`));
     }
     /** Drops this handle; the channel is left when the last handle is dropped. */
     unsubscribe() {
         this.refs -= 1;
         if (this.refs > 0)
             return;
-        this.client._unsubscribe(this);
+        this.host.leave(this);
     }
     /** Resolves when the subscription is (re)established. */
     ready(timeoutMs = 10000) {
@@ -203,6 +241,100 @@ export class Subscription extends Emitter {
     _emit(event, arg) {
         this.emit(event, arg);
     }
+    /**
+     * @internal Applies the subscribe reply: first subscribe, resume (the missed publications are
+     * delivered), or resync (the app is told plainly and the subscription continues from the reply).
+     */
+    _onSubscribeReply(res) {
+        const before = this.position;
+        const resumed = before !== undefined;
+        this.keyed = !!res.keyed;
+        this._setStatus('subscribed');
+        if (!resumed) {
+            this.position = { epoch: res.epoch, offset: res.offset };
+            if (res.snapshot)
+                this._setSnapshot(res.snapshot);
+            this.emit('subscribed', {
+                channel: this.channel,
+                position: { ...this.position },
+                keyed: this.keyed,
+                resumed: false,
+                snapshot: res.snapshot,
+            });
+            return;
+        }
+        const recovered = res.recovered === true || (res.recovered === undefined && res.epoch === before.epoch && res.offset === before.offset);
+        if (recovered && res.epoch === before.epoch) {
+            this.emit('subscribed', {
+                channel: this.channel,
+                position: { epoch: res.epoch, offset: res.offset },
+                keyed: this.keyed,
+                resumed: true,
+                recovered: true,
+            });
+            for (const pub of res.publications ?? [])
+                this.deliver(pub);
+            if (this.position.offset < res.offset) {
+                // The reply promised publications up to `offset` but did not carry them all.
+                this.stats.gaps += 1;
+                this.host.resubscribe(this, true);
+            }
+            return;
+        }
+        // Not recovered: tell the app plainly and continue from the new position.
+        this.position = { epoch: res.epoch, offset: res.offset };
+        this.stats.resyncs += 1;
+        const reason = res.reason ?? (res.epoch !== before.epoch ? 'epoch_changed' : 'not_recovered');
+        if (res.snapshot)
+            this._setSnapshot(res.snapshot);
+        this.emit('subscribed', {
+            channel: this.channel,
+            position: { ...this.position },
+            keyed: this.keyed,
+            resumed: true,
+            recovered: false,
+            snapshot: res.snapshot,
+        });
+        this.emit('resync', {
+            channel: this.channel,
+            reason,
+            from: { ...before },
+            position: { ...this.position },
+            skipped: res.epoch === before.epoch ? Math.max(0, res.offset - before.offset) : undefined,
+            snapshot: res.snapshot,
+        });
+    }
+    /** @internal A `pub` push for this channel. */
+    _onPublication(pub) {
+        if (this.status !== 'subscribed' || !this.position)
+            return;
+        if (pub.epoch !== this.position.epoch) {
+            this.stats.gaps += 1;
+            this.host.resubscribe(this, true);
+            return;
+        }
+        this.deliver(pub);
+    }
+    /** Delivers a publication if it is the next one; drops duplicates; resubscribes on a gap. */
+    deliver(pub) {
+        const last = this.position.offset;
+        if (pub.epoch !== this.position.epoch)
+            return;
+        if (pub.offset <= last) {
+            this.stats.duplicatesDropped += 1;
+            return;
+        }
+        if (pub.offset !== last + 1) {
+            this.stats.gaps += 1;
+            this.host.resubscribe(this, true);
+            return;
+        }
+        this.position.offset = pub.offset;
+        this.stats.delivered += 1;
+        if (this.keyed)
+            this._apply(pub);
+        this.emit('publication', pub);
+    }
     /** @internal Replaces the keyed state with a snapshot. */
     _setSnapshot(snapshot) {
         this.records.clear();
@@ -224,12 +356,157 @@ export class Subscription extends Emitter {
         this.emit('records', this.records);
     }
 }
+/** Whether two optional positions are the same. */
+function samePosition(a, b) {
+    return a === b || (a !== undefined && b !== undefined && a.epoch === b.epoch && a.offset === b.offset);
+}
+/** What in `again` differs from the options the subscription was made with (undefined: nothing). */
+function optionsConflict(have, again) {
+    if (again.snapshot !== undefined && !!again.snapshot !== !!have.snapshot)
+        return `snapshot: ${!!have.snapshot}`;
+    if (again.since !== undefined && !samePosition(again.since, have.since)) {
+        return have.since ? `since ${have.since.epoch}:${have.since.offset}` : 'no since';
+    }
+    return undefined;
+}
+
+// backoff.js
+/**
+ * The reconnect policy of docs/protocol.md §9, shared with the Rust client's `BackoffPolicy`:
+ * full-jitter exponential backoff, and a circuit breaker that opens after `maxAttempts`
+ * consecutive attempts that never got a `connect` reply. It only counts and decides; the client
+ * owns the timers and the state it shows.
+ */
+/** The counters of the backoff and the circuit breaker, and the decisions taken from them. */
+class ReconnectPolicy {
+    constructor(options = {}) {
+        /**
+         * Retries since the last established connection (connect answered and every resubscribe
+         * answered): the backoff exponent. A connection that resumed resets it, however short it lived.
+         */
+        this.retries = 0;
+        /** Consecutive attempts that never got a `connect` reply: the circuit breaker's count. */
+        this.failures = 0;
+        /** Whether the current attempt got its `connect` reply (then its end is not a failure). */
+        this.reachedConnect = false;
+        this.options = options;
+    }
+    /** Failures that open the circuit breaker. */
+    get maxAttempts() {
+        return this.options.maxAttempts ?? 10;
+    }
+    /** The largest delay, and the probe interval while the breaker is open. */
+    get capMs() {
+        return this.options.maxMs ?? 30000;
+    }
+    /**
+     * Full-jitter delay before try `attempt` (1-based, counted since the last connection that got
+     * its `connect` reply): uniform in [0, min(maxMs, initialMs × 2^(attempt-1))).
+     */
+    delay(attempt) {
+        const initial = this.options.initialMs ?? 1000;
+        const rnd = this.options.random ?? Math.random;
+        const cap = Math.min(this.capMs, initial * Math.pow(2, Math.max(0, attempt - 1)));
+        return Math.floor(rnd() * cap);
+    }
+    /** Starts counting afresh: the app connected or asked to reconnect, or a connection was established. */
+    reset() {
+        this.retries = this.failures = 0;
+    }
+    /** A new attempt begins: it fails unless it gets its `connect` reply. */
+    attemptStarted() {
+        this.reachedConnect = false;
+    }
+    /** The attempt got its `connect` reply: it did not fail, and an open breaker closes. */
+    connectReached() {
+        this.reachedConnect = true;
+        this.failures = 0;
+    }
+    /**
+     * The attempt failed or the connection dropped. Only an attempt that never got its `connect`
+     * reply is a failure; after `maxAttempts` consecutive ones the breaker opens.
+     */
+    next() {
+        const failed = !this.reachedConnect;
+        this.reachedConnect = false;
+        if (failed)
+            this.failures += 1;
+        if (failed && this.failures >= this.maxAttempts)
+            return { kind: 'open', probeMs: this.capMs };
+        this.retries += 1;
+        return { kind: 'retry', attempt: this.retries, delayMs: this.delay(this.retries) };
+    }
+}
+
+// fields.js
+/**
+ * The fields of commands (protocol §2), shared by the WebSocket client and the HTTP API: only
+ * documented fields are sent, and none that is undefined (the hub rejects unknown fields).
+ */
+/** The publish fields of protocol §2 (nothing else is sent: the hub rejects unknown fields). */
+function publishFields(o) {
+    return { type: o.type, key: o.key, op: o.op, idempotency_key: o.idempotency_key, correlation_id: o.correlation_id };
+}
+/** A copy of `o` without its undefined fields. */
+function stripUndefined(o) {
+    const out = {};
+    for (const [k, v] of Object.entries(o))
+        if (v !== undefined)
+            out[k] = v;
+    return out;
+}
+
+// transport.js
+/**
+ * The WebSocket seam: the subset of the WebSocket API the client uses, how it finds an
+ * implementation and a default URL, and how frames are encoded and split into messages.
+ */
+/**
+ * The implementation to use: the one given, else the global one. Throws when there is none, so a
+ * misconfigured client fails at construction rather than at the first connect.
+ */
+function resolveWebSocket(given) {
+    const WS = given ?? globalThis.WebSocket;
+    if (!WS) {
+        throw new Error('HeraldClient: no WebSocket implementation (use Node >= 22, node --experimental-websocket, or pass options.WebSocket)');
+    }
+    return WS;
+}
+/** In a page: `/ws` on the page's host (`wss:` for an `https:` page). */
 function defaultUrl() {
     const loc = globalThis.location;
     if (!loc)
         throw new Error('HeraldClient: no url given and no page location to derive it from');
     return `${loc.protocol === 'https:' ? 'wss:' : 'ws:'}//${loc.host}/ws`;
 }
+/** The frame of command `cmd` with request id `id` (undefined fields are left out). */
+function encodeCommand(id, cmd, fields) {
+    return JSON.stringify({ id, cmd, ...stripUndefined(fields) });
+}
+/** The frame of a message that is not a request (`pong`). */
+function encodeMessage(msg) {
+    return JSON.stringify(msg);
+}
+/** The messages of a text frame, one per non-blank line (a frame may carry several). */
+function frameLines(data) {
+    return data.split('\n').filter((line) => line.trim() !== '');
+}
+/** One line of a frame as a message; undefined when it is not JSON. */
+function decodeMessage(line) {
+    try {
+        return JSON.parse(line);
+    }
+    catch {
+        return undefined;
+    }
+}
+
+// client.js
+/**
+ * The connection state machine: connect, reconnect with backoff, ping/pong and liveness, token
+ * refresh, request/reply correlation, and the connection-level side of subscriptions (subscribe,
+ * resubscribe after every reconnect, `resyncing` until every subscription was answered).
+ */
 const TRANSIENT_SUBSCRIBE_ERRORS = new Set([100, 110, 113]);
 /**
  * A connection to a Herald hub that survives network failures.
@@ -242,7 +519,7 @@ const TRANSIENT_SUBSCRIBE_ERRORS = new Set([100, 110, 113]);
  * client.connect();
  * ```
  */
-export class HeraldClient extends Emitter {
+class HeraldClient extends Emitter {
     constructor(options = {}) {
         super();
         this.urlIndex = 0;
@@ -254,15 +531,12 @@ export class HeraldClient extends Emitter {
         this._state = { state: 'offline', reason: 'not_started' };
         this.started = false;
         this.everConnected = false;
-        /**
-         * Retries since the last established connection (connect answered and every resubscribe
-         * answered): the backoff exponent. A connection that resumed resets it, however short it lived.
-         */
-        this.retries = 0;
-        /** Consecutive attempts that never got a `connect` reply: the circuit breaker's count. */
-        this.failures = 0;
-        /** Whether the current attempt got its `connect` reply (then its end is not a failure). */
-        this.reachedConnect = false;
+        /** What each subscription may ask of this client (the seam of subscription.ts). */
+        this.subHost = {
+            leave: (sub) => this.leave(sub),
+            resubscribe: (sub, needUnsubscribe) => this.resubscribe(sub, needUnsubscribe),
+            listenerFailed: (err) => this.reportListenerError(err, false),
+        };
         this.lastRecv = 0;
         this.connectedAt = 0;
         this.pingIntervalMs = 25000;
@@ -273,11 +547,8 @@ export class HeraldClient extends Emitter {
         this.urls = Array.isArray(u) ? [...u] : [u];
         if (this.urls.length === 0)
             throw new Error('HeraldClient: empty url list');
-        const WS = options.WebSocket ?? globalThis.WebSocket;
-        if (!WS) {
-            throw new Error('HeraldClient: no WebSocket implementation (use Node >= 22, node --experimental-websocket, or pass options.WebSocket)');
-        }
-        this.WS = WS;
+        this.WS = resolveWebSocket(options.WebSocket);
+        this.policy = new ReconnectPolicy(options.backoff);
     }
     /** The current connection state. */
     get state() {
@@ -297,7 +568,7 @@ export class HeraldClient extends Emitter {
         if (!this.started) {
             this.started = true;
             this.bindBrowserEvents();
-            this.retries = this.failures = 0;
+            this.policy.reset();
             this.setState({ state: 'connecting', attempt: 1 });
             this.openSocket();
         }
@@ -315,7 +586,7 @@ export class HeraldClient extends Emitter {
         this.clearTimer('retryTimer');
         if (this.ws)
             this.dropSocket(1000, 'reconnect requested');
-        this.retries = this.failures = 0;
+        this.policy.reset();
         this.setState(this.everConnected ? this.reconnectingState(0, 0) : { state: 'connecting', attempt: 1 });
         this.openSocket();
     }
@@ -382,7 +653,7 @@ export class HeraldClient extends Emitter {
             existing.refs += 1;
             return existing;
         }
-        const sub = new Subscription(this, channel, options);
+        const sub = new Subscription(this.subHost, channel, options);
         this.subs.set(channel, sub);
         if (this.isLive())
             this.sendSubscribe(sub);
@@ -429,7 +700,7 @@ export class HeraldClient extends Emitter {
             return;
         }
         const id = this.nextId++;
-        const frame = JSON.stringify({ id, cmd, ...stripUndefined(fields) });
+        const frame = encodeCommand(id, cmd, fields);
         const ms = timeoutMs ?? this.opts.requestTimeoutMs ?? 10000;
         const timer = setTimeout(() => {
             this.pending.delete(id);
@@ -454,8 +725,8 @@ export class HeraldClient extends Emitter {
             return new HeraldError({ code: 2, name: 'closed', message: 'client closed' });
         return new HeraldError({ code: 3, name: 'offline', message: `client is offline (${s.reason})` });
     }
-    /** @internal Reports a listener's exception on the `error` event (or the console). */
-    _listenerFailed(err, fromErrorEvent) {
+    /** Reports a listener's exception on the `error` event (or the console). */
+    reportListenerError(err, fromErrorEvent) {
         if (!fromErrorEvent && this.hasListeners('error'))
             this.emit('error', err);
         else
@@ -463,7 +734,7 @@ export class HeraldClient extends Emitter {
     }
     /** A throwing `error` listener is reported on the console (no loop). */
     listenerFailed(err) {
-        this._listenerFailed(err, err.event === 'error');
+        this.reportListenerError(err, err.event === 'error');
     }
     // ------------------------------------------------------------------ internals: state
     isLive() {
@@ -482,38 +753,28 @@ export class HeraldClient extends Emitter {
     /** The connection is up and every subscription was answered: `connected`, backoff reset. */
     enterConnected() {
         const info = this.info;
-        this.retries = this.failures = 0;
+        this.policy.reset();
         this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
         this.emit('connected', info);
-    }
-    get maxAttempts() {
-        return this.opts.backoff?.maxAttempts ?? 10;
     }
     reconnectingState(attempt, delay, code, reason) {
         return {
             state: 'reconnecting',
             attempt: Math.max(1, attempt),
-            failures: this.failures,
-            maxAttempts: this.maxAttempts,
+            failures: this.policy.failures,
+            maxAttempts: this.policy.maxAttempts,
             nextTryMs: delay,
             nextTryAt: Date.now() + delay,
             code,
             reason,
         };
     }
-    get capMs() {
-        return this.opts.backoff?.maxMs ?? 30000;
-    }
     /**
      * Full-jitter delay before try `attempt` (1-based, counted since the last connection that got
      * its `connect` reply): uniform in [0, min(maxMs, initialMs × 2^(attempt-1))).
      */
     backoffDelay(attempt) {
-        const b = this.opts.backoff ?? {};
-        const initial = b.initialMs ?? 1000;
-        const rnd = b.random ?? Math.random;
-        const cap = Math.min(this.capMs, initial * Math.pow(2, Math.max(0, attempt - 1)));
-        return Math.floor(rnd() * cap);
+        return this.policy.delay(attempt);
     }
     clearTimer(name) {
         const t = this[name];
@@ -525,7 +786,7 @@ export class HeraldClient extends Emitter {
     async openSocket() {
         const gen = ++this.gen;
         this.disconnectPush = undefined;
-        this.reachedConnect = false;
+        this.policy.attemptStarted();
         let token;
         try {
             const t = this.opts.token;
@@ -563,7 +824,7 @@ export class HeraldClient extends Emitter {
             if (gen !== this.gen)
                 return;
             const id = this.nextId++;
-            const frame = JSON.stringify(stripUndefined({ id, cmd: 'connect', token, name: this.opts.name }));
+            const frame = encodeCommand(id, 'connect', { token, name: this.opts.name });
             // The connect timer bounds this request.
             this.pending.set(id, {
                 resolve: (r) => this.onConnected(gen, r),
@@ -665,15 +926,12 @@ export class HeraldClient extends Emitter {
     onFailure(code, reason) {
         if (!this.started)
             return;
-        const failed = !this.reachedConnect;
-        this.reachedConnect = false;
+        const step = this.policy.next();
         if (this.urls.length > 1)
             this.urlIndex = (this.urlIndex + 1) % this.urls.length;
         this.clearTimer('retryTimer');
-        if (failed)
-            this.failures += 1;
-        if (failed && this.failures >= this.maxAttempts) {
-            const probeMs = this.capMs;
+        if (step.kind === 'open') {
+            const probeMs = step.probeMs;
             this.setState({ state: 'offline', reason: 'circuit_open', code: code || undefined, nextTryAt: Date.now() + probeMs });
             // Requests waiting for a connection fail now, as later ones will while the breaker is open.
             this.failPending(true, { code: 3, name: 'offline', message: 'client is offline (circuit_open)' });
@@ -686,10 +944,8 @@ export class HeraldClient extends Emitter {
             }, probeMs);
             return;
         }
-        this.retries += 1;
-        const delay = this.backoffDelay(this.retries);
-        this.setState(this.reconnectingState(this.retries, delay, code || undefined, reason));
-        this.retryTimer = setTimeout(() => this.tryNow(), delay);
+        this.setState(this.reconnectingState(step.attempt, step.delayMs, code || undefined, reason));
+        this.retryTimer = setTimeout(() => this.tryNow(), step.delayMs);
     }
     /** Cuts a backoff wait short (browser came online, tab became visible). */
     tryNow() {
@@ -721,8 +977,7 @@ export class HeraldClient extends Emitter {
         this.clearTimer('connectTimer');
         this.info = res;
         // The attempt did not fail (and an open breaker closes); the retries reset once resumed.
-        this.reachedConnect = true;
-        this.failures = 0;
+        this.policy.connectReached();
         this.connectedAt = Date.now();
         this.pingIntervalMs = res.ping_interval_ms || 25000;
         this.touch();
@@ -766,7 +1021,7 @@ export class HeraldClient extends Emitter {
         this.ws.send(p.frame);
     }
     sendRaw(msg) {
-        this.ws?.send(JSON.stringify(msg));
+        this.ws?.send(encodeMessage(msg));
     }
     // ------------------------------------------------------------------ internals: liveness, refresh
     /** Something arrived: the connection is alive. */
@@ -875,16 +1130,11 @@ export class HeraldClient extends Emitter {
         if (typeof data !== 'string')
             return;
         const gen = this.gen;
-        for (const line of data.split('\n')) {
+        for (const line of frameLines(data)) {
             if (gen !== this.gen)
                 return; // a message replaced the connection
-            if (!line.trim())
-                continue;
-            let msg;
-            try {
-                msg = JSON.parse(line);
-            }
-            catch {
+            const msg = decodeMessage(line);
+            if (msg === undefined) {
                 this.emit('error', new Error(`unparseable message from the hub: ${line.slice(0, 200)}`));
                 continue;
             }
@@ -910,7 +1160,7 @@ export class HeraldClient extends Emitter {
         switch (msg.push) {
             case 'pub':
                 if (msg.pub)
-                    this.onPublication(msg.pub);
+                    this.subs.get(msg.pub.channel)?._onPublication(msg.pub);
                 break;
             case 'ping':
                 this.sendRaw({ cmd: 'pong' });
@@ -948,7 +1198,7 @@ export class HeraldClient extends Emitter {
         this.command('subscribe', fields, undefined, (r) => {
             if (gen !== sub.generation || sub.status === 'unsubscribed')
                 return;
-            this.onSubscribed(sub, r);
+            sub._onSubscribeReply(r);
             this.resyncDone(sub.channel);
         }, (err) => {
             if (gen !== sub.generation || sub.status === 'unsubscribed')
@@ -972,96 +1222,6 @@ export class HeraldClient extends Emitter {
             sub._emit('error', err);
             sub._emit('unsubscribed', { channel: sub.channel, code: err.code, reason: err.errorName });
         });
-    }
-    onSubscribed(sub, res) {
-        const before = sub.position;
-        const resumed = before !== undefined;
-        sub.keyed = !!res.keyed;
-        sub._setStatus('subscribed');
-        if (!resumed) {
-            sub.position = { epoch: res.epoch, offset: res.offset };
-            if (res.snapshot)
-                sub._setSnapshot(res.snapshot);
-            sub._emit('subscribed', {
-                channel: sub.channel,
-                position: { ...sub.position },
-                keyed: sub.keyed,
-                resumed: false,
-                snapshot: res.snapshot,
-            });
-            return;
-        }
-        const recovered = res.recovered === true || (res.recovered === undefined && res.epoch === before.epoch && res.offset === before.offset);
-        if (recovered && res.epoch === before.epoch) {
-            sub._emit('subscribed', {
-                channel: sub.channel,
-                position: { epoch: res.epoch, offset: res.offset },
-                keyed: sub.keyed,
-                resumed: true,
-                recovered: true,
-            });
-            for (const pub of res.publications ?? [])
-                this.deliver(sub, pub);
-            if (sub.position.offset < res.offset) {
-                // The reply promised publications up to `offset` but did not carry them all.
-                sub.stats.gaps += 1;
-                this.resubscribe(sub, true);
-            }
-            return;
-        }
-        // Not recovered: tell the app plainly and continue from the new position.
-        sub.position = { epoch: res.epoch, offset: res.offset };
-        sub.stats.resyncs += 1;
-        const reason = res.reason ?? (res.epoch !== before.epoch ? 'epoch_changed' : 'not_recovered');
-        if (res.snapshot)
-            sub._setSnapshot(res.snapshot);
-        sub._emit('subscribed', {
-            channel: sub.channel,
-            position: { ...sub.position },
-            keyed: sub.keyed,
-            resumed: true,
-            recovered: false,
-            snapshot: res.snapshot,
-        });
-        sub._emit('resync', {
-            channel: sub.channel,
-            reason,
-            from: { ...before },
-            position: { ...sub.position },
-            skipped: res.epoch === before.epoch ? Math.max(0, res.offset - before.offset) : undefined,
-            snapshot: res.snapshot,
-        });
-    }
-    onPublication(pub) {
-        const sub = this.subs.get(pub.channel);
-        if (!sub || sub.status !== 'subscribed' || !sub.position)
-            return;
-        if (pub.epoch !== sub.position.epoch) {
-            sub.stats.gaps += 1;
-            this.resubscribe(sub, true);
-            return;
-        }
-        this.deliver(sub, pub);
-    }
-    /** Delivers a publication if it is the next one; drops duplicates; resubscribes on a gap. */
-    deliver(sub, pub) {
-        const last = sub.position.offset;
-        if (pub.epoch !== sub.position.epoch)
-            return;
-        if (pub.offset <= last) {
-            sub.stats.duplicatesDropped += 1;
-            return;
-        }
-        if (pub.offset !== last + 1) {
-            sub.stats.gaps += 1;
-            this.resubscribe(sub, true);
-            return;
-        }
-        sub.position.offset = pub.offset;
-        sub.stats.delivered += 1;
-        if (sub.keyed)
-            sub._apply(pub);
-        sub._emit('publication', pub);
     }
     /** Ends and re-creates the subscription from the last delivered position. */
     resubscribe(sub, needUnsubscribe) {
@@ -1087,8 +1247,8 @@ export class HeraldClient extends Emitter {
         this.subs.delete(sub.channel);
         sub._emit('unsubscribed', { channel: sub.channel, code: msg.code, reason: msg.reason || msg.name || 'unsubscribed' });
     }
-    /** @internal */
-    _unsubscribe(sub) {
+    /** The last handle of `sub` was dropped: leave the channel. */
+    leave(sub) {
         if (sub.status === 'unsubscribed')
             return;
         const wasActive = sub.status === 'subscribed' || sub.status === 'subscribing';
@@ -1102,34 +1262,14 @@ export class HeraldClient extends Emitter {
         sub._emit('unsubscribed', { channel: sub.channel, reason: 'client' });
     }
 }
-/** The publish fields of protocol §2 (nothing else is sent: the hub rejects unknown fields). */
-function publishFields(o) {
-    return { type: o.type, key: o.key, op: o.op, idempotency_key: o.idempotency_key, correlation_id: o.correlation_id };
-}
-function samePosition(a, b) {
-    return a === b || (a !== undefined && b !== undefined && a.epoch === b.epoch && a.offset === b.offset);
-}
-/** What in `again` differs from the options the subscription was made with (undefined: nothing). */
-function optionsConflict(have, again) {
-    if (again.snapshot !== undefined && !!again.snapshot !== !!have.snapshot)
-        return `snapshot: ${!!have.snapshot}`;
-    if (again.since !== undefined && !samePosition(again.since, have.since)) {
-        return have.since ? `since ${have.since.epoch}:${have.since.offset}` : 'no since';
-    }
-    return undefined;
-}
-function stripUndefined(o) {
-    const out = {};
-    for (const [k, v] of Object.entries(o))
-        if (v !== undefined)
-            out[k] = v;
-    return out;
-}
+
+// http.js
+/** The hub's HTTP API (for backends, tools and the dashboard), authorized by an API key. */
 function apiPublishFields(o) {
     return { ...publishFields(o), source: o.source, user: o.user };
 }
 /** The hub's HTTP API, authorized by an API key. Uses the global `fetch`. */
-export class HeraldApi {
+class HeraldApi {
     /** `baseUrl` like `http://127.0.0.1:7700` ('' for the page's own origin). */
     constructor(baseUrl, apiKey) {
         this.baseUrl = baseUrl.replace(/\/+$/, '');
@@ -1187,3 +1327,5 @@ export class HeraldApi {
         return this.call('POST', '/api/token', req);
     }
 }
+
+export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError, Emitter, mergePatch, Subscription, HeraldClient, HeraldApi };

@@ -1,0 +1,839 @@
+/**
+ * The connection state machine: connect, reconnect with backoff, ping/pong and liveness, token
+ * refresh, request/reply correlation, and the connection-level side of subscriptions (subscribe,
+ * resubscribe after every reconnect, `resyncing` until every subscription was answered).
+ */
+
+import { ReconnectPolicy, type BackoffOptions } from './backoff.js';
+import { Emitter } from './emitter.js';
+import { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError } from './errors.js';
+import { publishFields } from './fields.js';
+import { optionsConflict, Subscription, type SubscriptionHost } from './subscription.js';
+import {
+  decodeMessage,
+  defaultUrl,
+  encodeCommand,
+  encodeMessage,
+  frameLines,
+  resolveWebSocket,
+  type ServerMessage,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from './transport.js';
+import type {
+  ConnectionState,
+  ConnectionStateName,
+  ConnectResult,
+  ErrorBody,
+  HistoryOptions,
+  HistoryResult,
+  PublishOptions,
+  PublishResult,
+  StateResult,
+  SubscribeOptions,
+  SubscribeResult,
+  TokenProvider,
+} from './types.js';
+
+export interface ClientOptions {
+  /**
+   * WebSocket URL(s) of the hub, e.g. `ws://127.0.0.1:7700/ws`. With several, the client moves to
+   * the next after a failure. In a browser it defaults to `/ws` on the page's host.
+   */
+  url?: string | string[];
+  /** A static token, or a provider called before each attempt and each in-band refresh. */
+  token?: string | TokenProvider;
+  /** Client name sent in `connect`. */
+  name?: string;
+  backoff?: BackoffOptions;
+  /** Timeout for publish/history/state/ping requests (default 10000 ms). */
+  requestTimeoutMs?: number;
+  /** Timeout for the socket to open and `connect` to be answered (default 10000 ms). */
+  connectTimeoutMs?: number;
+  /**
+   * Silence longer than the server's `ping_interval_ms` plus this margin marks the connection
+   * dead (default max(3000, ping_interval_ms / 2)).
+   */
+  livenessMarginMs?: number;
+  /** Refresh the token this long before it expires (default min(30000, half the remaining)). */
+  refreshBeforeMs?: number;
+  /** The WebSocket implementation (default: the global one). */
+  WebSocket?: WebSocketConstructor;
+  /** React to the browser's `online` and `visibilitychange` events (default true). */
+  browserEvents?: boolean;
+}
+
+export interface ClientEvents {
+  state: ConnectionState;
+  connected: ConnectResult;
+  disconnected: { code: number; reason: string };
+  /** The in-band token refresh was accepted; `expires_at` is the new expiry (Unix seconds). */
+  refreshed: { expires_at?: number };
+  error: HeraldError | Error;
+}
+
+interface Pending {
+  /** Called synchronously when the reply is read, before the next message of the same frame. */
+  resolve: (v: unknown) => void;
+  reject: (e: HeraldError) => void;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  frame: string;
+  sent: boolean;
+  /** Connection generation the command was sent on. */
+  gen: number;
+}
+
+const TRANSIENT_SUBSCRIBE_ERRORS = new Set([100, 110, 113]);
+
+/**
+ * A connection to a Herald hub that survives network failures.
+ *
+ * ```ts
+ * const client = new HeraldClient({ url: 'ws://127.0.0.1:7700/ws' });
+ * client.on('state', (s) => console.log(s.state));
+ * const sub = client.subscribe('demo:board', { snapshot: true });
+ * sub.on('publication', (p) => console.log(p.offset, p.data));
+ * client.connect();
+ * ```
+ */
+export class HeraldClient extends Emitter<ClientEvents> {
+  private readonly opts: ClientOptions;
+  private readonly urls: string[];
+  private urlIndex = 0;
+  private readonly WS: WebSocketConstructor;
+  private ws?: WebSocketLike;
+  private gen = 0;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly outbox: number[] = [];
+  private readonly subs = new Map<string, Subscription>();
+  private _state: ConnectionState = { state: 'offline', reason: 'not_started' };
+  private started = false;
+  private everConnected = false;
+  /** The backoff and circuit breaker counters, and the decisions taken from them. */
+  private readonly policy: ReconnectPolicy;
+  /** What each subscription may ask of this client (the seam of subscription.ts). */
+  private readonly subHost: SubscriptionHost = {
+    leave: (sub) => this.leave(sub),
+    resubscribe: (sub, needUnsubscribe) => this.resubscribe(sub, needUnsubscribe),
+    listenerFailed: (err) => this.reportListenerError(err, false),
+  };
+  private retryTimer?: ReturnType<typeof setTimeout>;
+  private connectTimer?: ReturnType<typeof setTimeout>;
+  private livenessTimer?: ReturnType<typeof setTimeout>;
+  private refreshTimer?: ReturnType<typeof setTimeout>;
+  private lastRecv = 0;
+  private connectedAt = 0;
+  private pingIntervalMs = 25000;
+  private resyncPending = new Set<string>();
+  private disconnectPush?: { code: number; reason: string; reconnect: boolean };
+  private readonly unbindBrowser: Array<() => void> = [];
+  /** The last `connect` reply. */
+  info?: ConnectResult;
+
+  constructor(options: ClientOptions = {}) {
+    super();
+    this.opts = options;
+    const u = options.url ?? defaultUrl();
+    this.urls = Array.isArray(u) ? [...u] : [u];
+    if (this.urls.length === 0) throw new Error('HeraldClient: empty url list');
+    this.WS = resolveWebSocket(options.WebSocket);
+    this.policy = new ReconnectPolicy(options.backoff);
+  }
+
+  /** The current connection state. */
+  get state(): ConnectionState {
+    return this._state;
+  }
+
+  /** The URL currently used (or to be used next). */
+  get url(): string {
+    return this.urls[this.urlIndex];
+  }
+
+  /**
+   * Starts connecting (and keeps the connection up until `close()`). The promise resolves at the
+   * first `connected` state and rejects if the client goes offline first; ignoring it is fine.
+   */
+  connect(): Promise<void> {
+    const p = this.waitFor('connected', 0).then(() => undefined);
+    p.catch(() => {});
+    if (!this.started) {
+      this.started = true;
+      this.bindBrowserEvents();
+      this.policy.reset();
+      this.setState({ state: 'connecting', attempt: 1 });
+      this.openSocket();
+    }
+    return p;
+  }
+
+  /**
+   * Connects again now: closes the circuit breaker after it opened (or after a final close), and
+   * cuts short any backoff wait.
+   */
+  reconnect(): void {
+    if (!this.started) {
+      this.connect();
+      return;
+    }
+    this.clearTimer('retryTimer');
+    if (this.ws) this.dropSocket(1000, 'reconnect requested');
+    this.policy.reset();
+    this.setState(this.everConnected ? this.reconnectingState(0, 0) : { state: 'connecting', attempt: 1 });
+    this.openSocket();
+  }
+
+  /** Closes the connection for good; pending requests fail with `closed`. */
+  close(): void {
+    this.started = false;
+    this.clearTimer('retryTimer');
+    for (const off of this.unbindBrowser.splice(0)) off();
+    if (this.ws) this.dropSocket(1000, 'client closed');
+    this.failPending(true, { code: 2, name: 'closed', message: 'client closed' });
+    this.setState({ state: 'offline', reason: 'closed' });
+  }
+
+  /**
+   * Resolves when the state becomes `name` (immediately if it already is); rejects on timeout
+   * (`timeoutMs` > 0) or, when waiting for `connected`, if the client goes offline.
+   */
+  waitFor(name: ConnectionStateName, timeoutMs = 10000): Promise<ConnectionState> {
+    if (this._state.state === name) return Promise.resolve(this._state);
+    return new Promise((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const off = this.on('state', (s) => {
+        if (s.state === name) {
+          off();
+          if (timer) clearTimeout(timer);
+          resolve(s);
+        } else if (s.state === 'offline' && name !== 'offline') {
+          off();
+          if (timer) clearTimeout(timer);
+          reject(new HeraldError({ code: s.code ?? 2, name: s.reason, message: `client went offline: ${s.reason}` }));
+        }
+      });
+      if (timeoutMs > 0) {
+        timer = setTimeout(() => {
+          off();
+          reject(new HeraldError({ code: 0, name: 'timeout', message: `state ${name} not reached in ${timeoutMs} ms` }));
+        }, timeoutMs);
+      }
+    });
+  }
+
+  /**
+   * Subscribes to a channel. Subscribing to a channel that is already subscribed returns the same
+   * subscription (reference counted: the channel is left when every handle unsubscribed). Options
+   * given again must equal the existing subscription's (omitted ones are taken from it); other
+   * options throw `HeraldError` 105 `already_subscribed` rather than being silently ignored.
+   */
+  subscribe(channel: string, options: SubscribeOptions = {}): Subscription {
+    const existing = this.subs.get(channel);
+    if (existing && existing.status !== 'unsubscribed') {
+      const conflict = optionsConflict(existing.options, options);
+      if (conflict) {
+        throw new HeraldError({
+          code: 105,
+          name: 'already_subscribed',
+          message: `${channel} is already subscribed with ${conflict}: pass the same options, or unsubscribe every handle first`,
+          channel,
+        });
+      }
+      existing.refs += 1;
+      return existing;
+    }
+    const sub = new Subscription(this.subHost, channel, options);
+    this.subs.set(channel, sub);
+    if (this.isLive()) this.sendSubscribe(sub);
+    return sub;
+  }
+
+  /** The subscription of a channel, if any. */
+  getSubscription(channel: string): Subscription | undefined {
+    return this.subs.get(channel);
+  }
+
+  /** Publishes over the WebSocket. */
+  publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<PublishResult> {
+    return this.request('publish', { channel, data, ...publishFields(options) }, options.timeoutMs) as Promise<PublishResult>;
+  }
+
+  /** Reads a channel's history. */
+  history(channel: string, options: HistoryOptions = {}): Promise<HistoryResult> {
+    const { limit, since, before, timeoutMs } = options;
+    const fields = { channel, limit, since: since && { epoch: since.epoch, offset: since.offset }, before };
+    return this.request('history', fields, timeoutMs) as Promise<HistoryResult>;
+  }
+
+  /** Reads a keyed channel's records. */
+  getState(channel: string, timeoutMs?: number): Promise<StateResult> {
+    return this.request('state', { channel }, timeoutMs) as Promise<StateResult>;
+  }
+
+  /** Round trip to the hub. */
+  ping(timeoutMs?: number): Promise<void> {
+    return this.request('ping', {}, timeoutMs).then(() => undefined);
+  }
+
+  /**
+   * Sends a command and resolves with its `result`. Commands made while not connected wait (up to
+   * the timeout) for the connection. A command already sent when the connection drops fails with
+   * `disconnected` (it may or may not have been processed: use `idempotency_key` for publishes).
+   */
+  request(cmd: string, fields: Record<string, unknown>, timeoutMs?: number): Promise<unknown> {
+    return new Promise((resolve, reject) => this.command(cmd, fields, timeoutMs, resolve, reject));
+  }
+
+  /**
+   * Sends a command; `onResult` / `onError` run synchronously when the reply is read (the
+   * subscribe reply must be applied before the publications that follow it in the same frame).
+   */
+  private command(
+    cmd: string,
+    fields: Record<string, unknown>,
+    timeoutMs: number | undefined,
+    onResult: (r: unknown) => void,
+    onError: (e: HeraldError) => void,
+  ): void {
+    const refusal = this.offlineError();
+    if (refusal) {
+      onError(refusal);
+      return;
+    }
+    const id = this.nextId++;
+    const frame = encodeCommand(id, cmd, fields);
+    const ms = timeoutMs ?? this.opts.requestTimeoutMs ?? 10000;
+    const timer = setTimeout(() => {
+      this.pending.delete(id);
+      const i = this.outbox.indexOf(id);
+      if (i >= 0) this.outbox.splice(i, 1);
+      onError(new HeraldError({ code: 0, name: 'timeout', message: `${cmd} timed out after ${ms} ms` }));
+    }, ms);
+    const p: Pending = { resolve: onResult, reject: onError, timer, frame, sent: false, gen: this.gen };
+    this.pending.set(id, p);
+    if (this.isLive()) this.sendPending(id, p);
+    else this.outbox.push(id);
+  }
+
+  /** Why a request fails at once: the client is closed or offline (not merely not started). */
+  private offlineError(): HeraldError | undefined {
+    const s = this._state;
+    if (s.state !== 'offline' || s.reason === 'not_started') return undefined;
+    if (s.reason === 'closed') return new HeraldError({ code: 2, name: 'closed', message: 'client closed' });
+    return new HeraldError({ code: 3, name: 'offline', message: `client is offline (${s.reason})` });
+  }
+
+  /** Reports a listener's exception on the `error` event (or the console). */
+  private reportListenerError(err: ListenerError, fromErrorEvent: boolean): void {
+    if (!fromErrorEvent && this.hasListeners('error')) this.emit('error', err);
+    else console.error(err.message, err.cause);
+  }
+
+  /** A throwing `error` listener is reported on the console (no loop). */
+  protected listenerFailed(err: ListenerError): void {
+    this.reportListenerError(err, err.event === 'error');
+  }
+
+  // ------------------------------------------------------------------ internals: state
+
+  private isLive(): boolean {
+    return this.ws !== undefined && (this._state.state === 'connected' || this._state.state === 'resyncing');
+  }
+
+  private setState(s: ConnectionState): void {
+    this._state = s;
+    if (s.state === 'offline') {
+      // No silent "pending forever": subscriptions say the client is offline.
+      for (const sub of this.subs.values()) if (sub.status !== 'unsubscribed') sub._setStatus('offline');
+    }
+    this.emit('state', s);
+  }
+
+  /** The connection is up and every subscription was answered: `connected`, backoff reset. */
+  private enterConnected(): void {
+    const info = this.info!;
+    this.policy.reset();
+    this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
+    this.emit('connected', info);
+  }
+
+  private reconnectingState(attempt: number, delay: number, code?: number, reason?: string): ConnectionState {
+    return {
+      state: 'reconnecting',
+      attempt: Math.max(1, attempt),
+      failures: this.policy.failures,
+      maxAttempts: this.policy.maxAttempts,
+      nextTryMs: delay,
+      nextTryAt: Date.now() + delay,
+      code,
+      reason,
+    };
+  }
+
+  /**
+   * Full-jitter delay before try `attempt` (1-based, counted since the last connection that got
+   * its `connect` reply): uniform in [0, min(maxMs, initialMs × 2^(attempt-1))).
+   */
+  backoffDelay(attempt: number): number {
+    return this.policy.delay(attempt);
+  }
+
+  private clearTimer(name: 'retryTimer' | 'connectTimer' | 'livenessTimer' | 'refreshTimer'): void {
+    const t = this[name];
+    if (t !== undefined) clearTimeout(t);
+    this[name] = undefined;
+  }
+
+  // ------------------------------------------------------------------ internals: socket
+
+  private async openSocket(): Promise<void> {
+    const gen = ++this.gen;
+    this.disconnectPush = undefined;
+    this.policy.attemptStarted();
+    let token: string | undefined;
+    try {
+      const t = this.opts.token;
+      token = typeof t === 'function' ? await t() : t;
+    } catch (err) {
+      if (gen !== this.gen || !this.started) return;
+      this.emit('error', err instanceof Error ? err : new Error(String(err)));
+      this.onFailure(0, 'token_provider_failed');
+      return;
+    }
+    if (gen !== this.gen || !this.started) return;
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(this.url);
+    } catch (err) {
+      this.emit('error', err instanceof Error ? err : new Error(String(err)));
+      this.onFailure(0, 'socket_failed');
+      return;
+    }
+    this.ws = ws;
+    this.clearTimer('connectTimer');
+    this.connectTimer = setTimeout(() => {
+      if (gen !== this.gen) return;
+      this.dropSocket(1000, 'connect timeout');
+      this.onFailure(0, 'connect_timeout');
+    }, this.opts.connectTimeoutMs ?? 10000);
+
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      if (gen !== this.gen) return;
+      const id = this.nextId++;
+      const frame = encodeCommand(id, 'connect', { token, name: this.opts.name });
+      // The connect timer bounds this request.
+      this.pending.set(id, {
+        resolve: (r) => this.onConnected(gen, r as ConnectResult),
+        reject: (e) => this.onConnectError(gen, e as HeraldError),
+        timer: undefined,
+        frame,
+        sent: true,
+        gen,
+      });
+      ws.send(frame);
+    };
+    ws.onmessage = (ev) => {
+      if (gen !== this.gen) return;
+      this.onFrame(ev.data);
+    };
+    ws.onerror = () => {
+      // Browsers follow an error with a close event; some implementations (Node's, on a failed
+      // handshake) do not, so a socket that is closed and silent is treated as closed.
+      setTimeout(() => {
+        if (gen !== this.gen || this.ws !== ws || (opened && ws.readyState !== 3)) return;
+        const onclose = ws.onclose;
+        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+        try {
+          ws.close();
+        } catch {
+          /* never opened */
+        }
+        onclose?.({ code: 1006, reason: 'connection failed' });
+      }, 50);
+    };
+    ws.onclose = (ev) => {
+      if (gen !== this.gen || this.ws !== ws) return;
+      this.ws = undefined;
+      this.afterSocketGone();
+      const push = this.disconnectPush;
+      const code = push?.code ?? ev.code;
+      const reason = push?.reason || ev.reason || CLOSE_CODES[code] || `closed (${code})`;
+      this.emit('disconnected', { code, reason });
+      const final = isFinalCloseCode(code) || (push !== undefined && push.reconnect === false);
+      if (final) {
+        this.started = false;
+        this.clearTimer('retryTimer');
+        this.failPending(true, { code: 1, name: 'disconnected', message: `connection closed: ${reason}` });
+        this.setState({ state: 'offline', reason: CLOSE_CODES[code] ?? reason, code });
+        return;
+      }
+      this.onFailure(code, CLOSE_CODES[code] ?? reason);
+    };
+  }
+
+  /** Forgets the current socket (it will not report anymore) and closes it. */
+  private dropSocket(code: number, reason: string): void {
+    const ws = this.ws;
+    this.ws = undefined;
+    this.gen++;
+    this.afterSocketGone();
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      try {
+        ws.close(code, reason);
+      } catch {
+        /* already closed */
+      }
+    }
+  }
+
+  private afterSocketGone(): void {
+    this.clearTimer('connectTimer');
+    this.clearTimer('livenessTimer');
+    this.clearTimer('refreshTimer');
+    this.resyncPending.clear();
+    this.connectedAt = 0;
+    for (const sub of this.subs.values()) if (sub.status !== 'unsubscribed') sub._setStatus('pending');
+    this.failPending(false, { code: 1, name: 'disconnected', message: 'connection lost' });
+  }
+
+  /** Rejects requests that were sent (all of them when `all`). */
+  private failPending(all: boolean, body: ErrorBody): void {
+    for (const [id, p] of [...this.pending]) {
+      if (!all && !p.sent) continue;
+      this.pending.delete(id);
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(new HeraldError(body));
+    }
+    if (all) this.outbox.length = 0;
+  }
+
+  /**
+   * A connection attempt failed or an established connection dropped: back off and retry. Only
+   * an attempt that never got its `connect` reply is a failure; the breaker opens after
+   * `maxAttempts` consecutive failures and then probes once per `maxMs`.
+   */
+  private onFailure(code: number, reason: string): void {
+    if (!this.started) return;
+    const step = this.policy.next();
+    if (this.urls.length > 1) this.urlIndex = (this.urlIndex + 1) % this.urls.length;
+    this.clearTimer('retryTimer');
+    if (step.kind === 'open') {
+      const probeMs = step.probeMs;
+      this.setState({ state: 'offline', reason: 'circuit_open', code: code || undefined, nextTryAt: Date.now() + probeMs });
+      // Requests waiting for a connection fail now, as later ones will while the breaker is open.
+      this.failPending(true, { code: 3, name: 'offline', message: 'client is offline (circuit_open)' });
+      // A probe keeps the state `offline`; its `connect` reply closes the breaker, its failure
+      // re-arms it.
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = undefined;
+        if (this.started && !this.ws) this.openSocket();
+      }, probeMs);
+      return;
+    }
+    this.setState(this.reconnectingState(step.attempt, step.delayMs, code || undefined, reason));
+    this.retryTimer = setTimeout(() => this.tryNow(), step.delayMs);
+  }
+
+  /** Cuts a backoff wait short (browser came online, tab became visible). */
+  private tryNow(): void {
+    if (!this.started || this.ws) return;
+    this.clearTimer('retryTimer');
+    if (this._state.state === 'reconnecting') this.setState({ ...this._state, nextTryMs: 0, nextTryAt: Date.now() });
+    this.openSocket();
+  }
+
+  private onConnectError(gen: number, err: HeraldError): void {
+    // A connection lost before the reply is handled by the close handler.
+    if (gen !== this.gen || err.code === 1 || err.code === 2) return;
+    // A token that expired between the provider and the hub: a provider can give a fresh one.
+    const retry = err.code === 109 && typeof this.opts.token === 'function';
+    if (err.code === 0 || retry || err.code === 100 || err.code === 113 || err.code === 110) {
+      this.dropSocket(1000, 'connect failed');
+      this.onFailure(0, err.errorName);
+      return;
+    }
+    this.started = false;
+    this.dropSocket(1000, 'connect refused');
+    this.setState({ state: 'offline', reason: err.errorName, code: err.code });
+  }
+
+  private onConnected(gen: number, res: ConnectResult): void {
+    if (gen !== this.gen) return;
+    this.clearTimer('connectTimer');
+    this.info = res;
+    // The attempt did not fail (and an open breaker closes); the retries reset once resumed.
+    this.policy.connectReached();
+    this.connectedAt = Date.now();
+    this.pingIntervalMs = res.ping_interval_ms || 25000;
+    this.touch();
+    this.scheduleRefresh(res.expires_at);
+    const resuming = this.everConnected;
+    this.everConnected = true;
+    const subs = [...this.subs.values()].filter((s) => s.status !== 'unsubscribed');
+    if (resuming && subs.length > 0) {
+      // `connected` (state and event) comes when every resubscribe is answered.
+      for (const s of subs) this.resyncPending.add(s.channel);
+      this.setState({ state: 'resyncing', pending: subs.length });
+    } else {
+      this.enterConnected();
+    }
+    for (const s of subs) this.sendSubscribe(s);
+    // Flush commands made while disconnected, in order.
+    for (const id of this.outbox.splice(0)) {
+      const p = this.pending.get(id);
+      if (p) this.sendPending(id, p);
+    }
+  }
+
+  private resyncDone(channel: string): void {
+    if (!this.resyncPending.delete(channel)) return;
+    if (this._state.state !== 'resyncing') return;
+    if (this.resyncPending.size === 0) {
+      this.enterConnected();
+    } else {
+      this.setState({ state: 'resyncing', pending: this.resyncPending.size });
+    }
+  }
+
+  private sendPending(id: number, p: Pending): void {
+    p.sent = true;
+    p.gen = this.gen;
+    this.ws!.send(p.frame);
+  }
+
+  private sendRaw(msg: Record<string, unknown>): void {
+    this.ws?.send(encodeMessage(msg));
+  }
+
+  // ------------------------------------------------------------------ internals: liveness, refresh
+
+  /** Something arrived: the connection is alive. */
+  private touch(): void {
+    this.lastRecv = Date.now();
+    // Before the connect reply the connect timer bounds the wait.
+    if (this.connectedAt && this.livenessTimer === undefined) this.armLiveness();
+  }
+
+  private livenessDeadline(): number {
+    const margin = this.opts.livenessMarginMs ?? Math.max(3000, Math.round(this.pingIntervalMs / 2));
+    return this.pingIntervalMs + margin;
+  }
+
+  private armLiveness(): void {
+    const gen = this.gen;
+    const wait = Math.max(10, this.lastRecv + this.livenessDeadline() - Date.now());
+    this.livenessTimer = setTimeout(() => {
+      this.livenessTimer = undefined;
+      if (gen !== this.gen || !this.ws) return;
+      if (Date.now() - this.lastRecv >= this.livenessDeadline()) {
+        // Nothing for too long: the network may drop packets without closing. Treat as dead.
+        this.dropSocket(1000, 'liveness timeout');
+        this.emit('disconnected', { code: 4002, reason: 'no ping from the server' });
+        this.onFailure(4002, 'heartbeat_timeout');
+      } else {
+        this.armLiveness();
+      }
+    }, wait);
+  }
+
+  private scheduleRefresh(expiresAt?: number): void {
+    this.clearTimer('refreshTimer');
+    if (!expiresAt || typeof this.opts.token !== 'function') return;
+    const remaining = expiresAt * 1000 - Date.now();
+    const before = this.opts.refreshBeforeMs ?? Math.min(30000, remaining / 2);
+    const gen = this.gen;
+    this.refreshTimer = setTimeout(() => this.refreshToken(gen, expiresAt), Math.max(0, remaining - before));
+  }
+
+  private async refreshToken(gen: number, expiresAt: number): Promise<void> {
+    this.refreshTimer = undefined;
+    if (gen !== this.gen) return;
+    try {
+      const provider = this.opts.token as TokenProvider;
+      const token = await provider();
+      if (gen !== this.gen || !token) return;
+      const res = (await this.request('refresh', { token })) as { expires_at?: number };
+      if (gen !== this.gen) return;
+      this.emit('refreshed', { expires_at: res.expires_at });
+      this.scheduleRefresh(res.expires_at);
+    } catch (err) {
+      if (gen !== this.gen) return;
+      this.emit('error', err instanceof Error ? err : new Error(String(err)));
+      // Try again shortly while the token is still valid; if it lapses the hub closes with 4004
+      // and the reconnect asks the provider again.
+      if (expiresAt * 1000 > Date.now()) {
+        this.refreshTimer = setTimeout(() => this.refreshToken(gen, expiresAt), 2000);
+      }
+    }
+  }
+
+  private bindBrowserEvents(): void {
+    if (this.opts.browserEvents === false) return;
+    const g = globalThis as {
+      addEventListener?: (t: string, f: () => void) => void;
+      removeEventListener?: (t: string, f: () => void) => void;
+      document?: {
+        visibilityState?: string;
+        addEventListener?: (t: string, f: () => void) => void;
+        removeEventListener?: (t: string, f: () => void) => void;
+      };
+    };
+    if (typeof g.addEventListener === 'function' && g.document) {
+      const onOnline = () => {
+        if (this._state.state === 'offline' && this._state.reason === 'circuit_open') this.reconnect();
+        else this.tryNow();
+      };
+      g.addEventListener('online', onOnline);
+      this.unbindBrowser.push(() => g.removeEventListener?.('online', onOnline));
+    }
+    const doc = g.document;
+    if (doc && typeof doc.addEventListener === 'function') {
+      const onVisible = () => {
+        if (doc.visibilityState !== 'visible') return;
+        if (this._state.state === 'reconnecting') this.tryNow();
+        else if (this.isLive() && Date.now() - this.lastRecv > this.pingIntervalMs) {
+          // The tab slept: check that the connection still carries traffic.
+          const gen = this.gen;
+          this.ping(5000).catch(() => {
+            if (gen !== this.gen || !this.ws) return;
+            this.dropSocket(1000, 'ping failed');
+            this.onFailure(4002, 'heartbeat_timeout');
+          });
+        }
+      };
+      doc.addEventListener('visibilitychange', onVisible);
+      this.unbindBrowser.push(() => doc.removeEventListener?.('visibilitychange', onVisible));
+    }
+  }
+
+  // ------------------------------------------------------------------ internals: messages
+
+  private onFrame(data: unknown): void {
+    this.touch();
+    if (typeof data !== 'string') return;
+    const gen = this.gen;
+    for (const line of frameLines(data)) {
+      if (gen !== this.gen) return; // a message replaced the connection
+      const msg = decodeMessage(line);
+      if (msg === undefined) {
+        this.emit('error', new Error(`unparseable message from the hub: ${line.slice(0, 200)}`));
+        continue;
+      }
+      this.onMessage(msg);
+      if (!this.ws) return; // the message closed the connection
+    }
+  }
+
+  private onMessage(msg: ServerMessage): void {
+    if (typeof msg.id === 'number') {
+      const p = this.pending.get(msg.id);
+      if (!p) return;
+      this.pending.delete(msg.id);
+      if (p.timer) clearTimeout(p.timer);
+      if (msg.error) p.reject(new HeraldError(msg.error));
+      else p.resolve(msg.result ?? {});
+      return;
+    }
+    switch (msg.push) {
+      case 'pub':
+        if (msg.pub) this.subs.get(msg.pub.channel)?._onPublication(msg.pub);
+        break;
+      case 'ping':
+        this.sendRaw({ cmd: 'pong' });
+        break;
+      case 'unsubscribe':
+        this.onUnsubscribePush(msg);
+        break;
+      case 'disconnect':
+        this.disconnectPush = {
+          code: msg.code ?? 0,
+          reason: msg.reason || msg.name || '',
+          reconnect: msg.reconnect !== false,
+        };
+        break;
+      case 'error':
+        if ((msg as { error?: ErrorBody }).error) this.emit('error', new HeraldError((msg as { error: ErrorBody }).error));
+        break;
+      default:
+        break;
+    }
+  }
+
+  private sendSubscribe(sub: Subscription): void {
+    if (!this.isLive()) return;
+    sub._setStatus('subscribing');
+    const gen = ++sub.generation;
+    const fields: Record<string, unknown> = { channel: sub.channel };
+    if (sub.position) fields.since = { epoch: sub.position.epoch, offset: sub.position.offset };
+    else if (sub.options.snapshot) fields.snapshot = true;
+    // The reply is applied synchronously: publications that follow it in the same frame (or the
+    // same read) must find the subscription `subscribed` at the reply's position.
+    this.command(
+      'subscribe',
+      fields,
+      undefined,
+      (r) => {
+        if (gen !== sub.generation || sub.status === 'unsubscribed') return;
+        sub._onSubscribeReply(r as SubscribeResult);
+        this.resyncDone(sub.channel);
+      },
+      (err) => {
+        if (gen !== sub.generation || sub.status === 'unsubscribed') return;
+        if (err.code === 1 || err.code === 2) return; // connection dropped: resubscribed on reconnect
+        if (err.code === 0 || TRANSIENT_SUBSCRIBE_ERRORS.has(err.code)) {
+          // Transient: retry on this connection after a short pause.
+          const cgen = this.gen;
+          setTimeout(() => {
+            if (cgen === this.gen && sub.status === 'subscribing' && gen === sub.generation) this.sendSubscribe(sub);
+          }, 1000);
+          sub._emit('error', err);
+          return;
+        }
+        sub._setStatus('unsubscribed');
+        if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+        this.resyncDone(sub.channel);
+        sub._emit('error', err);
+        sub._emit('unsubscribed', { channel: sub.channel, code: err.code, reason: err.errorName });
+      },
+    );
+  }
+
+  /** Ends and re-creates the subscription from the last delivered position. */
+  private resubscribe(sub: Subscription, needUnsubscribe: boolean): void {
+    if (sub.status === 'subscribing' || !this.isLive()) return;
+    sub.stats.resubscribes += 1;
+    sub._setStatus('subscribing');
+    if (needUnsubscribe) this.request('unsubscribe', { channel: sub.channel }).catch(() => {});
+    this.sendSubscribe(sub);
+  }
+
+  private onUnsubscribePush(msg: ServerMessage): void {
+    const sub = msg.channel ? this.subs.get(msg.channel) : undefined;
+    if (!sub || sub.status === 'unsubscribed') return;
+    if (msg.resubscribe) {
+      sub._setStatus('pending');
+      this.resubscribe(sub, false);
+      return;
+    }
+    sub._setStatus('unsubscribed');
+    sub.generation++;
+    this.subs.delete(sub.channel);
+    sub._emit('unsubscribed', { channel: sub.channel, code: msg.code, reason: msg.reason || msg.name || 'unsubscribed' });
+  }
+
+  /** The last handle of `sub` was dropped: leave the channel. */
+  private leave(sub: Subscription): void {
+    if (sub.status === 'unsubscribed') return;
+    const wasActive = sub.status === 'subscribed' || sub.status === 'subscribing';
+    sub._setStatus('unsubscribed');
+    sub.generation++;
+    if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+    this.resyncDone(sub.channel);
+    if (wasActive && this.isLive()) this.request('unsubscribe', { channel: sub.channel }).catch(() => {});
+    sub._emit('unsubscribed', { channel: sub.channel, reason: 'client' });
+  }
+}

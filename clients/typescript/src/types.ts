@@ -1,0 +1,215 @@
+/**
+ * Wire types of the protocol (docs/protocol.md §3–§6) and the public types of the client: connection
+ * state, options, subscription events. Types only: this module emits no code and imports nothing.
+ */
+
+// ---------------------------------------------------------------------------------------------
+// Wire types (docs/protocol.md §3–§6)
+// ---------------------------------------------------------------------------------------------
+
+/** A place in a channel's stream. */
+export interface Position {
+  epoch: string;
+  offset: number;
+}
+
+/** Keyed channel operation. */
+export type Op = 'upsert' | 'merge' | 'delete';
+
+/** A publication (protocol §4). */
+export interface Publication<T = unknown> {
+  channel: string;
+  epoch: string;
+  offset: number;
+  id: string;
+  type: string;
+  data: T;
+  time: string;
+  meta?: {
+    user?: string;
+    source?: string;
+    correlation_id?: string;
+    idempotency_key?: string;
+    [k: string]: unknown;
+  };
+  key?: string;
+  op?: Op;
+}
+
+/** One record of a keyed channel's state. */
+export interface KeyedRecord<T = unknown> {
+  key: string;
+  value: T;
+  offset: number;
+}
+
+export interface ConnectResult {
+  client: string;
+  user: string;
+  time: string;
+  ping_interval_ms: number;
+  pong_timeout_ms: number;
+  clients: number;
+  node: string;
+  version: number;
+  expires_at?: number;
+}
+
+export type NotRecoveredReason = 'epoch_changed' | 'history_trimmed' | 'too_many';
+
+export interface SubscribeResult {
+  channel: string;
+  epoch: string;
+  offset: number;
+  keyed: boolean;
+  recovered?: boolean;
+  reason?: NotRecoveredReason;
+  publications?: Publication[];
+  snapshot?: KeyedRecord[];
+}
+
+export interface PublishResult {
+  channel: string;
+  epoch: string;
+  offset: number;
+  id: string;
+  time: string;
+  duplicate?: boolean;
+}
+
+export interface HistoryResult {
+  channel: string;
+  epoch: string;
+  offset: number;
+  earliest: number;
+  publications: Publication[];
+  reason?: NotRecoveredReason;
+}
+
+export interface StateResult {
+  channel: string;
+  epoch: string;
+  offset: number;
+  records: KeyedRecord[];
+}
+
+/** The error object of the protocol (§8). */
+export interface ErrorBody {
+  code: number;
+  name: string;
+  message: string;
+  channel?: string;
+  request_id?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection state
+// ---------------------------------------------------------------------------------------------
+
+export type ConnectionState =
+  | { state: 'connecting'; attempt: number }
+  | { state: 'connected'; client: string; node: string; clients: number }
+  | {
+      state: 'reconnecting';
+      /** Retry number since the last established connection, 1-based (the backoff exponent). */
+      attempt: number;
+      /** Consecutive attempts that never got a `connect` reply, so far. */
+      failures: number;
+      /** Failures that open the circuit breaker. */
+      maxAttempts: number;
+      /** Milliseconds from the moment of this state to the next try (0 while trying). */
+      nextTryMs: number;
+      /** `Date.now()` of the next try. */
+      nextTryAt: number;
+      /** The close code or error that caused the drop, when known. */
+      code?: number;
+      reason?: string;
+    }
+  | { state: 'resyncing'; pending: number }
+  | {
+      state: 'offline';
+      /** `not_started`, `closed` (by the app), `circuit_open`, or the server's close/error name. */
+      reason: string;
+      code?: number;
+      /** With `circuit_open`: `Date.now()` of the next probe (one per backoff cap, 30 s by default). */
+      nextTryAt?: number;
+    };
+
+export type ConnectionStateName = ConnectionState['state'];
+
+// ---------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------
+
+/** Returns a token; called before every connection attempt and before every refresh. */
+export type TokenProvider = () => string | undefined | Promise<string | undefined>;
+
+export interface SubscribeOptions {
+  /** Ask for the keyed channel's records with the subscribe reply. */
+  snapshot?: boolean;
+  /** Resume from this position instead of "now". */
+  since?: Position;
+}
+
+export interface PublishOptions {
+  type?: string;
+  key?: string;
+  op?: Op;
+  idempotency_key?: string;
+  correlation_id?: string;
+  timeoutMs?: number;
+}
+
+export interface HistoryOptions {
+  limit?: number;
+  since?: Position;
+  before?: number;
+  timeoutMs?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscription events and status
+// ---------------------------------------------------------------------------------------------
+
+export interface SubscribedEvent {
+  channel: string;
+  position: Position;
+  keyed: boolean;
+  /** True when this was a resume (after a reconnect or a gap). */
+  resumed: boolean;
+  /** For resumes: whether every missed publication was recovered. */
+  recovered?: boolean;
+  snapshot?: KeyedRecord[];
+}
+
+export interface ResyncEvent {
+  channel: string;
+  /** Why the stream could not be resumed (`epoch_changed`, `history_trimmed`, `too_many`). */
+  reason: NotRecoveredReason | string;
+  /** The last position delivered before the resync: what follows it up to `position` was skipped. */
+  from: Position;
+  /** The position the subscription continues from. */
+  position: Position;
+  /**
+   * How many publications were skipped (`position.offset - from.offset`) when the epoch is the
+   * same; absent when the epoch changed (the old stream is gone, its length is unknown).
+   */
+  skipped?: number;
+  /** On keyed channels: every record at `position`; replace your state with it. */
+  snapshot?: KeyedRecord[];
+}
+
+export interface UnsubscribedEvent {
+  channel: string;
+  code?: number;
+  reason: string;
+}
+
+
+/**
+ * `pending`: waiting for a connection the client is trying to make; `subscribing`: the subscribe
+ * was sent; `subscribed`: publications flow; `offline`: the client is offline (circuit breaker
+ * open, a final close, `close()`), the subscription resumes when it connects again;
+ * `unsubscribed`: ended for good.
+ */
+export type SubscriptionStatus = 'pending' | 'subscribing' | 'subscribed' | 'offline' | 'unsubscribed';
