@@ -1,34 +1,24 @@
-//! The resilient client: one background task owns the connection, reconnects with backoff,
-//! resumes every subscription from its last delivered position, and answers requests.
+//! The public face of the resilient client: [`ClientBuilder`] and the cheap, cloneable
+//! [`Client`] handle. Everything it does is a [`Cmd`] sent to the connection task that
+//! [`crate::connection`] runs.
 
-use crate::backoff::{Backoff, Next};
-use crate::raw::{RawConnection, RawError, RawReceiver, RawSender};
-use crate::subscription::{SubEvent, SubscribeOptions, Subscription, Tracker};
-use crate::{BackoffPolicy, ConnectionState, Error, OfflineReason, TokenSource};
+use crate::backoff::BackoffPolicy;
+use crate::command::{Cmd, CommandTx};
+use crate::connection::{self, ConnectionConfig};
+use crate::error::Error;
+use crate::event::SubscribeOptions;
+use crate::state::ConnectionState;
+use crate::subscription::Subscription;
+use crate::token::TokenSource;
+use herald_protocol::Command;
 use herald_protocol::command::{HistoryQuery, PublishCommand};
-use herald_protocol::reply::{
-    ConnectResult, HistoryResult, PublishResult, RefreshResult, StateResult, SubscribeResult,
-};
-use herald_protocol::{
-    CloseCode, Command, Continuity, ErrorBody, ErrorCode, Position, Request, ServerMessage,
-};
+use herald_protocol::reply::{ConnectResult, HistoryResult, PublishResult, StateResult};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep_until};
-
-/// A frame the writer batches never grows past this many bytes (the hub's default inbound limit
-/// is 64 KiB).
-const MAX_BATCH_BYTES: usize = 32 * 1024;
-/// Delay before retrying a subscribe the server refused with a transient error.
-const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
-/// Delay before retrying a token fetch for an in-band refresh that failed.
-const REFRESH_RETRY: Duration = Duration::from_secs(5);
 
 /// Why [`ClientBuilder::build`] refused the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -46,13 +36,21 @@ pub enum BuildError {
 /// request and connect timeouts, 10 s liveness margin.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
+    /// Server URLs, tried in turn.
     urls: Vec<String>,
+    /// Where tokens come from.
     token: TokenSource,
+    /// Reconnect delays and the circuit breaker.
     backoff: BackoffPolicy,
+    /// How long a request waits for its reply.
     request_timeout: Duration,
+    /// How long one attempt may take from TCP connect to the `connect` reply.
     connect_timeout: Duration,
+    /// Silence past the ping interval plus this means the connection is dead.
     liveness_margin: Duration,
+    /// How long before expiry the token is refreshed.
     refresh_lead: Duration,
+    /// The client name sent in `connect`.
     name: Option<String>,
 }
 
@@ -168,41 +166,27 @@ impl ClientBuilder {
             }
         }
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
-        let (changes, first_changes) = broadcast::channel(256);
-        let (info_tx, info_rx) = watch::channel(None);
-        let driver = Driver {
+        let config = ConnectionConfig {
             urls: self.urls,
-            url_idx: 0,
-            token_source: self.token,
-            token: None,
-            token_expires_at: None,
-            token_stale: false,
-            backoff: Backoff::new(self.backoff),
+            token: self.token,
+            backoff: self.backoff,
             connect_timeout: self.connect_timeout,
             liveness_margin: self.liveness_margin,
             refresh_lead: self.refresh_lead,
             name: self.name,
-            cmd_rx,
-            state_tx,
-            changes: changes.clone(),
-            info_tx,
-            subs: HashMap::new(),
-            waiting: Vec::new(),
-            offline: None,
         };
-        tokio::spawn(driver.run());
+        let handles = connection::spawn(config, cmd_rx);
         let client = Client {
             inner: Arc::new(Inner {
                 cmd: cmd_tx,
-                state: state_rx,
-                info: info_rx,
-                changes,
+                state: handles.state,
+                info: handles.info,
+                changes: handles.changes,
                 request_timeout: self.request_timeout,
                 next_sub: AtomicU64::new(1),
             }),
         };
-        Ok((client, first_changes))
+        Ok((client, handles.first_changes))
     }
 }
 
@@ -211,51 +195,24 @@ impl ClientBuilder {
 /// [`Client::close`].
 #[derive(Clone)]
 pub struct Client {
+    /// Shared by every clone.
     inner: Arc<Inner>,
 }
 
+/// What the clones of one [`Client`] share.
 struct Inner {
-    cmd: mpsc::UnboundedSender<Cmd>,
+    /// The connection task's command channel.
+    cmd: CommandTx,
+    /// The latest connection state.
     state: watch::Receiver<ConnectionState>,
+    /// The current connection's `connect` reply.
     info: watch::Receiver<Option<ConnectResult>>,
+    /// Every state transition, for [`Client::state_changes`].
     changes: broadcast::Sender<ConnectionState>,
+    /// How long a request waits for its reply.
     request_timeout: Duration,
+    /// The id of the next subscription.
     next_sub: AtomicU64,
-}
-
-/// Messages from handles to the background task.
-enum Cmd {
-    Subscribe {
-        id: u64,
-        channel: String,
-        opts: SubscribeOptions,
-        tx: mpsc::UnboundedSender<SubEvent>,
-    },
-    Unsubscribe {
-        id: u64,
-        channel: String,
-    },
-    Request {
-        command: Command,
-        reply: oneshot::Sender<Result<Box<RawValue>, Error>>,
-    },
-    Reconnect,
-    Close,
-}
-
-/// Unsubscribes when a [`Subscription`] is dropped.
-pub(crate) struct SubGuard {
-    cmd: mpsc::UnboundedSender<Cmd>,
-    channel: String,
-    id: u64,
-}
-
-impl Drop for SubGuard {
-    fn drop(&mut self) {
-        let _ = self
-            .cmd
-            .send(Cmd::Unsubscribe { id: self.id, channel: std::mem::take(&mut self.channel) });
-    }
 }
 
 impl Client {
@@ -305,19 +262,13 @@ impl Client {
         tokio::time::timeout(timeout, wait).await.unwrap_or(Err(Error::Timeout))
     }
 
-    /// Subscribes to `channel`. The returned stream yields [`SubEvent`]s: `Subscribed`, then
-    /// publications in offset order exactly once across reconnects, `Resync` when continuity was
-    /// lost, and `Ended` if the server refuses. Dropping it unsubscribes.
+    /// Subscribes to `channel`. The returned stream yields [`SubEvent`](crate::SubEvent)s:
+    /// `Subscribed`, then publications in offset order exactly once across reconnects, `Resync`
+    /// when continuity was lost, and `Ended` if the server refuses. Dropping it unsubscribes.
     pub fn subscribe(&self, channel: impl Into<String>, opts: SubscribeOptions) -> Subscription {
         let channel = channel.into();
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        let (tx, events) = mpsc::unbounded_channel();
-        let _ = self.inner.cmd.send(Cmd::Subscribe { id, channel: channel.clone(), opts, tx });
-        Subscription {
-            channel: channel.clone(),
-            events,
-            _guard: SubGuard { cmd: self.inner.cmd.clone(), channel, id },
-        }
+        Subscription::start(&self.inner.cmd, id, channel, opts)
     }
 
     /// Sends any command and returns the raw `result` of its reply, within the request timeout.
@@ -382,770 +333,4 @@ impl Client {
     pub fn close(&self) {
         let _ = self.inner.cmd.send(Cmd::Close);
     }
-}
-
-/// Where a request's reply goes.
-type ReplyTx = oneshot::Sender<Result<Box<RawValue>, Error>>;
-
-/// A user request or a bookkeeping one, waiting for its reply.
-enum Pending {
-    Subscribe { channel: String, sub_id: u64, since: Option<Position> },
-    User(oneshot::Sender<Result<Box<RawValue>, Error>>),
-    Refresh,
-    Ignore,
-}
-
-/// One application subscription, alive across connections.
-struct Sub {
-    id: u64,
-    tx: mpsc::UnboundedSender<SubEvent>,
-    opts: SubscribeOptions,
-    tracker: Tracker,
-    /// No reply accepted yet: the next one yields `Subscribed`.
-    initial: bool,
-    status: SubStatus,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum SubStatus {
-    /// Needs a subscribe on the next connection.
-    Idle,
-    /// A subscribe is in flight.
-    Pending,
-    /// Publications flow.
-    Active,
-    /// Refused with a transient error; try again at this instant.
-    RetryAt(Instant),
-}
-
-/// How one attempt (handshake plus session) ended.
-enum Ended {
-    /// Never got a `connect` reply.
-    Failed(String),
-    /// A session that got its `connect` reply was lost.
-    Lost,
-    /// Stop trying.
-    Final(OfflineReason),
-    /// The application asked for a fresh attempt now.
-    Reconnect,
-    /// The application closed the client.
-    Close,
-}
-
-/// How a handshake failed.
-enum HandshakeError {
-    Retry(String),
-    TokenExpired(String),
-    Final(OfflineReason),
-}
-
-/// One live connection's plumbing.
-struct Conn {
-    out: mpsc::UnboundedSender<String>,
-    pending: HashMap<u64, Pending>,
-    next_id: u64,
-}
-
-impl Conn {
-    fn send(&mut self, command: Command, pending: Pending) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.pending.insert(id, pending);
-        let _ = self.out.send(Request { id: Some(id), command }.to_json());
-        id
-    }
-
-    fn pong(&self) {
-        let _ = self.out.send(Request { id: None, command: Command::Pong }.to_json());
-    }
-}
-
-struct Driver {
-    urls: Vec<String>,
-    url_idx: usize,
-    token_source: TokenSource,
-    token: Option<String>,
-    token_expires_at: Option<u64>,
-    token_stale: bool,
-    /// Reconnect delays and the circuit breaker.
-    backoff: Backoff,
-    connect_timeout: Duration,
-    liveness_margin: Duration,
-    refresh_lead: Duration,
-    name: Option<String>,
-    cmd_rx: mpsc::UnboundedReceiver<Cmd>,
-    state_tx: watch::Sender<ConnectionState>,
-    changes: broadcast::Sender<ConnectionState>,
-    info_tx: watch::Sender<Option<ConnectResult>>,
-    subs: HashMap<String, Sub>,
-    /// Requests made while not connected; sent once connected (their callers time out).
-    waiting: Vec<(Command, ReplyTx)>,
-    /// Why the client is offline: requests fail at once with it. While the circuit breaker is
-    /// open it stays set during the probes.
-    offline: Option<OfflineReason>,
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-impl Driver {
-    fn set_state(&self, state: ConnectionState) {
-        if *self.state_tx.borrow() == state {
-            return;
-        }
-        tracing::debug!(%state, "herald client state");
-        self.state_tx.send_replace(state.clone());
-        let _ = self.changes.send(state);
-    }
-
-    async fn run(mut self) {
-        let mut next: Option<Next> = None;
-        loop {
-            match next.take() {
-                None => {}
-                Some(Next::Retry { attempt, delay }) => {
-                    self.set_state(ConnectionState::Reconnecting { attempt, next_try_in: delay });
-                    match self.idle(Some(Instant::now() + delay)).await {
-                        None => {}
-                        Some(Ended::Reconnect) => self.backoff.reset(),
-                        Some(_) => return self.shutdown(),
-                    }
-                }
-                Some(Next::Open { failures, probe_in }) => {
-                    // Offline for the application (requests fail fast); one probe per interval.
-                    self.go_offline(OfflineReason::CircuitOpen { attempts: failures });
-                    match self.idle(Some(Instant::now() + probe_in)).await {
-                        None => tracing::debug!(failures, "herald circuit breaker probe"),
-                        Some(Ended::Reconnect) => self.leave_offline(),
-                        Some(_) => return self.shutdown(),
-                    }
-                }
-            }
-            match self.attempt_once().await {
-                Ended::Failed(why) => {
-                    self.url_idx = (self.url_idx + 1) % self.urls.len();
-                    next = Some(self.backoff.failed(&mut rand::rng()));
-                    tracing::debug!(?next, %why, "herald connection attempt failed");
-                }
-                Ended::Lost => {
-                    self.url_idx = (self.url_idx + 1) % self.urls.len();
-                    next = Some(self.backoff.lost(&mut rand::rng()));
-                }
-                Ended::Final(reason) => {
-                    self.go_offline(reason);
-                    match self.idle(None).await {
-                        Some(Ended::Reconnect) => self.leave_offline(),
-                        _ => return self.shutdown(),
-                    }
-                }
-                Ended::Reconnect => self.leave_offline(),
-                Ended::Close => return self.shutdown(),
-            }
-        }
-    }
-
-    /// Enters [`ConnectionState::Offline`]: requests waiting for a connection fail with `reason`,
-    /// and so do new ones until the client connects again.
-    fn go_offline(&mut self, reason: OfflineReason) {
-        self.set_state(ConnectionState::Offline { reason: reason.clone() });
-        for (_, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(Error::Offline(reason.clone())));
-        }
-        self.offline = Some(reason);
-    }
-
-    /// The application asked to connect again now: forget failures and the offline reason.
-    fn leave_offline(&mut self) {
-        self.offline = None;
-        self.backoff.reset();
-        self.set_state(ConnectionState::Connecting);
-    }
-
-    fn shutdown(mut self) {
-        self.set_state(ConnectionState::Offline { reason: OfflineReason::ClientClosed });
-        for (_, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(Error::Closed));
-        }
-        self.subs.clear();
-    }
-
-    /// Handles commands while not connected, until `until` (or forever). Returns `None` when the
-    /// time is up, or the command that ends the wait.
-    async fn idle(&mut self, until: Option<Instant>) -> Option<Ended> {
-        let deadline = until.unwrap_or_else(far_future);
-        loop {
-            tokio::select! {
-                _ = sleep_until(deadline) => return None,
-                cmd = self.cmd_rx.recv() => {
-                    if let Some(end) = self.on_cmd_disconnected(cmd) {
-                        return Some(end);
-                    }
-                }
-            }
-        }
-    }
-
-    fn on_cmd_disconnected(&mut self, cmd: Option<Cmd>) -> Option<Ended> {
-        match cmd {
-            None | Some(Cmd::Close) => Some(Ended::Close),
-            Some(Cmd::Reconnect) => Some(Ended::Reconnect),
-            Some(Cmd::Subscribe { id, channel, opts, tx }) => {
-                self.add_sub(id, channel, opts, tx);
-                None
-            }
-            Some(Cmd::Unsubscribe { id, channel }) => {
-                if self.subs.get(&channel).is_some_and(|s| s.id == id) {
-                    self.subs.remove(&channel);
-                }
-                None
-            }
-            Some(Cmd::Request { command, reply }) => {
-                match &self.offline {
-                    Some(reason) => {
-                        let _ = reply.send(Err(Error::Offline(reason.clone())));
-                    }
-                    None => self.waiting.push((command, reply)),
-                }
-                None
-            }
-        }
-    }
-
-    /// Registers a subscription; returns false (after telling the application) when the channel
-    /// already has one on this client.
-    fn add_sub(
-        &mut self,
-        id: u64,
-        channel: String,
-        opts: SubscribeOptions,
-        tx: mpsc::UnboundedSender<SubEvent>,
-    ) -> bool {
-        if self.subs.contains_key(&channel) {
-            let error = ErrorBody::new(
-                ErrorCode::AlreadySubscribed,
-                "this client already has a subscription to the channel",
-            )
-            .with_channel(channel);
-            let _ = tx.send(SubEvent::Ended { error });
-            return false;
-        }
-        let sub = Sub {
-            id,
-            tx,
-            opts,
-            tracker: Tracker::default(),
-            initial: true,
-            status: SubStatus::Idle,
-        };
-        self.subs.insert(channel, sub);
-        true
-    }
-
-    /// Gets a token if the source needs fetching, then handshakes and runs the session.
-    async fn attempt_once(&mut self) -> Ended {
-        let url = self.urls[self.url_idx].clone();
-        if let TokenSource::Static(t) = &self.token_source {
-            self.token = Some(t.clone());
-        }
-        let expiring = self.token_expires_at.is_some_and(|exp| exp <= unix_now() + 1);
-        if let TokenSource::Provider(provider) = &self.token_source
-            && (self.token.is_none() || self.token_stale || expiring)
-        {
-            let fetch = tokio::time::timeout(self.connect_timeout, provider());
-            tokio::pin!(fetch);
-            let fetched = loop {
-                tokio::select! {
-                    r = &mut fetch => break r,
-                    cmd = self.cmd_rx.recv() => {
-                        if let Some(end) = self.on_cmd_disconnected(cmd) {
-                            return end;
-                        }
-                    }
-                }
-            };
-            match fetched {
-                Ok(Ok(token)) => {
-                    self.token = Some(token);
-                    self.token_stale = false;
-                    self.token_expires_at = None;
-                }
-                Ok(Err(e)) => return Ended::Failed(format!("token provider: {e}")),
-                Err(_) => return Ended::Failed("token provider timed out".into()),
-            }
-        }
-        let handshake = handshake(url, self.token.clone(), self.name.clone(), self.connect_timeout);
-        tokio::pin!(handshake);
-        let result = loop {
-            tokio::select! {
-                r = &mut handshake => break r,
-                cmd = self.cmd_rx.recv() => {
-                    if let Some(end) = self.on_cmd_disconnected(cmd) {
-                        return end;
-                    }
-                }
-            }
-        };
-        match result {
-            Ok((sender, receiver, info)) => {
-                // Not a failed attempt, however short the session: a breaker probe closes it.
-                self.backoff.connected();
-                self.offline = None;
-                self.session(sender, receiver, info).await
-            }
-            Err(HandshakeError::Retry(why)) => Ended::Failed(why),
-            Err(HandshakeError::TokenExpired(reason)) if !self.token_source.refreshable() => {
-                let code = CloseCode::TokenExpired.code();
-                Ended::Final(OfflineReason::Closed { code, reason })
-            }
-            Err(HandshakeError::TokenExpired(why)) => {
-                self.token_stale = true;
-                Ended::Failed(why)
-            }
-            Err(HandshakeError::Final(reason)) => Ended::Final(reason),
-        }
-    }
-
-    /// When to refresh a token that expires at `expires_at` (Unix seconds).
-    fn refresh_deadline(&self, expires_at: Option<u64>) -> Option<Instant> {
-        let exp = expires_at?;
-        if !self.token_source.refreshable() {
-            return None;
-        }
-        let remaining = Duration::from_secs(exp.saturating_sub(unix_now()));
-        let lead = self.refresh_lead.min(remaining / 2);
-        Some(Instant::now() + remaining.saturating_sub(lead))
-    }
-
-    /// Runs a connected session until it ends.
-    async fn session(
-        &mut self,
-        sender: RawSender,
-        mut rx: RawReceiver,
-        info: ConnectResult,
-    ) -> Ended {
-        let (out, mut writer) = spawn_writer(sender);
-        let mut conn = Conn { out, pending: HashMap::new(), next_id: 2 };
-        let liveness = (info.ping_interval_ms > 0)
-            .then(|| Duration::from_millis(info.ping_interval_ms) + self.liveness_margin);
-        self.token_expires_at = info.expires_at;
-        let mut refresh_at = self.refresh_deadline(info.expires_at);
-        self.info_tx.send_replace(Some(info));
-
-        // Resyncing only when a subscription resumes; first subscribes are plain connecting.
-        let resuming = self.subs.values().any(|s| !s.initial);
-        let channels: Vec<String> = self.subs.keys().cloned().collect();
-        for channel in &channels {
-            self.send_subscribe(&mut conn, channel, false);
-        }
-        let mut resyncing = resuming;
-        // Established once every resubscribe is answered: then the backoff starts over.
-        let mut established = false;
-        self.set_state(if resyncing {
-            ConnectionState::Resyncing
-        } else {
-            ConnectionState::Connected
-        });
-        for (command, reply) in std::mem::take(&mut self.waiting) {
-            if !reply.is_closed() {
-                conn.send(command, Pending::User(reply));
-            }
-        }
-
-        let (token_tx, mut token_rx) = mpsc::unbounded_channel::<Result<String, String>>();
-        let mut disconnect: Option<(u16, String)> = None;
-        let mut alive_until = liveness.map(|l| Instant::now() + l);
-        let end = loop {
-            // Checked before every wait, so a session without subscriptions is established at once.
-            if (resyncing || !established)
-                && !self.subs.values().any(|s| s.status == SubStatus::Pending)
-            {
-                if !established {
-                    established = true;
-                    self.backoff.established();
-                }
-                if resyncing {
-                    resyncing = false;
-                    self.set_state(ConnectionState::Connected);
-                }
-            }
-            let retry_at = self.subs.values().filter_map(|s| match s.status {
-                SubStatus::RetryAt(at) => Some(at),
-                _ => None,
-            });
-            let retry_at = retry_at.min();
-            tokio::select! {
-                message = rx.recv() => match message {
-                    Ok(message) => {
-                        alive_until = liveness.map(|l| Instant::now() + l);
-                        if let Some(end) = self.on_message(message, &mut conn, &mut disconnect, &mut refresh_at) {
-                            break end;
-                        }
-                    }
-                    Err(e) => break self.closed(e, disconnect.take()),
-                },
-                _ = sleep_until(alive_until.unwrap_or_else(far_future)), if alive_until.is_some() => {
-                    tracing::warn!("herald connection silent past ping interval + margin; reconnecting");
-                    break Ended::Lost;
-                }
-                cmd = self.cmd_rx.recv() => {
-                    if let Some(end) = self.on_cmd_connected(cmd, &mut conn) {
-                        break end;
-                    }
-                }
-                _ = sleep_until(refresh_at.unwrap_or_else(far_future)), if refresh_at.is_some() => {
-                    refresh_at = None;
-                    if let TokenSource::Provider(provider) = &self.token_source {
-                        let fetch = provider();
-                        let tx = token_tx.clone();
-                        tokio::spawn(async move {
-                            let _ = tx.send(fetch.await);
-                        });
-                    }
-                }
-                Some(token) = token_rx.recv() => match token {
-                    Ok(token) => {
-                        self.token = Some(token.clone());
-                        conn.send(Command::Refresh { token }, Pending::Refresh);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "herald token provider failed; retrying the refresh");
-                        refresh_at = Some(Instant::now() + REFRESH_RETRY);
-                    }
-                },
-                _ = sleep_until(retry_at.unwrap_or_else(far_future)), if retry_at.is_some() => {
-                    let now = Instant::now();
-                    let due: Vec<String> = self.subs.iter()
-                        .filter(|(_, s)| matches!(s.status, SubStatus::RetryAt(at) if at <= now))
-                        .map(|(c, _)| c.clone())
-                        .collect();
-                    for channel in due {
-                        self.send_subscribe(&mut conn, &channel, true);
-                    }
-                }
-                _ = &mut writer => break Ended::Lost,
-            }
-        };
-        if matches!(end, Ended::Close | Ended::Reconnect) {
-            // Deliberate: let the writer flush and send a close frame (briefly), then cut.
-            conn.out = mpsc::unbounded_channel().0;
-            let _ = tokio::time::timeout(Duration::from_millis(500), &mut writer).await;
-        }
-        writer.abort();
-        self.info_tx.send_replace(None);
-        for (_, pending) in conn.pending.drain() {
-            if let Pending::User(reply) = pending {
-                let _ = reply.send(Err(Error::Disconnected));
-            }
-        }
-        for sub in self.subs.values_mut() {
-            sub.status = SubStatus::Idle;
-        }
-        end
-    }
-
-    /// Classifies the end of a connected session.
-    fn closed(&mut self, e: RawError, disconnect: Option<(u16, String)>) -> Ended {
-        let (mut code, mut reason) = match e {
-            RawError::Closed { code, reason } => (code, reason),
-            other => (None, other.to_string()),
-        };
-        if let Some((c, r)) = disconnect
-            && matches!(code, None | Some(1005) | Some(1006))
-        {
-            code = Some(c);
-            reason = r;
-        }
-        tracing::debug!(?code, %reason, "herald connection closed");
-        match code {
-            Some(c) if !CloseCode::should_reconnect(c) => {
-                Ended::Final(OfflineReason::Closed { code: c, reason })
-            }
-            Some(c) if c == CloseCode::TokenExpired.code() && !self.token_source.refreshable() => {
-                // A fixed token cannot be replaced: reconnecting would only be refused again.
-                Ended::Final(OfflineReason::Closed { code: c, reason })
-            }
-            Some(c) => {
-                if c == CloseCode::TokenExpired.code() {
-                    self.token_stale = true;
-                }
-                Ended::Lost
-            }
-            None => Ended::Lost,
-        }
-    }
-
-    fn on_cmd_connected(&mut self, cmd: Option<Cmd>, conn: &mut Conn) -> Option<Ended> {
-        match cmd {
-            None | Some(Cmd::Close) => Some(Ended::Close),
-            Some(Cmd::Reconnect) => Some(Ended::Reconnect),
-            Some(Cmd::Subscribe { id, channel, opts, tx }) => {
-                if self.add_sub(id, channel.clone(), opts, tx) {
-                    self.send_subscribe(conn, &channel, false);
-                }
-                None
-            }
-            Some(Cmd::Unsubscribe { id, channel }) => {
-                if self.subs.get(&channel).is_some_and(|s| s.id == id)
-                    && let Some(sub) = self.subs.remove(&channel)
-                    && matches!(sub.status, SubStatus::Pending | SubStatus::Active)
-                {
-                    conn.send(Command::Unsubscribe { channel }, Pending::Ignore);
-                }
-                None
-            }
-            Some(Cmd::Request { command, reply }) => {
-                conn.send(command, Pending::User(reply));
-                None
-            }
-        }
-    }
-
-    /// Sends `subscribe` for a registered channel, resuming from the last delivered position.
-    /// `unsubscribe_first` clears a server-side subscription that is still there (after a gap
-    /// the client detected itself, or a retry).
-    fn send_subscribe(&mut self, conn: &mut Conn, channel: &str, unsubscribe_first: bool) {
-        let Some(sub) = self.subs.get_mut(channel) else {
-            return;
-        };
-        if unsubscribe_first {
-            conn.send(Command::Unsubscribe { channel: channel.to_string() }, Pending::Ignore);
-        }
-        let since = if sub.initial { sub.opts.since.clone() } else { sub.tracker.last.clone() };
-        let snapshot = sub.initial && sub.opts.snapshot;
-        let pending = Pending::Subscribe {
-            channel: channel.to_string(),
-            sub_id: sub.id,
-            since: since.clone(),
-        };
-        conn.send(Command::Subscribe { channel: channel.to_string(), since, snapshot }, pending);
-        sub.status = SubStatus::Pending;
-    }
-
-    fn on_message(
-        &mut self,
-        message: ServerMessage,
-        conn: &mut Conn,
-        disconnect: &mut Option<(u16, String)>,
-        refresh_at: &mut Option<Instant>,
-    ) -> Option<Ended> {
-        match message {
-            ServerMessage::Ping => conn.pong(),
-            ServerMessage::Publication(p) => {
-                let sub = self.subs.get_mut(&p.channel)?;
-                if sub.status != SubStatus::Active {
-                    // The subscribe reply in flight covers it.
-                    return None;
-                }
-                match sub.tracker.accept(&p) {
-                    Continuity::Next => {
-                        let _ = sub.tx.send(SubEvent::Publication(p));
-                    }
-                    Continuity::Duplicate => {}
-                    Continuity::Gap => {
-                        tracing::warn!(channel = %p.channel, offset = p.offset, last = ?sub.tracker.last, "herald offset gap; resubscribing");
-                        let channel = p.channel.clone();
-                        self.send_subscribe(conn, &channel, true);
-                    }
-                }
-            }
-            ServerMessage::Reply { id, result } => match conn.pending.remove(&id) {
-                Some(Pending::User(reply)) => {
-                    let _ = reply.send(result.map_err(Error::Server));
-                }
-                Some(Pending::Subscribe { channel, sub_id, since }) => {
-                    self.on_subscribe_reply(conn, channel, sub_id, since, result);
-                }
-                Some(Pending::Refresh) => match result {
-                    Ok(raw) => {
-                        let expires_at = serde_json::from_str::<RefreshResult>(raw.get())
-                            .ok()
-                            .and_then(|r| r.expires_at);
-                        self.token_expires_at = expires_at;
-                        *refresh_at = self.refresh_deadline(expires_at);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "herald token refresh refused"),
-                },
-                Some(Pending::Ignore) | None => {}
-            },
-            ServerMessage::Unsubscribe { channel, code, reason, resubscribe } => {
-                if !self.subs.contains_key(&channel) {
-                    return None;
-                }
-                if resubscribe {
-                    tracing::debug!(%channel, code, %reason, "herald server asked to resubscribe");
-                    self.send_subscribe(conn, &channel, false);
-                } else if let Some(sub) = self.subs.remove(&channel) {
-                    let mut error = ErrorBody::new(
-                        ErrorCode::from_code(code).unwrap_or(ErrorCode::Internal),
-                        reason,
-                    );
-                    error.code = code;
-                    let _ = sub.tx.send(SubEvent::Ended { error: error.with_channel(channel) });
-                }
-            }
-            ServerMessage::Disconnect { code, reason, .. } => *disconnect = Some((code, reason)),
-            ServerMessage::Error(e) => tracing::warn!(error = %e, "herald server error push"),
-        }
-        None
-    }
-
-    fn on_subscribe_reply(
-        &mut self,
-        conn: &mut Conn,
-        channel: String,
-        sub_id: u64,
-        since: Option<Position>,
-        result: Result<Box<RawValue>, ErrorBody>,
-    ) {
-        let Some(sub) = self.subs.get_mut(&channel) else {
-            return;
-        };
-        if sub.id != sub_id || sub.status != SubStatus::Pending {
-            return;
-        }
-        let parsed = result.and_then(|raw| {
-            serde_json::from_str::<SubscribeResult>(raw.get()).map_err(|e| {
-                ErrorBody::new(ErrorCode::Internal, format!("undecodable subscribe reply: {e}"))
-            })
-        });
-        match parsed {
-            Ok(reply) => {
-                let outcome = sub.tracker.on_reply(sub.initial, since.as_ref(), reply);
-                sub.initial = false;
-                sub.status = SubStatus::Active;
-                for event in outcome.events {
-                    let _ = sub.tx.send(event);
-                }
-                if outcome.resubscribe {
-                    tracing::warn!(%channel, "herald resume reply had a gap; resubscribing");
-                    self.send_subscribe(conn, &channel, true);
-                }
-            }
-            Err(error) => {
-                let transient = matches!(
-                    error.error_code(),
-                    Some(
-                        ErrorCode::Internal
-                            | ErrorCode::AlreadySubscribed
-                            | ErrorCode::TokenExpired
-                            | ErrorCode::RateLimited
-                            | ErrorCode::Unavailable
-                    )
-                );
-                if transient {
-                    tracing::warn!(%channel, %error, "herald subscribe failed; retrying");
-                    sub.status = SubStatus::RetryAt(Instant::now() + SUBSCRIBE_RETRY);
-                } else if let Some(sub) = self.subs.remove(&channel) {
-                    let _ = sub.tx.send(SubEvent::Ended { error });
-                }
-            }
-        }
-    }
-}
-
-/// Connects, sends `connect`, and waits for its reply, all within `timeout`.
-async fn handshake(
-    url: String,
-    token: Option<String>,
-    name: Option<String>,
-    timeout: Duration,
-) -> Result<(RawSender, RawReceiver, ConnectResult), HandshakeError> {
-    let attempt = async {
-        let conn = RawConnection::connect(&url, token.as_deref())
-            .await
-            .map_err(|e| HandshakeError::Retry(format!("{url}: {e}")))?;
-        let (mut sender, mut receiver) = conn.split();
-        let connect = Request { id: Some(1), command: Command::Connect { token: None, name } };
-        sender.send(&connect).await.map_err(|e| HandshakeError::Retry(format!("{url}: {e}")))?;
-        let mut disconnect: Option<(u16, String)> = None;
-        loop {
-            match receiver.recv().await {
-                Ok(ServerMessage::Reply { id: 1, result: Ok(raw) }) => {
-                    let info: ConnectResult = serde_json::from_str(raw.get()).map_err(|e| {
-                        HandshakeError::Retry(format!("undecodable connect reply: {e}"))
-                    })?;
-                    return Ok((sender, receiver, info));
-                }
-                Ok(ServerMessage::Reply { id: 1, result: Err(e) }) => {
-                    return Err(match e.error_code() {
-                        Some(ErrorCode::TokenExpired) => {
-                            HandshakeError::TokenExpired(e.to_string())
-                        }
-                        Some(
-                            ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::BadRequest,
-                        ) => HandshakeError::Final(OfflineReason::Rejected {
-                            code: e.code,
-                            message: e.message,
-                        }),
-                        _ => HandshakeError::Retry(e.to_string()),
-                    });
-                }
-                Ok(ServerMessage::Ping) => {
-                    let pong = Request { id: None, command: Command::Pong };
-                    let _ = sender.send(&pong).await;
-                }
-                Ok(ServerMessage::Disconnect { code, reason, .. }) => {
-                    disconnect = Some((code, reason))
-                }
-                Ok(_) => {}
-                Err(RawError::Closed { code, reason }) => {
-                    let (code, reason) = match (code, disconnect) {
-                        (None | Some(1005) | Some(1006), Some((c, r))) => (Some(c), r),
-                        (code, _) => (code, reason),
-                    };
-                    return Err(match code {
-                        Some(c) if !CloseCode::should_reconnect(c) => {
-                            HandshakeError::Final(OfflineReason::Closed { code: c, reason })
-                        }
-                        Some(c) if c == CloseCode::TokenExpired.code() => {
-                            HandshakeError::TokenExpired(reason)
-                        }
-                        _ => HandshakeError::Retry(format!(
-                            "closed during connect: {code:?} {reason}"
-                        )),
-                    });
-                }
-                Err(e) => return Err(HandshakeError::Retry(e.to_string())),
-            }
-        }
-    };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| Err(HandshakeError::Retry("connect timed out".into())))
-}
-
-/// Spawns the task that writes queued messages, batching what is queued into one frame.
-fn spawn_writer(mut sender: RawSender) -> (mpsc::UnboundedSender<String>, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    let handle = tokio::spawn(async move {
-        let mut carry: Option<String> = None;
-        loop {
-            let mut frame = match carry.take() {
-                Some(line) => line,
-                None => match rx.recv().await {
-                    Some(line) => line,
-                    None => break,
-                },
-            };
-            while let Ok(line) = rx.try_recv() {
-                if frame.len() + line.len() + 1 > MAX_BATCH_BYTES {
-                    carry = Some(line);
-                    break;
-                }
-                frame.push('\n');
-                frame.push_str(&line);
-            }
-            if let Err(e) = sender.send_text(frame).await {
-                tracing::debug!(error = %e, "herald write failed");
-                return;
-            }
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), sender.close()).await;
-    });
-    (tx, handle)
 }

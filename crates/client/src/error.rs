@@ -17,7 +17,7 @@ pub enum Error {
     Disconnected,
     /// The client is offline (final close, circuit breaker, or closed) and does not try to send.
     #[error("client is offline: {0}")]
-    Offline(crate::OfflineReason),
+    Offline(crate::state::OfflineReason),
     /// The reply could not be decoded into the expected result type.
     #[error("cannot decode reply: {0}")]
     Decode(String),

@@ -9,23 +9,51 @@
 //! - [`raw`]: one bare WebSocket connection speaking protocol v1, for tools such as the benchmark.
 //!
 //! Wire types come from `herald_protocol`; docs/protocol.md is the contract.
+//!
+//! # Layout
+//!
+//! Modules are layered: each uses only modules below it (`tests/module_graph.rs` fails on any
+//! import cycle). From the top:
+//!
+//! - `client`: the public facade, [`ClientBuilder`] and the cloneable [`Client`] handle; every
+//!   call becomes a command to the connection task.
+//! - `connection`: the state machine in the background task: connect, reconnect with the
+//!   backoff policy and URL rotation, ping/pong and silence detection, in-band token refresh,
+//!   request/reply correlation, resubscribing and resuming on every connection.
+//! - `subscription`: one subscription: the [`Subscription`] handle (unsubscribes on drop), the
+//!   record the connection task keeps for it, and the ordering logic (positions, resume,
+//!   duplicate and gap filtering).
+//! - `command`: the commands handles send to the connection task, the only link between them.
+//! - `transport`: the socket seam: handshake (WebSocket plus `connect` reply) and the writer
+//!   task that batches messages into frames; built on [`raw`], which splits batched frames.
+//! - `event`: [`SubscribeOptions`] and [`SubEvent`], the data a subscription takes and yields.
+//! - `backoff`: [`BackoffPolicy`] and the reconnect bookkeeping (delays, circuit breaker).
+//! - `state`: [`ConnectionState`] and [`OfflineReason`].
+//! - `token`: [`TokenSource`]. `error`: [`Error`].
+//! - `http`: [`ApiClient`], independent of the WebSocket side.
+//! - [`raw`]: one bare WebSocket connection (public, for tools).
 
 mod backoff;
 mod client;
+mod command;
+mod connection;
 mod error;
+mod event;
 mod http;
 pub mod raw;
 mod state;
 mod subscription;
 mod token;
+mod transport;
 
 pub use backoff::BackoffPolicy;
 pub use client::{BuildError, Client, ClientBuilder};
 pub use error::Error;
+pub use event::{SubEvent, SubscribeOptions};
 pub use herald_protocol;
 pub use herald_protocol::reply::NotRecovered;
 pub use herald_protocol::{Position, Publication, Record};
 pub use http::{ApiClient, ApiError, http_base_from_ws, ws_url_from_http};
 pub use state::{ConnectionState, OfflineReason};
-pub use subscription::{SubEvent, SubscribeOptions, Subscription};
+pub use subscription::Subscription;
 pub use token::{TokenFuture, TokenSource};

@@ -1,63 +1,49 @@
-//! Subscriptions as the application sees them (a stream of [`SubEvent`]s), and the ordering
-//! logic that turns subscribe replies and live publications into exactly-once, in-order delivery.
+//! One subscription: the [`Subscription`] handle the application reads (a stream of
+//! [`SubEvent`]s that unsubscribes on drop), the record the connection task keeps for it across
+//! connections ([`Sub`]), and the ordering logic ([`Tracker`]) that turns subscribe replies and
+//! live publications into exactly-once, in-order delivery.
+//!
+//! It reaches the connection task only through the command channel of [`crate::command`].
 
+use crate::command::{Cmd, CommandTx};
+use crate::event::{SubEvent, SubscribeOptions};
 use futures_util::Stream;
 use herald_protocol::reply::{NotRecovered, SubscribeResult};
-use herald_protocol::{Continuity, ErrorBody, Position, Publication, Record};
+use herald_protocol::{Continuity, Position, Publication};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
-
-/// How to start a subscription.
-#[derive(Debug, Clone, Default)]
-pub struct SubscribeOptions {
-    /// Resume after this position (for example one the application persisted): the stream starts
-    /// with the publications after it, or with a [`SubEvent::Resync`] if they are gone.
-    pub since: Option<Position>,
-    /// On a keyed channel, start with a snapshot of every record (in [`SubEvent::Subscribed`]).
-    pub snapshot: bool,
-}
-
-/// What a subscription stream yields.
-#[derive(Debug, Clone)]
-pub enum SubEvent {
-    /// The first subscribe succeeded; publications after `position` follow.
-    Subscribed {
-        /// The channel's position at subscribe time.
-        position: Position,
-        /// The records at `position`, when a snapshot was asked for.
-        snapshot: Option<Vec<Record>>,
-    },
-    /// The next publication, in offset order, never twice.
-    Publication(Publication),
-    /// Continuity was lost (the hub's stream was reset, or what was missed left the history):
-    /// reload application state. Publications after `position` follow.
-    Resync {
-        /// Why the missed publications cannot be delivered.
-        reason: NotRecovered,
-        /// Where the stream continues from.
-        position: Position,
-        /// Fresh records of a keyed channel, replacing whatever the application held.
-        snapshot: Option<Vec<Record>>,
-    },
-    /// The server refused or ended the subscription for good (forbidden, unknown namespace, ...);
-    /// the stream ends after this event.
-    Ended {
-        /// The server's error (or a local one, such as a second subscription to one channel).
-        error: ErrorBody,
-    },
-}
+use tokio::time::Instant;
 
 /// A live subscription: a [`Stream`] of [`SubEvent`]s. Dropping it unsubscribes.
 ///
 /// The client buffers events without bound until the application reads them, so read promptly.
 pub struct Subscription {
-    pub(crate) channel: String,
-    pub(crate) events: mpsc::UnboundedReceiver<SubEvent>,
-    pub(crate) _guard: crate::client::SubGuard,
+    /// The subscribed channel, for [`Subscription::channel`].
+    channel: String,
+    /// Events from the connection task, in delivery order.
+    events: mpsc::UnboundedReceiver<SubEvent>,
+    /// Sends the unsubscribe when the handle is dropped.
+    _guard: SubGuard,
 }
 
 impl Subscription {
+    /// Registers subscription `id` to `channel` with the connection task and returns its handle.
+    pub(crate) fn start(
+        commands: &CommandTx,
+        id: u64,
+        channel: String,
+        opts: SubscribeOptions,
+    ) -> Subscription {
+        let (tx, events) = mpsc::unbounded_channel();
+        let _ = commands.send(Cmd::Subscribe { id, channel: channel.clone(), opts, tx });
+        Subscription {
+            channel: channel.clone(),
+            events,
+            _guard: SubGuard { commands: commands.clone(), channel, id },
+        }
+    }
+
     /// The subscribed channel.
     pub fn channel(&self) -> &str {
         &self.channel
@@ -73,6 +59,81 @@ impl Stream for Subscription {
     type Item = SubEvent;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SubEvent>> {
         self.events.poll_recv(cx)
+    }
+}
+
+/// Unsubscribes when a [`Subscription`] is dropped.
+struct SubGuard {
+    /// The connection task's command channel.
+    commands: CommandTx,
+    /// The channel to unsubscribe from.
+    channel: String,
+    /// Which subscription to the channel this is.
+    id: u64,
+}
+
+impl Drop for SubGuard {
+    fn drop(&mut self) {
+        let _ = self
+            .commands
+            .send(Cmd::Unsubscribe { id: self.id, channel: std::mem::take(&mut self.channel) });
+    }
+}
+
+/// One application subscription as the connection task keeps it, alive across connections.
+pub(crate) struct Sub {
+    /// Tells this subscription apart from an older one to the same channel (see
+    /// [`Cmd::Unsubscribe`]).
+    pub id: u64,
+    /// Where the application's events go.
+    pub tx: mpsc::UnboundedSender<SubEvent>,
+    /// What the application asked for (start position, snapshot).
+    pub opts: SubscribeOptions,
+    /// The last delivered position and the rules that keep delivery in order.
+    pub tracker: Tracker,
+    /// No reply accepted yet: the next one yields `Subscribed`.
+    pub initial: bool,
+    /// Where its subscribe stands on the current connection.
+    pub status: SubStatus,
+}
+
+/// Where a subscription's subscribe stands on the current connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum SubStatus {
+    /// Needs a subscribe on the next connection.
+    Idle,
+    /// A subscribe is in flight.
+    Pending,
+    /// Publications flow.
+    Active,
+    /// Refused with a transient error; try again at this instant.
+    RetryAt(Instant),
+}
+
+impl Sub {
+    /// A subscription not subscribed on any connection yet.
+    pub fn new(id: u64, tx: mpsc::UnboundedSender<SubEvent>, opts: SubscribeOptions) -> Sub {
+        Sub { id, tx, opts, tracker: Tracker::default(), initial: true, status: SubStatus::Idle }
+    }
+
+    /// What the next subscribe asks for: `since` (the application's start before the first
+    /// reply, then the last delivered position) and whether to ask for a snapshot (first only).
+    pub fn resume_from(&self) -> (Option<Position>, bool) {
+        let since = if self.initial { self.opts.since.clone() } else { self.tracker.last.clone() };
+        (since, self.initial && self.opts.snapshot)
+    }
+
+    /// Applies a successful subscribe reply to a subscribe that asked for `since`: delivers its
+    /// events and makes the subscription active. Returns whether the reply had a hole and the
+    /// channel must be subscribed again.
+    pub fn apply_reply(&mut self, since: Option<&Position>, reply: SubscribeResult) -> bool {
+        let outcome = self.tracker.on_reply(self.initial, since, reply);
+        self.initial = false;
+        self.status = SubStatus::Active;
+        for event in outcome.events {
+            let _ = self.tx.send(event);
+        }
+        outcome.resubscribe
     }
 }
 

@@ -1,0 +1,48 @@
+//! The commands the handles ([`crate::Client`], [`crate::Subscription`]) send to the connection
+//! task. The channel of [`Cmd`]s is the only link from the handles to the state machine, so the
+//! handles never import the module that runs it.
+
+use crate::error::Error;
+use crate::event::{SubEvent, SubscribeOptions};
+use herald_protocol::Command;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+/// Where a request's reply goes.
+pub(crate) type ReplyTx = oneshot::Sender<Result<Box<RawValue>, Error>>;
+
+/// The sending end of the connection task's command channel; every handle holds a clone.
+pub(crate) type CommandTx = mpsc::UnboundedSender<Cmd>;
+
+/// Messages from handles to the background task.
+pub(crate) enum Cmd {
+    /// Register a subscription and subscribe on the current (or next) connection.
+    Subscribe {
+        /// Tells this subscription apart from a later one to the same channel.
+        id: u64,
+        /// The channel to subscribe to.
+        channel: String,
+        /// Where to start.
+        opts: SubscribeOptions,
+        /// Where the subscription's events go.
+        tx: mpsc::UnboundedSender<SubEvent>,
+    },
+    /// A [`crate::Subscription`] was dropped.
+    Unsubscribe {
+        /// Which subscription, so that a stale drop does not end a newer one to the channel.
+        id: u64,
+        /// Its channel.
+        channel: String,
+    },
+    /// Send any command and route its reply back.
+    Request {
+        /// The command to send.
+        command: Command,
+        /// Where its reply goes.
+        reply: ReplyTx,
+    },
+    /// Reset the backoff and connect again now.
+    Reconnect,
+    /// Close the connection and stop the task.
+    Close,
+}
