@@ -4,7 +4,6 @@
 use crate::auth::{Claims, MAX_TOKEN_TTL_SECS, expiry_after, mint_hs256};
 use crate::engine::PublishInput;
 use crate::hub::Hub;
-use crate::session::HistoryReply;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -12,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_protocol::command::HistoryQuery;
-use herald_protocol::reply::{ErrorBody, StateResult};
+use herald_protocol::reply::{ErrorBody, HistoryReply, RawPublications, StateResult};
 use herald_protocol::{ErrorCode, Meta, Op, Position};
 use serde::Deserialize;
 use serde_json::json;
@@ -430,23 +429,12 @@ async fn channels(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     Json(json!({ "channels": list }))
 }
 
-/// This node's line in `/api/info`.
-pub fn node_info(hub: &Hub) -> serde_json::Value {
-    json!({
-        "id": hub.node_id,
-        "address": hub.config.listen,
-        "connections": hub.connection_count(),
-        "subscriptions": hub.metrics.subscriptions.get(),
-        "version": env!("CARGO_PKG_VERSION"),
-    })
-}
-
 async fn info(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     // Clustered engines list every live node; otherwise (or when the cluster view is
     // unreachable) this node alone.
     let nodes = hub.nodes().await;
     let channels = hub.channel_counts().await.len();
-    let cluster_connections: u64 = nodes.iter().filter_map(|n| n["connections"].as_u64()).sum();
+    let cluster_connections: usize = nodes.iter().map(|n| n.connections).sum();
     Json(json!({
         "node": hub.node_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -507,7 +495,15 @@ async fn history(
     let ns = hub.namespace(&p.channel)?;
     let q = HistoryQuery { channel: p.channel.clone(), limit: p.limit, since, before: p.before };
     let h = hub.history(ns, &q).await?;
-    Ok(Json(HistoryReply::new(&p.channel, &h)).into_response())
+    Ok(Json(HistoryReply {
+        channel: &p.channel,
+        epoch: &h.epoch,
+        offset: h.offset,
+        earliest: h.earliest,
+        publications: RawPublications(&h.publications),
+        reason: h.reason,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]

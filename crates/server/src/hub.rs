@@ -3,104 +3,21 @@
 
 use crate::auth::{Principal, Verifier};
 use crate::config::{Config, Namespace, SubscribePolicy};
-use crate::engine::{Engine, EngineError, Fanout, History, PublishInput, Recovery, State};
-use crate::frame::Encoded;
+use crate::engine::{Engine, EngineError, NodeReport, PublishInput};
+use crate::fanout::Fanout;
 use crate::hook::SubscribeHook;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Outgoing};
+use crate::outbox::Outbox;
+use crate::rules::{self, History, Recovery, State};
 use herald_protocol::command::HistoryQuery;
 use herald_protocol::reply::{ErrorBody, PublishResult};
 use herald_protocol::{CloseCode, ErrorCode, Position};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use tokio::sync::OnceCell;
-
-/// Local subscribers of one channel.
-#[derive(Default)]
-struct ChannelSubscribers {
-    /// (session id, its outbox), in subscribe order.
-    sessions: Vec<(u64, Arc<Outbox>)>,
-    /// Resolved once the engine delivers this channel to this node (Redis SUBSCRIBE confirmed).
-    listening: Arc<OnceCell<()>>,
-}
-
-/// This node's channel → subscribers registry; the engine delivers into it.
-pub struct Subscribers {
-    channels: RwLock<HashMap<Arc<str>, ChannelSubscribers>>,
-}
-
-impl Subscribers {
-    fn new() -> Subscribers {
-        Subscribers { channels: RwLock::new(HashMap::new()) }
-    }
-
-    /// Adds a subscriber; returns the channel's listening gate and whether it was the first.
-    fn add(&self, channel: &str, session: u64, outbox: Arc<Outbox>) -> (Arc<OnceCell<()>>, bool) {
-        let mut channels = self.channels.write();
-        let entry = channels.entry(channel.into()).or_default();
-        let first = entry.sessions.is_empty();
-        entry.sessions.push((session, outbox));
-        (entry.listening.clone(), first)
-    }
-
-    /// Removes a subscriber; returns true when the channel has no local subscriber left.
-    fn remove(&self, channel: &str, session: u64) -> bool {
-        let mut channels = self.channels.write();
-        let Some(entry) = channels.get_mut(channel) else { return false };
-        entry.sessions.retain(|(id, _)| *id != session);
-        if entry.sessions.is_empty() {
-            channels.remove(channel);
-            return true;
-        }
-        false
-    }
-
-    /// Channels with their local subscriber counts.
-    pub fn counts(&self) -> Vec<(String, usize)> {
-        let channels = self.channels.read();
-        let mut v: Vec<_> =
-            channels.iter().map(|(c, s)| (c.to_string(), s.sessions.len())).collect();
-        v.sort();
-        v
-    }
-
-    /// Names of channels with local subscribers.
-    pub fn channel_names(&self) -> Vec<String> {
-        self.channels.read().keys().map(|c| c.to_string()).collect()
-    }
-}
-
-impl Fanout for Subscribers {
-    fn deliver(&self, publication: Arc<Encoded>) {
-        let channels = self.channels.read();
-        let Some(entry) = channels.get(&*publication.channel) else { return };
-        for (_, outbox) in &entry.sessions {
-            // An overflow closes that one connection; the session counts the 4001 as it ends.
-            let _ = outbox.push(Outgoing::Pub(publication.clone()));
-        }
-    }
-
-    fn reset(&self, channel: Option<&str>) {
-        let channels = self.channels.read();
-        let notify = |name: &Arc<str>, entry: &ChannelSubscribers| {
-            for (_, outbox) in &entry.sessions {
-                let _ = outbox.push(Outgoing::Reset(name.clone()));
-            }
-        };
-        match channel {
-            Some(c) => {
-                if let Some((name, entry)) = channels.get_key_value(c) {
-                    notify(name, entry);
-                }
-            }
-            None => channels.iter().for_each(|(name, entry)| notify(name, entry)),
-        }
-    }
-}
 
 /// A live session as the hub sees it.
 struct SessionEntry {
@@ -119,8 +36,8 @@ pub struct Hub {
     /// Offsets, history, state and cross-node fan-out; reached only through the hub's methods,
     /// so every read and write takes one path.
     engine: Arc<dyn Engine>,
-    /// Local subscribers.
-    pub subscribers: Arc<Subscribers>,
+    /// This node's subscribers by channel; the engine delivers into it.
+    pub fanout: Arc<Fanout>,
     /// Token verification.
     pub verifier: Verifier,
     /// Optional subscribe-authorization hook.
@@ -192,8 +109,8 @@ impl Hub {
             tracing::warn!("configuration: {warning}");
         }
         let metrics = Arc::new(Metrics::default());
-        let subscribers = Arc::new(Subscribers::new());
-        engine.attach(subscribers.clone());
+        let fanout = Arc::new(Fanout::new());
+        engine.attach(fanout.clone());
         let node_id = if config.node_id.is_empty() {
             format!("n-{}", &crate::engine::new_epoch()[..6])
         } else {
@@ -205,7 +122,7 @@ impl Hub {
             config: Arc::new(config),
             node_id,
             engine,
-            subscribers,
+            fanout,
             metrics,
             sessions: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
@@ -350,23 +267,21 @@ impl Hub {
         since: Option<&Position>,
         snapshot: bool,
     ) -> Result<Recovery, ErrorBody> {
-        self.engine
-            .recover(ns, channel, since, snapshot)
+        rules::recover(&*self.engine, ns, channel, since, snapshot)
             .await
             .map_err(|e| engine_error(e, channel))
     }
 
     /// A page of a channel's history (at most `limits.max_history_page` publications).
     pub async fn history(&self, ns: &Namespace, q: &HistoryQuery) -> Result<History, ErrorBody> {
-        self.engine
-            .history(ns, q, self.config.limits.max_history_page)
+        rules::history(&*self.engine, ns, q, self.config.limits.max_history_page)
             .await
             .map_err(|e| engine_error(e, &q.channel))
     }
 
     /// A keyed channel's records and the position they correspond to.
     pub async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, ErrorBody> {
-        self.engine.state(ns, channel).await.map_err(|e| engine_error(e, channel))
+        rules::state(&*self.engine, ns, channel).await.map_err(|e| engine_error(e, channel))
     }
 
     /// Whether the engine can serve right now (`/ready`).
@@ -388,7 +303,23 @@ impl Hub {
     /// Registers this node with a clustered engine (heartbeat with its id, address and counts)
     /// until [`Hub::detach_node`]. [`crate::serve`] calls both.
     pub fn attach_node(self: &Arc<Self>) {
-        self.engine.attach_node(Arc::downgrade(self));
+        let hub = Arc::downgrade(self);
+        self.engine.attach_node(Arc::new(move || hub.upgrade().map(|hub| hub.node_report())));
+    }
+
+    /// This node's report: its line in `/api/info` and its subscriber counts per channel.
+    pub fn node_report(&self) -> NodeReport {
+        let counts = self.fanout.counts();
+        NodeReport {
+            id: self.node_id.clone(),
+            address: self.config.listen.clone(),
+            connections: self.connection_count(),
+            subscriptions: self.metrics.subscriptions.get(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            channels: counts.len(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            channel_counts: counts.into_iter().collect(),
+        }
     }
 
     /// Withdraws this node's registration (shutdown).
@@ -398,10 +329,10 @@ impl Hub {
 
     /// Every live node of the cluster, or this node alone when the engine has no cluster view
     /// (or cannot reach it right now).
-    pub async fn nodes(&self) -> Vec<serde_json::Value> {
+    pub async fn nodes(&self) -> Vec<NodeReport> {
         match self.engine.nodes().await {
             Some(nodes) if !nodes.is_empty() => nodes,
-            _ => vec![crate::api::node_info(self)],
+            _ => vec![NodeReport { channel_counts: Default::default(), ..self.node_report() }],
         }
     }
 
@@ -410,7 +341,7 @@ impl Hub {
     pub async fn channel_counts(&self) -> Vec<(String, usize)> {
         match self.engine.channel_counts().await {
             Some(counts) => counts,
-            None => self.subscribers.counts(),
+            None => self.fanout.counts(),
         }
     }
 
@@ -422,7 +353,7 @@ impl Hub {
         session: u64,
         outbox: Arc<Outbox>,
     ) -> Result<(), ErrorBody> {
-        let (gate, _) = self.subscribers.add(channel, session, outbox);
+        let gate = self.fanout.add(channel, session, outbox);
         let engine = self.engine.clone();
         let listened = gate.get_or_try_init(|| async move { engine.listen(channel).await }).await;
         match listened {
@@ -444,7 +375,7 @@ impl Hub {
     }
 
     async fn drop_subscriber_entry(&self, channel: &str, session: u64) {
-        if self.subscribers.remove(channel, session) {
+        if self.fanout.remove(channel, session) {
             self.engine.unlisten(channel).await;
         }
     }

@@ -23,13 +23,16 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod fanout;
 pub mod error;
 pub mod frame;
 pub mod hook;
 pub mod hub;
+pub mod keyed;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
+pub mod rules;
 pub mod session;
 pub mod sse;
 

@@ -7,7 +7,7 @@ use herald_protocol::reply::NotRecovered;
 use herald_protocol::{ErrorCode, Meta, Op, Position};
 use herald_server::config::{Config, EngineConfig, EngineKind, Namespace};
 use herald_server::engine::redis::RedisEngine;
-use herald_server::engine::{Engine, EngineError, Fanout, PublishInput};
+use herald_server::engine::{Engine, EngineError, Delivery, PublishInput};
 use herald_server::frame::Encoded;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
@@ -23,7 +23,7 @@ struct Collect {
     resets: Mutex<usize>,
 }
 
-impl Fanout for Collect {
+impl Delivery for Collect {
     fn deliver(&self, publication: Arc<Encoded>) {
         self.pubs.lock().push(publication);
     }

@@ -5,7 +5,7 @@
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream};
 use herald_protocol::ServerMessage;
-use herald_server::engine::{Fanout, PublishInput};
+use herald_server::engine::{Delivery, PublishInput};
 use herald_server::frame::Encoded;
 use herald_server::session::{Upgrade, run};
 use herald_server::{Config, memory_hub};
@@ -111,7 +111,7 @@ async fn gaps_and_resets_become_resubscribe() {
     let json = format!(
         r#"{{"channel":"c","epoch":"{epoch}","offset":3,"id":"x","type":"t","data":3,"time":"t"}}"#
     );
-    hub.subscribers.deliver(Arc::new(Encoded::from_json("c", &epoch, 3, &json)));
+    hub.fanout.deliver(Arc::new(Encoded::from_json("c", &epoch, 3, &json)));
     match c.next().await {
         ServerMessage::Unsubscribe { channel, code, resubscribe, .. } => {
             assert_eq!((channel.as_str(), code, resubscribe), ("c", 117, true));
@@ -132,7 +132,7 @@ async fn gaps_and_resets_become_resubscribe() {
         other => panic!("{other:?}"),
     }
     // The engine loses track of the channel.
-    hub.subscribers.reset(Some("c"));
+    hub.fanout.reset(Some("c"));
     assert!(matches!(
         c.next().await,
         ServerMessage::Unsubscribe { code: 117, resubscribe: true, .. }

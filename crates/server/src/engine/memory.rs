@@ -23,16 +23,13 @@
 //! handed out. A subscriber keeps the epoch it was told even across such a change (held in its
 //! listen entry) until the channel's first publish.
 
-use super::{
-    Engine, EngineError, Fanout, History, PublishInput, Recovery, State, apply_op, keyed_op,
-    now_rfc3339, record_bytes,
-};
+use super::{Delivery, Engine, EngineError, PublishInput, StreamRead, Window, now_rfc3339};
 use crate::config::Namespace;
 use crate::frame::Encoded;
+use crate::keyed::{apply_op, record_bytes};
 use async_trait::async_trait;
-use herald_protocol::command::HistoryQuery;
-use herald_protocol::reply::{NotRecovered, PublishResult};
-use herald_protocol::{Position, Publication, Record};
+use herald_protocol::reply::PublishResult;
+use herald_protocol::{Publication, Record};
 use parking_lot::{Mutex, RwLock};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -115,7 +112,7 @@ pub struct MemoryEngine {
     /// Every stream by channel name.
     streams: RwLock<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
     /// Where publications go once stored.
-    fanout: OnceLock<Arc<dyn Fanout>>,
+    fanout: OnceLock<Arc<dyn Delivery>>,
     /// Channels with local subscribers, which are never swept. Lock order: `streams`, then this.
     listened: Mutex<HashMap<String, Listened>>,
     /// Seed of the epochs of channels without a stream; replaced when a stream is dropped.
@@ -215,17 +212,21 @@ impl Stream {
         self.history.front().map_or(0, |p| p.offset)
     }
 
-    /// Publications with offset > `after`, if the history still holds all of them.
-    fn since(&self, after: u64) -> Option<Vec<Arc<Encoded>>> {
-        if after >= self.offset {
-            return Some(Vec::new());
-        }
-        let earliest = self.history.front()?.offset;
-        if earliest > after + 1 {
-            return None;
-        }
-        let skip = (after + 1 - earliest) as usize;
-        Some(self.history.iter().skip(skip).cloned().collect())
+    /// Up to `limit` kept publications with an offset above `after`.
+    fn after(&self, after: u64, limit: usize) -> Vec<Arc<Encoded>> {
+        let skip = after.saturating_add(1).saturating_sub(self.earliest().max(1));
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+        self.history.iter().skip(skip).take(limit).cloned().collect()
+    }
+
+    /// The last `limit` kept publications with an offset below `before` (`None`: all).
+    fn before(&self, before: Option<u64>, limit: usize) -> Vec<Arc<Encoded>> {
+        let end = match before {
+            Some(before) => self.history.iter().take_while(|p| p.offset < before).count(),
+            None => self.history.len(),
+        };
+        let start = end.saturating_sub(limit);
+        self.history.range(start..end).cloned().collect()
     }
 
     fn records(&self) -> Vec<Record> {
@@ -252,29 +253,6 @@ impl Stream {
 
     fn idle(&self) -> bool {
         self.history.is_empty() && self.state.is_empty() && self.dedupe.is_empty()
-    }
-}
-
-/// The verdict on a resume from `since` in a stream at `epoch`/`offset` (a channel without a
-/// stream is at its empty epoch, offset 0, with no history).
-fn resume_verdict(
-    s: Option<&Stream>,
-    epoch: &str,
-    since: &Position,
-    max_recover: usize,
-) -> Result<Vec<Arc<Encoded>>, NotRecovered> {
-    let offset = s.map_or(0, |s| s.offset);
-    // A `since` ahead of the stream cannot belong to it: the stream the client knew is gone
-    // (the same answer the Redis engine gives after a restore from an old snapshot).
-    if since.epoch != epoch || since.offset > offset {
-        Err(NotRecovered::EpochChanged)
-    } else if offset - since.offset > max_recover as u64 {
-        Err(NotRecovered::TooMany)
-    } else {
-        match s {
-            Some(s) => s.since(since.offset).ok_or(NotRecovered::HistoryTrimmed),
-            None => Ok(Vec::new()),
-        }
     }
 }
 
@@ -347,7 +325,11 @@ impl MemoryEngine {
 
     /// Runs `f` on the channel's stream, or on `None` with the channel's empty epoch when it has
     /// no stream; reads never create one.
-    fn read<T>(&self, channel: &str, f: impl FnOnce(Option<&mut Stream>, Arc<str>) -> T) -> T {
+    fn with_stream<T>(
+        &self,
+        channel: &str,
+        f: impl FnOnce(Option<&mut Stream>, Arc<str>) -> T,
+    ) -> T {
         let stream = {
             let streams = self.streams.read();
             match streams.get(channel) {
@@ -384,7 +366,7 @@ impl MemoryEngine {
 
 #[async_trait]
 impl Engine for MemoryEngine {
-    fn attach(&self, fanout: Arc<dyn Fanout>) {
+    fn attach(&self, fanout: Arc<dyn Delivery>) {
         let _ = self.fanout.set(fanout);
     }
 
@@ -393,7 +375,7 @@ impl Engine for MemoryEngine {
         ns: &Namespace,
         input: PublishInput,
     ) -> Result<PublishResult, EngineError> {
-        let keyed = keyed_op(ns, &input)?;
+        let keyed = input.keyed(ns)?;
         let stream = self.stream(&input.channel);
         let result = {
             let mut s = stream.lock();
@@ -547,98 +529,34 @@ impl Engine for MemoryEngine {
         }
     }
 
-    async fn recover(
+    async fn read(
         &self,
         ns: &Namespace,
         channel: &str,
-        since: Option<&Position>,
-        snapshot: bool,
-    ) -> Result<Recovery, EngineError> {
+        window: Window,
+        records: bool,
+    ) -> Result<StreamRead, EngineError> {
         let budget = &self.budget;
-        Ok(self.read(channel, |mut s, epoch| {
-            if let Some(s) = s.as_deref_mut() {
-                s.trim(ns, budget);
-            }
-            let s = s.as_deref();
-            let mut r = Recovery {
-                epoch: epoch.to_string(),
-                offset: s.map_or(0, |s| s.offset),
-                keyed: ns.keyed,
-                ..Recovery::default()
-            };
-            if let Some(since) = since {
-                match resume_verdict(s, &epoch, since, ns.max_recover) {
-                    Ok(pubs) => {
-                        r.recovered = Some(true);
-                        r.publications = pubs;
-                    }
-                    Err(reason) => {
-                        r.recovered = Some(false);
-                        r.reason = Some(reason);
-                    }
-                }
-            }
-            if ns.keyed && (snapshot || r.recovered == Some(false)) {
-                r.snapshot = Some(s.map_or_else(Vec::new, Stream::records));
-            }
-            r
-        }))
-    }
-
-    async fn history(
-        &self,
-        ns: &Namespace,
-        q: &HistoryQuery,
-        max_page: usize,
-    ) -> Result<History, EngineError> {
-        let limit = q.limit.unwrap_or(100).min(max_page);
-        let budget = &self.budget;
-        Ok(self.read(&q.channel, |s, epoch| {
-            let mut h = History { epoch: epoch.to_string(), ..History::default() };
+        Ok(self.with_stream(channel, |s, epoch| {
             let Some(s) = s else {
-                // No stream: nothing kept; a `since` of another stream (or ahead) is answered
-                // as by subscribe.
-                if let Some(since) = &q.since
-                    && (since.epoch != *epoch || since.offset > 0)
-                {
-                    h.reason = Some(NotRecovered::EpochChanged);
-                }
-                return h;
+                return StreamRead {
+                    epoch: epoch.to_string(),
+                    records: records.then(Vec::new),
+                    ..StreamRead::default()
+                };
             };
             s.trim(ns, budget);
-            h.offset = s.offset;
-            h.earliest = s.earliest();
-            if let Some(since) = &q.since {
-                // The rule of subscribe: another epoch, or an offset ahead of the stream, is a
-                // stream the client knew that is gone.
-                if since.epoch != *s.epoch || since.offset > s.offset {
-                    h.reason = Some(NotRecovered::EpochChanged);
-                } else {
-                    match s.since(since.offset) {
-                        Some(pubs) => h.publications = pubs.into_iter().take(limit).collect(),
-                        None => h.reason = Some(NotRecovered::HistoryTrimmed),
-                    }
-                }
-            } else {
-                let end = match q.before {
-                    Some(before) => s.history.iter().take_while(|p| p.offset < before).count(),
-                    None => s.history.len(),
-                };
-                let start = end.saturating_sub(limit);
-                h.publications = s.history.range(start..end).cloned().collect();
+            StreamRead {
+                epoch: epoch.to_string(),
+                offset: s.offset,
+                earliest: s.earliest(),
+                publications: match window {
+                    Window::Nothing => Vec::new(),
+                    Window::After { after, limit } => s.after(after, limit),
+                    Window::Before { before, limit } => s.before(before, limit),
+                },
+                records: records.then(|| s.records()),
             }
-            h
-        }))
-    }
-
-    async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, EngineError> {
-        if !ns.keyed {
-            return Err(EngineError::NotKeyed(format!("namespace of {channel:?} is not keyed")));
-        }
-        Ok(self.read(channel, |s, epoch| State {
-            epoch: epoch.to_string(),
-            offset: s.as_ref().map_or(0, |s| s.offset),
-            records: s.map_or_else(Vec::new, |s| s.records()),
         }))
     }
 
@@ -654,7 +572,51 @@ impl Engine for MemoryEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_protocol::{Meta, Op};
+    use crate::rules::{self, History, Recovery, State};
+    use herald_protocol::command::HistoryQuery;
+    use herald_protocol::reply::NotRecovered;
+    use herald_protocol::{Meta, Op, Position};
+
+    /// The hub's reads (the rules over this engine), so these tests read as a subscriber would.
+    trait Reads {
+        async fn recover(
+            &self,
+            ns: &Namespace,
+            channel: &str,
+            since: Option<&Position>,
+            snapshot: bool,
+        ) -> Result<Recovery, EngineError>;
+        async fn history(
+            &self,
+            ns: &Namespace,
+            q: &HistoryQuery,
+            max_page: usize,
+        ) -> Result<History, EngineError>;
+        async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, EngineError>;
+    }
+
+    impl Reads for MemoryEngine {
+        async fn recover(
+            &self,
+            ns: &Namespace,
+            channel: &str,
+            since: Option<&Position>,
+            snapshot: bool,
+        ) -> Result<Recovery, EngineError> {
+            rules::recover(self, ns, channel, since, snapshot).await
+        }
+        async fn history(
+            &self,
+            ns: &Namespace,
+            q: &HistoryQuery,
+            max_page: usize,
+        ) -> Result<History, EngineError> {
+            rules::history(self, ns, q, max_page).await
+        }
+        async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, EngineError> {
+            rules::state(self, ns, channel).await
+        }
+    }
 
     fn input(channel: &str, data: &str, key: Option<&str>, op: Option<Op>) -> PublishInput {
         PublishInput {

@@ -11,9 +11,8 @@ pub mod redis;
 use crate::config::Namespace;
 use crate::frame::Encoded;
 use async_trait::async_trait;
-use herald_protocol::command::HistoryQuery;
-use herald_protocol::reply::{NotRecovered, PublishResult};
-use herald_protocol::{ErrorCode, Meta, Op, Position, Record};
+use herald_protocol::reply::PublishResult;
+use herald_protocol::{ErrorCode, Meta, Op, Record};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
@@ -34,49 +33,32 @@ pub struct PublishInput {
     pub meta: Meta,
 }
 
-/// The answer to a subscribe: where the stream is, and what the subscriber needs to catch up.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    /// Current epoch.
-    pub epoch: String,
-    /// Current offset; live delivery continues at `offset + 1`.
-    pub offset: u64,
-    /// Whether the channel is keyed.
-    pub keyed: bool,
-    /// Present when a `since` was given.
-    pub recovered: Option<bool>,
-    /// Why not recovered.
-    pub reason: Option<NotRecovered>,
-    /// Publications after `since`, when recovered.
-    pub publications: Vec<Arc<Encoded>>,
-    /// Records at `offset`, when asked or when a keyed resume failed.
-    pub snapshot: Option<Vec<Record>>,
+/// Which kept publications a [`Engine::read`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// None: the position (and records) only.
+    Nothing,
+    /// The first `limit` kept publications with an offset above `after`.
+    After { after: u64, limit: usize },
+    /// The last `limit` kept publications with an offset below `before` (`None`: up to the
+    /// newest).
+    Before { before: Option<u64>, limit: usize },
 }
 
-/// A page of history.
+/// One atomic read of a channel's stream: its position, what it keeps, and the part asked for.
+/// A channel without a stream reads as its empty position (offset 0, nothing kept).
 #[derive(Debug, Default)]
-pub struct History {
+pub struct StreamRead {
     /// Current epoch.
     pub epoch: String,
-    /// Current offset.
+    /// Offset of the last publication (0: none yet).
     pub offset: u64,
-    /// Lowest kept offset (0 when empty).
+    /// Lowest kept offset (0 when nothing is kept).
     pub earliest: u64,
-    /// The page, oldest first.
+    /// The window asked for, oldest first, contiguous offsets.
     pub publications: Vec<Arc<Encoded>>,
-    /// Why `since` could not be served.
-    pub reason: Option<NotRecovered>,
-}
-
-/// A keyed channel's state.
-#[derive(Debug, Default)]
-pub struct State {
-    /// Epoch of the state.
-    pub epoch: String,
-    /// Offset the records correspond to.
-    pub offset: u64,
-    /// Records sorted by key.
-    pub records: Vec<Record>,
+    /// The keyed records at `offset`, sorted by key, when asked for.
+    pub records: Option<Vec<Record>>,
 }
 
 /// Why an engine operation failed.
@@ -99,6 +81,24 @@ pub enum EngineError {
     Internal(String),
 }
 
+impl From<crate::keyed::KeyedError> for EngineError {
+    fn from(e: crate::keyed::KeyedError) -> EngineError {
+        use crate::keyed::KeyedError;
+        match e {
+            KeyedError::NotKeyed(m) => EngineError::NotKeyed(m),
+            KeyedError::BadRequest(m) => EngineError::BadRequest(m),
+            KeyedError::Internal(m) => EngineError::Internal(m),
+        }
+    }
+}
+
+impl PublishInput {
+    /// The record this publication changes and how, checked against its namespace.
+    pub fn keyed(&self, ns: &Namespace) -> Result<Option<(String, Op)>, EngineError> {
+        Ok(crate::keyed::keyed_op(ns, &self.channel, self.key.as_deref(), self.op)?)
+    }
+}
+
 impl EngineError {
     /// The protocol error code for this failure.
     pub fn code(&self) -> ErrorCode {
@@ -112,8 +112,37 @@ impl EngineError {
     }
 }
 
+/// What a node tells a clustered engine about itself: its line in `/api/info`, plus its
+/// subscriber counts per channel for `/api/channels`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct NodeReport {
+    /// Node id.
+    pub id: String,
+    /// The address it listens on.
+    pub address: String,
+    /// Open connections.
+    pub connections: usize,
+    /// Subscriptions of those connections.
+    pub subscriptions: i64,
+    /// Herald version.
+    pub version: String,
+    /// Channels with subscribers on this node.
+    #[serde(default)]
+    pub channels: usize,
+    /// Seconds since the node started.
+    #[serde(default)]
+    pub uptime_secs: u64,
+    /// Subscribers per channel (the registry carries them; `/api/info` leaves them out).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub channel_counts: std::collections::BTreeMap<String, usize>,
+}
+
+/// How a clustered engine reads the node's report when it refreshes its registration; `None`
+/// once the node is gone.
+pub type NodeReporter = Arc<dyn Fn() -> Option<NodeReport> + Send + Sync>;
+
 /// Where the engine hands live publications to this node's subscribers.
-pub trait Fanout: Send + Sync + 'static {
+pub trait Delivery: Send + Sync + 'static {
     /// Delivers a publication to local subscribers. Called in offset order per channel.
     fn deliver(&self, publication: Arc<Encoded>);
     /// The node can no longer vouch for the stream of `channel` (gap, lost connection, new
@@ -125,7 +154,7 @@ pub trait Fanout: Send + Sync + 'static {
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
     /// Connects the engine to this node's fan-out; called once before use.
-    fn attach(&self, fanout: Arc<dyn Fanout>);
+    fn attach(&self, fanout: Arc<dyn Delivery>);
     /// Assigns the next offset, appends to history, updates keyed state and fans the publication
     /// out to every node, in one atomic step.
     async fn publish(
@@ -133,37 +162,35 @@ pub trait Engine: Send + Sync + 'static {
         ns: &Namespace,
         input: PublishInput,
     ) -> Result<PublishResult, EngineError>;
-    /// This node now has subscribers on `channel`: live publications must reach [`Fanout`]
+    /// This node now has subscribers on `channel`: live publications must reach [`Delivery`]
     /// from the moment this returns.
     async fn listen(&self, channel: &str) -> Result<(), EngineError>;
     /// This node has no more subscribers on `channel`.
     async fn unlisten(&self, channel: &str);
-    /// Current position, plus what a subscriber resuming from `since` (or asking for a
-    /// snapshot) needs. Must be called after [`Engine::listen`].
-    async fn recover(
+    /// Waits until live publications of a listened `channel` reach [`Delivery`] (a clustered
+    /// engine's subscription is confirmed); `unavailable` when that cannot be vouched for in
+    /// time. Default: at once.
+    async fn flowing(&self, _channel: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Reads a channel's position, a window of its history and (`records`) its keyed state in
+    /// one atomic step; creates nothing. What the read means for a subscriber is decided by
+    /// [`crate::rules`], not here.
+    async fn read(
         &self,
         ns: &Namespace,
         channel: &str,
-        since: Option<&Position>,
-        snapshot: bool,
-    ) -> Result<Recovery, EngineError>;
-    /// Reads history.
-    async fn history(
-        &self,
-        ns: &Namespace,
-        query: &HistoryQuery,
-        max_page: usize,
-    ) -> Result<History, EngineError>;
-    /// Reads a keyed channel's state.
-    async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, EngineError>;
+        window: Window,
+        records: bool,
+    ) -> Result<StreamRead, EngineError>;
     /// Whether the engine can serve right now (for `/ready`).
     async fn ready(&self) -> bool;
     /// Periodic housekeeping (the hub calls it every minute): the memory engine drops idle,
     /// empty streams so ephemeral channels do not accumulate. Default: nothing.
     async fn maintain(&self, _config: &crate::config::Config) {}
     /// Tells the engine which node it serves, once the hub exists, so a clustered engine can
-    /// register the node (heartbeat with its id, address and counts). Default: nothing.
-    fn attach_node(&self, _hub: std::sync::Weak<crate::hub::Hub>) {}
+    /// register the node (heartbeat with the reporter's answer). Default: nothing.
+    fn attach_node(&self, _reporter: NodeReporter) {}
     /// The node is shutting down: withdraw its registration. Default: nothing.
     async fn detach_node(&self) {}
     /// Bytes of history and state this engine holds in this process, and its budget for them
@@ -173,7 +200,7 @@ pub trait Engine: Send + Sync + 'static {
     }
     /// Every live node of the cluster as `/api/info` lists them; `None` when the engine has no
     /// cluster view (single node) or cannot reach it right now.
-    async fn nodes(&self) -> Option<Vec<serde_json::Value>> {
+    async fn nodes(&self) -> Option<Vec<NodeReport>> {
         None
     }
     /// Subscriber counts per channel across every node, sorted by channel; `None` when the
@@ -197,68 +224,4 @@ pub fn now_rfc3339() -> String {
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
     time::OffsetDateTime::now_utc().format(&format).unwrap_or_default()
-}
-
-/// Applies a keyed operation to a record's current value; `None` means the record is gone.
-pub fn apply_op(
-    current: Option<&RawValue>,
-    op: Op,
-    data: &RawValue,
-) -> Result<Option<Box<RawValue>>, EngineError> {
-    match op {
-        Op::Upsert => Ok(Some(data.to_owned())),
-        Op::Delete => Ok(None),
-        Op::Merge => {
-            let mut value: serde_json::Value = match current {
-                Some(raw) => serde_json::from_str(raw.get())
-                    .map_err(|e| EngineError::Internal(e.to_string()))?,
-                None => serde_json::Value::Null,
-            };
-            let patch: serde_json::Value = serde_json::from_str(data.get())
-                .map_err(|e| EngineError::BadRequest(e.to_string()))?;
-            json_patch::merge(&mut value, &patch);
-            let text =
-                serde_json::to_string(&value).map_err(|e| EngineError::Internal(e.to_string()))?;
-            Ok(Some(RawValue::from_string(text).map_err(|e| EngineError::Internal(e.to_string()))?))
-        }
-    }
-}
-
-/// Checks key/op against the namespace and fills the default op.
-pub fn keyed_op(ns: &Namespace, input: &PublishInput) -> Result<Option<(String, Op)>, EngineError> {
-    match (&input.key, input.op) {
-        (None, None) => Ok(None),
-        (None, Some(_)) => Err(EngineError::NotKeyed("`op` needs a `key`".into())),
-        (Some(_), _) if !ns.keyed => Err(EngineError::NotKeyed(format!(
-            "namespace of {:?} is not keyed; `key` and `op` are not allowed",
-            input.channel
-        ))),
-        (Some(key), _) if key.len() > ns.max_key_bytes => Err(EngineError::BadRequest(format!(
-            "record key is {} bytes; the namespace allows {} (max_key_bytes)",
-            key.len(),
-            ns.max_key_bytes
-        ))),
-        (Some(key), op) => Ok(Some((key.clone(), op.unwrap_or(Op::Upsert)))),
-    }
-}
-
-/// Bytes a record counts toward `max_state_bytes`: its key and its value, so that many long keys
-/// with small values cannot grow a channel's state past the limit.
-pub fn record_bytes(key: &str, value: &str) -> usize {
-    key.len() + value.len()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merge_patch_follows_rfc7386() {
-        let cur = RawValue::from_string(r#"{"a":1,"b":{"c":2,"d":3}}"#.into()).unwrap();
-        let patch = RawValue::from_string(r#"{"a":null,"b":{"c":5},"e":[1]}"#.into()).unwrap();
-        let out = apply_op(Some(&cur), Op::Merge, &patch).unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_str(out.get()).unwrap();
-        assert_eq!(v, serde_json::json!({"b":{"c":5,"d":3},"e":[1]}));
-        assert!(apply_op(Some(&cur), Op::Delete, &patch).unwrap().is_none());
-    }
 }

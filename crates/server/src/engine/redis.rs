@@ -25,9 +25,9 @@
 //! # Fan-out
 //!
 //! One pub/sub connection per node, subscribed only to channels with local subscribers. One task
-//! reads it, so each channel's publications reach [`Fanout::deliver`] in Redis order. The task
+//! reads it, so each channel's publications reach [`Delivery::deliver`] in Redis order. The task
 //! remembers the last position per channel; a gap or an epoch change resets that channel, a lost
-//! connection resets every channel ([`Fanout::reset`]), and the sessions ask their clients to
+//! connection resets every channel ([`Delivery::reset`]), and the sessions ask their clients to
 //! resubscribe with `since`. `recover` waits until the channel's SUBSCRIBE is confirmed on the
 //! current connection before it reads the position, so "subscribed means flowing" holds.
 //!
@@ -39,17 +39,16 @@
 //! it deletes the registration.
 
 use super::{
-    Engine, EngineError, Fanout, History, PublishInput, Recovery, State, apply_op, keyed_op,
+    Delivery, Engine, EngineError, NodeReport, NodeReporter, PublishInput, StreamRead, Window,
     new_epoch,
 };
 use crate::config::{EngineConfig, Namespace};
 use crate::frame::Encoded;
-use crate::hub::Hub;
+use crate::keyed::apply_op;
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use herald_protocol::command::HistoryQuery;
-use herald_protocol::reply::{NotRecovered, PublishResult};
-use herald_protocol::{Op, Position, Record};
+use herald_protocol::reply::PublishResult;
+use herald_protocol::{Op, Record};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::value::RawValue;
@@ -83,12 +82,8 @@ const MERGE_ATTEMPTS: usize = 50;
 struct Scripts {
     /// One publication (see `redis/publish.lua`).
     publish: redis::Script,
-    /// Position, history since a position, snapshot.
-    recover: redis::Script,
-    /// A history page.
-    history: redis::Script,
-    /// A keyed channel's state.
-    state: redis::Script,
+    /// One atomic read: position, a window of history, records (see `redis/read.lua`).
+    read: redis::Script,
 }
 
 impl Scripts {
@@ -98,12 +93,7 @@ impl Scripts {
                 redis::Script::new(concat!(include_str!("redis/common.lua"), include_str!($file)))
             };
         }
-        Scripts {
-            publish: script!("redis/publish.lua"),
-            recover: script!("redis/recover.lua"),
-            history: script!("redis/history.lua"),
-            state: script!("redis/state.lua"),
-        }
+        Scripts { publish: script!("redis/publish.lua"), read: script!("redis/read.lua") }
     }
 }
 
@@ -143,15 +133,15 @@ struct Inner {
     /// The Lua scripts.
     scripts: Scripts,
     /// This node's subscribers.
-    fanout: OnceLock<Arc<dyn Fanout>>,
+    fanout: OnceLock<Arc<dyn Delivery>>,
     /// Channels with local subscribers.
     listened: Mutex<HashMap<String, Listened>>,
     /// Asks the pub/sub task to bring one channel's SUBSCRIBE in line with `listened`.
     sync: mpsc::UnboundedSender<String>,
     /// The pub/sub connection is up and every listened channel is subscribed.
     pubsub_up: AtomicBool,
-    /// The node this engine serves, for the heartbeat.
-    node: OnceLock<Weak<Hub>>,
+    /// Reads the report of the node this engine serves, for the heartbeat.
+    node: OnceLock<NodeReporter>,
     /// This node's id, once attached.
     node_id: OnceLock<String>,
     /// The heartbeat task while the node is attached; `detach_node` stops it (and waits for it)
@@ -247,7 +237,7 @@ impl Inner {
         format!("{}:nodes", self.prefix)
     }
 
-    fn fanout(&self) -> Option<&Arc<dyn Fanout>> {
+    fn fanout(&self) -> Option<&Arc<dyn Delivery>> {
         self.fanout.get()
     }
 
@@ -377,25 +367,20 @@ impl Inner {
         self.listened.lock().get(channel).is_some_and(|l| l.refs > 0)
     }
 
-    /// This node's line in the cluster view.
-    fn node_entry(&self, hub: &Hub) -> serde_json::Value {
-        let mut entry = crate::api::node_info(hub);
-        let counts = hub.subscribers.counts();
-        if let Some(obj) = entry.as_object_mut() {
-            obj.insert("channels".into(), counts.len().into());
-            obj.insert("uptime_secs".into(), hub.started.elapsed().as_secs().into());
-            let listed: serde_json::Map<String, serde_json::Value> = counts
+    /// This node's line in the cluster view, with at most [`HEARTBEAT_MAX_CHANNELS`] counts.
+    fn node_entry(&self) -> Option<NodeReport> {
+        let mut report = (self.node.get()?)()?;
+        if report.channel_counts.len() > HEARTBEAT_MAX_CHANNELS {
+            report.channel_counts = std::mem::take(&mut report.channel_counts)
                 .into_iter()
                 .take(HEARTBEAT_MAX_CHANNELS)
-                .map(|(c, n)| (c, n.into()))
                 .collect();
-            obj.insert("channel_counts".into(), listed.into());
         }
-        entry
+        Some(report)
     }
 
     /// Entries of every live node (registrations that have not expired).
-    async fn live_nodes(&self) -> Result<Vec<serde_json::Value>, EngineError> {
+    async fn live_nodes(&self) -> Result<Vec<NodeReport>, EngineError> {
         let mut conn = self.conn.clone();
         let ids: Vec<String> =
             self.run(redis::cmd("SMEMBERS").arg(self.nodes_key()).query_async(&mut conn)).await?;
@@ -408,7 +393,7 @@ impl Inner {
         let mut nodes = Vec::new();
         let mut gone = Vec::new();
         for (id, value) in ids.iter().zip(values) {
-            match value.and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok()) {
+            match value.and_then(|v| serde_json::from_str::<NodeReport>(&v).ok()) {
                 Some(v) => nodes.push(v),
                 None => gone.push(id.clone()),
             }
@@ -418,7 +403,7 @@ impl Inner {
                 .run(redis::cmd("SREM").arg(self.nodes_key()).arg(&gone).query_async(&mut conn))
                 .await;
         }
-        nodes.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(nodes)
     }
 }
@@ -631,10 +616,9 @@ async fn heartbeat_task(inner: Weak<Inner>) {
     loop {
         tick.tick().await;
         let Some(engine) = inner.upgrade() else { return };
-        let Some(hub) = engine.node.get().and_then(Weak::upgrade) else { return };
-        let entry = engine.node_entry(&hub).to_string();
-        let id = hub.node_id.clone();
-        drop(hub);
+        let Some(report) = engine.node_entry() else { return };
+        let entry = json(&report);
+        let id = report.id;
         let mut conn = engine.conn.clone();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
@@ -655,16 +639,16 @@ async fn heartbeat_task(inner: Weak<Inner>) {
 
 #[async_trait]
 impl Engine for RedisEngine {
-    fn attach(&self, fanout: Arc<dyn Fanout>) {
+    fn attach(&self, fanout: Arc<dyn Delivery>) {
         let _ = self.inner.fanout.set(fanout);
     }
 
-    fn attach_node(&self, hub: Weak<Hub>) {
-        if let Some(h) = hub.upgrade() {
-            let _ = self.inner.node_id.set(h.node_id.clone());
+    fn attach_node(&self, reporter: NodeReporter) {
+        if let Some(report) = reporter() {
+            let _ = self.inner.node_id.set(report.id);
         }
-        // The first hub stays the node (a second call re-attaches the same one after a detach).
-        let _ = self.inner.node.set(hub);
+        // The first node stays the node (a second call re-attaches the same one after a detach).
+        let _ = self.inner.node.set(reporter);
         let mut heartbeat = self.inner.heartbeat.lock();
         if heartbeat.is_none() {
             *heartbeat = Some(tokio::spawn(heartbeat_task(Arc::downgrade(&self.inner))));
@@ -692,36 +676,29 @@ impl Engine for RedisEngine {
         let _ = self.inner.run(pipe.query_async::<()>(&mut conn)).await;
     }
 
-    async fn nodes(&self) -> Option<Vec<serde_json::Value>> {
+    async fn nodes(&self) -> Option<Vec<NodeReport>> {
         let mut nodes = self.inner.live_nodes().await.ok()?;
         for n in &mut nodes {
-            if let Some(obj) = n.as_object_mut() {
-                obj.remove("channel_counts");
-            }
+            n.channel_counts.clear();
         }
         Some(nodes)
     }
 
     async fn channel_counts(&self) -> Option<Vec<(String, usize)>> {
         let nodes = self.inner.live_nodes().await.ok()?;
-        let own = self.inner.node_id.get();
-        let hub = self.inner.node.get().and_then(Weak::upgrade);
+        // This node's own counts are taken live, not from its last heartbeat.
+        let own = self.inner.node.get().and_then(|reporter| reporter());
         let mut totals: std::collections::BTreeMap<String, usize> = Default::default();
         for n in &nodes {
-            // This node's own counts are taken live below.
-            if hub.is_some() && n["id"].as_str() == own.map(String::as_str) {
+            if own.as_ref().is_some_and(|own| own.id == n.id) {
                 continue;
             }
-            if let Some(counts) = n["channel_counts"].as_object() {
-                for (c, v) in counts {
-                    *totals.entry(c.clone()).or_default() += v.as_u64().unwrap_or(0) as usize;
-                }
+            for (c, v) in &n.channel_counts {
+                *totals.entry(c.clone()).or_default() += v;
             }
         }
-        if let Some(hub) = hub {
-            for (c, n) in hub.subscribers.counts() {
-                *totals.entry(c).or_default() += n;
-            }
+        for (c, n) in own.map(|own| own.channel_counts).unwrap_or_default() {
+            *totals.entry(c).or_default() += n;
         }
         Some(totals.into_iter().collect())
     }
@@ -732,7 +709,7 @@ impl Engine for RedisEngine {
         input: PublishInput,
     ) -> Result<PublishResult, EngineError> {
         let inner = &self.inner;
-        let keyed = keyed_op(ns, &input)?;
+        let keyed = input.keyed(ns)?;
         let keys = inner.keys(&input.channel);
         let (head, mid, tail) = publication_parts(&input, keyed.as_ref());
         let idem = input.meta.idempotency_key.as_deref();
@@ -876,76 +853,26 @@ impl Engine for RedisEngine {
         }
     }
 
-    async fn recover(
+    async fn flowing(&self, channel: &str) -> Result<(), EngineError> {
+        self.inner.flowing(channel).await
+    }
+
+    async fn read(
         &self,
         ns: &Namespace,
         channel: &str,
-        since: Option<&Position>,
-        snapshot: bool,
-    ) -> Result<Recovery, EngineError> {
+        window: Window,
+        records: bool,
+    ) -> Result<StreamRead, EngineError> {
         let inner = &self.inner;
-        inner.flowing(channel).await?;
         let keys = inner.keys(channel);
-        let mut call = inner.scripts.recover.prepare_invoke();
-        call.key(&keys.meta)
-            .key(&keys.hist)
-            .key(&keys.state)
-            .key(&keys.seed)
-            .arg(new_epoch())
-            .arg(ns.history_size)
-            .arg(ms(ns.history_ttl))
-            .arg(meta_ttl(ns))
-            .arg(if since.is_some() { "1" } else { "0" })
-            .arg(since.map_or("", |p| p.epoch.as_str()))
-            .arg(since.map_or(0, |p| p.offset))
-            .arg(ns.max_recover)
-            .arg(if snapshot && ns.keyed { "1" } else { "0" })
-            .arg(if ns.keyed { "1" } else { "0" });
-        let (epoch, offset, status, pubs, state): (String, u64, String, Vec<String>, Vec<String>) = {
-            let call = &call;
-            inner.read(|mut conn| async move { call.invoke_async(&mut conn).await }).await?
+        let (mode, bound, limit) = match window {
+            Window::Nothing => ("nothing", 0, 0),
+            Window::After { after, limit } => ("after", after, limit),
+            Window::Before { before: Some(before), limit } => ("before", before, limit),
+            Window::Before { before: None, limit } => ("latest", 0, limit),
         };
-        let mut r = Recovery { offset, keyed: ns.keyed, ..Recovery::default() };
-        match status.as_str() {
-            "none" => {}
-            "ok" => {
-                r.recovered = Some(true);
-                r.publications = encoded_entries(channel, &epoch, &pubs)?;
-            }
-            other => {
-                r.recovered = Some(false);
-                r.reason = Some(match other {
-                    "epoch_changed" => NotRecovered::EpochChanged,
-                    "history_trimmed" => NotRecovered::HistoryTrimmed,
-                    "too_many" => NotRecovered::TooMany,
-                    _ => return Err(EngineError::Internal(format!("unexpected status {other:?}"))),
-                });
-            }
-        }
-        if ns.keyed && (snapshot || r.recovered == Some(false)) {
-            r.snapshot = Some(records(state)?);
-        }
-        r.epoch = epoch;
-        Ok(r)
-    }
-
-    async fn history(
-        &self,
-        ns: &Namespace,
-        q: &HistoryQuery,
-        max_page: usize,
-    ) -> Result<History, EngineError> {
-        let inner = &self.inner;
-        let limit = q.limit.unwrap_or(100).min(max_page);
-        let keys = inner.keys(&q.channel);
-        let mode = if q.since.is_some() {
-            "since"
-        } else if q.before.is_some() {
-            "before"
-        } else {
-            "latest"
-        };
-        let mut call = inner.scripts.history.prepare_invoke();
+        let mut call = inner.scripts.read.prepare_invoke();
         call.key(&keys.meta)
             .key(&keys.hist)
             .key(&keys.state)
@@ -955,45 +882,20 @@ impl Engine for RedisEngine {
             .arg(ms(ns.history_ttl))
             .arg(meta_ttl(ns))
             .arg(mode)
-            .arg(q.since.as_ref().map_or("", |p| p.epoch.as_str()))
-            .arg(q.since.as_ref().map_or(0, |p| p.offset))
-            .arg(q.before.unwrap_or(0))
-            .arg(limit);
-        let (epoch, offset, earliest, reason, pubs): (String, u64, u64, String, Vec<String>) = {
+            .arg(bound)
+            .arg(limit)
+            .arg(if records { "1" } else { "0" });
+        let (epoch, offset, earliest, pubs, flat): (String, u64, u64, Vec<String>, Vec<String>) = {
             let call = &call;
             inner.read(|mut conn| async move { call.invoke_async(&mut conn).await }).await?
         };
-        Ok(History {
-            publications: encoded_entries(&q.channel, &epoch, &pubs)?,
-            reason: match reason.as_str() {
-                "epoch_changed" => Some(NotRecovered::EpochChanged),
-                "history_trimmed" => Some(NotRecovered::HistoryTrimmed),
-                _ => None,
-            },
+        Ok(StreamRead {
+            publications: encoded_entries(channel, &epoch, &pubs)?,
+            records: if records { Some(self::records(flat)?) } else { None },
             epoch,
             offset,
             earliest,
         })
-    }
-
-    async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, EngineError> {
-        if !ns.keyed {
-            return Err(EngineError::NotKeyed(format!("namespace of {channel:?} is not keyed")));
-        }
-        let inner = &self.inner;
-        let keys = inner.keys(channel);
-        let mut call = inner.scripts.state.prepare_invoke();
-        call.key(&keys.meta)
-            .key(&keys.hist)
-            .key(&keys.state)
-            .key(&keys.seed)
-            .arg(new_epoch())
-            .arg(meta_ttl(ns));
-        let (epoch, offset, flat): (String, u64, Vec<String>) = {
-            let call = &call;
-            inner.read(|mut conn| async move { call.invoke_async(&mut conn).await }).await?
-        };
-        Ok(State { epoch, offset, records: records(flat)? })
     }
 
     async fn ready(&self) -> bool {
