@@ -163,6 +163,94 @@ pub struct HistoryResult {
     pub reason: Option<NotRecovered>,
 }
 
+/// A publication already serialized as its JSON object, so a reply can embed it without
+/// decoding and re-encoding it (the hub keeps publications encoded once).
+pub trait PublicationJson {
+    /// The publication object, exactly as it goes on the wire.
+    fn publication_json(&self) -> &str;
+}
+
+impl<T: PublicationJson + ?Sized> PublicationJson for std::sync::Arc<T> {
+    fn publication_json(&self) -> &str {
+        (**self).publication_json()
+    }
+}
+
+impl<T: PublicationJson + ?Sized> PublicationJson for &T {
+    fn publication_json(&self) -> &str {
+        (**self).publication_json()
+    }
+}
+
+/// Publications embedded in a reply as they are (a JSON array of their objects).
+pub struct RawPublications<'a, P>(pub &'a [P]);
+
+impl<P: PublicationJson> Serialize for RawPublications<'_, P> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for p in self.0 {
+            let raw: &RawValue =
+                serde_json::from_str(p.publication_json()).map_err(S::Error::custom)?;
+            seq.serialize_element(raw)?;
+        }
+        seq.end()
+    }
+}
+
+impl<P> RawPublications<'_, P> {
+    /// Whether there are none (the subscribe reply then leaves the field out).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The `subscribe` reply as the hub writes it: [`SubscribeResult`] with the publications raw.
+#[derive(Serialize)]
+#[serde(bound = "P: PublicationJson")]
+pub struct SubscribeReply<'a, P> {
+    /// The channel.
+    pub channel: &'a str,
+    /// Current epoch.
+    pub epoch: &'a str,
+    /// The stream continues at `offset + 1`.
+    pub offset: u64,
+    /// Whether the namespace is keyed.
+    pub keyed: bool,
+    /// Present when `since` was given: whether every publication after it is in `publications`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// Present when `recovered` is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NotRecovered>,
+    /// Recovered publications, oldest first, ending at `offset`.
+    #[serde(skip_serializing_if = "RawPublications::is_empty")]
+    pub publications: RawPublications<'a, P>,
+    /// The channel's records at `offset`, when sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<&'a [Record]>,
+}
+
+/// The `history` reply as the hub writes it: [`HistoryResult`] with the publications raw; also
+/// the HTTP history body.
+#[derive(Serialize)]
+#[serde(bound = "P: PublicationJson")]
+pub struct HistoryReply<'a, P> {
+    /// The channel.
+    pub channel: &'a str,
+    /// Current epoch.
+    pub epoch: &'a str,
+    /// Current offset.
+    pub offset: u64,
+    /// Lowest offset still kept (0 when the history is empty).
+    pub earliest: u64,
+    /// The page, oldest first.
+    pub publications: RawPublications<'a, P>,
+    /// When `since` was given and it cannot be served completely: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NotRecovered>,
+}
+
 /// Reply to `state`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StateResult {
@@ -363,6 +451,54 @@ mod tests {
             ServerMessage::Reply { id: 5, result: Ok(r) } => assert_eq!(r.get(), "null"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A stored publication, as the hub keeps it.
+    struct Stored(&'static str);
+
+    impl PublicationJson for Stored {
+        fn publication_json(&self) -> &str {
+            self.0
+        }
+    }
+
+    #[test]
+    fn raw_replies_embed_publications_unchanged() {
+        let p = r#"{"channel":"c","epoch":"e","offset":2,"id":"e-2","type":"t","data":{"x":1},"time":"now"}"#;
+        let pubs = [std::sync::Arc::new(Stored(p))];
+        let history = HistoryReply {
+            channel: "c",
+            epoch: "e",
+            offset: 2,
+            earliest: 1,
+            publications: RawPublications(&pubs),
+            reason: None,
+        };
+        let line = reply_ok(1, &history);
+        assert_eq!(
+            line,
+            format!(
+                r#"{{"id":1,"result":{{"channel":"c","epoch":"e","offset":2,"earliest":1,"publications":[{p}]}}}}"#
+            )
+        );
+        let decoded: HistoryResult =
+            serde_json::from_str(&serde_json::to_string(&history).unwrap()).unwrap();
+        assert_eq!(decoded.publications[0].data.get(), r#"{"x":1}"#);
+        let empty: [Stored; 0] = [];
+        let subscribe = SubscribeReply {
+            channel: "c",
+            epoch: "e",
+            offset: 0,
+            keyed: false,
+            recovered: None,
+            reason: None,
+            publications: RawPublications(&empty),
+            snapshot: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&subscribe).unwrap(),
+            r#"{"channel":"c","epoch":"e","offset":0,"keyed":false}"#
+        );
     }
 
     #[test]

@@ -71,6 +71,12 @@ impl Encoded {
     }
 }
 
+impl herald_protocol::reply::PublicationJson for Encoded {
+    fn publication_json(&self) -> &str {
+        Encoded::publication_json(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

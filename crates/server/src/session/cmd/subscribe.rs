@@ -1,0 +1,109 @@
+//! `subscribe`: joins the channel's fan-out, then recovers from `since` (or sends the snapshot),
+//! so nothing published after the reply's position can be missed.
+
+use super::fitting_prefix;
+use crate::auth::Principal;
+use crate::frame::Encoded;
+use crate::outbox::Outgoing;
+use crate::session::Session;
+use crate::session::subscription::Sub;
+use herald_protocol::reply::{self, RawPublications, SubscribeReply};
+use herald_protocol::{ErrorBody, ErrorCode, Position};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+impl Session {
+    /// Subscribes; recovered publications beyond the reply budget follow as a backlog.
+    pub(super) async fn subscribe(
+        &mut self,
+        id: u64,
+        principal: &Principal,
+        channel: String,
+        since: Option<Position>,
+        snapshot: bool,
+    ) -> Result<(), ErrorBody> {
+        let hub = self.hub.clone();
+        let ns = hub.namespace(&channel)?;
+        if let Err(e) = hub.authorize_subscribe(principal, &self.client(), &channel, ns).await {
+            tracing::warn!(target: "herald::audit", event = "forbidden_subscribe", client = %self.client(), user = %principal.user, ip = %self.ip, channel = %channel, code = e.code);
+            return Err(e);
+        }
+        if self.subs.contains_key(channel.as_str()) {
+            return Err(ErrorBody::new(ErrorCode::AlreadySubscribed, "already subscribed")
+                .with_channel(channel));
+        }
+        if self.subs.len() >= hub.config.limits.max_channels_per_connection {
+            return Err(ErrorBody::new(
+                ErrorCode::TooManyChannels,
+                format!(
+                    "at most {} channels per connection",
+                    hub.config.limits.max_channels_per_connection
+                ),
+            )
+            .with_channel(channel));
+        }
+        if snapshot && !ns.keyed {
+            return Err(ErrorBody::new(ErrorCode::NotKeyed, "snapshot needs a keyed namespace")
+                .with_channel(channel));
+        }
+        // Register for live publications first, then read: nothing published after the read
+        // position can be missed (guarantee 3).
+        hub.add_subscriber(&channel, self.id, self.outbox.clone()).await?;
+        let recovery = match hub.recover(ns, &channel, since.as_ref(), snapshot).await {
+            Ok(r) => r,
+            Err(e) => {
+                hub.remove_subscriber(&channel, self.id).await;
+                return Err(e);
+            }
+        };
+        // A reply never takes more than a quarter of the outbound queue: recovered publications
+        // beyond that follow as pushes, fed as the queue drains (issue: replies larger than the
+        // queue closed the client as a slow consumer, forever).
+        let mut recovery = recovery;
+        let budget = self.reply_budget();
+        let snapshot_bytes: usize = recovery
+            .snapshot
+            .as_deref()
+            .map_or(0, |r| r.iter().map(|r| r.key.len() + r.value.get().len() + 32).sum());
+        let mut backlog = VecDeque::new();
+        let mut catchup_until = None;
+        let mut offset = recovery.offset;
+        let fits = fitting_prefix(&recovery.publications, budget.saturating_sub(snapshot_bytes));
+        if fits < recovery.publications.len() {
+            backlog = recovery.publications.split_off(fits).into();
+            catchup_until = backlog.back().map(|p: &Arc<Encoded>| p.offset);
+            offset = recovery.publications.last().map_or_else(
+                || backlog.front().map_or(recovery.offset, |p: &Arc<Encoded>| p.offset - 1),
+                |p| p.offset,
+            );
+        }
+        let line = reply::reply_ok(
+            id,
+            &SubscribeReply {
+                channel: &channel,
+                epoch: &recovery.epoch,
+                offset,
+                keyed: recovery.keyed,
+                recovered: recovery.recovered,
+                reason: recovery.reason,
+                publications: RawPublications(&recovery.publications),
+                snapshot: recovery.snapshot.as_deref(),
+            },
+        );
+        let channel: Arc<str> = channel.into();
+        self.subs.insert(
+            channel.clone(),
+            Sub {
+                epoch: recovery.epoch.into(),
+                delivered: offset,
+                awaiting_reply: true,
+                held: Vec::new(),
+                backlog,
+                catchup_until,
+            },
+        );
+        let _ = self.outbox.push(Outgoing::Subscribed { channel, line });
+        self.feed_backlogs();
+        Ok(())
+    }
+}

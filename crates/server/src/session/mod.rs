@@ -1,0 +1,413 @@
+//! One WebSocket connection: reads commands, writes replies and publications, keeps the
+//! heartbeat, and enforces the per-connection guarantees.
+//!
+//! The session is one task. Live publications arrive through its [`Outbox`]; each subscription
+//! remembers the last offset it delivered, so the writer drops duplicates, holds publications that
+//! arrived before the subscribe reply went out, and turns any gap into an `unsubscribe` push with
+//! `resubscribe` instead of delivering around it.
+//!
+//! The socket is any `Stream + Sink` of axum messages, so tests can drive a session without a
+//! network.
+//!
+//! # Layout
+//!
+//! - this file: [`Upgrade`], [`run`], the session's loop (reads, heartbeat, deadlines), the
+//!   split of inbound frames into commands, and the close.
+//! - `cmd/`: one file per command (`connect`, `subscribe`, …) and the dispatch to them.
+//! - `subscription`: one subscription's delivery state and its continuity rules.
+//! - `writer`: drains the outbox into the socket in batched frames.
+//! - `rate`: the command rate limit.
+
+mod cmd;
+mod rate;
+mod subscription;
+mod writer;
+
+use crate::auth::{AuthError, Principal};
+use crate::hub::Hub;
+use crate::metrics::CloseLabels;
+use crate::outbox::{Outbox, Outgoing};
+use axum::extract::ws::{CloseFrame, Message};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use herald_protocol::command::Request;
+use herald_protocol::reply::{self, ErrorBody, PUSH_PING};
+use herald_protocol::{CloseCode, ErrorCode, split_frame};
+use rate::{Admission, RateLimit};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use subscription::Sub;
+
+/// What the upgrade request told us.
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    /// Token from `Authorization: Bearer` or `?token=`.
+    pub token: Option<String>,
+    /// Whether the `Origin` header passed the allow-list.
+    pub origin_allowed: bool,
+    /// Peer address, for the audit log.
+    pub ip: IpAddr,
+}
+
+/// How long the final close may take on a stuck socket.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a slow consumer's socket stays open to drain what is in flight before the close.
+const SLOW_CONSUMER_CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// A session.
+struct Session {
+    /// The node.
+    hub: Arc<Hub>,
+    /// Session id in the hub.
+    id: u64,
+    /// Outbound queue.
+    outbox: Arc<Outbox>,
+    /// Set by a successful `connect`.
+    principal: Option<Principal>,
+    /// Token from the upgrade request, used when `connect` carries none.
+    upgrade_token: Option<String>,
+    /// Peer address.
+    ip: IpAddr,
+    /// Subscriptions by channel.
+    subs: HashMap<Arc<str>, Sub>,
+    /// Last time anything arrived.
+    last_seen: Instant,
+    /// Command rate limit.
+    rate: RateLimit,
+}
+
+/// Why the session ends: the close code and reason it sends.
+type Close = (CloseCode, String);
+
+/// Runs a connection until it ends.
+pub async fn run<S>(hub: Arc<Hub>, mut socket: S, upgrade: Upgrade)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let limits = &hub.config.limits;
+    let outbox = Arc::new(Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes));
+    let id = hub.open_session(outbox.clone());
+    let mut session = Session {
+        rate: RateLimit::new(limits.commands_per_second),
+        hub: hub.clone(),
+        id,
+        outbox,
+        principal: None,
+        upgrade_token: upgrade.token.clone(),
+        ip: upgrade.ip,
+        subs: HashMap::new(),
+        last_seen: Instant::now(),
+    };
+    let close = if !upgrade.origin_allowed {
+        tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %upgrade.ip, reason = "origin not allowed");
+        Some((CloseCode::Forbidden, "origin not allowed".to_string()))
+    } else {
+        // A bug in command handling must not leave the connection counted (the per-user limit
+        // would lock the user out): the bookkeeping below runs on every exit, panics included.
+        let served = std::panic::AssertUnwindSafe(session.serve(&mut socket)).catch_unwind().await;
+        match served {
+            Ok(close) => close,
+            Err(_) => {
+                tracing::error!(client = %session.client(), "session panicked: closing it");
+                let _ = tokio::time::timeout(
+                    CLOSE_GRACE,
+                    socket.send(Message::Close(Some(CloseFrame {
+                        code: 1011,
+                        reason: "internal error".into(),
+                    }))),
+                )
+                .await;
+                None
+            }
+        }
+    };
+    Box::pin(session.finish(&mut socket, close)).await;
+}
+
+impl Session {
+    /// Public connection id (`NODE-N`), made when needed rather than kept per connection.
+    fn client(&self) -> String {
+        format!("{}-{}", self.hub.node_id, self.id)
+    }
+
+    /// The session's loop: writes what the outbox holds, reads commands, and keeps the
+    /// deadlines (ping, heartbeat, auth, token expiry). Returns the close to send, if any.
+    async fn serve<S>(&mut self, socket: &mut S) -> Option<Close>
+    where
+        S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    {
+        // A token in the upgrade request that is already invalid: say so at once.
+        if let Some(token) = &self.upgrade_token
+            && let Err(e) = Box::pin(self.hub.verifier.verify(token)).await
+        {
+            self.audit_auth_failure(&e);
+            return Some(auth_close(&e));
+        }
+        let config = self.hub.config.clone();
+        let t = &config.timeouts;
+        // A token the verifier still accepts (within its leeway) must not be closed as expired.
+        let grace = t.token_grace + Duration::from_secs(self.hub.verifier.leeway_secs());
+        let started = tokio::time::Instant::now();
+        let mut next_ping = started + t.ping_interval;
+        // One timer for every deadline (ping, heartbeat, auth, token expiry): each costs memory
+        // in every idle connection's task. It is re-armed to the earliest deadline; a deadline
+        // that moved later (a message arrived) just makes it fire early and re-arm.
+        let mut armed = next_ping.min(started + t.auth_timeout);
+        let timer = tokio::time::sleep_until(armed);
+        tokio::pin!(timer);
+        let outbox = self.outbox.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = outbox.ready() => {
+                    let flushed = Box::pin(self.flush(socket)).await;
+                    self.feed_backlogs();
+                    match flushed {
+                        Ok(None) => {}
+                        Ok(Some(close)) => return Some(close),
+                        Err(()) => return None,
+                    }
+                }
+                msg = socket.next() => {
+                    self.last_seen = Instant::now();
+                    let text = match msg {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Binary(_))) => {
+                            return Some((CloseCode::BadRequest, "binary frames are not part of the protocol".into()));
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(_))) | None => return None,
+                        Some(Err(e)) => {
+                            if too_large(&e) {
+                                return Some((CloseCode::MessageTooLarge, format!("frame above {} bytes", config.limits.max_frame_bytes)));
+                            }
+                            // RFC 6455 §7.4.1: 1007 for invalid UTF-8, 1002 for a protocol
+                            // violation (RSV bits, bad opcode, unmasked frame…).
+                            if let Some(code) = violation_code(&e) {
+                                tracing::debug!(client = %self.client(), error = %e, "websocket protocol violation");
+                                let frame = CloseFrame { code, reason: close_reason(&e.to_string()).to_string().into() };
+                                let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame)))).await;
+                            }
+                            return None;
+                        }
+                    };
+                    self.hub.metrics.bytes_in.inc_by(text.len() as u64);
+                    // Boxed: command handling is a large future that an idle connection should
+                    // not carry in its task (memory per idle connection).
+                    if let Some(close) = Box::pin(self.handle_frame(text.as_str())).await {
+                        return Some(close);
+                    }
+                }
+                _ = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if self.principal.is_none() && now >= started + t.auth_timeout {
+                        return Some((CloseCode::AuthTimeout, "no connect within the auth timeout".into()));
+                    }
+                    let silent = self.last_seen.elapsed();
+                    if silent >= t.pong_timeout {
+                        return Some((CloseCode::HeartbeatTimeout, format!("nothing received for {} ms", silent.as_millis())));
+                    }
+                    if let Some(exp) = self.principal.as_ref().and_then(|p| p.expires_at)
+                        && lapsed(exp, grace)
+                    {
+                        return Some((CloseCode::TokenExpired, "token expired without refresh".into()));
+                    }
+                    if now >= next_ping {
+                        let _ = self.outbox.push(Outgoing::Line(PUSH_PING.to_string()));
+                        next_ping = now + t.ping_interval;
+                    }
+                }
+            }
+            let mut deadline = next_ping.min((self.last_seen + t.pong_timeout).into());
+            match &self.principal {
+                None => deadline = deadline.min(started + t.auth_timeout),
+                Some(p) => {
+                    if let Some(exp) = p.expires_at {
+                        deadline = deadline.min(deadline_for(exp, grace));
+                    }
+                }
+            }
+            if deadline < armed || timer.is_elapsed() {
+                armed = deadline;
+                timer.as_mut().reset(armed);
+            }
+        }
+    }
+
+    /// Sends the last frames and the close, then forgets the session.
+    async fn finish<S>(&mut self, socket: &mut S, close: Option<Close>)
+    where
+        S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    {
+        // Out of the fan-out first: nothing more is queued for a connection that is closing.
+        for channel in std::mem::take(&mut self.subs).into_keys() {
+            self.hub.remove_subscriber(&channel, self.id).await;
+        }
+        if let Some((code, reason)) = &close {
+            self.hub.metrics.closes.get_or_create(&CloseLabels { code: code.name().into() }).inc();
+            if *code == CloseCode::SlowConsumer {
+                // Every 4001, whatever overflowed the queue (fan-out, a reply, a catch-up).
+                self.hub.metrics.slow_consumer_closes.inc();
+            }
+            // A slow consumer gets time to read what is already in flight (the socket's buffers
+            // hold thousands of publications): closing at once would discard them with the
+            // connection, and its resume would have to recover all of them.
+            let grace = if *code == CloseCode::SlowConsumer {
+                SLOW_CONSUMER_CLOSE_GRACE
+            } else {
+                CLOSE_GRACE
+            };
+            let _ = tokio::time::timeout(grace, async {
+                if *code != CloseCode::SlowConsumer {
+                    let _ = self.flush(socket).await;
+                }
+                let push = reply::push_disconnect(*code, reason);
+                socket.feed(Message::Text(push.into())).await?;
+                socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: code.code(),
+                        reason: close_reason(reason).into(),
+                    })))
+                    .await?;
+                // Wait for the peer's close reply so it reads our close frame before the TCP
+                // connection goes away (otherwise its reply can hit a reset socket).
+                while let Some(Ok(msg)) = socket.next().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+                Ok::<(), axum::Error>(())
+            })
+            .await;
+        }
+        self.hub.close_session(self.id);
+        let user = self.principal.as_ref().map_or("", |p| p.user.as_str());
+        match close {
+            Some((code, reason)) => tracing::info!(
+                target: "herald::audit", event = "disconnect", client = %self.client(), user,
+                ip = %self.ip, code = code.code(), name = code.name(), reason
+            ),
+            None => tracing::info!(
+                target: "herald::audit", event = "disconnect", client = %self.client(), user,
+                ip = %self.ip, code = 1000, name = "client_closed"
+            ),
+        }
+    }
+
+    /// Queues a command's result.
+    fn reply<T: Serialize>(&self, id: u64, result: &T) {
+        let _ = self.outbox.push(Outgoing::Line(reply::reply_ok(id, result)));
+    }
+
+    /// Queues a command's error (an `error` push when the command had no id).
+    fn reply_error(&self, id: Option<u64>, mut error: ErrorBody) {
+        error.request_id = id;
+        let _ = self.outbox.push(Outgoing::Line(reply::reply_err(id, &error)));
+    }
+
+    /// Handles every message of one inbound frame; returns a close when the connection must end.
+    async fn handle_frame(&mut self, frame: &str) -> Option<Close> {
+        for line in split_frame(frame) {
+            match self.rate.admit() {
+                Admission::Run => {}
+                Admission::Refuse => {
+                    let id = Request::parse(line).ok().and_then(|r| r.id);
+                    self.reply_error(
+                        id,
+                        ErrorBody::new(ErrorCode::RateLimited, "too many commands per second"),
+                    );
+                    continue;
+                }
+                Admission::Close => {
+                    return Some((
+                        CloseCode::RateLimited,
+                        "command rate limit exceeded repeatedly".into(),
+                    ));
+                }
+            }
+            match Request::parse(line) {
+                Ok(Request { id, command }) => {
+                    if let Some(close) = self.handle(id.unwrap_or(0), command).await {
+                        return Some(close);
+                    }
+                }
+                Err(e) => self.reply_error(e.id, ErrorBody::new(e.code, e.message)),
+            }
+        }
+        None
+    }
+
+    /// Counts and logs a refused token.
+    fn audit_auth_failure(&self, e: &AuthError) {
+        self.hub.metrics.auth_failures.inc();
+        tracing::warn!(target: "herald::audit", event = "auth_failure", client = %self.client(), ip = %self.ip, reason = %e);
+    }
+}
+
+/// The error reply for a refused token: 109 when expired (get a new one), 101 otherwise.
+fn auth_error(e: &AuthError) -> ErrorBody {
+    let code =
+        if *e == AuthError::Expired { ErrorCode::TokenExpired } else { ErrorCode::Unauthorized };
+    ErrorBody::new(code, e.to_string())
+}
+
+/// The close for a refused token: 4004 when expired, 4500 otherwise.
+fn auth_close(e: &AuthError) -> Close {
+    match e {
+        AuthError::Expired => (CloseCode::TokenExpired, "token expired".into()),
+        other => (CloseCode::Unauthorized, other.to_string()),
+    }
+}
+
+/// A close frame's reason is limited to 123 bytes; cut at a character boundary.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// Now as Unix time, to compare with token expiries.
+fn unix_now_precise() -> Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Whether a token expiring at `exp` (Unix seconds, client-supplied) is past its grace.
+fn lapsed(exp: u64, grace: Duration) -> bool {
+    Duration::from_secs(exp).saturating_add(grace) <= unix_now_precise()
+}
+
+/// Longest a deadline is set ahead: an `exp` decades away (or near `u64::MAX`) must not
+/// overflow `Instant`; the timer is re-armed when it fires anyway.
+const FAR_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// When a token expiring at `exp` (Unix seconds) passes its grace, as a timer deadline.
+fn deadline_for(exp: u64, grace: Duration) -> tokio::time::Instant {
+    let left = Duration::from_secs(exp).saturating_add(grace).saturating_sub(unix_now_precise());
+    tokio::time::Instant::now() + left.min(FAR_DEADLINE)
+}
+
+/// The RFC 6455 close code for a broken inbound frame, if it is one.
+fn violation_code(e: &axum::Error) -> Option<u16> {
+    // axum hides tungstenite's error type; its message names the kind.
+    let text = e.to_string();
+    if text.contains("UTF-8") {
+        Some(1007)
+    } else if text.contains("protocol error") {
+        Some(1002)
+    } else {
+        None
+    }
+}
+
+/// Whether a read failed because the frame exceeded the size limit.
+fn too_large(e: &axum::Error) -> bool {
+    // axum hides tungstenite's error type; its message names the capacity error.
+    let text = e.to_string();
+    text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Message too big")
+}

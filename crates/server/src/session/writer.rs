@@ -1,0 +1,196 @@
+//! The writer: drains the outbox into the socket, applying each subscription's continuity
+//! rules, batching messages into frames, and closing a slow consumer whose live publications
+//! outran a catch-up.
+
+use super::subscription::Sub;
+use super::{Close, Session};
+use crate::frame::Encoded;
+use crate::outbox::Outgoing;
+use axum::extract::ws::{Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt};
+use herald_protocol::reply;
+use herald_protocol::{CloseCode, Continuity, ErrorCode};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest frame the writer builds from batched messages.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Builds outgoing frames: several messages joined by `\n`, one publication sent as-is.
+#[derive(Default)]
+struct Batch {
+    /// Frames ready to write.
+    frames: Vec<Utf8Bytes>,
+    /// The frame being built.
+    current: String,
+    /// A lone publication frame not yet copied into `current`.
+    single: Option<Utf8Bytes>,
+    /// Bytes in all frames.
+    bytes: usize,
+}
+
+impl Batch {
+    fn add_shared(&mut self, frame: &Utf8Bytes) {
+        if self.current.is_empty() && self.single.is_none() {
+            self.single = Some(frame.clone());
+        } else {
+            self.add(frame.as_str());
+        }
+    }
+
+    fn add(&mut self, line: &str) {
+        if let Some(single) = self.single.take() {
+            self.current.push_str(single.as_str());
+        }
+        if !self.current.is_empty() {
+            if self.current.len() + line.len() > MAX_BATCH_BYTES {
+                self.cut();
+            } else {
+                self.current.push('\n');
+            }
+        }
+        self.current.push_str(line);
+    }
+
+    fn cut(&mut self) {
+        if let Some(single) = self.single.take() {
+            self.bytes += single.len();
+            self.frames.push(single);
+        }
+        if !self.current.is_empty() {
+            let s = std::mem::take(&mut self.current);
+            self.bytes += s.len();
+            self.frames.push(s.into());
+        }
+    }
+}
+
+/// What one flush collects: the frames to write and what became of the subscriptions.
+#[derive(Default)]
+pub(super) struct Delivery {
+    /// The frames being built.
+    batch: Batch,
+    /// Publications delivered, for the deliveries counter.
+    delivered: u64,
+    /// When the oldest delivered publication was accepted, for the latency histogram.
+    oldest: Option<Instant>,
+    /// Channels that hit a gap: they get an `unsubscribe` push asking to resubscribe.
+    gaps: Vec<Arc<str>>,
+    /// More live publications were held than the queue allows: a slow consumer.
+    pub(super) overflow: bool,
+}
+
+impl Delivery {
+    /// Adds `p` when it is `sub`'s next publication, drops a duplicate; false on a gap (the
+    /// channel is noted in `gaps`).
+    pub(super) fn deliver(&mut self, sub: &mut Sub, p: &Arc<Encoded>) -> bool {
+        match sub.check(p) {
+            Continuity::Next => {
+                self.batch.add_shared(&p.frame);
+                self.delivered += 1;
+                self.oldest = Some(self.oldest.map_or(p.accepted, |o| o.min(p.accepted)));
+                true
+            }
+            Continuity::Duplicate => true,
+            Continuity::Gap => {
+                self.gaps.push(p.channel.clone());
+                false
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Drains the outbox into the socket. `Err` when the socket is gone.
+    pub(super) async fn flush<S>(&mut self, socket: &mut S) -> Result<Option<Close>, ()>
+    where
+        S: Sink<Message, Error = axum::Error> + Unpin,
+    {
+        // A fresh queue per flush: an idle connection then holds no drained capacity.
+        let mut items = VecDeque::new();
+        let close = self.outbox.drain(&mut items);
+        let mut out = Delivery::default();
+        let held_limit = self.hub.config.limits.outbound_queue_messages;
+        for item in items.drain(..) {
+            match item {
+                Outgoing::Recovered(p) => {
+                    let Some(sub) = self.subs.get_mut(&*p.channel) else { continue };
+                    if !sub.on_recovered(&p, &mut out) {
+                        self.subs.remove(&*p.channel);
+                    }
+                }
+                Outgoing::Pub(p) => {
+                    let Some(sub) = self.subs.get_mut(&*p.channel) else { continue };
+                    if !sub.on_live(&p, held_limit, &mut out) {
+                        self.subs.remove(&*p.channel);
+                    }
+                }
+                Outgoing::Line(line) => out.batch.add(&line),
+                Outgoing::Subscribed { channel, line } => {
+                    out.batch.add(&line);
+                    if let Some(sub) = self.subs.get_mut(&channel)
+                        && !sub.on_reply_written(&mut out)
+                    {
+                        self.subs.remove(&channel);
+                    }
+                }
+                Outgoing::Reset(channel) => {
+                    if self.subs.remove(&channel).is_some() {
+                        out.gaps.push(channel);
+                    }
+                }
+            }
+        }
+        let Delivery { mut batch, delivered, oldest, gaps, overflow } = out;
+        if overflow {
+            // Live publications outran a catch-up: this connection is a slow consumer.
+            self.outbox.close(
+                CloseCode::SlowConsumer,
+                "live publications outran the recovery of a subscription",
+            );
+        }
+        for channel in &gaps {
+            tracing::debug!(channel = %channel, client = %self.client(), "position gap: asking to resubscribe");
+            batch.add(&reply::push_unsubscribe(
+                channel,
+                ErrorCode::Resubscribe,
+                "position gap: subscribe again with since",
+                true,
+            ));
+        }
+        batch.cut();
+        for channel in gaps {
+            self.hub.remove_subscriber(&channel, self.id).await;
+        }
+        if batch.frames.is_empty() {
+            return Ok(close);
+        }
+        let bytes = batch.bytes;
+        let write = async {
+            for frame in batch.frames {
+                socket.feed(Message::Text(frame)).await?;
+            }
+            socket.flush().await
+        };
+        let written = tokio::select! {
+            r = write => r.is_ok(),
+            _ = self.outbox.closed(), if close.is_none() => {
+                // Closed while stuck writing (slow consumer, kick): stop here.
+                return Ok(self.outbox.drain(&mut VecDeque::new()));
+            }
+        };
+        if !written {
+            return Err(());
+        }
+        let m = &self.hub.metrics;
+        m.bytes_out.inc_by(bytes as u64);
+        if delivered > 0 {
+            m.deliveries.inc_by(delivered);
+        }
+        if let Some(t) = oldest {
+            m.delivery_latency.observe(t.elapsed().as_secs_f64());
+        }
+        Ok(close)
+    }
+}
