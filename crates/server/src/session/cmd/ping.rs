@@ -6,6 +6,7 @@ use herald_protocol::reply::PingResult;
 use serde_json::value::RawValue;
 
 impl Session {
+    /// Answers at once; the reply carries the `timestamp` unchanged.
     pub(super) fn ping(&self, id: u64, timestamp: Option<Box<RawValue>>) -> Result<(), ErrorBody> {
         self.reply(id, &PingResult { timestamp });
         Ok(())

@@ -4,6 +4,7 @@ use crate::session::Session;
 use herald_protocol::{ErrorBody, ErrorCode};
 
 impl Session {
+    /// Ends a subscription; `not_subscribed` when there is none.
     pub(super) async fn unsubscribe(&mut self, id: u64, channel: String) -> Result<(), ErrorBody> {
         match self.subs.remove(channel.as_str()) {
             Some(_) => {
