@@ -1,10 +1,11 @@
 //! `herald serve`: parse the configuration, bind, serve until SIGTERM/SIGINT, drain.
 
 use anyhow::Context;
+use figment::Figment;
+use figment::providers::Serialized;
+use herald_server::Config;
 use herald_server::config::{EngineKind, LogFormat};
-use herald_server::engine::Engine;
-use herald_server::{Config, Hub};
-use std::sync::Arc;
+use serde::Serialize;
 use std::time::Duration;
 
 /// Development API key used when none is configured.
@@ -12,110 +13,118 @@ const DEV_API_KEY: &str = "dev-api-key";
 /// Development token secret used when none is configured.
 const DEV_SECRET: &str = "dev-secret";
 
-/// Arguments of `herald serve`.
-#[derive(clap::Args)]
+/// Arguments of `herald serve`. The flags that replace a configuration key serialize in the
+/// shape of [`Config`] (unset ones skipped), so they are layered over the file in one merge.
+#[derive(clap::Args, Serialize)]
 pub struct ServeArgs {
     /// TOML configuration file (docs/configuration.md). Without one, the built-in development
     /// configuration is used.
     #[arg(long, env = "HERALD_CONFIG")]
+    #[serde(skip)]
     config: Option<String>,
     /// Address to listen on (default 127.0.0.1:7700).
     #[arg(long, env = "HERALD_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
     /// API key for /api (added to the configured ones).
     #[arg(long, env = "HERALD_API_KEY")]
+    #[serde(skip)]
     api_key: Option<String>,
-    /// HS256 token secret.
-    #[arg(long, env = "HERALD_TOKEN_SECRET")]
-    token_secret: Option<String>,
-    /// `memory` or `redis`.
-    #[arg(long, env = "HERALD_ENGINE")]
-    engine: Option<String>,
-    /// Redis URL for the redis engine.
-    #[arg(long, env = "HERALD_REDIS_URL")]
-    redis_url: Option<String>,
+    /// `[auth]` keys.
+    #[command(flatten)]
+    auth: AuthFlags,
+    /// `[engine]` keys.
+    #[command(flatten)]
+    engine: EngineFlags,
     /// Node id (random when unset).
     #[arg(long, env = "HERALD_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     node_id: Option<String>,
+    /// `[timeouts]` keys.
+    #[command(flatten)]
+    timeouts: TimeoutFlags,
+    /// Allowed Origin for WebSocket upgrades (repeat for several).
+    #[arg(long = "allowed-origin", env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allowed_origins: Vec<String>,
+    /// `[log]` keys.
+    #[command(flatten)]
+    log: LogFlags,
+    /// Log filter in tracing's env-filter syntax (`info`, `debug`, `herald=trace`); default
+    /// `info`.
+    #[arg(long = "log", env = "HERALD_LOG", value_name = "LOG")]
+    #[serde(skip)]
+    log_filter: Option<String>,
+}
+
+/// Flags of `[auth]`.
+#[derive(clap::Args, Serialize)]
+struct AuthFlags {
+    /// HS256 token secret.
+    #[arg(long, env = "HERALD_TOKEN_SECRET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_secret: Option<String>,
+}
+
+/// Flags of `[engine]`.
+#[derive(clap::Args, Serialize)]
+struct EngineFlags {
+    /// Engine holding offsets, history and state.
+    #[arg(long, env = "HERALD_ENGINE")]
+    #[serde(rename = "kind", skip_serializing_if = "Option::is_none")]
+    engine: Option<EngineKind>,
+    /// Redis URL for the redis engine.
+    #[arg(long, env = "HERALD_REDIS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_url: Option<String>,
+}
+
+/// Flags of `[timeouts]`.
+#[derive(clap::Args, Serialize)]
+struct TimeoutFlags {
     /// Server ping interval (`25s`, `200ms`).
     #[arg(long, env = "HERALD_PING_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     ping_interval: Option<Duration>,
     /// Close a connection silent for this long.
     #[arg(long, env = "HERALD_PONG_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pong_timeout: Option<Duration>,
     /// Close a connection that has not sent `connect` within this.
     #[arg(long, env = "HERALD_AUTH_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     auth_timeout: Option<Duration>,
     /// Time a connection may live past its token's expiry without `refresh`.
     #[arg(long, env = "HERALD_TOKEN_GRACE", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     token_grace: Option<Duration>,
-    /// Allowed Origin for WebSocket upgrades (repeat for several).
-    #[arg(long = "allowed-origin", env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
-    allowed_origins: Vec<String>,
-    /// `text` or `json` log lines.
+}
+
+/// Flags of `[log]`.
+#[derive(clap::Args, Serialize)]
+struct LogFlags {
+    /// Log line format.
     #[arg(long, env = "HERALD_LOG_FORMAT")]
-    log_format: Option<String>,
-    /// Log filter in tracing's env-filter syntax (`info`, `debug`, `herald=trace`); default
-    /// `info`.
-    #[arg(long = "log", env = "HERALD_LOG")]
-    log: Option<String>,
+    #[serde(rename = "format", skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
 }
 
 impl ServeArgs {
     /// Builds the configuration: file (or development defaults), then env and flags on top.
     fn config(&self) -> anyhow::Result<(Config, Vec<String>)> {
         let mut notes = Vec::new();
-        let mut config = match &self.config {
+        let base = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => {
                 notes.push("no --config: using the built-in development configuration (namespaces default, session, campaign, demo)".to_string());
                 Config::development()
             }
         };
-        if let Some(v) = &self.listen {
-            config.listen = v.clone();
-        }
-        if let Some(v) = &self.api_key {
-            config.api_keys.push(v.clone());
-        }
-        if let Some(v) = &self.token_secret {
-            config.auth.token_secret = Some(v.clone());
-        }
-        if let Some(v) = &self.engine {
-            config.engine.kind = match v.as_str() {
-                "memory" => EngineKind::Memory,
-                "redis" => EngineKind::Redis,
-                other => anyhow::bail!("--engine must be memory or redis, not {other:?}"),
-            };
-        }
-        if let Some(v) = &self.redis_url {
-            config.engine.redis_url = v.clone();
-        }
-        if let Some(v) = &self.node_id {
-            config.node_id = v.clone();
-        }
-        if let Some(v) = self.ping_interval {
-            config.timeouts.ping_interval = v;
-        }
-        if let Some(v) = self.pong_timeout {
-            config.timeouts.pong_timeout = v;
-        }
-        if let Some(v) = self.auth_timeout {
-            config.timeouts.auth_timeout = v;
-        }
-        if let Some(v) = self.token_grace {
-            config.timeouts.token_grace = v;
-        }
-        if !self.allowed_origins.is_empty() {
-            config.allowed_origins = self.allowed_origins.clone();
-        }
-        if let Some(v) = &self.log_format {
-            config.log.format = match v.as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => anyhow::bail!("--log-format must be text or json, not {other:?}"),
-            };
-        }
+        let mut config: Config = Figment::from(Serialized::defaults(base))
+            .merge(Serialized::defaults(self))
+            .extract()
+            .context("cannot apply the flags and HERALD_* variables")?;
+        config.api_keys.extend(self.api_key.clone());
         if self.config.is_none() {
             if config.api_keys.is_empty() {
                 config.api_keys.push(DEV_API_KEY.into());
@@ -150,39 +159,17 @@ fn init_logging(format: LogFormat, directives: Option<&str>) {
     }
 }
 
-/// Builds the engine the configuration names.
-async fn build_engine(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
-    match config.engine.kind {
-        EngineKind::Memory => {
-            let budget = config.engine.memory_budget_bytes;
-            Ok(Arc::new(herald_server::engine::memory::MemoryEngine::with_budget(budget)))
-        }
-        EngineKind::Redis => {
-            let engine = herald_server::engine::redis::RedisEngine::new(&config.engine)?;
-            if !engine.wait_connected(Duration::from_secs(2)).await {
-                eprintln!(
-                    "herald: redis at {} is not reachable yet; serving anyway and reconnecting (publishes answer 503 meanwhile)",
-                    config.engine.redis_url
-                );
-            }
-            Ok(Arc::new(engine))
-        }
-    }
-}
-
 /// Runs the hub.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let (config, notes) = args.config()?;
-    init_logging(config.log.format, args.log.as_deref());
-    let engine = build_engine(&config).await?;
+    let (mut config, notes) = args.config()?;
+    init_logging(config.log.format, args.log_filter.as_deref());
     let listener = bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let mut config = config;
     config.listen = addr.to_string();
     let dev_secret = (args.config.is_none()).then(|| config.auth.token_secret.clone()).flatten();
-    let hub = Hub::new(config, engine)?;
+    let hub = herald_server::hub_from_config(config).await?;
     for note in &notes {
         eprintln!("herald: {note}");
     }
@@ -238,4 +225,88 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    /// `herald serve`'s arguments alone.
+    #[derive(clap::Parser)]
+    struct Serve {
+        /// The arguments under test.
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> Config {
+        let argv = std::iter::once("serve").chain(args.iter().copied());
+        Serve::try_parse_from(argv).expect("arguments").args.config().expect("configuration").0
+    }
+
+    fn json(config: &Config) -> serde_json::Value {
+        serde_json::to_value(config).unwrap()
+    }
+
+    const FILE: &str = r#"
+        api_keys = ["file-key"]
+        allowed_origins = ["https://a.example"]
+        [auth]
+        token_secret = "file-secret"
+        audience = "aud"
+        [timeouts]
+        ping_interval = "10s"
+        pong_timeout = "30s"
+        [engine]
+        redis_url = "redis://file:6379"
+        [namespaces.board]
+        keyed = true
+    "#;
+
+    #[test]
+    fn flags_replace_the_keys_they_name_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let path = path.to_str().unwrap();
+        assert_eq!(json(&config(&["--config", path])), json(&Config::from_file(path).unwrap()));
+
+        let c = config(&[
+            "--config",
+            path,
+            "--api-key",
+            "flag-key",
+            "--allowed-origin",
+            "https://b.example",
+            "--ping-interval",
+            "5s",
+            "--engine",
+            "redis",
+            "--log-format",
+            "json",
+        ]);
+        assert_eq!(c.api_keys, ["file-key", "flag-key"], "--api-key adds");
+        assert_eq!(c.allowed_origins, ["https://b.example"], "--allowed-origin replaces");
+        assert_eq!(c.timeouts.ping_interval, Duration::from_secs(5));
+        assert_eq!(c.timeouts.pong_timeout, Duration::from_secs(30));
+        assert_eq!(
+            (c.engine.kind, c.engine.redis_url.as_str()),
+            (EngineKind::Redis, "redis://file:6379")
+        );
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.auth.token_secret.as_deref(), Some("file-secret"));
+        assert_eq!(c.auth.audience.as_deref(), Some("aud"));
+        assert!(c.namespaces["board"].keyed);
+    }
+
+    #[test]
+    fn without_a_file_the_development_configuration_is_used() {
+        let c = config(&["--token-secret", "s", "--listen", "127.0.0.1:0"]);
+        let mut expected = Config::development();
+        expected.listen = "127.0.0.1:0".into();
+        expected.auth.token_secret = Some("s".into());
+        expected.api_keys = vec![DEV_API_KEY.into()];
+        assert_eq!(json(&c), json(&expected));
+    }
 }

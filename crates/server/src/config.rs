@@ -216,8 +216,14 @@ impl Default for EngineConfig {
     }
 }
 
+/// Why `engine.kind = "redis"` is refused by a herald-server built without its `redis` feature.
+#[cfg(not(feature = "redis"))]
+pub(crate) const REDIS_NOT_BUILT: &str =
+    "engine.kind = \"redis\" needs herald-server built with its \"redis\" feature";
+
 /// Which engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
     /// Embedded, single node.
@@ -236,6 +242,7 @@ pub struct LogConfig {
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable.
@@ -367,6 +374,10 @@ impl Config {
                     .into(),
             ));
         }
+        #[cfg(not(feature = "redis"))]
+        if self.engine.kind == EngineKind::Redis {
+            return Err(ConfigError::Invalid(REDIS_NOT_BUILT.into()));
+        }
         if self.engine.kind == EngineKind::Redis && self.engine.redis_url.is_empty() {
             return Err(ConfigError::Invalid("engine.redis_url is required for redis".into()));
         }
@@ -486,6 +497,15 @@ mod tests {
         assert!(Config::from_toml("bogus = 1").is_err());
         assert_eq!(Config::namespace_of("campaign:42:x"), "campaign");
         assert_eq!(Config::namespace_of("tasks"), "default");
+    }
+
+    /// A build without the `redis` feature refuses the Redis engine by name instead of
+    /// running another engine or failing later.
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn redis_engine_needs_the_feature() {
+        let err = Config::from_toml("[engine]\nkind = \"redis\"\n").unwrap_err();
+        assert!(err.to_string().contains("\"redis\" feature"), "{err}");
     }
 
     #[test]
