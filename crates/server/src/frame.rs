@@ -92,7 +92,7 @@ mod tests {
             id: "e-3".into(),
             kind: "t".into(),
             data: RawValue::from_string("[1]".into()).unwrap(),
-            time: crate::engine::now_rfc3339(),
+            time: "2026-12-02T00:00:00.000Z".into(),
             meta: Meta::default(),
             key: None,
             op: None,

@@ -5,26 +5,34 @@
 //!
 //! # Layout
 //!
-//! Modules follow the data flow of a publication:
+//! Modules follow the walk of a publication from the HTTP handler to the socket write
+//! (api → hub → engine → fanout → outbox → session writer); dependencies point one way,
+//! protocol ← config ← frame/keyed ← engine ← rules/fanout ← hub ← ws/session/api/sse ← this
+//! root (`tests/module_graph.rs` keeps it so):
 //!
 //! - [`config`]: the typed configuration, validated before any port is bound.
-//! - [`auth`]: tokens → [`auth::Principal`]; channel patterns.
-//! - [`hook`]: the optional subscribe-authorization hook.
-//! - [`api`]: the HTTP API (`/api/*`, `/health`, `/ready`, `/metrics`).
-//! - [`hub`]: one node's shared state: namespaces, authorization, local subscribers, sessions.
-//! - [`engine`]: offsets, history, keyed state and cross-node fan-out ([`engine::memory`]).
-//! - [`error`]: why a hub could not be built.
+//! - [`auth`]: tokens → [`auth::Principal`]; channel patterns. [`hook`]: the optional
+//!   subscribe-authorization hook.
+//! - [`api`]: the HTTP API (`/api/*`, `/health`, `/ready`, `/metrics`); [`ws`]: the `/ws`
+//!   upgrade; [`sse`]: the Server-Sent Events fallback, a session behind an adapter;
+//!   [`listener`]: the HTTP accept loop and its connection bounds.
+//! - [`hub`]: one node's shared state: namespaces, authorization, sessions; every read and write
+//!   of a channel goes through it.
+//! - [`rules`]: the recover verdict, history paging and snapshots, decided once for every engine.
+//! - [`engine`]: storage and ordering: offsets, history, keyed state and cross-node delivery
+//!   ([`engine::memory`]; `engine::redis` with the `redis` feature). [`keyed`]: how a
+//!   publication changes a record. [`frame`]: a publication encoded once.
+//! - [`fanout`]: this node's subscribers by channel; the engine delivers into it.
 //! - [`outbox`]: a connection's bounded outbound queue.
-//! - [`session`]: one WebSocket connection.
-//! - [`sse`]: the Server-Sent Events fallback, a session behind an adapter.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`session`]: one WebSocket connection (its writer, rate limit, one file per command).
+//! - [`metrics`]: Prometheus metrics. [`error`]: why a hub could not be built.
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
-pub mod fanout;
 pub mod error;
+pub mod fanout;
 pub mod frame;
 pub mod hook;
 pub mod hub;
@@ -35,20 +43,16 @@ pub mod outbox;
 pub mod rules;
 pub mod session;
 pub mod sse;
+pub mod ws;
 
 pub use config::Config;
 pub use error::HubError;
 pub use hub::Hub;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use herald_protocol::ErrorCode;
-use herald_protocol::reply::ErrorBody;
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Builds a hub on the memory engine, whatever engine the configuration names.
@@ -89,7 +93,7 @@ pub async fn hub_from_config(config: Config) -> Result<Arc<Hub>, HubError> {
 /// Every route of the hub: `/ws`, the API, and the embedded dashboard and demo pages.
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
-        .route("/ws", get(ws_upgrade))
+        .route("/ws", get(ws::upgrade))
         .route("/sse/{channel}", get(sse::stream))
         .merge(api::router(hub.clone()))
         .route("/", get(|| asset("index.html")))
@@ -148,62 +152,6 @@ pub async fn serve(
     housekeeping.abort();
     hub.detach_node().await;
     Ok(())
-}
-
-async fn ws_upgrade(
-    State(hub): State<Arc<Hub>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    if !hub.admit_attempt(addr.ip()) {
-        tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %addr.ip(), reason = "connection attempts per minute exceeded");
-        return api::ApiError(ErrorBody::new(
-            ErrorCode::RateLimited,
-            "too many connection attempts from this address",
-        ))
-        .into_response();
-    }
-    let token = upgrade_token(&headers, &query);
-    let origin_allowed = origin_allowed(&hub, &headers)
-        && (headers.contains_key(header::ORIGIN) || !hub.config.require_origin);
-    let limits = &hub.config.limits;
-    let upgrade = session::Upgrade { token, origin_allowed, ip: addr.ip() };
-    ws.read_buffer_size(256)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(limits.outbound_queue_bytes.max(1 << 20))
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
-        // The session runs in a task of its own so that the upgrade future's state is freed
-        // (about 600 bytes per idle connection, docs/benchmarks.md).
-        .on_upgrade(move |socket| async move {
-            tokio::spawn(session::run(hub, socket, upgrade));
-        })
-}
-
-/// The token of an upgrade request: `Authorization: Bearer`, else `?token=`.
-pub(crate) fn upgrade_token(
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string)
-        .or_else(|| query.get("token").cloned())
-}
-
-/// Whether the request's `Origin` (if any) is on the allow-list (empty list: any).
-pub(crate) fn origin_allowed(hub: &Hub, headers: &HeaderMap) -> bool {
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        Some(origin) => {
-            let list = &hub.config.allowed_origins;
-            list.is_empty() || list.iter().any(|o| o == "*" || o == origin)
-        }
-        None => true,
-    }
 }
 
 /// The dashboard, demo and their assets, embedded at compile time so one binary is the product.

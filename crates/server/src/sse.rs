@@ -304,7 +304,7 @@ pub async fn stream(
         ))
         .into_response();
     }
-    let token = crate::upgrade_token(&headers, &query);
+    let token = crate::ws::upgrade_token(&headers, &query);
     let since = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -318,7 +318,7 @@ pub async fn stream(
     let mut frames = Frames { rx, flow };
     let upgrade = Upgrade {
         token: None,
-        origin_allowed: crate::origin_allowed(&hub, &headers),
+        origin_allowed: crate::ws::origin_allowed(&hub, &headers),
         ip: addr.ip(),
     };
     tokio::spawn(session::run(hub.clone(), pipe, upgrade));

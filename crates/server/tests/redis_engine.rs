@@ -9,6 +9,7 @@ use herald_server::config::{Config, EngineConfig, EngineKind, Namespace};
 use herald_server::engine::redis::RedisEngine;
 use herald_server::engine::{Engine, EngineError, Delivery, PublishInput};
 use herald_server::frame::Encoded;
+use herald_server::rules;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -109,7 +110,7 @@ async fn keys_count_toward_state_bytes_and_have_a_length_limit() {
     let err = e.publish(&ns, input("kb:1", "1", Some(&"x".repeat(201)), None)).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::BadRequest, "{err}");
     assert!(err.to_string().contains("max_key_bytes"), "{err}");
-    assert_eq!(e.state(&ns, "kb:1").await.unwrap().records.len(), 4);
+    assert_eq!(rules::state(&*e, &ns, "kb:1").await.unwrap().records.len(), 4);
 }
 
 /// Subscribe, history and state reads of never-used channels write no key for them (only the
@@ -131,15 +132,15 @@ async fn reads_of_unused_channels_write_nothing_and_the_first_publish_keeps_the_
     let mut epochs = Vec::new();
     for i in 0..50 {
         let c = format!("never-{i}");
-        epochs.push(a.recover(&ns, &c, None, false).await.unwrap().epoch);
+        epochs.push(rules::recover(&*a, &ns, &c, None, false).await.unwrap().epoch);
         let foreign = Position { epoch: "other".into(), offset: 3 };
-        let r = a.recover(&ns, &c, Some(&foreign), false).await.unwrap();
+        let r = rules::recover(&*a, &ns, &c, Some(&foreign), false).await.unwrap();
         assert_eq!(r.reason, Some(NotRecovered::EpochChanged));
-        let h = b.history(&ns, &q(&c, None), 100).await.unwrap();
+        let h = rules::history(&*b, &ns, &q(&c, None), 100).await.unwrap();
         assert_eq!((h.offset, h.earliest, h.publications.len()), (0, 0, 0));
-        let st = b.state(&kv, &format!("kv:{i}")).await.unwrap();
+        let st = rules::state(&*b, &kv, &format!("kv:{i}")).await.unwrap();
         assert!(st.records.is_empty());
-        let snap = a.recover(&kv, &format!("kv:{i}"), None, true).await.unwrap();
+        let snap = rules::recover(&*a, &kv, &format!("kv:{i}"), None, true).await.unwrap();
         assert_eq!(snap.snapshot.map(|s| s.len()), Some(0));
         // Every node answers the same empty epoch.
         assert_eq!(h.epoch, epochs[i]);
@@ -147,7 +148,7 @@ async fn reads_of_unused_channels_write_nothing_and_the_first_publish_keeps_the_
     assert_eq!(keys(&mut conn).await, ["herald:epoch_seed"], "reads wrote per-channel keys");
 
     a.listen("fresh").await.unwrap();
-    let told = a.recover(&ns, "fresh", None, false).await.unwrap();
+    let told = rules::recover(&*a, &ns, "fresh", None, false).await.unwrap();
     assert_eq!(told.offset, 0);
     let p = b.publish(&ns, input("fresh", "\"one\"", None, None)).await.unwrap();
     assert_eq!((p.epoch.as_str(), p.offset), (told.epoch.as_str(), 1));
@@ -161,7 +162,7 @@ async fn reads_of_unused_channels_write_nothing_and_the_first_publish_keeps_the_
     }
     assert_eq!(*seen.resets.lock(), 0, "no resubscribe");
     let since = Position { epoch: told.epoch.clone(), offset: 0 };
-    let r = b.recover(&ns, "fresh", Some(&since), false).await.unwrap();
+    let r = rules::recover(&*b, &ns, "fresh", Some(&since), false).await.unwrap();
     assert_eq!((r.recovered, r.publications.len()), (Some(true), 1));
     a.unlisten("fresh").await;
 
@@ -170,7 +171,7 @@ async fn reads_of_unused_channels_write_nothing_and_the_first_publish_keeps_the_
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let again = b.publish(&ns, input("fresh", "\"two\"", None, None)).await.unwrap();
     assert_ne!(again.epoch, p.epoch);
-    let r = a.recover(&ns, "fresh", Some(&since), false).await.unwrap();
+    let r = rules::recover(&*a, &ns, "fresh", Some(&since), false).await.unwrap();
     assert_eq!(r.reason, Some(NotRecovered::EpochChanged));
 }
 
@@ -186,18 +187,18 @@ async fn history_since_ahead_is_epoch_changed() {
         since: Some(Position { epoch: epoch.into(), offset }),
         ..Default::default()
     };
-    let empty = e.recover(&ns, "c", None, false).await.unwrap().epoch;
-    assert_eq!(e.history(&ns, &q(&empty, 0), 100).await.unwrap().reason, None);
-    let h = e.history(&ns, &q(&empty, 3), 100).await.unwrap();
+    let empty = rules::recover(&*e, &ns, "c", None, false).await.unwrap().epoch;
+    assert_eq!(rules::history(&*e, &ns, &q(&empty, 0), 100).await.unwrap().reason, None);
+    let h = rules::history(&*e, &ns, &q(&empty, 3), 100).await.unwrap();
     assert_eq!(h.reason, Some(NotRecovered::EpochChanged));
     for _ in 0..5 {
         e.publish(&ns, input("c", "1", None, None)).await.unwrap();
     }
-    let h = e.history(&ns, &q(&empty, 99), 100).await.unwrap();
+    let h = rules::history(&*e, &ns, &q(&empty, 99), 100).await.unwrap();
     assert_eq!((h.reason, h.offset), (Some(NotRecovered::EpochChanged), 5));
-    let h = e.history(&ns, &q(&empty, 5), 100).await.unwrap();
+    let h = rules::history(&*e, &ns, &q(&empty, 5), 100).await.unwrap();
     assert_eq!((h.reason, h.publications.len()), (None, 0));
-    let h = e.history(&ns, &q(&empty, 2), 100).await.unwrap();
+    let h = rules::history(&*e, &ns, &q(&empty, 2), 100).await.unwrap();
     assert_eq!(h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), [3, 4, 5]);
 }
 
@@ -221,10 +222,10 @@ async fn detach_node_stops_the_heartbeat() {
             .unwrap();
         key || listed
     };
-    e.attach_node(Arc::downgrade(&hub));
+    hub.attach_node();
     eventually(Duration::from_secs(5), "the node registers", async || registered(&mut conn).await)
         .await;
-    e.detach_node().await;
+    hub.detach_node().await;
     assert!(!registered(&mut conn).await, "detach_node removed the registration");
     // Several heartbeat periods: nothing brings it back.
     let until = Instant::now() + herald_server::engine::redis::HEARTBEAT_EVERY * 3;
@@ -233,12 +234,12 @@ async fn detach_node_stops_the_heartbeat() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Serving again registers again.
-    e.attach_node(Arc::downgrade(&hub));
+    hub.attach_node();
     eventually(Duration::from_secs(5), "the node registers again", async || {
         registered(&mut conn).await
     })
     .await;
-    e.detach_node().await;
+    hub.detach_node().await;
     assert!(!registered(&mut conn).await);
     drop(hub);
 }

@@ -4,6 +4,8 @@
 //!
 //! Set `HERALD_TEST_LOG=1` to see every process's stderr.
 
+pub mod module_graph;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
