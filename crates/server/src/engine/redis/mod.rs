@@ -1,0 +1,463 @@
+//! The Redis engine: several Herald nodes that behave as one hub.
+//!
+//! # One atomic step per publication
+//!
+//! A publication is one Lua script (`redis/publish.lua`, sent with EVALSHA and loaded again when
+//! Redis answers NOSCRIPT): idempotency check, keyed-state limits and update, `HINCRBY` of the
+//! offset, history append with its count and age bounds, and the `PUBLISH` of the encoded
+//! publication to the channel's pub/sub channel. Redis runs scripts one at a time, so the order of
+//! a channel is the order in which Redis ran the scripts, whichever node accepted the publish. The
+//! publication JSON is assembled inside the script from pieces the node serialized, so every node
+//! (and the history) holds identical bytes.
+//!
+//! # Keys
+//!
+//! For channel `C` (length `N`) and prefix `P`: `P:{N:C}:meta` (HASH `epoch`, `offset`, `bytes`),
+//! `P:{N:C}:hist` (LIST of `offset:unix_ms:json`, contiguous offsets, oldest first),
+//! `P:{N:C}:state` (HASH record key → `offset:json`), `P:{N:C}:idem:K` (idempotency window),
+//! and the pub/sub channel `P:pub:C`. The length prefix keeps names unambiguous whatever the
+//! channel contains; the braces keep a channel's keys in one cluster slot. A missing meta key is a
+//! lost (or never used) stream: reads answer its empty position and write nothing; the next
+//! publish starts it and drops leftovers. The epoch of a channel without a stream is derived from
+//! the hub-wide seed `P:epoch_seed` (rotated daily) and the channel, so a subscriber of an empty
+//! channel and its first publish agree on it across nodes (see `redis/common.lua`).
+//!
+//! # Fan-out
+//!
+//! One pub/sub connection per node, subscribed only to channels with local subscribers. One task
+//! reads it, so each channel's publications reach [`Delivery::deliver`] in Redis order. The task
+//! remembers the last position per channel; a gap or an epoch change resets that channel, a lost
+//! connection resets every channel ([`Delivery::reset`]), and the sessions ask their clients to
+//! resubscribe with `since`. `recover` waits until the channel's SUBSCRIBE is confirmed on the
+//! current connection before it reads the position, so "subscribed means flowing" holds.
+//!
+//! # Cluster view
+//!
+//! Each node writes `P:node:ID` (JSON: id, address, connections, subscriptions, version, channel
+//! counts) every [`HEARTBEAT_EVERY`] with a [`HEARTBEAT_TTL`] expiry and lists its id in the set
+//! `P:nodes`; `/api/info` and `/api/channels` read them. `detach_node` stops the heartbeat before
+//! it deletes the registration.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`RedisEngine`] and its [`Engine`] impl (publish, read, ready), the state its
+//!   tasks share, the Lua scripts and the mapping of Redis errors.
+//! - `keys.rs`: the names of keys and pub/sub channels.
+//! - `stored.rs`: the stored forms (history entries, records, pub/sub messages) and the
+//!   publication JSON the publish script assembles.
+//! - `pubsub.rs`: the pub/sub task, the listened channels and the position check of arriving
+//!   publications.
+//! - `cluster.rs`: the heartbeat and the cluster view read from every node's registration.
+
+mod cluster;
+mod keys;
+mod pubsub;
+mod stored;
+
+use super::{
+    Delivery, Engine, EngineError, NodeReport, NodeReporter, PublishInput, StreamRead, Window,
+    new_epoch,
+};
+use crate::config::{EngineConfig, Namespace};
+use crate::keyed::apply_op;
+use async_trait::async_trait;
+use herald_protocol::Op;
+use herald_protocol::reply::PublishResult;
+use parking_lot::Mutex;
+use pubsub::Listened;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use stored::{encoded_entries, publication_parts, split_message, split_record};
+use tokio::sync::mpsc;
+
+/// How long `listen`/`recover` wait for a SUBSCRIBE to be confirmed before answering
+/// `unavailable`.
+pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Upper bound of one engine operation against Redis; past it the caller gets `unavailable`.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the pub/sub connection is pinged, to notice a silently dead connection.
+pub const PUBSUB_PING_EVERY: Duration = Duration::from_secs(1);
+/// How often a node refreshes its registration.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A node whose registration is older than this is gone from the cluster view.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(4);
+/// Meta keys of non-keyed channels expire after this much idleness (or the history TTL, if
+/// longer): an idle stream is then forgotten and its next publish starts a new epoch. Keyed channels
+/// keep their state and meta forever.
+pub const META_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most channels a node reports in its heartbeat.
+pub const HEARTBEAT_MAX_CHANNELS: usize = 10_000;
+/// Attempts of a merge whose record changed between read and write.
+const MERGE_ATTEMPTS: usize = 50;
+
+/// The Lua scripts; each is the shared prelude followed by its body.
+struct Scripts {
+    /// One publication (see `redis/publish.lua`).
+    publish: redis::Script,
+    /// One atomic read: position, a window of history, records (see `redis/read.lua`).
+    read: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        macro_rules! script {
+            ($file:literal) => {
+                redis::Script::new(concat!(include_str!("common.lua"), include_str!($file)))
+            };
+        }
+        Scripts { publish: script!("publish.lua"), read: script!("read.lua") }
+    }
+}
+
+/// State shared by the engine and its pub/sub and heartbeat tasks.
+struct Inner {
+    /// Connection parameters.
+    client: redis::Client,
+    /// Commands and scripts (reconnects by itself).
+    conn: ConnectionManager,
+    /// Key prefix.
+    prefix: String,
+    /// The Lua scripts.
+    scripts: Scripts,
+    /// This node's subscribers.
+    fanout: OnceLock<Arc<dyn Delivery>>,
+    /// Channels with local subscribers.
+    listened: Mutex<HashMap<String, Listened>>,
+    /// Asks the pub/sub task to bring one channel's SUBSCRIBE in line with `listened`.
+    sync: mpsc::UnboundedSender<String>,
+    /// The pub/sub connection is up and every listened channel is subscribed.
+    pubsub_up: AtomicBool,
+    /// Reads the report of the node this engine serves, for the heartbeat.
+    node: OnceLock<NodeReporter>,
+    /// This node's id, once attached.
+    node_id: OnceLock<String>,
+    /// The heartbeat task while the node is attached; `detach_node` stops it (and waits for it)
+    /// before it deletes the registration, so a late heartbeat cannot bring the node back.
+    heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The Redis engine.
+pub struct RedisEngine {
+    /// State shared with the pub/sub and heartbeat tasks.
+    inner: Arc<Inner>,
+}
+
+impl RedisEngine {
+    /// Builds the engine and starts its pub/sub task. Redis need not be up: the engine connects
+    /// (and reconnects) by itself, and answers `unavailable` meanwhile.
+    pub fn new(config: &EngineConfig) -> Result<RedisEngine, EngineError> {
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| EngineError::Internal(format!("bad redis_url: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(200))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(OP_TIMEOUT));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|e| EngineError::Internal(format!("redis connection manager: {e}")))?;
+        let (sync, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            client,
+            conn,
+            prefix: config.redis_prefix.clone(),
+            scripts: Scripts::new(),
+            fanout: OnceLock::new(),
+            listened: Mutex::new(HashMap::new()),
+            sync,
+            pubsub_up: AtomicBool::new(false),
+            node: OnceLock::new(),
+            node_id: OnceLock::new(),
+            heartbeat: Mutex::new(None),
+        });
+        tokio::spawn(pubsub::pubsub_task(Arc::downgrade(&inner), rx));
+        Ok(RedisEngine { inner })
+    }
+
+    /// Waits up to `within` for the pub/sub connection; true when it is up.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.inner.pubsub_up.load(Ordering::Acquire) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+impl Inner {
+    /// This node's subscribers, once the hub attached them.
+    fn fanout(&self) -> Option<&Arc<dyn Delivery>> {
+        self.fanout.get()
+    }
+
+    /// Runs a Redis operation with the engine's timeout and error mapping.
+    async fn run<T, F>(&self, op: F) -> Result<T, EngineError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(OP_TIMEOUT, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_error(e)),
+            Err(_) => Err(EngineError::Unavailable("redis did not answer in time".into())),
+        }
+    }
+
+    /// Runs a read (safe to repeat) and tries once more when the connection turned out to be
+    /// broken: the first command after a Redis restart meets the dead socket, and the
+    /// connection manager has reconnected by the second.
+    async fn read<T, F, Fut>(&self, mut op: F) -> Result<T, EngineError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match self.run(op(self.conn.clone())).await {
+            Err(EngineError::Unavailable(_)) => self.run(op(self.conn.clone())).await,
+            other => other,
+        }
+    }
+}
+
+/// Maps a Redis failure: connection trouble and a full or loading Redis are `unavailable`
+/// (nothing was done, retry elsewhere or later); anything else is an internal fault.
+fn map_error(e: redis::RedisError) -> EngineError {
+    let code = e.code().unwrap_or("");
+    if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || matches!(code, "OOM" | "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN")
+    {
+        EngineError::Unavailable(format!("redis: {e}"))
+    } else {
+        EngineError::Internal(format!("redis: {e}"))
+    }
+}
+
+/// JSON of a plain value (strings, metadata, ops cannot fail to serialize).
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Milliseconds of `d`, as Redis takes them.
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// Meta expiry for a namespace: keyed channels keep theirs (0), others expire when idle.
+fn meta_ttl(ns: &Namespace) -> u64 {
+    if ns.keyed { 0 } else { ms(META_TTL.max(ns.history_ttl).max(ns.idempotency_window)) }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn attach(&self, fanout: Arc<dyn Delivery>) {
+        let _ = self.inner.fanout.set(fanout);
+    }
+
+    fn attach_node(&self, reporter: NodeReporter) {
+        self.inner.attach_node(reporter);
+    }
+
+    async fn detach_node(&self) {
+        self.inner.detach_node().await;
+    }
+
+    async fn nodes(&self) -> Option<Vec<NodeReport>> {
+        self.inner.nodes().await
+    }
+
+    async fn channel_counts(&self) -> Option<Vec<(String, usize)>> {
+        self.inner.channel_counts().await
+    }
+
+    async fn publish(
+        &self,
+        ns: &Namespace,
+        input: PublishInput,
+    ) -> Result<PublishResult, EngineError> {
+        let inner = &self.inner;
+        let keyed = input.keyed(ns)?;
+        let keys = inner.keys(&input.channel);
+        let (head, mid, tail) = publication_parts(&input, keyed.as_ref());
+        let idem = input.meta.idempotency_key.as_deref();
+        let idem_key = format!("{}{}", keys.idem, idem.unwrap_or(""));
+        let idem_window = if idem.is_some() { ms(ns.idempotency_window).max(1) } else { 0 };
+        let mut conn = inner.conn.clone();
+        for _ in 0..MERGE_ATTEMPTS {
+            // Keyed state: the new value (merges read the record and write only if unchanged).
+            let (rkey, op, value, expected) = match &keyed {
+                None => ("", "", String::new(), String::new()),
+                Some((key, Op::Upsert)) => {
+                    (key.as_str(), "upsert", input.data.get().to_string(), String::new())
+                }
+                Some((key, Op::Delete)) => (key.as_str(), "delete", String::new(), String::new()),
+                Some((key, Op::Merge)) => {
+                    let stored: Option<String> = inner
+                        .run(redis::cmd("HGET").arg(&keys.state).arg(key).query_async(&mut conn))
+                        .await?;
+                    let current = match &stored {
+                        Some(s) => Some(
+                            split_record(s)
+                                .and_then(|(_, json)| RawValue::from_string(json.to_string()).ok())
+                                .ok_or_else(|| {
+                                    EngineError::Internal(format!("corrupt state record {key:?}"))
+                                })?,
+                        ),
+                        None => None,
+                    };
+                    let next = apply_op(current.as_deref(), Op::Merge, &input.data)?
+                        .ok_or_else(|| EngineError::Internal("merge removed a record".into()))?;
+                    (
+                        key.as_str(),
+                        "merge",
+                        next.get().to_string(),
+                        stored.unwrap_or_else(|| "-".into()),
+                    )
+                }
+            };
+            let mut call = inner.scripts.publish.prepare_invoke();
+            call.key(&keys.meta)
+                .key(&keys.hist)
+                .key(&keys.state)
+                .key(&idem_key)
+                .key(&keys.seed)
+                .arg(new_epoch())
+                .arg(inner.pubsub_name(&input.channel))
+                .arg(&head)
+                .arg(&mid)
+                .arg(&tail)
+                .arg(ns.history_size)
+                .arg(ms(ns.history_ttl))
+                .arg(meta_ttl(ns))
+                .arg(idem_window)
+                .arg(rkey)
+                .arg(op)
+                .arg(&value)
+                .arg(&expected)
+                .arg(ns.max_state_records)
+                .arg(ns.max_state_bytes);
+            let reply: Vec<String> = inner.run(call.invoke_async(&mut conn)).await?;
+            match reply.first().map(String::as_str) {
+                Some("ok") if reply.len() == 4 => {
+                    let offset: u64 = reply[2]
+                        .parse()
+                        .map_err(|_| EngineError::Internal("bad offset from script".into()))?;
+                    return Ok(PublishResult {
+                        channel: input.channel,
+                        id: format!("{}-{}", reply[1], offset),
+                        epoch: reply[1].clone(),
+                        offset,
+                        time: reply[3].clone(),
+                        duplicate: false,
+                    });
+                }
+                Some("dup") if reply.len() == 2 => {
+                    let (epoch, offset, time) = split_message(&reply[1]).ok_or_else(|| {
+                        EngineError::Internal("corrupt idempotency record".into())
+                    })?;
+                    return Ok(PublishResult {
+                        channel: input.channel,
+                        epoch: epoch.to_string(),
+                        offset,
+                        id: format!("{epoch}-{offset}"),
+                        time: time.to_string(),
+                        duplicate: true,
+                    });
+                }
+                Some("records") => {
+                    return Err(EngineError::StateLimit(format!(
+                        "channel {:?} already holds {} records (max_state_records)",
+                        input.channel, ns.max_state_records
+                    )));
+                }
+                Some("bytes") => {
+                    return Err(EngineError::StateLimit(format!(
+                        "channel {:?} state would exceed {} bytes (max_state_bytes)",
+                        input.channel, ns.max_state_bytes
+                    )));
+                }
+                Some("retry") => continue,
+                _ => {
+                    return Err(EngineError::Internal(format!(
+                        "unexpected script reply {reply:?}"
+                    )));
+                }
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "record {:?} of {:?} changed {MERGE_ATTEMPTS} times during a merge; retry",
+            input.key.unwrap_or_default(),
+            input.channel
+        )))
+    }
+
+    async fn listen(&self, channel: &str) -> Result<(), EngineError> {
+        self.inner.listen(channel).await
+    }
+
+    async fn unlisten(&self, channel: &str) {
+        self.inner.unlisten(channel);
+    }
+
+    async fn flowing(&self, channel: &str) -> Result<(), EngineError> {
+        self.inner.flowing(channel).await
+    }
+
+    async fn read(
+        &self,
+        ns: &Namespace,
+        channel: &str,
+        window: Window,
+        records: bool,
+    ) -> Result<StreamRead, EngineError> {
+        let inner = &self.inner;
+        let keys = inner.keys(channel);
+        let (mode, bound, limit) = match window {
+            Window::Nothing => ("nothing", 0, 0),
+            Window::After { after, limit } => ("after", after, limit),
+            Window::Before { before: Some(before), limit } => ("before", before, limit),
+            Window::Before { before: None, limit } => ("latest", 0, limit),
+        };
+        let mut call = inner.scripts.read.prepare_invoke();
+        call.key(&keys.meta)
+            .key(&keys.hist)
+            .key(&keys.state)
+            .key(&keys.seed)
+            .arg(new_epoch())
+            .arg(ns.history_size)
+            .arg(ms(ns.history_ttl))
+            .arg(meta_ttl(ns))
+            .arg(mode)
+            .arg(bound)
+            .arg(limit)
+            .arg(if records { "1" } else { "0" });
+        let (epoch, offset, earliest, pubs, flat): (String, u64, u64, Vec<String>, Vec<String>) = {
+            let call = &call;
+            inner.read(|mut conn| async move { call.invoke_async(&mut conn).await }).await?
+        };
+        Ok(StreamRead {
+            publications: encoded_entries(channel, &epoch, &pubs)?,
+            records: if records { Some(stored::records(flat)?) } else { None },
+            epoch,
+            offset,
+            earliest,
+        })
+    }
+
+    async fn ready(&self) -> bool {
+        if !self.inner.pubsub_up.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut conn = self.inner.conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        matches!(tokio::time::timeout(Duration::from_secs(1), ping).await, Ok(Ok(_)))
+    }
+}

@@ -1,0 +1,264 @@
+//! Fan-out across nodes: the one pub/sub connection of a node, the channels it listens to, and
+//! the check of each arriving publication's position (see the module docs' "Fan-out").
+
+use super::stored::split_message;
+use super::{Inner, LISTEN_TIMEOUT, OP_TIMEOUT, PUBSUB_PING_EVERY};
+use crate::engine::EngineError;
+use crate::frame::Encoded;
+use futures_util::StreamExt;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// One channel this node listens to.
+#[derive(Default)]
+pub(super) struct Listened {
+    /// `listen` calls not yet matched by `unlisten`.
+    refs: usize,
+    /// The SUBSCRIBE is confirmed on the current pub/sub connection: publications flow.
+    confirmed: bool,
+    /// Callers waiting for `confirmed`.
+    waiters: Vec<oneshot::Sender<()>>,
+    /// Epoch and offset of the last publication delivered, to notice gaps.
+    last: Option<(Arc<str>, u64)>,
+}
+
+impl Listened {
+    fn confirm(&mut self) {
+        if !self.confirmed {
+            self.confirmed = true;
+            self.last = None;
+        }
+        for w in self.waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
+
+impl Inner {
+    /// One more local subscriber on `channel` ([`crate::engine::Engine::listen`]).
+    pub(super) async fn listen(&self, channel: &str) -> Result<(), EngineError> {
+        {
+            let mut listened = self.listened.lock();
+            let l = listened.entry(channel.to_string()).or_default();
+            l.refs += 1;
+            if l.confirmed {
+                return Ok(());
+            }
+            if l.refs == 1 {
+                let _ = self.sync.send(channel.to_string());
+            }
+        }
+        // Every `listen` must be matched by exactly one `unlisten`, so this never fails: when
+        // the SUBSCRIBE cannot be confirmed in time, `recover` (which waits again) answers
+        // `unavailable` and the subscribe is refused there.
+        let _ = self.flowing(channel).await;
+        Ok(())
+    }
+
+    /// One local subscriber fewer on `channel` ([`crate::engine::Engine::unlisten`]).
+    pub(super) fn unlisten(&self, channel: &str) {
+        let mut listened = self.listened.lock();
+        let Some(l) = listened.get_mut(channel) else { return };
+        l.refs = l.refs.saturating_sub(1);
+        if l.refs == 0 {
+            listened.remove(channel);
+            let _ = self.sync.send(channel.to_string());
+        }
+    }
+
+    /// Waits until publications of `channel` flow to this node (its SUBSCRIBE is confirmed on
+    /// the current pub/sub connection). Channels nobody listens to need no wait.
+    pub(super) async fn flowing(&self, channel: &str) -> Result<(), EngineError> {
+        let rx = {
+            let mut listened = self.listened.lock();
+            match listened.get_mut(channel) {
+                None => return Ok(()),
+                Some(l) if l.confirmed => return Ok(()),
+                Some(l) => {
+                    let (tx, rx) = oneshot::channel();
+                    l.waiters.push(tx);
+                    rx
+                }
+            }
+        };
+        match tokio::time::timeout(LISTEN_TIMEOUT, rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(EngineError::Unavailable(
+                "redis pub/sub is not connected: cannot subscribe now".into(),
+            )),
+        }
+    }
+
+    /// A publication from the pub/sub connection: check its position, deliver it.
+    fn on_message(&self, msg: &redis::Msg) {
+        let Some(channel) = self.channel_of(msg.get_channel_name()) else { return };
+        let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+            tracing::warn!(channel, "non-UTF-8 message on a herald pub/sub channel");
+            return;
+        };
+        let Some((epoch, offset, json)) = split_message(payload) else {
+            tracing::warn!(channel, "malformed message on a herald pub/sub channel");
+            return;
+        };
+        let gap = {
+            let mut listened = self.listened.lock();
+            let Some(l) = listened.get_mut(channel) else { return };
+            if !l.confirmed {
+                return;
+            }
+            let gap = match &l.last {
+                None => false,
+                Some((e, o)) if **e == *epoch => {
+                    if offset <= *o {
+                        return; // already delivered
+                    }
+                    offset != o + 1
+                }
+                Some(_) => true,
+            };
+            let epoch: Arc<str> = match &l.last {
+                Some((e, _)) if **e == *epoch => e.clone(),
+                _ => epoch.into(),
+            };
+            l.last = Some((epoch, offset));
+            gap
+        };
+        let Some(fanout) = self.fanout() else { return };
+        if gap {
+            tracing::warn!(channel, offset, "position gap on the redis stream: resubscribing");
+            fanout.reset(Some(channel));
+        }
+        fanout.deliver(Arc::new(Encoded::from_json(channel, epoch, offset, json)));
+    }
+
+    /// The pub/sub connection is gone: nothing is confirmed any more, every subscriber resumes.
+    fn on_down(&self) {
+        self.pubsub_up.store(false, Ordering::Release);
+        {
+            let mut listened = self.listened.lock();
+            for l in listened.values_mut() {
+                l.confirmed = false;
+                l.last = None;
+            }
+        }
+        if let Some(f) = self.fanout() {
+            f.reset(None);
+        }
+    }
+
+    /// Marks channels confirmed after their SUBSCRIBE succeeded.
+    fn confirm<'a>(&self, channels: impl IntoIterator<Item = &'a String>) {
+        let mut listened = self.listened.lock();
+        for c in channels {
+            if let Some(l) = listened.get_mut(c.as_str())
+                && l.refs > 0
+            {
+                l.confirm();
+            }
+        }
+    }
+
+    /// Whether `channel` still has local subscribers (its SUBSCRIBE should be in place).
+    fn wanted(&self, channel: &str) -> bool {
+        self.listened.lock().get(channel).is_some_and(|l| l.refs > 0)
+    }
+}
+
+/// Reads the pub/sub connection until it fails; reconnects with backoff, forever (until the
+/// engine is dropped).
+pub(super) async fn pubsub_task(inner: Weak<Inner>, mut sync: mpsc::UnboundedReceiver<String>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(engine) = inner.upgrade() else { return };
+        match serve_pubsub(&engine, &mut sync).await {
+            Ok(()) => return,
+            Err(e) => {
+                let was_up = engine.pubsub_up.load(Ordering::Acquire);
+                engine.on_down();
+                if was_up {
+                    tracing::warn!(error = %e, "redis pub/sub connection lost; every subscriber resumes");
+                    backoff = Duration::from_millis(50);
+                } else {
+                    tracing::debug!(error = %e, "redis pub/sub connect failed");
+                }
+            }
+        }
+        // Make the command connection notice a dead socket now rather than on the next
+        // publish (which would then fail once).
+        let mut conn = engine.conn.clone();
+        tokio::spawn(async move {
+            let cmd = redis::cmd("PING");
+            let _ = tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<String>(&mut conn)).await;
+        });
+        drop(engine);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// One pub/sub connection's life. `Ok` only when the engine is gone.
+async fn serve_pubsub(
+    engine: &Arc<Inner>,
+    sync: &mut mpsc::UnboundedReceiver<String>,
+) -> Result<(), String> {
+    let timed = |what: &'static str| {
+        move |r: Result<redis::RedisResult<()>, tokio::time::error::Elapsed>| match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{what}: {e}")),
+            Err(_) => Err(format!("{what}: timed out")),
+        }
+    };
+    let pubsub = tokio::time::timeout(OP_TIMEOUT, engine.client.get_async_pubsub())
+        .await
+        .map_err(|_| "connect: timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sink, mut stream) = pubsub.split();
+    let mut subscribed: HashSet<String> = HashSet::new();
+    // Everything listened to before this connection existed.
+    let wanted: Vec<String> = {
+        let listened = engine.listened.lock();
+        listened.iter().filter(|(_, l)| l.refs > 0).map(|(c, _)| c.clone()).collect()
+    };
+    for chunk in wanted.chunks(500) {
+        let names: Vec<String> = chunk.iter().map(|c| engine.pubsub_name(c)).collect();
+        timed("subscribe")(tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&names)).await)?;
+        subscribed.extend(chunk.iter().cloned());
+        engine.confirm(chunk);
+    }
+    engine.pubsub_up.store(true, Ordering::Release);
+    tracing::info!(channels = subscribed.len(), "redis pub/sub connected");
+    let mut ping = tokio::time::interval(PUBSUB_PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => engine.on_message(&msg),
+                None => return Err("connection closed".into()),
+            },
+            channel = sync.recv() => {
+                let Some(channel) = channel else { return Ok(()) };
+                let want = engine.wanted(&channel);
+                let have = subscribed.contains(&channel);
+                if want && !have {
+                    let name = engine.pubsub_name(&channel);
+                    timed("subscribe")(tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&name)).await)?;
+                    subscribed.insert(channel.clone());
+                    engine.confirm([&channel]);
+                } else if want {
+                    engine.confirm([&channel]);
+                } else if have {
+                    let name = engine.pubsub_name(&channel);
+                    timed("unsubscribe")(tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(&name)).await)?;
+                    subscribed.remove(&channel);
+                }
+            }
+            _ = ping.tick() => {
+                let pong = tokio::time::timeout(OP_TIMEOUT, sink.ping::<redis::Value>()).await;
+                timed("ping")(pong.map(|r| r.map(|_| ())))?;
+            }
+        }
+    }
+}
