@@ -1,7 +1,18 @@
-//! The `herald` binary: `serve`, `token`, `publish`, `sub`.
+//! The `herald` binary: `serve`, `token`, `publish`, `sub`, `bench`.
 //!
 //! Every flag also reads `HERALD_<FLAG>` from the environment (flag wins over env, env over the
 //! config file, the config file over defaults).
+//!
+//! # Layout
+//!
+//! One file per subcommand, in the manner of mini-redis's `cmd/`:
+//!
+//! - `cmd_serve`: the configuration layered from file, env and flags; bind, serve, drain.
+//! - `cmd_token`: mint a development token.
+//! - `cmd_publish`: publish through the HTTP API.
+//! - `cmd_sub`: subscribe and print, with the Rust client.
+//! - `cmd_bench` and `bench/` (`client` the load generator's connections, `scenarios` the
+//!   workloads): `herald bench`, docs/benchmarks.md.
 
 mod cmd_bench;
 mod cmd_publish;

@@ -3,6 +3,12 @@
 //! minting. Each suite keeps its own protocol client on top.
 //!
 //! Set `HERALD_TEST_LOG=1` to see every process's stderr.
+//!
+//! # Layout
+//!
+//! - this file: the `herald` and `redis-server` processes, free ports, tokens.
+//! - [`module_graph`]: a crate's module graph read from its sources, for the tests that keep
+//!   dependencies pointing one way.
 
 pub mod module_graph;
 
