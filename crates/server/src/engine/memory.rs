@@ -571,13 +571,15 @@ impl Engine for MemoryEngine {
 
 #[cfg(test)]
 mod tests {
+    //! What only the memory engine has: housekeeping and the hub-wide budget. What every engine
+    //! must do is in the engine conformance suite (`crates/server/tests/engine_conformance.rs`).
+
     use super::*;
-    use crate::rules::{self, History, Recovery, State};
-    use herald_protocol::command::HistoryQuery;
+    use crate::rules::{self, Recovery};
     use herald_protocol::reply::NotRecovered;
     use herald_protocol::{Meta, Op, Position};
 
-    /// The hub's reads (the rules over this engine), so these tests read as a subscriber would.
+    /// The hub's recover (the rules over this engine), so these tests read as a subscriber would.
     trait Reads {
         async fn recover(
             &self,
@@ -586,13 +588,6 @@ mod tests {
             since: Option<&Position>,
             snapshot: bool,
         ) -> Result<Recovery, EngineError>;
-        async fn history(
-            &self,
-            ns: &Namespace,
-            q: &HistoryQuery,
-            max_page: usize,
-        ) -> Result<History, EngineError>;
-        async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, EngineError>;
     }
 
     impl Reads for MemoryEngine {
@@ -605,17 +600,6 @@ mod tests {
         ) -> Result<Recovery, EngineError> {
             rules::recover(self, ns, channel, since, snapshot).await
         }
-        async fn history(
-            &self,
-            ns: &Namespace,
-            q: &HistoryQuery,
-            max_page: usize,
-        ) -> Result<History, EngineError> {
-            rules::history(self, ns, q, max_page).await
-        }
-        async fn state(&self, ns: &Namespace, channel: &str) -> Result<State, EngineError> {
-            rules::state(self, ns, channel).await
-        }
     }
 
     fn input(channel: &str, data: &str, key: Option<&str>, op: Option<Op>) -> PublishInput {
@@ -627,71 +611,6 @@ mod tests {
             op,
             meta: Meta::default(),
         }
-    }
-
-    #[tokio::test]
-    async fn offsets_history_and_recovery() {
-        let e = MemoryEngine::new();
-        let ns = Namespace { history_size: 3, max_recover: 10, ..Namespace::default() };
-        let first = e.recover(&ns, "c", None, false).await.unwrap();
-        assert_eq!(first.offset, 0);
-        for i in 1..=5 {
-            let r = e.publish(&ns, input("c", "1", None, None)).await.unwrap();
-            assert_eq!(r.offset, i);
-        }
-        let pos = |offset| Position { epoch: first.epoch.clone(), offset };
-        let r = e.recover(&ns, "c", Some(&pos(2)), false).await.unwrap();
-        assert_eq!(r.recovered, Some(true));
-        assert_eq!(r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![3, 4, 5]);
-        let r = e.recover(&ns, "c", Some(&pos(1)), false).await.unwrap();
-        assert_eq!((r.recovered, r.reason), (Some(false), Some(NotRecovered::HistoryTrimmed)));
-        assert!(r.publications.is_empty());
-        let r = e.recover(&ns, "c", Some(&pos(5)), false).await.unwrap();
-        assert_eq!((r.recovered, r.publications.len()), (Some(true), 0));
-        let other = Position { epoch: "zzz".into(), offset: 5 };
-        let r = e.recover(&ns, "c", Some(&other), false).await.unwrap();
-        assert_eq!(r.reason, Some(NotRecovered::EpochChanged));
-        let ahead = Position { epoch: first.epoch.clone(), offset: 99 };
-        let r = e.recover(&ns, "c", Some(&ahead), false).await.unwrap();
-        assert_eq!(r.reason, Some(NotRecovered::EpochChanged));
-        let tight = Namespace { max_recover: 1, ..ns.clone() };
-        let r = e.recover(&tight, "c", Some(&pos(3)), false).await.unwrap();
-        assert_eq!(r.reason, Some(NotRecovered::TooMany));
-        let h = e
-            .history(
-                &ns,
-                &HistoryQuery {
-                    channel: "c".into(),
-                    limit: Some(2),
-                    before: Some(5),
-                    ..Default::default()
-                },
-                100,
-            )
-            .await
-            .unwrap();
-        assert_eq!(h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![3, 4]);
-    }
-
-    #[tokio::test]
-    async fn keyed_state_and_limits() {
-        let e = MemoryEngine::new();
-        let ns = Namespace { keyed: true, max_state_records: 2, ..Namespace::default() };
-        e.publish(&ns, input("k", r#"{"s":"todo","t":"a"}"#, Some("1"), None)).await.unwrap();
-        e.publish(&ns, input("k", r#"{"s":"done"}"#, Some("1"), Some(Op::Merge))).await.unwrap();
-        e.publish(&ns, input("k", r#"{"x":1}"#, Some("2"), Some(Op::Upsert))).await.unwrap();
-        let err = e.publish(&ns, input("k", "1", Some("3"), None)).await.unwrap_err();
-        assert!(matches!(err, EngineError::StateLimit(_)));
-        e.publish(&ns, input("k", "null", Some("2"), Some(Op::Delete))).await.unwrap();
-        let st = e.state(&ns, "k").await.unwrap();
-        assert_eq!(st.offset, 4);
-        assert_eq!(st.records.len(), 1);
-        assert_eq!(st.records[0].value.get(), r#"{"s":"done","t":"a"}"#);
-        let plain = Namespace::default();
-        assert!(matches!(
-            e.publish(&plain, input("p", "1", Some("x"), None)).await.unwrap_err(),
-            EngineError::NotKeyed(_)
-        ));
     }
 
     #[tokio::test]
@@ -708,32 +627,6 @@ mod tests {
         assert!(!e.streams.read().contains_key("gone"));
         let again = e.recover(&ns, "watched", None, false).await.unwrap();
         assert_eq!((again.epoch, again.offset), (watched.epoch, 1));
-    }
-
-    #[tokio::test]
-    async fn keys_count_toward_state_bytes_and_have_a_length_limit() {
-        let e = MemoryEngine::new();
-        let ns = Namespace {
-            keyed: true,
-            max_state_bytes: 1000,
-            max_key_bytes: 200,
-            ..Namespace::default()
-        };
-        let key = |i: usize| format!("{i:0>200}");
-        // Four records of a 200-byte key and a 1-byte value: 804 bytes; a fifth would be 1005.
-        for i in 0..4 {
-            e.publish(&ns, input("k", "1", Some(&key(i)), None)).await.unwrap();
-        }
-        let err = e.publish(&ns, input("k", "1", Some(&key(4)), None)).await.unwrap_err();
-        assert!(matches!(err, EngineError::StateLimit(_)), "{err}");
-        // Deleting a record frees its key's bytes too.
-        e.publish(&ns, input("k", "null", Some(&key(0)), Some(Op::Delete))).await.unwrap();
-        e.publish(&ns, input("k", "1", Some(&key(4)), None)).await.unwrap();
-        let long = "x".repeat(201);
-        let err = e.publish(&ns, input("k", "1", Some(&long), None)).await.unwrap_err();
-        assert_eq!(err.code(), herald_protocol::ErrorCode::BadRequest, "{err}");
-        assert!(err.to_string().contains("max_key_bytes"), "{err}");
-        assert_eq!(e.state(&ns, "k").await.unwrap().offset, 6);
     }
 
     /// Past the hub-wide budget the oldest history of the hub goes first, accounting stays under
@@ -808,24 +701,15 @@ mod tests {
         assert!(e.budget().used() <= BUDGET);
     }
 
-    /// Reads of a channel that has no stream create none, and answer one epoch that the first
-    /// publish adopts, also for a subscriber that was told it before housekeeping reseeded.
+    /// Housekeeping that drops a stream reseeds the epochs of channels without one, yet a
+    /// subscriber told an empty epoch before that still gets the first publication in it, and a
+    /// dropped stream comes back under another epoch.
     #[tokio::test]
-    async fn reads_create_nothing_and_the_first_publish_keeps_the_told_epoch() {
+    async fn housekeeping_reseeds_but_the_told_epoch_holds() {
         let e = MemoryEngine::new();
         let mut config = crate::config::Config::default();
-        config.namespaces.insert("kv".into(), Namespace { keyed: true, ..Namespace::default() });
         config.namespaces.get_mut("default").unwrap().history_size = 0;
         let ns = config.namespaces["default"].clone();
-        let kv = config.namespaces["kv"].clone();
-        let q = |c: &str| HistoryQuery { channel: c.into(), ..Default::default() };
-        let r1 = e.recover(&ns, "x", None, false).await.unwrap();
-        let h = e.history(&ns, &q("x"), 100).await.unwrap();
-        let st = e.state(&kv, "kv:y").await.unwrap();
-        let snap = e.recover(&kv, "kv:y", None, true).await.unwrap();
-        assert_eq!(e.stream_count(), 0, "reads created a stream");
-        assert_eq!((h.epoch.as_str(), h.offset, st.offset), (r1.epoch.as_str(), 0, 0));
-        assert_eq!(snap.snapshot.map(|s| s.len()), Some(0));
         // A subscriber of "x" is told E; housekeeping drops another stream (new seed); the first
         // publish of "x" is still E:1.
         e.listen("x").await.unwrap();
@@ -840,43 +724,5 @@ mod tests {
         let again = e.publish(&ns, input("gone", "1", None, None)).await.unwrap();
         assert_ne!(again.epoch, gone);
         assert_eq!(again.offset, 1);
-    }
-
-    /// History with `since` follows the rule of subscribe: another epoch or an offset ahead of
-    /// the stream is `epoch_changed`, also on a channel without a stream.
-    #[tokio::test]
-    async fn history_since_ahead_is_epoch_changed() {
-        let e = MemoryEngine::new();
-        let ns = Namespace::default();
-        let q = |epoch: &str, offset| HistoryQuery {
-            channel: "c".into(),
-            since: Some(Position { epoch: epoch.into(), offset }),
-            ..Default::default()
-        };
-        let empty = e.recover(&ns, "c", None, false).await.unwrap().epoch;
-        let h = e.history(&ns, &q(&empty, 0), 100).await.unwrap();
-        assert_eq!(h.reason, None);
-        let h = e.history(&ns, &q(&empty, 3), 100).await.unwrap();
-        assert_eq!(h.reason, Some(NotRecovered::EpochChanged));
-        for _ in 0..5 {
-            e.publish(&ns, input("c", "1", None, None)).await.unwrap();
-        }
-        let h = e.history(&ns, &q(&empty, 99), 100).await.unwrap();
-        assert_eq!((h.reason, h.offset), (Some(NotRecovered::EpochChanged), 5));
-        let h = e.history(&ns, &q(&empty, 5), 100).await.unwrap();
-        assert_eq!((h.reason, h.publications.len()), (None, 0));
-        let h = e.history(&ns, &q(&empty, 2), 100).await.unwrap();
-        assert_eq!(h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), [3, 4, 5]);
-    }
-
-    #[tokio::test]
-    async fn idempotency_returns_first_result() {
-        let e = MemoryEngine::new();
-        let ns = Namespace::default();
-        let mut i = input("c", "1", None, None);
-        i.meta.idempotency_key = Some("op-1".into());
-        let a = e.publish(&ns, i.clone()).await.unwrap();
-        let b = e.publish(&ns, i).await.unwrap();
-        assert_eq!((a.offset, b.offset, a.duplicate, b.duplicate), (1, 1, false, true));
     }
 }
