@@ -1,4 +1,6 @@
 //! `herald publish`: one publication through the HTTP API (`herald_client::ApiClient`).
+//! Prints the hub's reply, or with `--print position` only `EPOCH:OFFSET`, the form
+//! `herald sub --since` takes, so a script can capture it (`POS=$(herald publish ...)`).
 
 use anyhow::Context;
 use herald_client::{ApiClient, http_base_from_ws};
@@ -35,10 +37,27 @@ pub struct PublishArgs {
     /// Also publish to these channels (`/api/broadcast`); repeatable.
     #[arg(long = "also")]
     pub also: Vec<String>,
+    /// What to print: the whole reply, or the part a script passes on.
+    #[arg(long, value_enum, default_value_t = Print::Reply)]
+    pub print: Print,
 }
 
-/// Publishes and prints the reply as one JSON line.
+/// What `herald publish` prints on success.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Print {
+    /// The hub's reply as one JSON line.
+    Reply,
+    /// `EPOCH:OFFSET`, the form `herald sub --since` takes.
+    Position,
+    /// The publication id (`EPOCH-OFFSET`).
+    Id,
+}
+
+/// Publishes and prints the reply as one JSON line (or the part `--print` names).
 pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
+    if args.print != Print::Reply && !args.also.is_empty() {
+        anyhow::bail!("--print position and --print id need a single channel (no --also)");
+    }
     let data: serde_json::Value = serde_json::from_str(&args.data).context("DATA must be JSON")?;
     let op = match &args.op {
         Some(op) => Some(op.parse::<herald_protocol::Op>().map_err(anyhow::Error::msg)?),
@@ -57,9 +76,21 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         correlation_id: args.correlation_id,
     };
     let line = if args.also.is_empty() {
-        serde_json::to_value(
-            api.publish(&publish).await.with_context(|| format!("publish to {base}"))?,
-        )?
+        let reply = api.publish(&publish).await.with_context(|| format!("publish to {base}"))?;
+        match args.print {
+            Print::Reply => serde_json::to_value(reply)?,
+            Print::Position => {
+                println!(
+                    "{}",
+                    herald_protocol::Position { epoch: reply.epoch, offset: reply.offset }
+                );
+                return Ok(());
+            }
+            Print::Id => {
+                println!("{}", reply.id);
+                return Ok(());
+            }
+        }
     } else {
         let mut channels = vec![args.channel];
         channels.extend(args.also);

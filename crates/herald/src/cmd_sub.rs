@@ -2,14 +2,19 @@
 //! publication as one JSON line on stdout. Connection state changes, subscribe confirmations and
 //! errors go to stderr; a `Resync` is printed on stdout too (as a `{"resync":...}` line) so a
 //! pipeline reading stdout knows it must reload.
+//!
+//! On the way out (Ctrl-C, `--count` reached, or the client giving up) it prints on stderr, per
+//! channel, the command that resumes after the last publication printed:
+//! `herald sub: resume with: herald sub --since EPOCH:OFFSET CHANNEL`.
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use herald_client::{
     BackoffPolicy, Client, ConnectionState, OfflineReason, SubEvent, SubscribeOptions,
     ws_url_from_http,
 };
 use herald_protocol::Position;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Arguments of `herald sub`.
@@ -45,9 +50,43 @@ pub struct SubArgs {
     /// Largest reconnect delay.
     #[arg(long, env = "HERALD_BACKOFF_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
+    /// Exit after printing this many publications (all channels together); 0 exits once every
+    /// channel is subscribed (after its snapshot, with `--snapshot`). Unset: run until stopped.
+    #[arg(long)]
+    pub count: Option<u64>,
     /// Channels.
     #[arg(required = true)]
     pub channels: Vec<String>,
+}
+
+/// Where each channel's stream stands for the application: the position after the last
+/// publication printed, so `--since` with it resumes with the next one.
+#[derive(Default)]
+struct Resume {
+    /// Channel to position; a channel appears once it is subscribed.
+    positions: BTreeMap<String, Position>,
+}
+
+impl Resume {
+    /// Follows one event; `since` is what the subscription was asked to resume from.
+    fn follow(&mut self, channel: &str, since: Option<&Position>, event: &SubEvent) {
+        let position = match event {
+            // With `--since` the reply's position is the channel's head, and the missed
+            // publications follow it: until they are printed, the stream stands at `since`.
+            SubEvent::Subscribed { position, .. } => since.unwrap_or(position).clone(),
+            SubEvent::Publication(p) => p.position(),
+            SubEvent::Resync { position, .. } => position.clone(),
+            SubEvent::Ended { .. } => return,
+        };
+        self.positions.insert(channel.to_string(), position);
+    }
+
+    /// Prints the resume command of every subscribed channel on stderr.
+    fn print(&self) {
+        for (channel, position) in &self.positions {
+            eprintln!("herald sub: resume with: herald sub --since {position} {channel}");
+        }
+    }
 }
 
 /// Subscribes and prints until interrupted, until every subscription is refused, or until the
@@ -78,14 +117,30 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
             .map(move |event| (channel.clone(), event))
     }));
 
+    let mut resume = Resume::default();
+    let result = print_until_done(&args, &mut states, &mut events, &mut resume).await;
+    client.close();
+    resume.print();
+    result
+}
+
+/// Prints events until Ctrl-C, `--count`, every subscription refused, or the client offline for
+/// good.
+async fn print_until_done(
+    args: &SubArgs,
+    states: &mut tokio::sync::broadcast::Receiver<ConnectionState>,
+    events: &mut (impl futures_util::Stream<Item = (String, SubEvent)> + Unpin),
+    resume: &mut Resume,
+) -> anyhow::Result<()> {
+    let channels: BTreeSet<&str> = args.channels.iter().map(String::as_str).collect();
+    // Channels whose subscription is settled (subscribed, or refused for good).
+    let mut settled = BTreeSet::new();
+    let mut printed = 0u64;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
         tokio::select! {
-            _ = &mut interrupted => {
-                client.close();
-                return Ok(());
-            }
+            _ = &mut interrupted => return Ok(()),
             state = states.recv() => match state {
                 // The open breaker still probes: keep waiting, as the client does.
                 Ok(state @ ConnectionState::Offline { reason: OfflineReason::CircuitOpen { .. } }) => {
@@ -100,7 +155,33 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
             },
             event = events.next() => match event {
                 None => anyhow::bail!("every subscription ended"),
-                Some((channel, event)) => print_event(&channel, event)?,
+                Some((channel, event)) => {
+                    resume.follow(&channel, args.since.as_ref(), &event);
+                    printed += u64::from(matches!(event, SubEvent::Publication(_)));
+                    if matches!(event, SubEvent::Subscribed { .. } | SubEvent::Ended { .. }) {
+                        settled.insert(channel.clone());
+                    }
+                    print_event(&channel, event)?;
+                    let counted = args.count.is_some_and(|count| printed >= count);
+                    if counted && settled.len() == channels.len() {
+                        // A subscribe reply's resync follows its `Subscribed` at once: print
+                        // it (and keep the resume position true); publications past the
+                        // count are left unprinted.
+                        while let Some(Some((channel, event))) = events.next().now_or_never() {
+                            if !matches!(event, SubEvent::Publication(_)) {
+                                resume.follow(&channel, args.since.as_ref(), &event);
+                                print_event(&channel, event)?;
+                            }
+                        }
+                        // A script bounded by --count learns from the exit status that a
+                        // channel was refused.
+                        let refused = settled.len() - resume.positions.len();
+                        if refused > 0 {
+                            anyhow::bail!("{refused} subscription(s) refused");
+                        }
+                        return Ok(());
+                    }
+                }
             },
         }
     }
