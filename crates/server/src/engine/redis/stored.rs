@@ -89,62 +89,6 @@ pub(super) fn encoded_entries(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_protocol::{Meta, Publication};
-
-    /// What the script does with the parts.
-    fn assemble(parts: &(String, String, String), epoch: &str, offset: u64, time: &str) -> String {
-        let (head, mid, tail) = parts;
-        format!(
-            "{head},\"epoch\":\"{epoch}\",\"offset\":{offset},\"id\":\"{epoch}-{offset}\"{mid},\"time\":\"{time}\"{tail}"
-        )
-    }
-
-    #[test]
-    fn script_json_matches_serde() {
-        let cases = [
-            (Meta::default(), None),
-            (
-                Meta {
-                    user: Some("a\"l\\ice".into()),
-                    source: Some("api".into()),
-                    correlation_id: Some("c-1".into()),
-                    idempotency_key: Some("k\u{1}".into()),
-                },
-                Some(("rec\n1".to_string(), Op::Merge)),
-            ),
-            (
-                Meta { source: Some("client".into()), ..Meta::default() },
-                Some(("k".into(), Op::Delete)),
-            ),
-        ];
-        for (meta, keyed) in cases {
-            let input = PublishInput {
-                channel: "room:é\"1".into(),
-                kind: "t\"ype".into(),
-                data: RawValue::from_string(r#"{"a": [1, 2], "b":"x"}"#.into()).unwrap(),
-                key: keyed.as_ref().map(|(k, _)| k.clone()),
-                op: keyed.as_ref().map(|(_, o)| *o),
-                meta: meta.clone(),
-            };
-            let parts = publication_parts(&input, keyed.as_ref());
-            let p = Publication {
-                channel: input.channel.clone(),
-                epoch: "E1".into(),
-                offset: 42,
-                id: "E1-42".into(),
-                kind: input.kind.clone(),
-                data: input.data.clone(),
-                time: "2026-01-02T03:04:05.678Z".into(),
-                meta,
-                key: input.key.clone(),
-                op: input.op,
-            };
-            assert_eq!(
-                assemble(&parts, "E1", 42, "2026-01-02T03:04:05.678Z"),
-                serde_json::to_string(&p).unwrap()
-            );
-        }
-    }
 
     #[test]
     fn splits_stored_forms() {
