@@ -1,4 +1,5 @@
-//! `herald serve`: parse the configuration, bind, serve until SIGTERM/SIGINT, drain.
+//! `herald serve`: parse the configuration, bind, serve until SIGTERM/SIGINT, drain. SIGHUP
+//! reloads the TLS certificate and key files.
 
 use anyhow::Context;
 use figment::Figment;
@@ -163,6 +164,8 @@ fn init_logging(format: LogFormat, directives: Option<&str>) {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (mut config, notes) = args.config()?;
     init_logging(config.log.format, args.log_filter.as_deref());
+    let tls = herald_server::tls::Tls::from_config(&config.tls)
+        .context("cannot load the TLS certificate")?;
     let listener = bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -187,8 +190,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         eprintln!("herald: dashboard http://{addr}/  demo http://{addr}/demo");
     }
-    eprintln!("herald: node {} listening on http://{addr} (WebSocket ws://{addr}/ws)", hub.node_id);
-    herald_server::serve(hub.clone(), listener, shutdown_signal()).await?;
+    // Registered before the listening line, so a SIGHUP sent once it is printed is handled.
+    #[cfg(unix)]
+    let reloads = tls.clone().map(|tls| {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .expect("SIGHUP handler");
+        tokio::spawn(reload_on_sighup(tls, hangup))
+    });
+    let (http, ws) = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
+    eprintln!(
+        "herald: node {} listening on {http}://{addr} (WebSocket {ws}://{addr}/ws)",
+        hub.node_id
+    );
+    herald_server::serve(hub.clone(), listener, tls, shutdown_signal()).await?;
+    #[cfg(unix)]
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     eprintln!("herald: stopped");
     Ok(())
 }
@@ -210,6 +228,24 @@ async fn bind(listen: &str) -> std::io::Result<tokio::net::TcpListener> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no address to listen on")))
+}
+
+/// Reloads the certificate on every SIGHUP; a file that does not load leaves the one in use.
+#[cfg(unix)]
+async fn reload_on_sighup(
+    tls: std::sync::Arc<herald_server::tls::Tls>,
+    mut hangup: tokio::signal::unix::Signal,
+) {
+    while hangup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => {
+                tracing::info!(cert_file = %tls.cert_file().display(), "TLS certificate reloaded")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate not reloaded; keeping the current one")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

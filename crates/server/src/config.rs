@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Why a configuration was refused.
@@ -46,6 +47,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Optional HTTP hook asked whether a user may subscribe to a channel.
     pub subscribe_hook: Option<HookConfig>,
+    /// HTTPS and `wss://` on the listener; plain HTTP when unset.
+    pub tls: TlsConfig,
     /// Namespaces by name; `default` holds channels without a `:`.
     pub namespaces: BTreeMap<String, Namespace>,
 }
@@ -64,6 +67,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             log: LogConfig::default(),
             subscribe_hook: None,
+            tls: TlsConfig::default(),
             namespaces: BTreeMap::from([("default".to_string(), Namespace::default())]),
         }
     }
@@ -252,6 +256,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// TLS of the listener: both files or neither. They are read again on SIGHUP (`herald serve`),
+/// so a renewed certificate takes effect without a restart or a dropped connection.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether the listener serves TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
 /// The subscribe-authorization hook (seed 001: "may this user view this campaign").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -377,6 +399,21 @@ impl Config {
         #[cfg(not(feature = "redis"))]
         if self.engine.kind == EngineKind::Redis {
             return Err(ConfigError::Invalid(REDIS_NOT_BUILT.into()));
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("tls.cert_file", cert), ("tls.key_file", key)] {
+                    std::fs::File::open(path).map_err(|e| {
+                        ConfigError::Invalid(format!("{name}: cannot read {}: {e}", path.display()))
+                    })?;
+                }
+            }
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "tls.cert_file and tls.key_file must be set together".into(),
+                ));
+            }
         }
         if self.engine.kind == EngineKind::Redis && self.engine.redis_url.is_empty() {
             return Err(ConfigError::Invalid("engine.redis_url is required for redis".into()));
@@ -506,6 +543,15 @@ mod tests {
     fn redis_engine_needs_the_feature() {
         let err = Config::from_toml("[engine]\nkind = \"redis\"\n").unwrap_err();
         assert!(err.to_string().contains("\"redis\" feature"), "{err}");
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_readable_ones() {
+        let err = Config::from_toml("[tls]\ncert_file = \"c.pem\"\n").unwrap_err();
+        assert!(err.to_string().contains("set together"), "{err}");
+        let toml = "[tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n";
+        let err = Config::from_toml(toml).unwrap_err();
+        assert!(err.to_string().contains("tls.cert_file: cannot read /nonexistent/c.pem"), "{err}");
     }
 
     #[test]

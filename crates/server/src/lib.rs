@@ -15,7 +15,8 @@
 //!   subscribe-authorization hook.
 //! - [`api`]: the HTTP API (`/api/*`, `/health`, `/ready`, `/metrics`); [`ws`]: the `/ws`
 //!   upgrade; [`sse`]: the Server-Sent Events fallback, a session behind an adapter;
-//!   [`listener`]: the HTTP accept loop and its connection bounds.
+//!   [`listener`]: the HTTP accept loop and its connection bounds; [`tls`]: its certificate,
+//!   reloadable in place.
 //! - [`hub`]: one node's shared state: namespaces, authorization, sessions; every read and write
 //!   of a channel goes through it.
 //! - [`rules`]: the recover verdict, history paging and snapshots, decided once for every engine.
@@ -43,6 +44,7 @@ pub mod outbox;
 pub mod rules;
 pub mod session;
 pub mod sse;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;
@@ -105,13 +107,16 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
-/// Serves on a bound listener until `shutdown` resolves, then closes every connection with the
-/// `shutdown` code and drains within the configured deadline. Applications that mount
+/// Serves on a bound listener, over TLS when `tls` is given (build it with
+/// [`tls::Tls::from_config`] from `config.tls`, and keep it to [`tls::Tls::reload`]), until
+/// `shutdown` resolves, then closes every connection with the `shutdown` code and drains within
+/// the configured deadline. Applications that mount
 /// [`router`] themselves should call [`Hub::attach_node`] once (and [`Hub::detach_node`] at
 /// shutdown) so a Redis cluster lists their node, and [`Hub::maintain`] every minute.
 pub async fn serve(
     hub: Arc<Hub>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<tls::Tls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(hub.clone());
@@ -142,6 +147,7 @@ pub async fn serve(
     listener::serve_http(
         listener,
         app,
+        tls,
         limits,
         hub.http_connections.clone(),
         shutdown,

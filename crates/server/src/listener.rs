@@ -8,7 +8,12 @@
 //! long a keep-alive connection may sit idle between requests; a request (head and body) must be
 //! handled within the request timeout. A WebSocket upgrade leaves the count: the session then
 //! has its own auth and heartbeat timeouts.
+//!
+//! With TLS configured the handshake runs in the connection's task, counted like the request
+//! that follows and bounded by the header-read timeout; without it the socket goes to hyper
+//! as before, with no TLS code on the way.
 
+use crate::tls::Tls;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
@@ -20,6 +25,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -126,11 +132,14 @@ fn refusal_response(refusal: Refusal) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Accepts and serves connections until `shutdown` resolves; then `drain` runs (it closes the
-/// WebSocket sessions), open HTTP connections finish their requests, and the loop returns.
+/// Accepts and serves connections (over TLS when `tls` is given) until `shutdown` resolves;
+/// then `drain` runs (it closes the WebSocket sessions), open HTTP connections finish their
+/// requests, and the loop returns.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_http(
     listener: TcpListener,
     app: Router,
+    tls: Option<Arc<Tls>>,
     limits: HttpLimits,
     connections: Arc<HttpConnections>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -168,9 +177,29 @@ pub async fn serve_http(
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let mut stop = stop_rx.clone();
-        tracker.spawn(async move {
-            serve_connection(tcp, addr, app, limits, guard, &mut stop).await;
-        });
+        match &tls {
+            None => {
+                tracker.spawn(async move {
+                    serve_connection(tcp, addr, app, limits, guard, &mut stop).await;
+                });
+            }
+            Some(tls) => {
+                let acceptor = tls.acceptor().clone();
+                tracker.spawn(async move {
+                    // A handshake that does not finish in time is a slowloris like a slow head.
+                    let handshake = acceptor.accept(tcp);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, addr, app, limits, guard, &mut stop).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(ip = %addr.ip(), error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(ip = %addr.ip(), "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     drain.await;
@@ -182,14 +211,16 @@ pub async fn serve_http(
     Ok(())
 }
 
-async fn serve_connection(
-    tcp: tokio::net::TcpStream,
+async fn serve_connection<Io>(
+    io: Io,
     addr: SocketAddr,
     app: Router,
     limits: HttpLimits,
     guard: HttpConnection,
     stop: &mut watch::Receiver<bool>,
-) {
+) where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
         req.extensions_mut().insert(ConnectInfo(addr));
         let mut app = app.clone();
@@ -215,7 +246,7 @@ async fn serve_connection(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     // The count is held while the connection is plain HTTP; hyper resolves `conn` when the
