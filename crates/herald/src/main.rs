@@ -1,4 +1,5 @@
-//! The `herald` binary: `serve`, `token`, `publish`, `sub`, `bench`.
+//! The `herald` binary: `serve`, `token`, `publish`, `sub`, `bench`, `config`, `completions`.
+//! `herald --version` names the commit it was built from (build.rs).
 //!
 //! Every flag also reads `HERALD_<FLAG>` from the environment (flag wins over env, env over the
 //! config file, the config file over defaults).
@@ -13,17 +14,25 @@
 //! - `cmd_sub`: subscribe and print, with the Rust client.
 //! - `cmd_bench` and `bench/` (`client` the load generator's connections, `scenarios` the
 //!   workloads): `herald bench`, docs/benchmarks.md.
+//! - `cmd_config` and `config_example.toml`: `herald config check FILE` and
+//!   `herald config example` (the file docs/configuration.md embeds).
+//! - `completions` is handled here: clap_complete writes the script from the `Cli` definition.
 
 mod cmd_bench;
+mod cmd_config;
 mod cmd_publish;
 mod cmd_serve;
 mod cmd_sub;
 mod cmd_token;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Herald: a real-time event hub")]
+#[command(
+    name = "herald",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HERALD_COMMIT"), ")"),
+    about = "Herald: a real-time event hub"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -41,6 +50,13 @@ enum Cmd {
     Sub(cmd_sub::SubArgs),
     /// Load-test a hub on 127.0.0.1 and print its figures (docs/benchmarks.md).
     Bench(cmd_bench::BenchArgs),
+    /// Check a configuration file, or print the full commented one.
+    Config(cmd_config::ConfigArgs),
+    /// Print a shell completion script (e.g. `herald completions bash > /etc/bash_completion.d/herald`).
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +70,16 @@ fn main() -> std::process::ExitCode {
             Cmd::Publish(args) => cmd_publish::run(args).await,
             Cmd::Sub(args) => cmd_sub::run(args).await,
             Cmd::Bench(args) => cmd_bench::run(args).await,
+            Cmd::Config(args) => cmd_config::run(args),
+            Cmd::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "herald",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
         }
     });
     match result {
