@@ -84,17 +84,28 @@ impl ChannelSet {
     }
 }
 
+/// Told (channel, subscribers pushed) once per publication fanned out, for the per-namespace
+/// delivery counts: one call per fan-out, not one per subscriber.
+pub type DeliveryObserver = Arc<dyn Fn(&str, usize) + Send + Sync>;
+
 /// This node's subscribers, by channel.
 #[derive(Default)]
 pub struct Fanout {
     /// Every channel with local subscribers.
     channels: RwLock<HashMap<Arc<str>, Arc<ChannelSet>>>,
+    /// Counts what each fan-out pushed (the hub's metrics).
+    observer: Option<DeliveryObserver>,
 }
 
 impl Fanout {
     /// An empty registry.
     pub fn new() -> Fanout {
         Fanout::default()
+    }
+
+    /// An empty registry that tells `observer` about each fan-out.
+    pub fn with_observer(observer: DeliveryObserver) -> Fanout {
+        Fanout { observer: Some(observer), ..Fanout::default() }
     }
 
     fn set(&self, channel: &str) -> Option<Arc<ChannelSet>> {
@@ -166,15 +177,27 @@ impl Fanout {
     pub fn channel_names(&self) -> Vec<String> {
         self.channels.read().keys().map(|c| c.to_string()).collect()
     }
+
+    /// Whether `channel` has a local subscriber (one lookup, for a publisher that only works
+    /// while someone listens: `sys:stats`).
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        self.set(channel).is_some_and(|set| !set.members.lock().list.is_empty())
+    }
 }
 
 impl Delivery for Fanout {
     fn deliver(&self, publication: Arc<Encoded>) {
         let Some(set) = self.set(&publication.channel) else { return };
-        let members = set.members.lock();
-        for (_, outbox) in &members.list {
-            // An overflow closes that one connection; the session counts the 4001 as it ends.
-            let _ = outbox.push(Outgoing::Pub(publication.clone()));
+        let pushed = {
+            let members = set.members.lock();
+            for (_, outbox) in &members.list {
+                // An overflow closes that one connection; the session counts the 4001 as it ends.
+                let _ = outbox.push(Outgoing::Pub(publication.clone()));
+            }
+            members.list.len()
+        };
+        if let Some(observer) = &self.observer {
+            observer(&publication.channel, pushed);
         }
     }
 

@@ -208,6 +208,64 @@ pub trait Engine: Send + Sync + 'static {
     async fn channel_counts(&self) -> Option<Vec<(String, usize)>> {
         None
     }
+    /// Latencies of the round trips this engine made to its backing store (Redis), read at
+    /// scrape time for `/metrics`; `None` when it makes none (memory engine).
+    fn round_trips(&self) -> Option<RoundTripSnapshot> {
+        None
+    }
+}
+
+/// Upper bounds (seconds) of the round-trip latency buckets.
+pub const ROUND_TRIP_BOUNDS: [f64; 12] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// A lock-free latency histogram an engine records its round trips in: one relaxed atomic add
+/// per bucket hit, sum and count, so recording costs nothing next to the round trip itself.
+#[derive(Default)]
+pub struct RoundTrips {
+    /// Round trips per bucket of [`ROUND_TRIP_BOUNDS`] (not cumulative); the last slot is
+    /// slower than every bound.
+    buckets: [std::sync::atomic::AtomicU64; ROUND_TRIP_BOUNDS.len() + 1],
+    /// Total nanoseconds, for the mean.
+    sum_nanos: std::sync::atomic::AtomicU64,
+}
+
+/// What [`RoundTrips`] held when read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundTripSnapshot {
+    /// (upper bound in seconds, round trips in that bucket and not a lower one), ending with
+    /// an infinite bound.
+    pub buckets: Vec<(f64, u64)>,
+    /// Seconds spent in all of them.
+    pub sum_seconds: f64,
+    /// How many.
+    pub count: u64,
+}
+
+impl RoundTrips {
+    /// Records one round trip.
+    pub fn record(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let seconds = took.as_secs_f64();
+        let at =
+            ROUND_TRIP_BOUNDS.iter().position(|b| seconds <= *b).unwrap_or(ROUND_TRIP_BOUNDS.len());
+        self.buckets[at].fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(took.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
+    /// The buckets, sum and count so far.
+    pub fn snapshot(&self) -> RoundTripSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for (at, bucket) in self.buckets.iter().enumerate() {
+            let n = bucket.load(Relaxed);
+            total += n;
+            buckets.push((ROUND_TRIP_BOUNDS.get(at).copied().unwrap_or(f64::INFINITY), n));
+        }
+        let sum_seconds = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        RoundTripSnapshot { buckets, sum_seconds, count: total }
+    }
 }
 
 /// A fresh random epoch token.

@@ -55,8 +55,8 @@ mod pubsub;
 mod stored;
 
 use super::{
-    Delivery, Engine, EngineError, NodeReport, NodeReporter, PublishInput, StreamRead, Window,
-    new_epoch,
+    Delivery, Engine, EngineError, NodeReport, NodeReporter, PublishInput, RoundTripSnapshot,
+    RoundTrips, StreamRead, Window, new_epoch,
 };
 use crate::config::{EngineConfig, Namespace};
 use crate::keyed::apply_op;
@@ -138,6 +138,8 @@ struct Inner {
     /// The heartbeat task while the node is attached; `detach_node` stops it (and waits for it)
     /// before it deletes the registration, so a late heartbeat cannot bring the node back.
     heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Latency of every command and script round trip, for `/metrics`.
+    round_trips: RoundTrips,
 }
 
 /// The Redis engine.
@@ -173,6 +175,7 @@ impl RedisEngine {
             node: OnceLock::new(),
             node_id: OnceLock::new(),
             heartbeat: Mutex::new(None),
+            round_trips: RoundTrips::default(),
         });
         tokio::spawn(pubsub::pubsub_task(Arc::downgrade(&inner), rx));
         Ok(RedisEngine { inner })
@@ -202,7 +205,10 @@ impl Inner {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(OP_TIMEOUT, op).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(OP_TIMEOUT, op).await;
+        self.round_trips.record(started.elapsed());
+        match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(map_error(e)),
             Err(_) => Err(EngineError::Unavailable("redis did not answer in time".into())),
@@ -259,6 +265,10 @@ fn meta_ttl(ns: &Namespace) -> u64 {
 impl Engine for RedisEngine {
     fn attach(&self, fanout: Arc<dyn Delivery>) {
         let _ = self.inner.fanout.set(fanout);
+    }
+
+    fn round_trips(&self) -> Option<RoundTripSnapshot> {
+        Some(self.inner.round_trips.snapshot())
     }
 
     fn attach_node(&self, reporter: NodeReporter) {
