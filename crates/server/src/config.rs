@@ -51,6 +51,10 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Namespaces by name; `default` holds channels without a `:`.
     pub namespaces: BTreeMap<String, Namespace>,
+    /// Event-bus bridges (`[[bridge]]`), kept as tables: the `herald-bridge` crate checks and
+    /// runs them (docs/bridge.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridge: Vec<toml::Table>,
 }
 
 impl Default for Config {
@@ -69,6 +73,7 @@ impl Default for Config {
             subscribe_hook: None,
             tls: TlsConfig::default(),
             namespaces: BTreeMap::from([("default".to_string(), Namespace::default())]),
+            bridge: Vec::new(),
         }
     }
 }
@@ -363,6 +368,21 @@ impl Default for Namespace {
     }
 }
 
+/// The built-in namespace of the hub's own channels (`sys:stats`): only admin tokens subscribe,
+/// only the hub publishes, and a configuration cannot declare it (one way to reach it).
+pub const SYSTEM_NAMESPACE: &str = "sys";
+
+/// Options of [`SYSTEM_NAMESPACE`]: five minutes of history (one `sys:stats` publication per
+/// second per node), so a dashboard opened late draws its charts from the start.
+pub static SYSTEM_NAMESPACE_OPTIONS: std::sync::LazyLock<Namespace> =
+    std::sync::LazyLock::new(|| Namespace {
+        max_message_bytes: 256 * 1024,
+        history_size: 300,
+        history_ttl: Duration::from_secs(300),
+        max_recover: 300,
+        ..Namespace::default()
+    });
+
 impl Config {
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -421,6 +441,11 @@ impl Config {
         for (name, ns) in &self.namespaces {
             if name.contains(':') || name.is_empty() {
                 return Err(ConfigError::Invalid(format!("namespace name {name:?} is invalid")));
+            }
+            if name == SYSTEM_NAMESPACE {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {name:?} is reserved for the hub's own channels (sys:stats)"
+                )));
             }
             if ns.max_key_bytes == 0 || ns.max_key_bytes > ns.max_state_bytes {
                 return Err(ConfigError::Invalid(format!(

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A live session as the hub sees it.
 struct SessionEntry {
@@ -60,7 +60,13 @@ pub struct Hub {
     pub started: Instant,
     /// Plain HTTP connections open on this node's listener (per-IP and total bounds).
     pub http_connections: Arc<crate::listener::HttpConnections>,
+    /// The housekeeping task between [`Hub::start`] and [`Hub::stop`], so the hub owns its
+    /// background work and ends it (also when dropped).
+    housekeeping: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// How often [`Hub::start`]'s housekeeping runs [`Hub::maintain`] by default.
+pub const MAINTAIN_EVERY: Duration = Duration::from_secs(60);
 
 /// Deepest nesting of arrays and objects a publication's `data` may have: what every decoder
 /// reads, with room for the envelope (publication, reply, batch) around it.
@@ -108,8 +114,11 @@ impl Hub {
         for warning in config.warnings() {
             tracing::warn!("configuration: {warning}");
         }
-        let metrics = Arc::new(Metrics::default());
-        let fanout = Arc::new(Fanout::new());
+        let metrics = Arc::new(Metrics::new(config.namespaces.keys().map(String::as_str)));
+        let counted = metrics.clone();
+        let fanout = Arc::new(Fanout::with_observer(Arc::new(move |channel, pushed| {
+            counted.delivered(Config::namespace_of(channel), pushed)
+        })));
         engine.attach(fanout.clone());
         let node_id = if config.node_id.is_empty() {
             format!("n-{}", &crate::engine::new_epoch()[..6])
@@ -132,6 +141,7 @@ impl Hub {
             drained: tokio::sync::Notify::new(),
             started: Instant::now(),
             http_connections: Default::default(),
+            housekeeping: Mutex::new(None),
         }))
     }
 
@@ -142,6 +152,9 @@ impl Hub {
                 .with_channel(channel));
         }
         let name = Config::namespace_of(channel);
+        if name == crate::config::SYSTEM_NAMESPACE {
+            return Ok(&crate::config::SYSTEM_NAMESPACE_OPTIONS);
+        }
         self.config.namespaces.get(name).ok_or_else(|| {
             ErrorBody::new(
                 ErrorCode::UnknownNamespace,
@@ -176,6 +189,10 @@ impl Hub {
         };
         if principal.is_anonymous() && !ns.anonymous {
             return Err(needs_token());
+        }
+        // The hub's own figures (`sys:*`) are for admin tokens only, whatever the claims say.
+        if Config::namespace_of(channel) == crate::config::SYSTEM_NAMESPACE {
+            return if principal.admin { Ok(()) } else { Err(forbidden()) };
         }
         if principal.may_subscribe(channel) {
             return Ok(());
@@ -217,8 +234,30 @@ impl Hub {
             .with_channel(channel))
     }
 
-    /// Publishes (after authorization): size check, then the engine's atomic step.
+    /// Publishes (after authorization): size check, then the engine's atomic step. The hub's own
+    /// channels (`sys:*`) are refused with 103 whoever asks (a client, even an admin, the HTTP
+    /// API, the application in process), so their figures cannot be forged.
     pub async fn publish(&self, input: PublishInput) -> Result<PublishResult, ErrorBody> {
+        if Config::namespace_of(&input.channel) == crate::config::SYSTEM_NAMESPACE {
+            return Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                "only the hub publishes to its own channels (sys:*)",
+            )
+            .with_channel(&input.channel));
+        }
+        self.accept(input).await
+    }
+
+    /// A publication of the hub's own to a `sys:*` channel (the `sys:stats` publisher).
+    pub(crate) async fn publish_system(
+        &self,
+        input: PublishInput,
+    ) -> Result<PublishResult, ErrorBody> {
+        self.accept(input).await
+    }
+
+    /// What [`Hub::publish`] does once the channel is one anybody may be allowed to publish to.
+    async fn accept(&self, input: PublishInput) -> Result<PublishResult, ErrorBody> {
         let ns = self.namespace(&input.channel)?;
         // Every way in (WebSocket, HTTP, in process) refuses what subscribers could not all
         // decode alike: a lone UTF-16 surrogate escape (browsers accept it, serde_json does not).
@@ -253,6 +292,7 @@ impl Hub {
         let result = self.engine.publish(ns, input).await.map_err(|e| engine_error(e, &channel))?;
         if !result.duplicate {
             self.metrics.publications.inc();
+            self.metrics.published(Config::namespace_of(&channel));
         }
         Ok(result)
     }
@@ -284,6 +324,15 @@ impl Hub {
         rules::state(&*self.engine, ns, channel).await.map_err(|e| engine_error(e, channel))
     }
 
+    /// Takes or renews the cluster-wide lease `name` for this node for `ttl` (see
+    /// [`Engine::lease`]); true while this node holds it.
+    pub async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, ErrorBody> {
+        self.engine
+            .lease(name, &self.node_id, ttl)
+            .await
+            .map_err(|e| ErrorBody::new(e.code(), e.to_string()))
+    }
+
     /// Whether the engine can serve right now (`/ready`).
     pub async fn ready(&self) -> bool {
         self.engine.ready().await
@@ -294,14 +343,100 @@ impl Hub {
         self.engine.memory()
     }
 
-    /// Periodic housekeeping of the engine ([`crate::serve`] runs it every minute; an
-    /// application that mounts [`crate::router`] itself runs it too).
+    /// The `/metrics` text, with this moment's readings (engine memory and round trips, the
+    /// queues of every session).
+    pub fn render_metrics(&self) -> String {
+        if let Some((used, budget)) = self.engine_memory() {
+            self.metrics.engine_memory_bytes.set(used as i64);
+            self.metrics.engine_memory_budget_bytes.set(budget as i64);
+        }
+        let mut scrape =
+            crate::metrics::Scrape { round_trips: self.engine.round_trips(), ..Default::default() };
+        let outboxes: Vec<Arc<Outbox>> =
+            self.sessions.lock().values().map(|s| s.outbox.clone()).collect();
+        for outbox in outboxes {
+            let (publications, bytes) = outbox.queued();
+            scrape.queued_publications += publications;
+            scrape.queued_bytes += bytes;
+            scrape.largest_queue_bytes = scrape.largest_queue_bytes.max(bytes);
+        }
+        self.metrics.render_with(scrape)
+    }
+
+    /// Publishes any serializable value in process, e.g.
+    /// `hub.publish_value("room:1", "message", &json!({"text": "hi"}))`: the value is encoded
+    /// with serde_json (a value that cannot be is `bad_request`), then [`Hub::publish`]. No
+    /// authorization: the application's code is trusted. For a key, op or meta, build a
+    /// [`PublishInput`] and call [`Hub::publish`].
+    pub async fn publish_value(
+        &self,
+        channel: impl Into<String>,
+        kind: impl Into<String>,
+        data: &(impl serde::Serialize + ?Sized),
+    ) -> Result<PublishResult, ErrorBody> {
+        let channel = channel.into();
+        let data = serde_json::value::to_raw_value(data).map_err(|e| {
+            ErrorBody::new(ErrorCode::BadRequest, format!("`data` is not JSON: {e}"))
+                .with_channel(&channel)
+        })?;
+        let input = PublishInput {
+            channel,
+            kind: kind.into(),
+            data,
+            key: None,
+            op: None,
+            meta: Default::default(),
+        };
+        self.publish(input).await
+    }
+
+    /// Starts the hub's background work: registers this node with a clustered engine
+    /// ([`Hub::attach_node`]) and runs [`Hub::maintain`] every `maintain_every` (history aged
+    /// out, idle channels dropped) until [`Hub::stop`] or the hub is dropped. [`crate::serve`]
+    /// and [`crate::Routes::into_router`] call it; a second call while running does nothing.
+    /// Call it inside a Tokio runtime.
+    pub fn start(self: &Arc<Self>, maintain_every: Duration) {
+        let mut housekeeping = self.housekeeping.lock();
+        if housekeeping.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        self.attach_node();
+        // A weak reference: the task must not keep a hub alive that its owner dropped.
+        let hub = Arc::downgrade(self);
+        *housekeeping = Some(tokio::spawn(async move {
+            let mut every = tokio::time::interval(maintain_every);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(live) = hub.upgrade() else { return };
+                live.maintain().await;
+            }
+        }));
+    }
+
+    /// Whether the housekeeping [`Hub::start`] began is running.
+    pub fn housekeeping_running(&self) -> bool {
+        self.housekeeping.lock().as_ref().is_some_and(|task| !task.is_finished())
+    }
+
+    /// Ends what [`Hub::start`] began: stops the housekeeping and withdraws this node's
+    /// registration ([`Hub::detach_node`]). Sessions are closed by [`Hub::shutdown`].
+    pub async fn stop(&self) {
+        let task = self.housekeeping.lock().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        self.detach_node().await;
+    }
+
+    /// Periodic housekeeping of the engine: what [`Hub::start`] runs every `maintain_every`.
     pub async fn maintain(&self) {
         self.engine.maintain(&self.config).await;
     }
 
     /// Registers this node with a clustered engine (heartbeat with its id, address and counts)
-    /// until [`Hub::detach_node`]. [`crate::serve`] calls both.
+    /// until [`Hub::detach_node`]. [`Hub::start`] and [`Hub::stop`] call them.
     pub fn attach_node(self: &Arc<Self>) {
         let hub = Arc::downgrade(self);
         self.engine.attach_node(Arc::new(move || hub.upgrade().map(|hub| hub.node_report())));
@@ -491,6 +626,15 @@ impl Hub {
                 );
                 return;
             }
+        }
+    }
+}
+
+impl Drop for Hub {
+    /// A dropped hub's housekeeping ends with it, without waiting for its next tick.
+    fn drop(&mut self) {
+        if let Some(task) = self.housekeeping.get_mut().take() {
+            task.abort();
         }
     }
 }

@@ -183,6 +183,17 @@ pub trait Engine: Send + Sync + 'static {
         window: Window,
         records: bool,
     ) -> Result<StreamRead, EngineError>;
+    /// Takes or renews the lease `name` for `holder` (this node) for `ttl`: true while no other
+    /// holder has it. One node at a time runs what the lease guards (a bridge's source).
+    /// Default (a single node): always true.
+    async fn lease(
+        &self,
+        _name: &str,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, EngineError> {
+        Ok(true)
+    }
     /// Whether the engine can serve right now (for `/ready`).
     async fn ready(&self) -> bool;
     /// Periodic housekeeping (the hub calls it every minute): the memory engine drops idle,

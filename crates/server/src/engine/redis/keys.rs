@@ -41,6 +41,11 @@ impl Inner {
     }
 
     /// The registration of node `id` in the cluster view.
+    /// The key of the lease `name` (bridges: one node at a time reads a source).
+    pub(super) fn lease_key(&self, name: &str) -> String {
+        format!("{}:lease:{}", self.prefix, name)
+    }
+
     pub(super) fn node_key(&self, id: &str) -> String {
         format!("{}:node:{}", self.prefix, id)
     }

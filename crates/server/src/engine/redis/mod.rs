@@ -20,7 +20,9 @@
 //! lost (or never used) stream: reads answer its empty position and write nothing; the next
 //! publish starts it and drops leftovers. The epoch of a channel without a stream is derived from
 //! the hub-wide seed `P:epoch_seed` (rotated daily) and the channel, so a subscriber of an empty
-//! channel and its first publish agree on it across nodes (see `redis/common.lua`).
+//! channel and its first publish agree on it across nodes (see `redis/common.lua`). A lease
+//! (`Engine::lease`, one node at a time runs a bridge's source) is the key `P:lease:NAME` holding
+//! the holder's node id with a TTL (`redis/lease.lua`).
 //!
 //! # Fan-out
 //!
@@ -100,6 +102,8 @@ struct Scripts {
     publish: redis::Script,
     /// One atomic read: position, a window of history, records (see `redis/read.lua`).
     read: redis::Script,
+    /// Take or renew a lease (see `redis/lease.lua`).
+    lease: redis::Script,
 }
 
 impl Scripts {
@@ -109,7 +113,12 @@ impl Scripts {
                 redis::Script::new(concat!(include_str!("common.lua"), include_str!($file)))
             };
         }
-        Scripts { publish: script!("publish.lua"), read: script!("read.lua") }
+        Scripts {
+            publish: script!("publish.lua"),
+            read: script!("read.lua"),
+            // No prelude: the lease touches no stream.
+            lease: redis::Script::new(include_str!("lease.lua")),
+        }
     }
 }
 
@@ -459,6 +468,15 @@ impl Engine for RedisEngine {
             offset,
             earliest,
         })
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, EngineError> {
+        let inner = &self.inner;
+        let mut call = inner.scripts.lease.prepare_invoke();
+        call.key(inner.lease_key(name)).arg(holder).arg(ms(ttl).max(1));
+        let mut conn = inner.conn.clone();
+        let held: i64 = inner.run(call.invoke_async(&mut conn)).await?;
+        Ok(held == 1)
     }
 
     async fn ready(&self) -> bool {
