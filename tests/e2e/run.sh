@@ -23,5 +23,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q redis-server >/dev/null
 fi
 
+# embedded.test.mjs serves the pages under /live from the embedding example.
+if [ -z "${EMBEDDED_BIN:-}" ]; then
+  (cd ../.. && cargo build -q -p herald-server --example embedded)
+fi
+
 npm ci --no-audit --no-fund --loglevel=error
 npm test

@@ -38,7 +38,8 @@ import type {
 export interface ClientOptions {
   /**
    * WebSocket URL(s) of the hub, e.g. `ws://127.0.0.1:7700/ws`. With several, the client moves to
-   * the next after a failure. In a browser it defaults to `/ws` on the page's host.
+   * the next after a failure. In a browser it defaults to `ws` beside the page (`/ws` for `/`,
+   * `/live/ws` for `/live/`).
    */
   url?: string | string[];
   /** A static token, or a provider called before each attempt and each in-band refresh. */

@@ -33,11 +33,18 @@ export function resolveWebSocket(given?: WebSocketConstructor): WebSocketConstru
   return WS;
 }
 
-/** In a page: `/ws` on the page's host (`wss:` for an `https:` page). */
+/**
+ * In a page: `ws` beside the page, so a hub mounted under a prefix is found (`/live/` and
+ * `/live/demo` → `/live/ws`; `/` and `/demo` → `/ws`), `wss:` for an `https:` page. Resolved
+ * against `document.baseURI` (a `<base>` element moves it), else `location.href`.
+ */
 export function defaultUrl(): string {
-  const loc = (globalThis as { location?: { protocol: string; host: string } }).location;
-  if (!loc) throw new Error('HeraldClient: no url given and no page location to derive it from');
-  return `${loc.protocol === 'https:' ? 'wss:' : 'ws:'}//${loc.host}/ws`;
+  const page = globalThis as { document?: { baseURI?: string }; location?: { href: string } };
+  const base = page.document?.baseURI ?? page.location?.href;
+  if (!base) throw new Error('HeraldClient: no url given and no page location to derive it from');
+  const url = new URL('ws', base);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  return url.href;
 }
 
 /** A message from the hub: a reply (`id` with `result` or `error`) or a push (protocol §3). */

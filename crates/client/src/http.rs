@@ -42,8 +42,9 @@ pub struct ApiClient {
     api_key: Option<String>,
 }
 
-/// Turns a WebSocket URL (`ws://HOST:PORT/ws`) into the HTTP base (`http://HOST:PORT/`), so a
-/// CLI given `--url` can reach the API of the same hub.
+/// Turns a WebSocket URL (`ws://HOST:PORT/ws`, under a prefix `wss://HOST/live/ws`) into the
+/// HTTP base (`http://HOST:PORT/`, `https://HOST/live/`), so a CLI given `--url` can reach the
+/// API of the same hub.
 pub fn http_base_from_ws(ws_url: &str) -> Result<String, ApiError> {
     let mut url = url::Url::parse(ws_url).map_err(|_| ApiError::BadUrl(ws_url.into()))?;
     let scheme = match url.scheme() {
@@ -52,7 +53,8 @@ pub fn http_base_from_ws(ws_url: &str) -> Result<String, ApiError> {
         _ => return Err(ApiError::BadUrl(ws_url.into())),
     };
     url.set_scheme(scheme).map_err(|_| ApiError::BadUrl(ws_url.into()))?;
-    url.set_path("/");
+    let prefix = url.path().trim_end_matches('/').trim_end_matches("/ws").to_string();
+    url.set_path(&format!("{prefix}/"));
     url.set_query(None);
     Ok(url.to_string())
 }
@@ -84,19 +86,27 @@ struct Broadcast<'a> {
 }
 
 impl ApiClient {
-    /// A client for the hub at `base_url` (`http://HOST:PORT`), sending `api_key` when given.
+    /// A client for the hub at `base_url` (`http://HOST:PORT`, or mounted under a prefix
+    /// `https://HOST/live`), sending `api_key` when given.
     pub fn new(base_url: &str, api_key: Option<String>) -> Result<ApiClient, ApiError> {
-        let base = url::Url::parse(base_url).map_err(|_| ApiError::BadUrl(base_url.into()))?;
+        let mut base = url::Url::parse(base_url).map_err(|_| ApiError::BadUrl(base_url.into()))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(ApiError::BadUrl(base_url.into()));
         }
+        // A trailing slash, so joined routes land under the prefix (`/live` + `api/…`).
+        if !base.path().ends_with('/') {
+            let prefixed = format!("{}/", base.path());
+            base.set_path(&prefixed);
+        }
+        base.set_query(None);
         let http =
             reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
         Ok(ApiClient { http, base, api_key })
     }
 
+    /// `path` (`/api/…`) under the base URL's path prefix.
     fn url(&self, path: &str) -> Result<url::Url, ApiError> {
-        self.base.join(path).map_err(|_| ApiError::BadUrl(path.into()))
+        self.base.join(path.trim_start_matches('/')).map_err(|_| ApiError::BadUrl(path.into()))
     }
 
     async fn send<T: DeserializeOwned>(
@@ -197,6 +207,21 @@ mod tests {
         assert_eq!(http_base_from_ws("ws://127.0.0.1:7700/ws").unwrap(), "http://127.0.0.1:7700/");
         assert_eq!(http_base_from_ws("wss://h.example/ws?token=x").unwrap(), "https://h.example/");
         assert!(http_base_from_ws("ftp://x").is_err());
+        assert_eq!(
+            http_base_from_ws("wss://h.example/live/ws").unwrap(),
+            "https://h.example/live/"
+        );
+    }
+
+    #[test]
+    fn api_routes_stay_under_the_base_urls_prefix() {
+        let route = |base: &str| {
+            ApiClient::new(base, None).unwrap().url("/api/publish").unwrap().to_string()
+        };
+        assert_eq!(route("http://127.0.0.1:7700"), "http://127.0.0.1:7700/api/publish");
+        assert_eq!(route("http://127.0.0.1:7700/"), "http://127.0.0.1:7700/api/publish");
+        assert_eq!(route("http://h/live"), "http://h/live/api/publish");
+        assert_eq!(route("https://h/a/live/"), "https://h/a/live/api/publish");
     }
 
     #[test]
@@ -213,5 +238,6 @@ mod tests {
         assert!(ws_url_from_http("127.0.0.1:7700").is_err());
         // Round trip with the other direction.
         assert_eq!(http_base_from_ws(&ws("http://h:1")).unwrap(), "http://h:1/");
+        assert_eq!(http_base_from_ws(&ws("http://h:1/live")).unwrap(), "http://h:1/live/");
     }
 }

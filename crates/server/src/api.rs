@@ -79,7 +79,7 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError(ErrorBody::new(ErrorCode::BadRequest, format!("bad JSON body: {e}"))))
 }
 
-/// The API routes (the caller adds state).
+/// The `/api/*` routes (the caller adds state).
 pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
     let limits = &hub.config.limits;
     let throttle = Arc::new(FailureThrottle::new(
@@ -89,7 +89,7 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
     // One middleware for every API route (size, key, refusals as the error object): each layer
     // costs a boxed future per request, and the HTTP publish path is hot (docs/benchmarks.md).
     let check = ApiCheck { hub: hub.clone(), throttle, max_body: limits.max_api_body_bytes };
-    let api = Router::new()
+    Router::new()
         .route("/api/publish", post(publish).fallback(|| not_allowed("POST")))
         .route("/api/broadcast", post(broadcast).fallback(|| not_allowed("POST")))
         .route("/api/channels", get(channels).fallback(|| not_allowed("GET")))
@@ -104,12 +104,19 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
         .route("/api", axum::routing::any(unknown_api_route))
         .route("/api/", axum::routing::any(unknown_api_route))
         .route("/api/{*rest}", axum::routing::any(unknown_api_route))
-        .layer(DefaultBodyLimit::max(limits.max_api_body_bytes));
+        .layer(DefaultBodyLimit::max(limits.max_api_body_bytes))
+}
+
+/// `/health` (the process answers) and `/ready` (the engine can serve), without an API key.
+pub fn health_router() -> Router<Arc<Hub>> {
     Router::new()
-        .merge(api)
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+}
+
+/// `/metrics` in the OpenMetrics text format, without an API key.
+pub fn metrics_router() -> Router<Arc<Hub>> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 /// A known route asked with another method: 405 with `Allow` and the error object (104).

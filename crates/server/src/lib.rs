@@ -1,7 +1,30 @@
 //! Herald hub as a library: build a [`Hub`] from a [`Config`] ([`hub_from_config`],
-//! [`memory_hub`]), mount [`router`] into an axum application (seed 004 embeds it), or run it
+//! [`memory_hub`]), mount its routes into an axum application (seed 004 embeds it), or run it
 //! alone with [`serve`]. Cargo features: `redis` (the Redis engine, off by default), `clap`
 //! (`clap::ValueEnum` on the configuration enums).
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! # async fn app() -> Result<(), Box<dyn std::error::Error>> {
+//! use herald_server::{Config, Routes, memory_hub};
+//! let hub = memory_hub(Config::development())?;
+//! // Only what the application needs; `Routes::all(hub)` (= `router(hub)`) mounts everything.
+//! let live = Routes::new(hub.clone()).ws().sse().api().ui().into_router();
+//! let app = axum::Router::new().nest("/live", live);
+//! // From the application's own code, any `Serialize` value:
+//! hub.publish_value("session:42", "decision.recorded", &serde_json::json!({"choice": "ship"}))
+//!     .await?;
+//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The pages work under any prefix (the dashboard at `/live`, the demo at `/live/demo`).
+//! [`Routes::into_router`] starts the hub's background work
+//! ([`Hub::start`]: node registration with a clustered engine, history trimmed by age every
+//! minute); it ends with [`Hub::stop`] or when the hub is dropped.
 //!
 //! # Layout
 //!
@@ -13,6 +36,7 @@
 //! - [`config`]: the typed configuration, validated before any port is bound.
 //! - [`auth`]: tokens → [`auth::Principal`]; channel patterns. [`hook`]: the optional
 //!   subscribe-authorization hook.
+//! - [`routes`]: which of the routes below an application mounts.
 //! - [`api`]: the HTTP API (`/api/*`, `/health`, `/ready`, `/metrics`); [`ws`]: the `/ws`
 //!   upgrade; [`sse`]: the Server-Sent Events fallback, a session behind an adapter;
 //!   [`listener`]: the HTTP accept loop and its connection bounds; [`tls`]: its certificate,
@@ -41,6 +65,7 @@ pub mod keyed;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
+pub mod routes;
 pub mod rules;
 pub mod session;
 pub mod sse;
@@ -50,11 +75,9 @@ pub mod ws;
 pub use config::Config;
 pub use error::HubError;
 pub use hub::Hub;
+pub use routes::Routes;
 
 use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use std::sync::Arc;
 
 /// Builds a hub on the memory engine, whatever engine the configuration names.
@@ -92,46 +115,24 @@ pub async fn hub_from_config(config: Config) -> Result<Arc<Hub>, HubError> {
     Hub::new(config, engine)
 }
 
-/// Every route of the hub: `/ws`, the API, and the embedded dashboard and demo pages.
+/// Every route of the hub: `/ws`, SSE, the API, health, metrics, and the embedded dashboard
+/// and demo pages ([`Routes::all`]; it starts the hub's background work, [`Hub::start`]).
 pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
-        .route("/ws", get(ws::upgrade))
-        .route("/sse/{channel}", get(sse::stream))
-        .merge(api::router(hub.clone()))
-        .route("/", get(|| asset("index.html")))
-        .route("/demo", get(|| asset("demo.html")))
-        .route(
-            "/static/{*path}",
-            get(|axum::extract::Path(path): axum::extract::Path<String>| asset_owned(path)),
-        )
-        .with_state(hub)
+    Routes::all(hub).into_router()
 }
 
 /// Serves on a bound listener, over TLS when `tls` is given (build it with
 /// [`tls::Tls::from_config`] from `config.tls`, and keep it to [`tls::Tls::reload`]), until
 /// `shutdown` resolves, then closes every connection with the `shutdown` code and drains within
-/// the configured deadline. Applications that mount
-/// [`router`] themselves should call [`Hub::attach_node`] once (and [`Hub::detach_node`] at
-/// shutdown) so a Redis cluster lists their node, and [`Hub::maintain`] every minute.
+/// the configured deadline, and stops the hub's background work ([`Hub::stop`]).
 pub async fn serve(
     hub: Arc<Hub>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<tls::Tls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Starts the hub's housekeeping and registers this node with a clustered engine.
     let app = router(hub.clone());
-    // A clustered engine registers this node (heartbeat) while it serves.
-    hub.attach_node();
-    let housekeeping = {
-        let hub = hub.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                every.tick().await;
-                hub.maintain().await;
-            }
-        })
-    };
     let t = &hub.config.timeouts;
     let limits = listener::HttpLimits {
         header_read_timeout: t.http_header_read,
@@ -155,26 +156,6 @@ pub async fn serve(
         t.shutdown_deadline,
     )
     .await?;
-    housekeeping.abort();
-    hub.detach_node().await;
+    hub.stop().await;
     Ok(())
-}
-
-/// The dashboard, demo and their assets, embedded at compile time so one binary is the product.
-#[derive(rust_embed::Embed)]
-#[folder = "web/"]
-struct Assets;
-
-async fn asset(path: &'static str) -> Response {
-    asset_owned(path.to_string()).await
-}
-
-async fn asset_owned(path: String) -> Response {
-    match Assets::get(&path) {
-        Some(file) => {
-            ([(header::CONTENT_TYPE, file.metadata.mimetype().to_string())], file.data.into_owned())
-                .into_response()
-        }
-        None => (StatusCode::NOT_FOUND, "not found").into_response(),
-    }
 }

@@ -1,7 +1,7 @@
 // Herald dashboard: admin login by API key, hub and channel overview from the HTTP API, a live tail
 // of any channel over WebSocket (admin token minted by the API), and a publish form.
-import { HeraldApi, HeraldClient } from '/static/herald.js';
-import { backoffFromQuery, bindIndicator, fmtTime, h } from '/static/ui.js';
+import { HeraldApi, HeraldClient } from './herald.js';
+import { backoffFromQuery, bindIndicator, fmtTime, h } from './ui.js';
 
 const KEY = 'herald.apiKey';
 const $ = (sel) => document.querySelector(sel);
@@ -18,7 +18,8 @@ function showLogin(message = '') {
 }
 
 async function login(key) {
-  const candidate = new HeraldApi('', key);
+  // The API beside this page, also under a prefix (`/live` → `/live/api/…`, by the page's base).
+  const candidate = new HeraldApi(new URL('.', document.baseURI).href, key);
   try {
     await candidate.info();
   } catch (err) {

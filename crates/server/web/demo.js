@@ -1,7 +1,7 @@
 // Demo page: a kanban board on the keyed channel `demo:board` and a streamed "agent run" on
 // `demo:agent`. Anonymous: the built-in `demo` namespace lets anyone subscribe and publish.
-import { HeraldClient } from '/static/herald.js';
-import { backoffFromQuery, bindIndicator, h } from '/static/ui.js';
+import { HeraldClient } from './herald.js';
+import { backoffFromQuery, bindIndicator, h } from './ui.js';
 
 const $ = (sel) => document.querySelector(sel);
 const COLUMNS = ['todo', 'doing', 'done'];

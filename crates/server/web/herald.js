@@ -472,12 +472,19 @@ function resolveWebSocket(given) {
     }
     return WS;
 }
-/** In a page: `/ws` on the page's host (`wss:` for an `https:` page). */
+/**
+ * In a page: `ws` beside the page, so a hub mounted under a prefix is found (`/live/` and
+ * `/live/demo` → `/live/ws`; `/` and `/demo` → `/ws`), `wss:` for an `https:` page. Resolved
+ * against `document.baseURI` (a `<base>` element moves it), else `location.href`.
+ */
 function defaultUrl() {
-    const loc = globalThis.location;
-    if (!loc)
+    const page = globalThis;
+    const base = page.document?.baseURI ?? page.location?.href;
+    if (!base)
         throw new Error('HeraldClient: no url given and no page location to derive it from');
-    return `${loc.protocol === 'https:' ? 'wss:' : 'ws:'}//${loc.host}/ws`;
+    const url = new URL('ws', base);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    return url.href;
 }
 /** The frame of command `cmd` with request id `id` (undefined fields are left out). */
 function encodeCommand(id, cmd, fields) {
