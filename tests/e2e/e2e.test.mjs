@@ -35,19 +35,30 @@ after(async () => {
   await hub?.stop();
 });
 
-async function newPage(path) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+async function newPage(path, viewport = { width: 1280, height: 860 }) {
+  const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.on('pageerror', (err) => pageErrors.push(`${path}: ${err.message}`));
   await page.goto(proxy.http + path + (path.includes('?') ? '&' : '?') + 'backoff_max_ms=2000');
   return page;
 }
 
-async function dashboard() {
-  const page = await newPage('/');
-  await page.fill('#api-key', API_KEY);
+/** A token minted by the hub (POST /api/token, the test's API key): admin by default. */
+async function mintToken(claims = { sub: 'e2e-admin', roles: ['admin'] }) {
+  return (await api(hub, 'POST', '/api/token', { ttl_secs: 3600, ...claims })).token;
+}
+
+/** Signs in on a dashboard page with an admin token; resolves once the app is shown. */
+async function signIn(page, token) {
+  await page.fill('#admin-token', token ?? (await mintToken()));
   await page.click('#login button[type=submit]');
+  await page.waitForSelector('#app-view:not([hidden])', { timeout: T });
   await page.waitForSelector('#conn[data-herald-state="connected"]', { timeout: T });
+}
+
+async function dashboard(viewport) {
+  const page = await newPage('/', viewport);
+  await signIn(page);
   return page;
 }
 
@@ -61,16 +72,27 @@ async function tail(page, channel) {
 const offsets = (page) => page.$$eval('#tail li[data-offset]', (els) => els.map((e) => Number(e.dataset.offset)).reverse());
 const state = (page) => page.getAttribute('#conn', 'data-herald-state');
 
-test('dashboard: login required; two pages tailing one channel both show a publication', async () => {
+test('dashboard: admin token required; two pages tailing one channel both show a publication', async () => {
   const anon = await newPage('/');
   await anon.waitForSelector('#login-view:not([hidden])', { timeout: T });
   assert.equal(await anon.isVisible('#app-view'), false);
-  await anon.fill('#api-key', 'wrong-key');
-  await anon.click('#login button[type=submit]');
-  await anon.waitForFunction(() => document.querySelector('#login-error').textContent.length > 0, null, { timeout: T });
+  const refusedWith = async (token, pattern) => {
+    await anon.fill('#admin-token', token);
+    await anon.click('#login button[type=submit]');
+    await anon.waitForFunction((p) => new RegExp(p).test(document.querySelector('#login-error').textContent), pattern, { timeout: T });
+    assert.equal(await anon.isVisible('#app-view'), false);
+  };
+  // The API key is not a token; a token without the admin role may not read the figures.
+  await refusedWith(API_KEY, 'not accepted');
+  await refusedWith(await mintToken({ sub: 'someone', channels: ['*'] }), 'no admin role');
   await anon.context().close();
 
   const a = await dashboard();
+  // After sign-in the page is pushed its figures: it never calls the HTTP API.
+  const apiCalls = [];
+  a.on('request', (req) => {
+    if (new URL(req.url()).pathname.startsWith('/api/')) apiCalls.push(req.url());
+  });
   const b = await dashboard();
   await tail(a, 'demo:e2e');
   await tail(b, 'demo:e2e');
@@ -86,8 +108,17 @@ test('dashboard: login required; two pages tailing one channel both show a publi
   }, null, { timeout: T });
   assert.ok(Number((await a.textContent('#stat-clients')).match(/\d+/)[0]) >= 2);
   assert.ok((await a.$$('#nodes tbody tr')).length >= 1);
+  // The figures keep coming (one sample a second) and the charts draw them.
+  const points = () => a.$eval('#chart-pubs', (el) => Number(el.dataset.points ?? 0));
+  const before = await points();
+  await a.waitForFunction((n) => Number(document.querySelector('#chart-pubs').dataset.points) > n, before, { timeout: T });
+  for (const chart of ['#chart-pubs', '#chart-dels', '#chart-conns']) {
+    assert.ok((await a.getAttribute(`${chart} polyline`, 'points')).split(' ').length >= 2, chart);
+  }
+  // The publications above show in publications/s at some point of the chart's window.
+  await a.waitForFunction(() => /max [1-9]/.test(document.querySelector('#chart-pubs figcaption').textContent), null, { timeout: T });
 
-  // The publish form goes through the HTTP API and shows up in the tail.
+  // The publish form goes over the WebSocket (admin token) and shows up in the tail.
   await a.fill('#pub-channel', 'demo:e2e');
   await a.fill('#pub-key', 'form');
   await a.selectOption('#pub-op', 'upsert');
@@ -95,6 +126,7 @@ test('dashboard: login required; two pages tailing one channel both show a publi
   await a.click('#pub-send');
   await b.waitForFunction(() => [...document.querySelectorAll('#tail li')].some((li) => li.textContent.includes('the form')), null, { timeout: T });
   await a.screenshot({ path: join(shots, 'dashboard.png'), fullPage: true });
+  assert.deepEqual(apiCalls, [], 'no HTTP API request after sign-in');
   await a.context().close();
   await b.context().close();
 });
@@ -176,9 +208,7 @@ test('dashboard on the redis engine: hub stopped, events published through anoth
   page.on('pageerror', (err) => pageErrors.push(`redis dashboard: ${err.message}`));
   try {
     await page.goto(`${viaA.http}/?backoff_max_ms=2000`);
-    await page.fill('#api-key', API_KEY);
-    await page.click('#login button[type=submit]');
-    await page.waitForSelector('#conn[data-herald-state="connected"]', { timeout: T });
+    await signIn(page, (await api(nodeA, 'POST', '/api/token', { sub: 'e2e-admin', roles: ['admin'], ttl_secs: 3600 })).token);
     await tail(page, 'demo:e2e-redis');
     const first = await api(nodeB, 'POST', '/api/publish', { channel: 'demo:e2e-redis', data: { n: 0 }, key: 'k0', op: 'upsert' });
     await page.waitForSelector(`#tail li[data-offset="${first.offset}"]`, { timeout: T });
@@ -238,6 +268,31 @@ test('demo page: two windows share a live kanban board and an agent run', async 
   await b.screenshot({ path: join(shots, 'demo.png'), fullPage: true });
   await a.context().close();
   await b.context().close();
+});
+
+test('phone width (390 px): dashboard and demo fit the screen', async () => {
+  const phone = { width: 390, height: 844 };
+  const fits = (page) => page.evaluate(() => document.documentElement.scrollWidth);
+  const dash = await dashboard(phone);
+  await tail(dash, 'demo:e2e-phone');
+  await api(hub, 'POST', '/api/publish', { channel: 'demo:e2e-phone', data: { text: 'a long line of data to wrap on a narrow screen '.repeat(3) }, type: 'message' });
+  await dash.waitForSelector('#tail li[data-offset]', { timeout: T });
+  await dash.waitForFunction(() => Number(document.querySelector('#chart-conns').dataset.points) >= 2, null, { timeout: T });
+  assert.ok(await fits(dash) <= 390, `dashboard is ${await fits(dash)} px wide`);
+  await dash.screenshot({ path: join(shots, 'dashboard-390.png'), fullPage: true });
+  await dash.context().close();
+
+  const login = await newPage('/', phone);
+  await login.waitForSelector('#login-view:not([hidden])', { timeout: T });
+  assert.ok(await fits(login) <= 390, `sign-in is ${await fits(login)} px wide`);
+  await login.context().close();
+
+  const demo = await newPage('/demo', phone);
+  await demo.waitForSelector('#conn[data-herald-state="connected"]', { timeout: T });
+  await demo.waitForFunction(() => document.querySelector('#board').dataset.cards !== undefined, null, { timeout: T });
+  assert.ok(await fits(demo) <= 390, `demo is ${await fits(demo)} px wide`);
+  await demo.screenshot({ path: join(shots, 'demo-390.png'), fullPage: true });
+  await demo.context().close();
 });
 
 test('no uncaught errors in the pages', () => {

@@ -188,7 +188,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "herald: DEVELOPMENT token (user dev, all channels, 24 h): {}",
             herald_server::auth::mint_hs256(&secret, &claims)?
         );
-        eprintln!("herald: dashboard http://{addr}/  demo http://{addr}/demo");
+        // The dashboard signs in with an admin token, read from the URL's fragment (which
+        // never reaches a server or its logs).
+        let admin = herald_server::auth::Claims {
+            sub: "dashboard".into(),
+            exp: Some(herald_server::auth::unix_now() + 24 * 3600),
+            roles: vec!["admin".into()],
+            ..Default::default()
+        };
+        eprintln!(
+            "herald: dashboard http://{addr}/#token={}  demo http://{addr}/demo",
+            herald_server::auth::mint_hs256(&secret, &admin)?
+        );
     }
     // Registered before the listening line, so a SIGHUP sent once it is printed is handled.
     #[cfg(unix)]

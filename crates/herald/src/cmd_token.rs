@@ -20,6 +20,10 @@ pub struct TokenArgs {
     /// Roles, comma-separated (`admin` may do everything).
     #[arg(long, env = "HERALD_ROLES", value_delimiter = ',')]
     roles: Vec<String>,
+    /// Adds the `admin` role: a token for the web dashboard (it may subscribe to `sys:stats`,
+    /// tail and publish to any channel).
+    #[arg(long)]
+    admin: bool,
     /// Lifetime (`30s`, `1h`, `7d`; 1 s to 366 days).
     #[arg(long, env = "HERALD_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: std::time::Duration,
@@ -32,7 +36,10 @@ pub struct TokenArgs {
 }
 
 /// Prints the token.
-pub fn run(args: TokenArgs) -> anyhow::Result<()> {
+pub fn run(mut args: TokenArgs) -> anyhow::Result<()> {
+    if args.admin && !args.roles.iter().any(|r| r == "admin") {
+        args.roles.push("admin".into());
+    }
     let claims = Claims {
         sub: args.sub,
         exp: Some(expiry_after(args.ttl.as_secs()).map_err(|_| {

@@ -50,6 +50,7 @@
 //! - [`fanout`]: this node's subscribers by channel; the engine delivers into it.
 //! - [`outbox`]: a connection's bounded outbound queue.
 //! - [`session`]: one WebSocket connection (its writer, rate limit, one file per command).
+//! - [`stats`]: the live figures the dashboard is pushed (`sys:stats`).
 //! - [`metrics`]: Prometheus metrics. [`error`]: why a hub could not be built.
 
 pub mod api;
@@ -69,6 +70,7 @@ pub mod routes;
 pub mod rules;
 pub mod session;
 pub mod sse;
+pub mod stats;
 pub mod tls;
 pub mod ws;
 

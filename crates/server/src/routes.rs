@@ -103,7 +103,12 @@ impl Routes {
     /// runtime). Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: the
     /// per-IP limits read the peer address.
     pub fn into_router(self) -> Router {
+        let started = self.hub.housekeeping_running();
         self.hub.start(self.maintain_every);
+        if !started {
+            // Ends with the housekeeping (Hub::stop) or the hub.
+            tokio::spawn(crate::stats::run(Arc::downgrade(&self.hub)));
+        }
         let mut router = Router::new();
         if self.ws {
             router = router.route("/ws", get(ws::upgrade));

@@ -1,74 +1,125 @@
-// Herald dashboard: admin login by API key, hub and channel overview from the HTTP API, a live tail
-// of any channel over WebSocket (admin token minted by the API), and a publish form.
+// Herald dashboard: signs in with an admin token (never the API key), is pushed the hub's figures
+// on the `sys:stats` channel (counters, nodes, busiest channels; charts of the last five minutes),
+// tails any channel and publishes over the same WebSocket.
 import { HeraldApi, HeraldClient } from './herald.js';
 import { backoffFromQuery, bindIndicator, fmtTime, h } from './ui.js';
 
-const KEY = 'herald.apiKey';
+const KEY = 'herald.adminToken';
+const STATS = 'sys:stats';
+/** How much of the pushed figures the charts keep and draw. */
+const WINDOW_MS = 5 * 60 * 1000;
 const $ = (sel) => document.querySelector(sel);
-let api;
 let client;
 let tail;
-let pollTimer;
+let unbindIndicator;
+/** The node this page is connected to: on a cluster every node publishes its own figures. */
+let node;
+/** Pushed samples of this node, oldest first: { t, publications_per_sec, deliveries_per_sec, connections }. */
+let samples = [];
 
 function showLogin(message = '') {
   $('#app-view').hidden = true;
   $('#login-view').hidden = false;
   $('#login-error').textContent = message;
-  $('#api-key').focus();
+  $('#admin-token').focus();
 }
 
-async function login(key) {
-  // The API beside this page, also under a prefix (`/live` → `/live/api/…`, by the page's base).
-  const candidate = new HeraldApi(new URL('.', document.baseURI).href, key);
-  try {
-    await candidate.info();
-  } catch (err) {
-    sessionStorage.removeItem(KEY);
-    showLogin(err.code === 401 || err.errorName === 'unauthorized' ? 'That API key was not accepted.' : `Sign-in failed: ${err.message}`);
-    return;
-  }
-  sessionStorage.setItem(KEY, key);
-  api = candidate;
+function showApp() {
   $('#login-view').hidden = true;
   $('#app-view').hidden = false;
-  start();
 }
 
-function start() {
+/** Drops the token and the connection, back to the sign-in form. */
+function signOut(message = '') {
+  sessionStorage.removeItem(KEY);
+  unbindIndicator?.();
+  client?.close();
+  client = undefined;
+  tail = undefined;
+  samples = [];
+  showLogin(message);
+}
+
+/** Why the hub refused the token, for a person. */
+function refusal(reason, code) {
+  if (code === 103 || reason === 'forbidden') return 'That token has no admin role: mint one with `herald token --admin`.';
+  if (reason === 'token_expired') return 'That token has expired: mint a new one.';
+  if (reason === 'unauthorized' || code === 101) return 'That token was not accepted by this hub.';
+  return `Sign-in failed: ${reason}${code ? ` (${code})` : ''}`;
+}
+
+/**
+ * Connects with the admin token and subscribes to the hub's figures (`sys:stats`, admin only):
+ * signed in once that subscription is accepted. Nothing is polled; the page never holds the API key.
+ */
+function signIn(token) {
   const params = new URLSearchParams(location.search);
-  client = new HeraldClient({
-    name: 'dashboard',
-    backoff: backoffFromQuery(params),
-    // A fresh admin token for every connection and every in-band refresh.
-    token: async () => (await api.token({ sub: 'dashboard', roles: ['admin'], ttl_secs: 3600 })).token,
-  });
+  $('#login-error').textContent = 'connecting…';
+  client = new HeraldClient({ name: 'dashboard', backoff: backoffFromQuery(params), token });
   window.heraldClient = client; // for debugging in the console (and the e2e tests)
-  bindIndicator($('#conn'), client);
+  const mine = client;
+  let admitted = false;
+  unbindIndicator = bindIndicator($('#conn'), client);
+  client.on('state', (s) => {
+    if (client !== mine) return;
+    if (s.node) node = s.node;
+    // Refused at connect (bad or expired token): back to the form.
+    if (s.state === 'offline' && s.reason !== 'closed' && (!admitted || s.reason === 'token_expired' || s.reason === 'unauthorized')) {
+      signOut(refusal(s.reason, s.code));
+    }
+  });
+  const stats = client.subscribe(STATS);
+  stats.on('subscribed', () => {
+    if (client !== mine || admitted) return;
+    admitted = true;
+    sessionStorage.setItem(KEY, token);
+    showApp();
+    loadRecentStats(mine);
+    const ch = params.get('tail');
+    if (ch) {
+      $('#tail-channel').value = ch;
+      startTail(ch);
+    }
+  });
+  stats.on('publication', (pub) => {
+    if (client === mine) onStats(pub);
+  });
+  stats.on('error', (err) => {
+    if (client !== mine) return;
+    if (!admitted) signOut(refusal(err.errorName, err.code));
+    else $('#info-error').textContent = `figures unavailable: ${err.message}`;
+  });
   client.connect();
-  poll();
-  const ch = params.get('tail');
-  if (ch) {
-    $('#tail-channel').value = ch;
-    startTail(ch);
-  }
 }
 
-async function poll() {
-  clearTimeout(pollTimer);
-  try {
-    const [info, channels] = await Promise.all([api.info(), api.channels()]);
-    renderInfo(info);
-    renderChannels(channels.channels ?? []);
-    $('#info-error').textContent = '';
-  } catch (err) {
-    if (err.errorName === 'unauthorized') {
-      sessionStorage.removeItem(KEY);
-      location.reload();
-      return;
+/** Fills the charts from the channel's history (five minutes are kept while someone watches). */
+function loadRecentStats(mine) {
+  mine.history(STATS, { limit: 300 }).then((hist) => {
+    if (client !== mine) return;
+    const known = new Set(samples.map((s) => s.t));
+    for (const pub of hist.publications) {
+      const t = Date.parse(pub.time);
+      if (pub.data?.node === node && !known.has(t)) samples.push(sample(pub.data, t));
     }
-    $('#info-error').textContent = `hub unreachable: ${err.message}`;
-  }
-  pollTimer = setTimeout(poll, 2000);
+    samples.sort((a, b) => a.t - b.t);
+    drawCharts();
+  }).catch(() => {});
+}
+
+function sample(stats, t) {
+  return { t, publications_per_sec: stats.publications_per_sec, deliveries_per_sec: stats.deliveries_per_sec, connections: stats.connections };
+}
+
+function onStats(pub) {
+  const stats = pub.data;
+  // Another node's figures (same channel on a cluster): this page shows the node it is connected to.
+  if (!stats || (node && stats.node !== node)) return;
+  const t = Date.parse(pub.time) || Date.now();
+  samples.push(sample(stats, t));
+  while (samples.length && samples[0].t < t - WINDOW_MS) samples.shift();
+  $('#info-error').textContent = '';
+  renderStats(stats);
+  drawCharts();
 }
 
 function fmtUptime(s) {
@@ -76,27 +127,34 @@ function fmtUptime(s) {
   return d ? `${d}d ${hh}h` : hh ? `${hh}h ${m}m` : m ? `${m}m ${s % 60}s` : `${s}s`;
 }
 
-function renderInfo(info) {
-  $('#stat-clients').firstChild.textContent = String(info.connections);
-  $('#stat-subs').firstChild.textContent = String(info.subscriptions);
-  $('#stat-uptime').firstChild.textContent = fmtUptime(info.uptime_secs ?? 0);
-  $('#stat-version').textContent = `v${info.version}`;
-  const nodes = info.nodes?.length ? info.nodes : [{ id: info.node, address: location.host, connections: info.connections, subscriptions: info.subscriptions, version: info.version }];
+function fmtRate(n) {
+  return n >= 100 ? String(Math.round(n)) : String(Math.round(n * 10) / 10);
+}
+
+function renderStats(stats) {
+  $('#stat-clients').firstChild.textContent = String(stats.connections);
+  $('#stat-subs').firstChild.textContent = String(stats.subscriptions);
+  $('#stat-pubs').firstChild.textContent = fmtRate(stats.publications_per_sec);
+  $('#stat-dels').firstChild.textContent = fmtRate(stats.deliveries_per_sec);
+  $('#stat-uptime').firstChild.textContent = fmtUptime(stats.uptime_secs ?? 0);
+  $('#stat-version').textContent = `v${stats.version}`;
+  $('#stats-node').textContent = `· node ${stats.node}`;
   $('#nodes tbody').replaceChildren(
-    ...nodes.map((n) =>
+    ...stats.nodes.map((n) =>
       h('tr', { dataset: { node: n.id } },
-        h('td', { class: 'mono' }, n.id, n.id === info.node ? h('span', { class: 'muted' }, ' (this)') : ''),
+        h('td', { class: 'mono' }, n.id, n.id === stats.node ? h('span', { class: 'muted' }, ' (this)') : ''),
         h('td', { class: 'mono' }, n.address ?? ''),
         h('td', { class: 'num' }, n.connections),
         h('td', { class: 'num' }, n.subscriptions),
         h('td', {}, n.version ?? '')),
     ),
   );
+  renderChannels(stats.top_channels ?? [], stats.channels ?? 0);
 }
 
-function renderChannels(list) {
-  list.sort((a, b) => b.subscribers - a.subscribers || a.channel.localeCompare(b.channel));
+function renderChannels(list, total) {
   $('#channels-empty').hidden = list.length > 0;
+  $('#channels-total').textContent = total > list.length ? `· top ${list.length} of ${total}` : '';
   $('#channels tbody').replaceChildren(
     ...list.map((c) =>
       h('tr', { class: 'clickable', dataset: { channel: c.channel }, title: 'tail this channel', onclick: () => {
@@ -108,6 +166,27 @@ function renderChannels(list) {
         h('td', { class: 'num' }, c.subscribers)),
     ),
   );
+}
+
+/**
+ * Draws each chart's field as an SVG polyline (viewBox 300×60) over the samples of the last
+ * WINDOW_MS; a young page spans what it has (at least 30 s) so its first samples are not a sliver.
+ */
+function drawCharts() {
+  const end = samples.length ? samples[samples.length - 1].t : Date.now();
+  const span = Math.min(WINDOW_MS, Math.max(30_000, end - (samples[0]?.t ?? end)));
+  for (const fig of document.querySelectorAll('figure.chart')) {
+    const field = fig.dataset.field;
+    const points = samples.filter((s) => s.t >= end - span);
+    const peak = Math.max(0, ...points.map((s) => s[field]));
+    const max = Math.max(1, peak);
+    fig.querySelector('polyline').setAttribute('points', points
+      .map((s) => `${(300 - ((end - s.t) / span) * 300).toFixed(1)},${(58 - (s[field] / max) * 56).toFixed(1)}`)
+      .join(' '));
+    fig.dataset.points = String(points.length);
+    const last = points[points.length - 1];
+    fig.querySelector('figcaption b').textContent = last ? `${fmtRate(last[field])} (max ${fmtRate(peak)})` : '';
+  }
 }
 
 function tailLine(pub) {
@@ -154,13 +233,9 @@ function startTail(channel) {
 
 $('#login').addEventListener('submit', (ev) => {
   ev.preventDefault();
-  login($('#api-key').value.trim());
+  signIn($('#admin-token').value.trim());
 });
-$('#logout').addEventListener('click', () => {
-  sessionStorage.removeItem(KEY);
-  client?.close();
-  location.reload();
-});
+$('#logout').addEventListener('click', () => signOut());
 $('#tail-form').addEventListener('submit', (ev) => {
   ev.preventDefault();
   const ch = $('#tail-channel').value.trim();
@@ -180,7 +255,8 @@ $('#publish-form').addEventListener('submit', async (ev) => {
     return;
   }
   try {
-    const r = await api.publish($('#pub-channel').value.trim(), data, {
+    // Over the WebSocket with the admin token (an admin may publish to any channel but `sys:*`).
+    const r = await client.publish($('#pub-channel').value.trim(), data, {
       type: $('#pub-type').value.trim() || undefined,
       key: $('#pub-key').value.trim() || undefined,
       op: $('#pub-op').value || undefined,
@@ -193,6 +269,10 @@ $('#publish-form').addEventListener('submit', async (ev) => {
   }
 });
 
-const saved = sessionStorage.getItem(KEY);
-if (saved) login(saved);
+// `#token=…` (the link `herald serve` prints in development): taken once, then dropped from the
+// address bar. The fragment never reaches the server.
+const fromLink = new URLSearchParams(location.hash.slice(1)).get('token');
+if (fromLink) history.replaceState(null, '', location.pathname + location.search);
+const saved = fromLink || sessionStorage.getItem(KEY);
+if (saved) signIn(saved);
 else showLogin();
