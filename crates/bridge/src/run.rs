@@ -284,6 +284,9 @@ pub async fn start(
         });
         running.push((config.name, config.source, stats, task));
     }
+    let bridges =
+        running.iter().map(|(n, s, stats, _)| (n.clone(), s.clone(), stats.clone())).collect();
+    hub.add_extension(Arc::new(crate::stats::BridgesExtension { bridges }));
     Ok(Bridges { running, stop })
 }
 

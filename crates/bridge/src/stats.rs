@@ -72,3 +72,76 @@ impl BridgeStats {
         }
     }
 }
+
+/// The bridges of a node as the hub reports them: `bridges` in `/api/info` and in `/ready`'s
+/// body, `herald_bridge_*` in `/metrics`.
+pub struct BridgesExtension {
+    /// Each bridge's name, source kind and counters.
+    pub bridges: Vec<(String, String, std::sync::Arc<BridgeStats>)>,
+}
+
+/// A metric family: name, help, and how to read it from a report.
+type Family<T> = (&'static str, &'static str, fn(&BridgeReport) -> T);
+
+impl BridgesExtension {
+    fn reports(&self) -> Vec<BridgeReport> {
+        self.bridges.iter().map(|(name, source, stats)| stats.report(name, source)).collect()
+    }
+}
+
+impl herald_server::hub::Extension for BridgesExtension {
+    fn name(&self) -> &'static str {
+        "bridges"
+    }
+
+    fn info(&self) -> serde_json::Value {
+        serde_json::to_value(self.reports()).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let reports = self.reports();
+        let mut out = String::new();
+        let counters: [Family<u64>; 5] = [
+            (
+                "herald_bridge_events_read",
+                "Events read from the source (redeliveries included).",
+                |r| r.read,
+            ),
+            ("herald_bridge_published", "Publications the hub accepted.", |r| r.published),
+            (
+                "herald_bridge_duplicates",
+                "Publications answered as duplicates (redelivered events).",
+                |r| r.duplicates,
+            ),
+            ("herald_bridge_dead_lettered", "Events sent to the dead-letter target.", |r| {
+                r.dead_lettered
+            }),
+            ("herald_bridge_acked", "Events acknowledged to the source.", |r| r.acked),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for r in &reports {
+                let _ = writeln!(out, "{name}_total{{bridge=\"{}\"}} {}", r.name, value(r));
+            }
+        }
+        let gauges: [Family<Option<u64>>; 3] = [
+            ("herald_bridge_up", "1 when the source answered its last call.", |r| {
+                Some(u64::from(r.up))
+            }),
+            ("herald_bridge_leader", "1 when this node reads the source.", |r| {
+                Some(u64::from(r.leader))
+            }),
+            ("herald_bridge_lag", "Events waiting in the source, when it can tell.", |r| r.lag),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for r in &reports {
+                if let Some(v) = value(r) {
+                    let _ = writeln!(out, "{name}{{bridge=\"{}\"}} {v}", r.name);
+                }
+            }
+        }
+        out
+    }
+}

@@ -63,6 +63,8 @@ fn check(file: &str) -> anyhow::Result<()> {
     // Certificate and key are loaded as `herald serve` loads them: both PEM, and a pair.
     Tls::from_config(&config.tls)
         .map_err(|e| anyhow!("{file}: invalid configuration: [tls]: {e}"))?;
+    crate::cmd_serve::check_bridges(&config)
+        .map_err(|e| anyhow!("{file}: invalid configuration: [[bridge]]: {e}"))?;
     println!("{file}: ok");
     for warning in config.warnings() {
         eprintln!("{file}: warning: {warning}");

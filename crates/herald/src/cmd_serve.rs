@@ -146,7 +146,11 @@ fn init_logging(format: LogFormat, directives: Option<&str>) {
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_new(directives.unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a file or a log collector gets plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // The WebSocket library traces whole frames (tokens in `connect` and `refresh` included),
     // verbatim and in hex: secrets never reach logs, whatever HERALD_LOG asks.
     let no_frames = tracing_subscriber::filter::filter_fn(|meta| {
@@ -156,8 +160,50 @@ fn init_logging(format: LogFormat, directives: Option<&str>) {
     });
     match format {
         LogFormat::Json => builder.json().finish().with(no_frames).init(),
-        LogFormat::Text => builder.finish().with(no_frames).init(),
+        LogFormat::Text => builder.fmt_fields(text_fields()).finish().with(no_frames).init(),
     }
+}
+
+/// Text log fields all one way (logfmt), whatever the call site wrote (`%x`, `?x` or a plain
+/// value): `key=value`, the value bare when it is one token (`ip=127.0.0.1`, `event=kick`) and
+/// quoted with Rust string escapes when it holds a space, a quote, `=` or nothing
+/// (`user="bob smith"`); the message as written.
+fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> {
+    use tracing_subscriber::field::MakeExt as _;
+    tracing_subscriber::fmt::format::debug_fn(
+        |w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+         field: &tracing::field::Field,
+         value: &dyn std::fmt::Debug| {
+            let text = format!("{value:?}");
+            if field.name() == "message" {
+                return write!(w, "{text}");
+            }
+            // A string field arrives quoted by its Debug form: with escapes, it stays as it is.
+            let raw = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                Some(inner) if inner.contains('\\') => return write!(w, "{field}={text}"),
+                Some(inner) => inner,
+                None => text.as_str(),
+            };
+            let bare = !raw.is_empty()
+                && !raw.chars().any(|c| c.is_whitespace() || c.is_control() || "\"=\\".contains(c));
+            if bare { write!(w, "{field}={raw}") } else { write!(w, "{field}={raw:?}") }
+        },
+    )
+    .delimited(" ")
+}
+
+/// Checks the `[[bridge]]` sections (rules, names, each source's options) before any port is
+/// bound; `herald config check` runs the same.
+pub fn check_bridges(
+    config: &herald_server::Config,
+) -> anyhow::Result<Vec<herald_bridge::config::BridgeConfig>> {
+    let bridges = herald_bridge::config::BridgeConfig::parse_all(&config.bridge, |ns| {
+        config.namespaces.contains_key(ns)
+    })?;
+    for bridge in &bridges {
+        herald_bridge::sources::check(bridge)?;
+    }
+    Ok(bridges)
 }
 
 /// Runs the hub.
@@ -166,6 +212,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(config.log.format, args.log_filter.as_deref());
     let tls = herald_server::tls::Tls::from_config(&config.tls)
         .context("cannot load the TLS certificate")?;
+    let bridges = check_bridges(&config)?;
     let listener = bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -173,6 +220,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.listen = addr.to_string();
     let dev_secret = (args.config.is_none()).then(|| config.auth.token_secret.clone()).flatten();
     let hub = herald_server::hub_from_config(config).await?;
+    let bridges = herald_bridge::run::start(hub.clone(), bridges).await?;
     for note in &notes {
         eprintln!("herald: {note}");
     }
@@ -214,6 +262,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         hub.node_id
     );
     herald_server::serve(hub.clone(), listener, tls, shutdown_signal()).await?;
+    bridges.stop().await;
     #[cfg(unix)]
     if let Some(reloads) = reloads {
         reloads.abort();

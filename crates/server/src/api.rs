@@ -131,12 +131,23 @@ async fn not_allowed(allow: &'static str) -> Response {
 
 /// The checks in front of every API route, in one layer: a body declared over the limit, the
 /// API key (with the per-address throttle), then refusals made the error object.
+/// Every request is counted by route template and status here.
 async fn api_check(State(check): State<ApiCheck>, req: Request, next: Next) -> Response {
+    let route = route_template(&req);
     let resp = match refuse_declared_oversize(check.max_body, req).await {
         Ok(req) => require_api_key(&check, req, next).await,
         Err(refused) => refused,
     };
-    json_refusals(resp).await
+    let resp = json_refusals(resp).await;
+    check.hub.metrics.http_request(route, resp.status().as_u16());
+    resp
+}
+
+/// The matched route as one of [`ROUTES`]' `'static` paths (a metric label without an
+/// allocation per request); never the raw path, whose values are unbounded.
+fn route_template(req: &Request) -> &'static str {
+    let matched = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str());
+    ROUTES.iter().map(|(_, path)| *path).find(|path| Some(*path) == matched).unwrap_or("other")
 }
 
 /// Unknown paths under `/api`: the error object (104: no such operation).
@@ -442,7 +453,7 @@ async fn info(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     let nodes = hub.nodes().await;
     let channels = hub.channel_counts().await.len();
     let cluster_connections: usize = nodes.iter().map(|n| n.connections).sum();
-    Json(json!({
+    let mut info = json!({
         "node": hub.node_id,
         "version": env!("CARGO_PKG_VERSION"),
         "engine": format!("{:?}", hub.config.engine.kind).to_lowercase(),
@@ -452,7 +463,11 @@ async fn info(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
         "channels": channels,
         "uptime_secs": hub.started.elapsed().as_secs(),
         "nodes": nodes,
-    }))
+    });
+    for e in hub.extensions() {
+        info[e.name()] = e.info();
+    }
+    Json(info)
 }
 
 #[derive(Deserialize)]
@@ -583,22 +598,21 @@ async fn token(
 }
 
 async fn ready(State(hub): State<Arc<Hub>>) -> Response {
-    if hub.ready().await {
-        Json(json!({ "status": "ready" })).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "engine unavailable" })))
-            .into_response()
+    let ready = hub.ready().await;
+    let mut body = json!({ "status": if ready { "ready" } else { "engine unavailable" } });
+    // Extensions (bridges) are reported, not gated on: a bus outage must not take the node's
+    // WebSocket clients out of the load balancer.
+    for e in hub.extensions() {
+        body[e.name()] = e.info();
     }
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
-    if let Some((used, budget)) = hub.engine_memory() {
-        hub.metrics.engine_memory_bytes.set(used as i64);
-        hub.metrics.engine_memory_budget_bytes.set(budget as i64);
-    }
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        hub.metrics.render(),
+        hub.render_metrics(),
     )
         .into_response()
 }

@@ -27,6 +27,19 @@ struct SessionEntry {
     outbox: Arc<Outbox>,
 }
 
+/// Something that runs beside the hub and reports through its endpoints: the event-bus
+/// bridges (`herald-bridge`) are one. It lives above the hub, so the hub knows it only as this.
+pub trait Extension: Send + Sync + 'static {
+    /// Its key in `/api/info` and in the body of `/ready` (e.g. `bridges`).
+    fn name(&self) -> &'static str;
+    /// Its entry there.
+    fn info(&self) -> serde_json::Value;
+    /// Its metric families in the OpenMetrics text format (without `# EOF`).
+    fn metrics(&self) -> String {
+        String::new()
+    }
+}
+
 /// Shared state of one node.
 pub struct Hub {
     /// The configuration it was started with.
@@ -58,6 +71,8 @@ pub struct Hub {
     drained: tokio::sync::Notify,
     /// When this node started.
     pub started: Instant,
+    /// What runs beside the hub and reports through its endpoints (the event-bus bridges).
+    extensions: parking_lot::RwLock<Vec<Arc<dyn Extension>>>,
     /// Plain HTTP connections open on this node's listener (per-IP and total bounds).
     pub http_connections: Arc<crate::listener::HttpConnections>,
     /// The housekeeping task between [`Hub::start`] and [`Hub::stop`], so the hub owns its
@@ -140,6 +155,7 @@ impl Hub {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             started: Instant::now(),
+            extensions: Default::default(),
             http_connections: Default::default(),
             housekeeping: Mutex::new(None),
         }))
@@ -360,7 +376,24 @@ impl Hub {
             scrape.queued_bytes += bytes;
             scrape.largest_queue_bytes = scrape.largest_queue_bytes.max(bytes);
         }
-        self.metrics.render_with(scrape)
+        let mut text = self.metrics.render_with(scrape);
+        let extra: String = self.extensions().iter().map(|e| e.metrics()).collect();
+        if !extra.is_empty() {
+            // OpenMetrics ends with `# EOF`: the extensions' families go before it.
+            let end = text.rfind("# EOF").unwrap_or(text.len());
+            text.insert_str(end, &extra);
+        }
+        text
+    }
+
+    /// Adds something that reports through `/api/info`, `/ready` and `/metrics`.
+    pub fn add_extension(&self, extension: Arc<dyn Extension>) {
+        self.extensions.write().push(extension);
+    }
+
+    /// What runs beside the hub.
+    pub fn extensions(&self) -> Vec<Arc<dyn Extension>> {
+        self.extensions.read().clone()
     }
 
     /// Publishes any serializable value in process, e.g.
