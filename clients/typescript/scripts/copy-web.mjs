@@ -112,6 +112,8 @@ function moduleBody(mod, owner) {
     if (text[at] === '\n') at++; // the line the import took
   }
   out += text.slice(at);
+  // The per-module source maps do not describe the joined file.
+  out = out.replace(/^\/\/# sourceMappingURL=.*\n?/gm, '');
   return out.replace(/^\n+/, '').replace(/\n*$/, '\n');
 }
 
