@@ -1,7 +1,7 @@
 // Herald dashboard: signs in with an admin token (never the API key), is pushed the hub's figures
 // on the `sys:stats` channel (counters, nodes, busiest channels; charts of the last five minutes),
 // tails any channel and publishes over the same WebSocket.
-import { HeraldApi, HeraldClient } from './herald.js';
+import { HeraldClient } from './herald.js';
 import { backoffFromQuery, bindIndicator, fmtTime, h } from './ui.js';
 
 const KEY = 'herald.adminToken';
