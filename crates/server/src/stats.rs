@@ -51,6 +51,9 @@ pub struct Stats {
     pub top_channels: Vec<ChannelCount>,
     /// Every live node (this one alone without a cluster view), as in `/api/info`.
     pub nodes: Vec<NodeReport>,
+    /// What runs beside the hub, by name, as in `/api/info` (the event-bus bridges: each one's
+    /// state and lag).
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A channel and its subscriber count.
@@ -123,6 +126,7 @@ async fn figures(hub: &Hub, sampler: &Sampler, rates: (f64, f64)) -> Stats {
             .map(|(channel, subscribers)| ChannelCount { channel, subscribers })
             .collect(),
         nodes,
+        extensions: hub.extensions().iter().map(|e| (e.name().to_string(), e.info())).collect(),
     }
 }
 

@@ -150,6 +150,23 @@ function renderStats(stats) {
     ),
   );
   renderChannels(stats.top_channels ?? [], stats.channels ?? 0);
+  renderBridges(stats.extensions?.bridges ?? []);
+}
+
+// Event-bus bridges (docs/bridge.md): whether this node reads each source, whether it is up, lag.
+function renderBridges(list) {
+  $('#bridges-panel').hidden = list.length === 0;
+  $('#bridges tbody').replaceChildren(
+    ...list.map((b) =>
+      h('tr', { dataset: { bridge: b.name } },
+        h('td', { class: 'mono' }, b.name),
+        h('td', {}, b.source),
+        h('td', {}, !b.leader ? 'standby' : b.up ? 'up' : 'down'),
+        h('td', { class: 'num' }, b.lag ?? '–'),
+        h('td', { class: 'num' }, b.published),
+        h('td', { class: 'num' }, b.dead_lettered)),
+    ),
+  );
 }
 
 function renderChannels(list, total) {
