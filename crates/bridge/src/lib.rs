@@ -18,12 +18,15 @@
 //! - [`rules`]: mapping rules: which events go to which channels, as what.
 //! - [`config`]: the `[[bridge]]` sections of the configuration file.
 //! - [`memory`]: an in-process source, for applications' tests and embedding.
+//! - `nats` (feature `nats`): the NATS JetStream source, a durable pull consumer.
 //! - [`run`]: the runner: read, map, publish, acknowledge (or dead-letter), under a lease.
 //! - [`sources`]: builds a configured source by kind (one module and cargo feature per bus).
 //! - [`stats`]: per-source counters for `/metrics` and `/api/info`.
 
 pub mod config;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod rules;
 pub mod run;
 pub mod source;

@@ -21,6 +21,10 @@ pub fn check(config: &BridgeConfig) -> Result<(), SourceBuildError> {
     let fail = |message: String| SourceBuildError { bridge: config.name.clone(), message };
     // One line per source kind, each behind its feature:
     // #[cfg(feature = "KIND")] if config.source == "KIND" { return KIND::check(..).map_err(fail); }
+    #[cfg(feature = "nats")]
+    if config.source == "nats" {
+        return crate::nats::check(config).map_err(fail);
+    }
     Err(fail(format!("source {:?} is not built into this binary", config.source)))
 }
 
@@ -32,6 +36,12 @@ pub async fn build(
 ) -> Result<Box<dyn EventSource>, SourceBuildError> {
     check(config)?;
     let _ = consumer;
+    #[cfg(feature = "nats")]
+    if config.source == "nats" {
+        return crate::nats::NatsSource::new(config)
+            .map(|source| Box::new(source) as Box<dyn EventSource>)
+            .map_err(|message| SourceBuildError { bridge: config.name.clone(), message });
+    }
     Err(SourceBuildError {
         bridge: config.name.clone(),
         message: format!("source {:?} is not built into this binary", config.source),
