@@ -25,6 +25,10 @@ pub fn check(config: &BridgeConfig) -> Result<(), SourceBuildError> {
     if config.source == "nats" {
         return crate::nats::check(config).map_err(fail);
     }
+    #[cfg(feature = "redis-streams")]
+    if config.source == "redis_streams" {
+        return crate::redis_streams::check(config).map_err(fail);
+    }
     Err(fail(format!("source {:?} is not built into this binary", config.source)))
 }
 
@@ -39,6 +43,12 @@ pub async fn build(
     #[cfg(feature = "nats")]
     if config.source == "nats" {
         return crate::nats::NatsSource::new(config)
+            .map(|source| Box::new(source) as Box<dyn EventSource>)
+            .map_err(|message| SourceBuildError { bridge: config.name.clone(), message });
+    }
+    #[cfg(feature = "redis-streams")]
+    if config.source == "redis_streams" {
+        return crate::redis_streams::RedisStreamsSource::new(config, consumer)
             .map(|source| Box::new(source) as Box<dyn EventSource>)
             .map_err(|message| SourceBuildError { bridge: config.name.clone(), message });
     }
