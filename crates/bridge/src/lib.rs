@@ -20,6 +20,7 @@
 //! - [`memory`]: an in-process source, for applications' tests and embedding.
 //! - `nats` (feature `nats`): the NATS JetStream source, a durable pull consumer.
 //! - `redis_streams` (feature `redis-streams`): the Redis Streams source, a consumer group.
+//! - `postgres` (feature `postgres`): the Postgres outbox source, a table read in id order.
 //! - [`run`]: the runner: read, map, publish, acknowledge (or dead-letter), under a lease.
 //! - [`sources`]: builds a configured source by kind (one module and cargo feature per bus).
 //! - [`stats`]: per-source counters for `/metrics` and `/api/info`.
@@ -28,6 +29,8 @@ pub mod config;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis-streams")]
 pub mod redis_streams;
 pub mod rules;

@@ -29,6 +29,10 @@ pub fn check(config: &BridgeConfig) -> Result<(), SourceBuildError> {
     if config.source == "redis_streams" {
         return crate::redis_streams::check(config).map_err(fail);
     }
+    #[cfg(feature = "postgres")]
+    if config.source == "postgres" {
+        return crate::postgres::check(config).map_err(fail);
+    }
     Err(fail(format!("source {:?} is not built into this binary", config.source)))
 }
 
@@ -49,6 +53,12 @@ pub async fn build(
     #[cfg(feature = "redis-streams")]
     if config.source == "redis_streams" {
         return crate::redis_streams::RedisStreamsSource::new(config, consumer)
+            .map(|source| Box::new(source) as Box<dyn EventSource>)
+            .map_err(|message| SourceBuildError { bridge: config.name.clone(), message });
+    }
+    #[cfg(feature = "postgres")]
+    if config.source == "postgres" {
+        return crate::postgres::PostgresSource::new(config)
             .map(|source| Box::new(source) as Box<dyn EventSource>)
             .map_err(|message| SourceBuildError { bridge: config.name.clone(), message });
     }
