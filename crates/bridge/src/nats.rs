@@ -42,7 +42,8 @@
 //!
 //! `next()` is cancel-safe: the message stream lives in the source, and a message returned but
 //! neither acknowledged nor dead-lettered is returned again by the next `next()`. A copy of an
-//! acknowledged message (a redelivery that crossed its acknowledgement) is skipped.
+//! acknowledged message (a redelivery that crossed its acknowledgement, or one whose
+//! acknowledgement a restarted server lost) is acknowledged again and skipped.
 //!
 //! # Dead letters
 //!
@@ -440,6 +441,10 @@ impl EventSource for NatsSource {
             let info = message.info().map_err(|e| unavailable("message metadata", e))?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
             if sequence <= self.last_acked {
+                // A copy of an acknowledged message: the server lost that acknowledgement (it
+                // restarted before storing it) or redelivered before it arrived. Acknowledge
+                // again, or JetStream holds everything after it back.
+                message.ack().await.map_err(|e| unavailable("ack", e))?;
                 continue;
             }
             self.pending = Some(pending);
