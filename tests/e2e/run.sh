@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end tests of the dashboard, the demo page and the browser client in headless Chromium.
+# End-to-end tests of the dashboard, the demo page, the browser client and the event-bus bridge (seed 004) in headless Chromium.
 # Installs what is missing (Debian's chromium and redis-server, playwright-core from npm), then runs the tests
 # against target/debug/herald (or $HERALD_BIN, or $CARGO_TARGET_DIR/debug/herald): build it first
 # with `cargo build --bins`.
