@@ -53,7 +53,7 @@
 //! with `dead_letter` outside `subject`) the publication is confirmed by JetStream; otherwise it
 //! is a plain NATS message, seen only by current subscribers. A body that is not JSON never
 //! reaches the rules: the source dead-letters it itself (reason `payload is not JSON: …`),
-//! acknowledges it and reads on; it is logged, not counted in the bridge's `dead_lettered`.
+//! acknowledges it and reads on; it is logged and counted in the bridge's `dead_lettered`.
 //!
 //! # Outages
 //!
@@ -235,6 +235,8 @@ pub struct NatsSource {
     last_acked: u64,
     /// The consumer's pending count that came with the last message.
     pending: Option<u64>,
+    /// Bodies that are not JSON, dead-lettered by the source itself.
+    discarded: u64,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> SourceError {
@@ -255,6 +257,7 @@ impl NatsSource {
             in_hand: None,
             last_acked: 0,
             pending: None,
+            discarded: 0,
         })
     }
 
@@ -433,6 +436,7 @@ impl EventSource for NatsSource {
                         tracing::warn!(bridge = %self.bridge, sequence, reason = %reason, "nats: event dead-lettered");
                         self.publish_dead_letter(&message, sequence, &reason).await?;
                         self.ack_in_hand().await?;
+                        self.discarded += 1;
                         continue;
                     }
                 }
@@ -470,6 +474,10 @@ impl EventSource for NatsSource {
         };
         let (message, sequence) = (hand.message.clone(), hand.sequence);
         self.publish_dead_letter(&message, sequence, reason).await
+    }
+
+    fn dead_lettered(&self) -> u64 {
+        self.discarded
     }
 
     async fn lag(&mut self) -> Option<u64> {

@@ -63,7 +63,7 @@
 //! `payload` (the event as JSON); the runner then acknowledges it. An entry without `field`, or
 //! whose `field` is not JSON, never reaches the rules: when its turn comes the source
 //! dead-letters it itself (reason `no field "payload"` / `payload is not JSON: …`, `payload` the
-//! field's raw text) and acknowledges it in one MULTI/EXEC, and reads on; it is logged, not
+//! field's raw text) and acknowledges it in one MULTI/EXEC, and reads on; it is logged and
 //! counted in the bridge's `dead_lettered`. Dead letters are in stream order. Without
 //! `dead_letter`, refused entries are only logged.
 //!
@@ -221,6 +221,8 @@ pub struct RedisStreamsSource {
     recovered_at: Instant,
     /// The last lag read and when.
     lag: Option<(Instant, u64)>,
+    /// Malformed entries dead-lettered by the source itself.
+    discarded: u64,
 }
 
 /// A Redis error as the bridge sees it.
@@ -254,6 +256,7 @@ impl RedisStreamsSource {
             in_next: false,
             recovered_at: Instant::now(),
             lag: None,
+            discarded: 0,
         })
     }
 
@@ -474,6 +477,7 @@ impl RedisStreamsSource {
                         self.reset();
                         return Err(unavailable(e));
                     }
+                    self.discarded += 1;
                     continue;
                 }
                 None => {}
@@ -541,6 +545,10 @@ impl EventSource for RedisStreamsSource {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    fn dead_lettered(&self) -> u64 {
+        self.discarded
     }
 
     async fn lag(&mut self) -> Option<u64> {

@@ -158,6 +158,7 @@ impl Runner {
                 if !done || !self.settle(source, &event, None, &mut held_until).await {
                     break;
                 }
+                self.stats.source_dead_lettered.store(source.dead_lettered(), Ordering::Relaxed);
                 if let Some(lag) = source.lag().await {
                     self.stats.lag.store(i64::try_from(lag).unwrap_or(i64::MAX), Ordering::Relaxed);
                 }

@@ -42,4 +42,9 @@ pub trait EventSource: Send {
     async fn lag(&mut self) -> Option<u64> {
         None
     }
+    /// Events the source dead-lettered itself since it was built (entries it cannot read as a
+    /// JSON event never reach the rules), counted with the runner's in `dead_lettered`.
+    fn dead_lettered(&self) -> u64 {
+        0
+    }
 }

@@ -12,8 +12,10 @@ pub struct BridgeStats {
     pub published: AtomicU64,
     /// Publications the hub answered as duplicates (a redelivered event).
     pub duplicates: AtomicU64,
-    /// Events sent to the dead-letter target.
+    /// Events sent to the dead-letter target by the runner (refused by the rules or the hub).
     pub dead_lettered: AtomicU64,
+    /// Events the source dead-lettered itself (not readable as JSON events).
+    pub source_dead_lettered: AtomicU64,
     /// Events acknowledged to the source.
     pub acked: AtomicU64,
     /// Events waiting in the source, when it can tell (-1: unknown).
@@ -64,7 +66,7 @@ impl BridgeStats {
             read: get(&self.read),
             published: get(&self.published),
             duplicates: get(&self.duplicates),
-            dead_lettered: get(&self.dead_lettered),
+            dead_lettered: get(&self.dead_lettered) + get(&self.source_dead_lettered),
             acked: get(&self.acked),
             lag: u64::try_from(self.lag.load(Ordering::Relaxed)).ok(),
             up: self.up.load(Ordering::Relaxed),

@@ -214,6 +214,8 @@ async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_le
     assert_eq!(stats.acked.load(Ordering::Relaxed), N + 8);
     assert_eq!(stats.published.load(Ordering::Relaxed), N);
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 8);
+    // The malformed ones the source dead-lettered itself count too.
+    assert_eq!(stats.report("app", "nats").dead_lettered, 12);
     assert_eq!(stats.duplicates.load(Ordering::Relaxed), 0);
     assert_eq!(stats.report("app", "nats").lag, Some(0));
     let info = durable.info().await.unwrap();
