@@ -58,8 +58,9 @@
 //! The connection (and its `LISTEN`) is made by the first read and again after it broke: while
 //! the server is away every call answers [`SourceError::Unavailable`] (the bridge reports
 //! `up: false`), and a waiting `next()` is woken with it when the connection ends. TLS is not
-//! supported (`sslmode=require` is refused by `check`). The lag is `SELECT count(*)` of the
-//! outbox, at most once a second.
+//! supported (`sslmode=require` is refused by `check`). A table whose columns are not the
+//! documented ones (a NULL subject, a `text` payload) is reported the same way, naming the table.
+//! The lag is `SELECT count(*)` of the outbox, at most once a second.
 
 use crate::config::BridgeConfig;
 use crate::source::{Event, EventSource, SourceError};
@@ -347,11 +348,22 @@ impl PostgresSource {
         let batch = self.options.batch;
         let result = self.connection().await?.client.query(&sql, &[&batch]).await;
         let found = result.map_err(|e| self.failed("read", e))?;
+        let mut read = Vec::with_capacity(found.len());
         for row in found {
-            let id: i64 = row.get(0);
-            let event = Event { id: id.to_string(), subject: row.get(1), payload: row.get(2) };
-            self.rows.push_back((id, event));
+            // A table unlike the documented one (nullable or other column types) is an error
+            // to fix, reported like an outage rather than a panic.
+            let column = |e: tokio_postgres::Error| {
+                SourceError::Unavailable(format!(
+                    "postgres: outbox row of {}: {e}",
+                    self.options.table
+                ))
+            };
+            let id: i64 = row.try_get(0).map_err(column)?;
+            let subject: String = row.try_get(1).map_err(column)?;
+            let payload: serde_json::Value = row.try_get(2).map_err(column)?;
+            read.push((id, Event { id: id.to_string(), subject, payload }));
         }
+        self.rows.extend(read);
         Ok(())
     }
 
@@ -439,7 +451,8 @@ impl EventSource for PostgresSource {
             Err(_) => None,
         };
         if let Some(row) = counted {
-            let count = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            let count = row.try_get::<_, i64>(0).ok().and_then(|n| u64::try_from(n).ok());
+            let Some(count) = count else { return self.lag.map(|(_, count)| count) };
             self.lag = Some((Instant::now(), count));
         }
         self.lag.map(|(_, count)| count)

@@ -5,7 +5,8 @@
 //! again and publishes nothing new; a notification wakes the source (polling covers a table
 //! without the trigger); the order trigger keeps concurrent writers' ids in commit order (and
 //! without it, an inverted row is still delivered); `next()` is cancel-safe and the source
-//! reconnects after the server was stopped.
+//! reconnects after the server was stopped; a table unlike the documented one is reported as
+//! unavailable, not a panic.
 #![cfg(feature = "postgres")]
 
 mod postgres_server;
@@ -474,4 +475,22 @@ async fn next_is_cancel_safe_and_the_source_reconnects_after_an_outage() {
     assert_eq!((third.id.as_str(), third.payload.clone()), ("3", json!({"n": 3})));
     source.ack(&third).await.unwrap();
     assert_eq!(count(&db, "herald_outbox").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_unlike_the_documented_one_is_reported_as_unavailable_not_a_panic() {
+    let pg = PostgresProcess::start();
+    let db = client(&pg).await;
+    db.batch_execute(
+        "CREATE TABLE odd (id bigserial PRIMARY KEY, subject text, payload text);
+         INSERT INTO odd (subject, payload) VALUES (NULL, '{}');",
+    )
+    .await
+    .unwrap();
+    let hub = hub();
+    let config = bridge(&hub, &format!("url = \"{}\"\ntable = \"odd\"", pg.url()));
+    let mut source = PostgresSource::new(&config).unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(10), source.next()).await.unwrap();
+    let Err(SourceError::Unavailable(reason)) = read else { panic!("{read:?}") };
+    assert!(reason.contains("outbox row of odd"), "{reason}");
 }
