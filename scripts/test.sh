@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Herald test, installing what the tests need on a fresh Debian machine:
-# redis-server and chromium (apt-get), npm packages (npm ci). One cargo build, then the Rust
+# redis-server, nats-server, PostgreSQL and chromium (apt-get), npm packages (npm ci). The tests
+# start their own servers on free ports (never the machine's own on standard ports). One cargo build, then the Rust
 # tests (unit and integration, against real herald and redis-server processes), the TypeScript
 # client's tests against a real hub, and the browser end-to-end tests in headless Chromium.
 set -euo pipefail
@@ -10,6 +11,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || [ -n "${CHROMIUM_BIN:-}" ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
