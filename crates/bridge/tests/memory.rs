@@ -3,98 +3,31 @@
 //! their reason and do not block the ones after them; an event redelivered after a crash
 //! between "published" and "acknowledged" publishes nothing new.
 
-use futures_util::{SinkExt, StreamExt};
-use herald_bridge::config::BridgeConfig;
+mod support;
+
+use futures_util::StreamExt;
 use herald_bridge::memory::memory_source;
 use herald_bridge::run::Runner;
 use herald_bridge::stats::BridgeStats;
-use herald_protocol::ServerMessage;
-use herald_server::{Config, Hub, memory_hub};
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
+use support::{Socket, assert_each_once_in_order, hub_with_subscriber, parse_bridge};
 
-const RULES: &str = r#"
-[[bridge]]
-name = "app"
-source = "redis_streams"
-[[bridge.rule]]
-match = { "data.type" = "DecisionMade" }
-channels = ["session:{data.session_id}"]
-type = "{data.type}"
-select = ["session_id", "n"]
-"#;
-
-fn hub() -> Arc<Hub> {
-    let config = Config::from_toml(
-        "[namespaces.session]\nsubscribe = \"anyone\"\nanonymous = true\nhistory_size = 10000\nmax_recover = 10000\n",
-    )
-    .unwrap();
-    memory_hub(config).unwrap()
+/// The test's bridge (any source kind: the in-memory source stands in for it).
+fn bridge(hub: &herald_server::Hub) -> herald_bridge::config::BridgeConfig {
+    parse_bridge(hub, "redis_streams", "")
 }
 
-fn bridge(hub: &Hub) -> BridgeConfig {
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        bridge: Vec<toml::Table>,
-    }
-    let doc: Doc = toml::from_str(RULES).unwrap();
-    BridgeConfig::parse_all(&doc.bridge, |ns| hub.config.namespaces.contains_key(ns))
-        .unwrap()
-        .remove(0)
-}
-
-async fn serve(hub: Arc<Hub>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(herald_server::serve(hub, listener, None, std::future::pending()));
-    addr
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn subscribe(addr: SocketAddr, channel: &str) -> Socket {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
-    let frame = format!(
-        "{{\"id\":1,\"cmd\":\"connect\"}}\n{{\"id\":2,\"cmd\":\"subscribe\",\"channel\":\"{channel}\"}}"
-    );
-    ws.send(Message::text(frame)).await.unwrap();
-    let mut replies = 0;
-    while replies < 2 {
-        let Some(Ok(Message::Text(t))) = ws.next().await else { panic!("socket ended") };
-        replies += herald_protocol::split_frame(t.as_str()).count();
-    }
-    ws
-}
-
-/// The next `n` publications on the socket: (offset, data.n).
+/// The next `n` publications on the socket: (offset, data.n), within 20 s.
 async fn receive(ws: &mut Socket, n: usize) -> Vec<(u64, u64)> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while got.len() < n {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} publications arrived", got.len()));
-        let Some(Ok(Message::Text(t))) = msg else { panic!("socket ended") };
-        for line in herald_protocol::split_frame(t.as_str()) {
-            if let Ok(ServerMessage::Publication(p)) = ServerMessage::parse(line) {
-                let data: serde_json::Value = serde_json::from_str(p.data.get()).unwrap();
-                got.push((p.offset, data["n"].as_u64().unwrap()));
-            }
-        }
-    }
-    got
+    support::receive_within(ws, n, Duration::from_secs(20)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_lettered() {
-    let hub = hub();
-    let addr = serve(hub.clone()).await;
-    let mut ws = subscribe(addr, "session:s1").await;
+    let (hub, mut ws) = hub_with_subscriber("session:s1").await;
     let config = bridge(&hub);
     let stats = Arc::new(BridgeStats::new());
     let (send, mut source, log) = memory_source();
@@ -120,10 +53,7 @@ async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_le
         .await
         .expect("the runner drains the source");
     let got = receive(&mut ws, N as usize).await;
-    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
-    let ns: Vec<u64> = got.iter().map(|(_, n)| *n).collect();
-    assert_eq!(offsets, (1..=N).collect::<Vec<_>>(), "contiguous offsets");
-    assert_eq!(ns, (1..=N).collect::<Vec<_>>(), "source order, each once");
+    assert_each_once_in_order(&got, N, "source");
 
     let log = log.lock();
     assert_eq!(log.acked.len() as u64, N + 8, "every event acknowledged, dead ones too");
@@ -140,9 +70,7 @@ async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_le
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_event_publishes_nothing_new() {
-    let hub = hub();
-    let addr = serve(hub.clone()).await;
-    let mut ws = subscribe(addr, "session:s2").await;
+    let (hub, mut ws) = hub_with_subscriber("session:s2").await;
     let config = bridge(&hub);
     let stats = Arc::new(BridgeStats::new());
     let runner = Runner::new(hub.clone(), config.rules.clone(), config.lease_ttl, stats.clone());

@@ -6,112 +6,23 @@
 //! cancel-safe.
 #![cfg(feature = "nats")]
 
-mod nats_server;
+mod support;
 
 use async_nats::jetstream::{self, consumer, stream};
-use futures_util::{SinkExt, StreamExt};
-use herald_bridge::config::BridgeConfig;
+use futures_util::StreamExt;
+use herald_bridge::EventSource;
 use herald_bridge::nats::NatsSource;
-use herald_bridge::run::Runner;
 use herald_bridge::stats::BridgeStats;
-use herald_bridge::{Event, EventSource, SourceError};
-use herald_protocol::ServerMessage;
-use herald_server::{Config, Hub, memory_hub};
-use nats_server::NatsProcess;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use support::servers::nats::NatsProcess;
+use support::{
+    DiesBeforeAck, assert_each_once_in_order, bridge, hub, hub_with_subscriber, receive,
+    spawn_runner, until,
+};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-
-fn hub() -> Arc<Hub> {
-    let config = Config::from_toml(
-        "[namespaces.session]\nsubscribe = \"anyone\"\nanonymous = true\nhistory_size = 10000\nmax_recover = 10000\n",
-    )
-    .unwrap();
-    memory_hub(config).unwrap()
-}
-
-/// A `source = "nats"` bridge named `app` with these source options.
-fn bridge(hub: &Hub, options: &str) -> BridgeConfig {
-    let text = format!(
-        r#"
-[[bridge]]
-name = "app"
-source = "nats"
-{options}
-[[bridge.rule]]
-match = {{ "data.type" = "DecisionMade" }}
-channels = ["session:{{data.session_id}}"]
-type = "{{data.type}}"
-select = ["session_id", "n"]
-"#
-    );
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        bridge: Vec<toml::Table>,
-    }
-    let doc: Doc = toml::from_str(&text).unwrap();
-    let config = BridgeConfig::parse_all(&doc.bridge, |ns| hub.config.namespaces.contains_key(ns))
-        .unwrap()
-        .remove(0);
-    herald_bridge::sources::check(&config).unwrap();
-    config
-}
-
-async fn serve(hub: Arc<Hub>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(herald_server::serve(hub, listener, None, std::future::pending()));
-    addr
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn subscribe(addr: SocketAddr, channel: &str) -> Socket {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
-    let frame = format!(
-        "{{\"id\":1,\"cmd\":\"connect\"}}\n{{\"id\":2,\"cmd\":\"subscribe\",\"channel\":\"{channel}\"}}"
-    );
-    ws.send(Message::text(frame)).await.unwrap();
-    let mut replies = 0;
-    while replies < 2 {
-        let Some(Ok(Message::Text(t))) = ws.next().await else { panic!("socket ended") };
-        replies += herald_protocol::split_frame(t.as_str()).count();
-    }
-    ws
-}
-
-/// The next `n` publications on the socket: (offset, data.n).
-async fn receive(ws: &mut Socket, n: usize) -> Vec<(u64, u64)> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while got.len() < n {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} publications arrived", got.len()));
-        let Some(Ok(Message::Text(t))) = msg else { panic!("socket ended") };
-        for line in herald_protocol::split_frame(t.as_str()) {
-            if let Ok(ServerMessage::Publication(p)) = ServerMessage::parse(line) {
-                let data: serde_json::Value = serde_json::from_str(p.data.get()).unwrap();
-                got.push((p.offset, data["n"].as_u64().unwrap()));
-            }
-        }
-    }
-    got
-}
-
-/// Polls `done` every 10 ms until it holds, failing after `within`.
-async fn until(within: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn jetstream(nats: &NatsProcess) -> jetstream::Context {
     jetstream::new(async_nats::connect(nats.url()).await.unwrap())
@@ -130,25 +41,6 @@ async fn publish_all(js: &jetstream::Context, bodies: Vec<(String, Vec<u8>)>) {
 
 fn decision(session: &str, n: u64) -> Vec<u8> {
     json!({"type": "DecisionMade", "session_id": session, "n": n, "drop": "x"}).to_string().into()
-}
-
-/// Runs a runner over `source` in a task until `stop` is sent (or the task is aborted).
-fn spawn_runner(
-    hub: &Arc<Hub>,
-    config: &BridgeConfig,
-    stats: &Arc<BridgeStats>,
-    mut source: impl EventSource + 'static,
-) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let runner = Runner::new(hub.clone(), config.rules.clone(), config.lease_ttl, stats.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        runner
-            .run(&mut source, async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    (stop, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,11 +69,10 @@ async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_le
     }
     publish_all(&js, bodies).await;
 
-    let hub = hub();
-    let addr = serve(hub.clone()).await;
-    let mut ws = subscribe(addr, "session:s1").await;
+    let (hub, mut ws) = hub_with_subscriber("session:s1").await;
     let config = bridge(
         &hub,
+        "nats",
         &format!(
             "url = \"{}\"\nstream = \"EVENTS\"\nsubject = \"events.>\"\ndead_letter = \"dead.events\"",
             nats.url()
@@ -193,10 +84,7 @@ async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_le
 
     let got = receive(&mut ws, N as usize).await;
     let elapsed = started.elapsed();
-    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
-    let ns: Vec<u64> = got.iter().map(|(_, n)| *n).collect();
-    assert_eq!(offsets, (1..=N).collect::<Vec<_>>(), "contiguous offsets");
-    assert_eq!(ns, (1..=N).collect::<Vec<_>>(), "stream order, each once");
+    assert_each_once_in_order(&got, N, "stream");
     eprintln!(
         "nats bridge: {N} events (+12 bad) in {elapsed:?}: {:.0} events/s",
         N as f64 / elapsed.as_secs_f64()
@@ -259,42 +147,14 @@ async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_le
     task.await.unwrap();
 }
 
-/// Passes everything through, but never finishes acknowledging event `crash_at`: it tells the
-/// test, which then kills the runner (a node dying between "published" and "acknowledged").
-struct DiesBeforeAck {
-    inner: NatsSource,
-    crash_at: String,
-    crashed: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-#[async_trait::async_trait]
-impl EventSource for DiesBeforeAck {
-    async fn next(&mut self) -> Result<Event, SourceError> {
-        self.inner.next().await
-    }
-    async fn ack(&mut self, event: &Event) -> Result<(), SourceError> {
-        if event.id == self.crash_at {
-            if let Some(tell) = self.crashed.take() {
-                let _ = tell.send(());
-            }
-            std::future::pending::<()>().await;
-        }
-        self.inner.ack(event).await
-    }
-    async fn dead_letter(&mut self, event: &Event, reason: &str) -> Result<(), SourceError> {
-        self.inner.dead_letter(event, reason).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_in_flight_on_a_dead_runner_comes_back_and_publishes_nothing_new() {
     let nats = NatsProcess::start();
-    let hub = hub();
-    let addr = serve(hub.clone()).await;
-    let mut ws = subscribe(addr, "session:s2").await;
+    let (hub, mut ws) = hub_with_subscriber("session:s2").await;
     // The bridge creates its stream this time.
     let config = bridge(
         &hub,
+        "nats",
         &format!(
             "url = \"{}\"\nstream = \"JOBS\"\nsubject = \"jobs.>\"\ncreate_stream = true\nsubjects = [\"jobs.>\"]\nack_wait = \"1s\"",
             nats.url()
@@ -352,8 +212,11 @@ async fn next_is_cancel_safe_and_returns_an_unacknowledged_event_again() {
     .await
     .unwrap();
     let hub = hub();
-    let config =
-        bridge(&hub, &format!("url = \"{}\"\nstream = \"CANCEL\"\nsubject = \"c.>\"", nats.url()));
+    let config = bridge(
+        &hub,
+        "nats",
+        &format!("url = \"{}\"\nstream = \"CANCEL\"\nsubject = \"c.>\"", nats.url()),
+    );
     let mut source = NatsSource::new(&config).unwrap();
     // Nothing to read: next() is dropped again and again while it waits.
     for _ in 0..5 {

@@ -9,115 +9,21 @@
 //! unavailable, not a panic.
 #![cfg(feature = "postgres")]
 
-mod postgres_server;
+mod support;
 
-use futures_util::{SinkExt, StreamExt};
-use herald_bridge::config::BridgeConfig;
 use herald_bridge::postgres::{PostgresSource, schema};
-use herald_bridge::run::Runner;
 use herald_bridge::stats::BridgeStats;
 use herald_bridge::{Event, EventSource, SourceError};
-use herald_protocol::ServerMessage;
-use herald_server::{Config, Hub, memory_hub};
-use postgres_server::PostgresProcess;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use support::servers::postgres::PostgresProcess;
+use support::{
+    DiesBeforeAck, assert_each_once_in_order, bridge, hub, hub_with_subscriber, receive,
+    receive_within, spawn_runner, until,
+};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-
-fn hub() -> Arc<Hub> {
-    let config = Config::from_toml(
-        "[namespaces.session]\nsubscribe = \"anyone\"\nanonymous = true\nhistory_size = 10000\nmax_recover = 10000\n",
-    )
-    .unwrap();
-    memory_hub(config).unwrap()
-}
-
-/// A `source = "postgres"` bridge named `app` with these source options.
-fn bridge(hub: &Hub, options: &str) -> BridgeConfig {
-    let text = format!(
-        r#"
-[[bridge]]
-name = "app"
-source = "postgres"
-{options}
-[[bridge.rule]]
-match = {{ "data.type" = "DecisionMade" }}
-channels = ["session:{{data.session_id}}"]
-type = "{{data.type}}"
-select = ["session_id", "n"]
-"#
-    );
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        bridge: Vec<toml::Table>,
-    }
-    let doc: Doc = toml::from_str(&text).unwrap();
-    let config = BridgeConfig::parse_all(&doc.bridge, |ns| hub.config.namespaces.contains_key(ns))
-        .unwrap()
-        .remove(0);
-    herald_bridge::sources::check(&config).unwrap();
-    config
-}
-
-async fn serve(hub: Arc<Hub>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(herald_server::serve(hub, listener, None, std::future::pending()));
-    addr
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn subscribe(addr: SocketAddr, channel: &str) -> Socket {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
-    let frame = format!(
-        "{{\"id\":1,\"cmd\":\"connect\"}}\n{{\"id\":2,\"cmd\":\"subscribe\",\"channel\":\"{channel}\"}}"
-    );
-    ws.send(Message::text(frame)).await.unwrap();
-    let mut replies = 0;
-    while replies < 2 {
-        let Some(Ok(Message::Text(t))) = ws.next().await else { panic!("socket ended") };
-        replies += herald_protocol::split_frame(t.as_str()).count();
-    }
-    ws
-}
-
-/// The next `n` publications on the socket: (offset, data.n), within `within`.
-async fn receive_within(ws: &mut Socket, n: usize, within: Duration) -> Vec<(u64, u64)> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + within;
-    while got.len() < n {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} publications arrived", got.len()));
-        let Some(Ok(Message::Text(t))) = msg else { panic!("socket ended") };
-        for line in herald_protocol::split_frame(t.as_str()) {
-            if let Ok(ServerMessage::Publication(p)) = ServerMessage::parse(line) {
-                let data: serde_json::Value = serde_json::from_str(p.data.get()).unwrap();
-                got.push((p.offset, data["n"].as_u64().unwrap()));
-            }
-        }
-    }
-    got
-}
-
-async fn receive(ws: &mut Socket, n: usize) -> Vec<(u64, u64)> {
-    receive_within(ws, n, Duration::from_secs(60)).await
-}
-
-/// Polls `done` every 10 ms until it holds, failing after `within`.
-async fn until(within: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// A client of the test's server (the application's side).
 async fn client(pg: &PostgresProcess) -> tokio_postgres::Client {
@@ -161,25 +67,6 @@ async fn source_waiting(db: &tokio_postgres::Client) -> bool {
     db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) == 1
 }
 
-/// Runs a runner over `source` in a task until `stop` is sent (or the task is aborted).
-fn spawn_runner(
-    hub: &Arc<Hub>,
-    config: &BridgeConfig,
-    stats: &Arc<BridgeStats>,
-    mut source: impl EventSource + 'static,
-) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let runner = Runner::new(hub.clone(), config.rules.clone(), config.lease_ttl, stats.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        runner
-            .run(&mut source, async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    (stop, task)
-}
-
 async fn next_within(source: &mut PostgresSource, within: Duration) -> Event {
     tokio::time::timeout(within, source.next()).await.expect("next() in time").unwrap()
 }
@@ -213,20 +100,15 @@ async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_le
         insert(&mut db, "herald_outbox", chunk).await;
     }
 
-    let hub = hub();
-    let addr = serve(hub.clone()).await;
-    let mut ws = subscribe(addr, "session:s1").await;
-    let config = bridge(&hub, &format!("url = \"{}\"\nbatch = 64", pg.url()));
+    let (hub, mut ws) = hub_with_subscriber("session:s1").await;
+    let config = bridge(&hub, "postgres", &format!("url = \"{}\"\nbatch = 64", pg.url()));
     let stats = Arc::new(BridgeStats::new());
     let started = Instant::now();
     let (stop, task) = spawn_runner(&hub, &config, &stats, PostgresSource::new(&config).unwrap());
 
     let got = receive(&mut ws, N as usize).await;
     let elapsed = started.elapsed();
-    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
-    let ns: Vec<u64> = got.iter().map(|(_, n)| *n).collect();
-    assert_eq!(offsets, (1..=N).collect::<Vec<_>>(), "contiguous offsets");
-    assert_eq!(ns, (1..=N).collect::<Vec<_>>(), "id order, each once");
+    assert_each_once_in_order(&got, N, "id");
     eprintln!(
         "postgres bridge: {N} rows (+8 bad) in {elapsed:?}: {:.0} rows/s",
         N as f64 / elapsed.as_secs_f64()
@@ -266,44 +148,15 @@ async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_le
     task.await.unwrap();
 }
 
-/// Passes everything through, but never finishes acknowledging event `crash_at`: it tells the
-/// test, which then kills the runner (a node dying between "published" and "acknowledged").
-struct DiesBeforeAck {
-    inner: PostgresSource,
-    crash_at: String,
-    crashed: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-#[async_trait::async_trait]
-impl EventSource for DiesBeforeAck {
-    async fn next(&mut self) -> Result<Event, SourceError> {
-        self.inner.next().await
-    }
-    async fn ack(&mut self, event: &Event) -> Result<(), SourceError> {
-        if event.id == self.crash_at {
-            if let Some(tell) = self.crashed.take() {
-                let _ = tell.send(());
-            }
-            std::future::pending::<()>().await;
-        }
-        self.inner.ack(event).await
-    }
-    async fn dead_letter(&mut self, event: &Event, reason: &str) -> Result<(), SourceError> {
-        self.inner.dead_letter(event, reason).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_wakes_the_source_and_the_row_in_flight_on_a_dead_runner_publishes_nothing_new()
  {
     let pg = PostgresProcess::start();
     let mut db = client(&pg).await;
     create_outbox(&db).await;
-    let hub = hub();
-    let addr = serve(hub.clone()).await;
-    let mut ws = subscribe(addr, "session:s2").await;
+    let (hub, mut ws) = hub_with_subscriber("session:s2").await;
     // Polling once a minute: rows inserted while the source waits arrive by notification.
-    let config = bridge(&hub, &format!("url = \"{}\"\npoll = \"60s\"", pg.url()));
+    let config = bridge(&hub, "postgres", &format!("url = \"{}\"\npoll = \"60s\"", pg.url()));
     let stats = Arc::new(BridgeStats::new());
     let (crashed, crash) = tokio::sync::oneshot::channel();
     let first = DiesBeforeAck {
@@ -352,7 +205,7 @@ async fn the_order_trigger_keeps_concurrent_writers_in_id_order() {
     let second = client(&pg).await;
     let watcher = client(&pg).await;
     let hub = hub();
-    let config = bridge(&hub, &format!("url = \"{}\"", pg.url()));
+    let config = bridge(&hub, "postgres", &format!("url = \"{}\"", pg.url()));
     let mut source = PostgresSource::new(&config).unwrap();
 
     // Transaction 1 inserts a row and stays open.
@@ -400,8 +253,11 @@ async fn without_the_triggers_polling_reads_and_an_inverted_row_is_still_deliver
     let tables = &sql[..sql.find("-- Wakes").unwrap()];
     first.batch_execute(tables).await.unwrap();
     let hub = hub();
-    let config =
-        bridge(&hub, &format!("url = \"{}\"\ntable = \"plain\"\npoll = \"50ms\"", pg.url()));
+    let config = bridge(
+        &hub,
+        "postgres",
+        &format!("url = \"{}\"\ntable = \"plain\"\npoll = \"50ms\"", pg.url()),
+    );
     let mut source = PostgresSource::new(&config).unwrap();
     assert!(tokio::time::timeout(Duration::from_millis(100), source.next()).await.is_err());
 
@@ -438,7 +294,7 @@ async fn next_is_cancel_safe_and_the_source_reconnects_after_an_outage() {
     let mut db = client(&pg).await;
     create_outbox(&db).await;
     let hub = hub();
-    let config = bridge(&hub, &format!("url = \"{}\"\npoll = \"60s\"", pg.url()));
+    let config = bridge(&hub, "postgres", &format!("url = \"{}\"\npoll = \"60s\"", pg.url()));
     let mut source = PostgresSource::new(&config).unwrap();
     // Nothing to read: next() is dropped again and again while it waits.
     for _ in 0..5 {
@@ -488,7 +344,7 @@ async fn a_table_unlike_the_documented_one_is_reported_as_unavailable_not_a_pani
     .await
     .unwrap();
     let hub = hub();
-    let config = bridge(&hub, &format!("url = \"{}\"\ntable = \"odd\"", pg.url()));
+    let config = bridge(&hub, "postgres", &format!("url = \"{}\"\ntable = \"odd\"", pg.url()));
     let mut source = PostgresSource::new(&config).unwrap();
     let read = tokio::time::timeout(Duration::from_secs(10), source.next()).await.unwrap();
     let Err(SourceError::Unavailable(reason)) = read else { panic!("{read:?}") };

@@ -6,111 +6,24 @@
 //! duplicate; `next()` is cancel-safe; several streams keep their own order.
 #![cfg(feature = "redis-streams")]
 
-use futures_util::{SinkExt, StreamExt};
-use herald_bridge::config::BridgeConfig;
+mod support;
+
+use futures_util::StreamExt;
+use herald_bridge::EventSource;
 use herald_bridge::redis_streams::RedisStreamsSource;
-use herald_bridge::run::Runner;
 use herald_bridge::stats::BridgeStats;
-use herald_bridge::{Event, EventSource, SourceError};
-use herald_protocol::ServerMessage;
-use herald_server::{Config, Hub, memory_hub};
 use herald_testkit::RedisProcess;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamRangeReply;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use support::{
+    DiesBeforeAck, assert_each_once_in_order, bridge, hub, hub_with_subscriber, receive,
+    spawn_runner, until,
+};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-
-fn hub() -> Arc<Hub> {
-    let config = Config::from_toml(
-        "[namespaces.session]\nsubscribe = \"anyone\"\nanonymous = true\nhistory_size = 10000\nmax_recover = 10000\n",
-    )
-    .unwrap();
-    memory_hub(config).unwrap()
-}
-
-/// A `source = "redis_streams"` bridge named `app` with these source options.
-fn bridge(hub: &Hub, options: &str) -> BridgeConfig {
-    let text = format!(
-        r#"
-[[bridge]]
-name = "app"
-source = "redis_streams"
-{options}
-[[bridge.rule]]
-match = {{ "data.type" = "DecisionMade" }}
-channels = ["session:{{data.session_id}}"]
-type = "{{data.type}}"
-select = ["session_id", "n"]
-"#
-    );
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        bridge: Vec<toml::Table>,
-    }
-    let doc: Doc = toml::from_str(&text).unwrap();
-    let config = BridgeConfig::parse_all(&doc.bridge, |ns| hub.config.namespaces.contains_key(ns))
-        .unwrap()
-        .remove(0);
-    herald_bridge::sources::check(&config).unwrap();
-    config
-}
-
-async fn serve(hub: Arc<Hub>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(herald_server::serve(hub, listener, None, std::future::pending()));
-    addr
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn subscribe(addr: SocketAddr, channel: &str) -> Socket {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
-    let frame = format!(
-        "{{\"id\":1,\"cmd\":\"connect\"}}\n{{\"id\":2,\"cmd\":\"subscribe\",\"channel\":\"{channel}\"}}"
-    );
-    ws.send(Message::text(frame)).await.unwrap();
-    let mut replies = 0;
-    while replies < 2 {
-        let Some(Ok(Message::Text(t))) = ws.next().await else { panic!("socket ended") };
-        replies += herald_protocol::split_frame(t.as_str()).count();
-    }
-    ws
-}
-
-/// The next `n` publications on the socket: (offset, data.n).
-async fn receive(ws: &mut Socket, n: usize) -> Vec<(u64, u64)> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while got.len() < n {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} publications arrived", got.len()));
-        let Some(Ok(Message::Text(t))) = msg else { panic!("socket ended") };
-        for line in herald_protocol::split_frame(t.as_str()) {
-            if let Ok(ServerMessage::Publication(p)) = ServerMessage::parse(line) {
-                let data: serde_json::Value = serde_json::from_str(p.data.get()).unwrap();
-                got.push((p.offset, data["n"].as_u64().unwrap()));
-            }
-        }
-    }
-    got
-}
-
-/// Polls `done` every 10 ms until it holds, failing after `within`.
-async fn until(within: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn connect(redis: &RedisProcess) -> MultiplexedConnection {
     redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
@@ -139,25 +52,6 @@ async fn pending(conn: &mut MultiplexedConnection, key: &str) -> u64 {
     count
 }
 
-/// Runs a runner over `source` in a task until `stop` is sent (or the task is aborted).
-fn spawn_runner(
-    hub: &Arc<Hub>,
-    config: &BridgeConfig,
-    stats: &Arc<BridgeStats>,
-    mut source: impl EventSource + 'static,
-) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let runner = Runner::new(hub.clone(), config.rules.clone(), config.lease_ttl, stats.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        runner
-            .run(&mut source, async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    (stop, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_lettered() {
     let redis = RedisProcess::start();
@@ -180,11 +74,10 @@ async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_le
     }
     add_all(&mut conn, entries).await;
 
-    let hub = hub();
-    let addr = serve(hub.clone()).await;
-    let mut ws = subscribe(addr, "session:s1").await;
+    let (hub, mut ws) = hub_with_subscriber("session:s1").await;
     let config = bridge(
         &hub,
+        "redis_streams",
         &format!(
             "url = \"{}\"\nstreams = [\"events\"]\ndead_letter = \"events:dead\"",
             redis.url()
@@ -197,10 +90,7 @@ async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_le
 
     let got = receive(&mut ws, N as usize).await;
     let elapsed = started.elapsed();
-    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
-    let ns: Vec<u64> = got.iter().map(|(_, n)| *n).collect();
-    assert_eq!(offsets, (1..=N).collect::<Vec<_>>(), "contiguous offsets");
-    assert_eq!(ns, (1..=N).collect::<Vec<_>>(), "stream order, each once");
+    assert_each_once_in_order(&got, N, "stream");
     eprintln!(
         "redis streams bridge: {N} events (+16 bad) in {elapsed:?}: {:.0} events/s",
         N as f64 / elapsed.as_secs_f64()
@@ -261,42 +151,14 @@ async fn events_reach_subscribers_exactly_once_in_order_and_bad_ones_are_dead_le
     task.await.unwrap();
 }
 
-/// Passes everything through, but never finishes acknowledging event `crash_at`: it tells the
-/// test, which then kills the runner (a node dying between "published" and "acknowledged").
-struct DiesBeforeAck {
-    inner: RedisStreamsSource,
-    crash_at: String,
-    crashed: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-#[async_trait::async_trait]
-impl EventSource for DiesBeforeAck {
-    async fn next(&mut self) -> Result<Event, SourceError> {
-        self.inner.next().await
-    }
-    async fn ack(&mut self, event: &Event) -> Result<(), SourceError> {
-        if event.id == self.crash_at {
-            if let Some(tell) = self.crashed.take() {
-                let _ = tell.send(());
-            }
-            std::future::pending::<()>().await;
-        }
-        self.inner.ack(event).await
-    }
-    async fn dead_letter(&mut self, event: &Event, reason: &str) -> Result<(), SourceError> {
-        self.inner.dead_letter(event, reason).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_consumers_pending_entries_are_claimed_before_newer_ones() {
     let redis = RedisProcess::start();
     let mut conn = connect(&redis).await;
-    let hub = hub();
-    let addr = serve(hub.clone()).await;
-    let mut ws = subscribe(addr, "session:s2").await;
+    let (hub, mut ws) = hub_with_subscriber("session:s2").await;
     let config = bridge(
         &hub,
+        "redis_streams",
         &format!("url = \"{}\"\nstreams = [\"jobs\"]\nclaim_idle = \"500ms\"", redis.url()),
     );
     add_all(&mut conn, (1..=10).map(|n| decision("jobs", "s2", n)).collect()).await;
@@ -359,6 +221,7 @@ async fn next_is_cancel_safe_and_several_streams_keep_their_order() {
     let hub = hub();
     let config = bridge(
         &hub,
+        "redis_streams",
         &format!("url = \"{}\"\nstreams = [\"a\", \"b\"]\nblock = \"2s\"", redis.url()),
     );
     let mut source = RedisStreamsSource::new(&config, "node-a").unwrap();

@@ -8,9 +8,13 @@
 //!   nothing lost, nothing duplicated, and `/ready`, `/api/info` and `/metrics` showed the
 //!   bridge down meanwhile.
 
+mod bridge_support;
 mod support;
 
-use serde_json::{Value, json};
+use bridge_support::{
+    await_caught_up, await_events, five_second_outage, history, metrics, report, top, until,
+};
+use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -19,26 +23,11 @@ use std::time::Duration;
 use support::Hub;
 use tokio::time::Instant;
 
-/// A `session` namespace deep enough for every event, and a Redis Streams bridge into it.
+/// The node's configuration: a Redis Streams bridge reading the stream `events`.
 fn config(bus_url: &str, extra: &str) -> String {
-    format!(
-        r#"
-[namespaces.session]
-history_size = 30000
-max_recover = 30000
-
-[[bridge]]
-name = "decisions"
-source = "redis_streams"
-url = "{bus_url}"
-streams = ["events"]
-{extra}
-
-[[bridge.rule]]
-match = {{ "data.type" = "DecisionMade" }}
-channels = ["session:{{data.session_id}}"]
-type = "{{data.type}}"
-"#
+    bridge_support::config(
+        "redis_streams",
+        &format!("url = \"{bus_url}\"\nstreams = [\"events\"]\n{extra}"),
     )
 }
 
@@ -164,67 +153,6 @@ impl Drop for Bus {
     }
 }
 
-/// Polls `done` every 20 ms until it holds, failing after `within`.
-async fn until(within: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The channel's last offset (0 while it has none, or while the node is away).
-async fn top(hub: &Hub, channel: &str) -> u64 {
-    let client = reqwest::Client::new();
-    let Ok(resp) = client
-        .get(hub.http(&format!("/api/history?channel={channel}&limit=1")))
-        .header("x-api-key", support::API_KEY)
-        .send()
-        .await
-    else {
-        return 0;
-    };
-    let body: Value = resp.json().await.unwrap_or_default();
-    body["offset"].as_u64().unwrap_or(0)
-}
-
-/// The channel's whole history: (offset, data.n), paged.
-async fn history(hub: &Hub, channel: &str) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    // Without `since` the newest page comes back: start from the epoch's offset 0.
-    let (_, first) = hub.api("GET", &format!("/api/history?channel={channel}&limit=1"), None).await;
-    let mut since = Some(format!("{}:0", first["epoch"].as_str().unwrap()));
-    loop {
-        let mut path = format!("/api/history?channel={channel}&limit=1000");
-        if let Some(s) = &since {
-            path.push_str(&format!("&since={s}"));
-        }
-        let (status, body) = hub.api("GET", &path, None).await;
-        assert_eq!(status, 200, "{body}");
-        let page = body["publications"].as_array().unwrap();
-        if page.is_empty() {
-            return out;
-        }
-        for p in page {
-            out.push((p["offset"].as_u64().unwrap(), p["data"]["n"].as_u64().unwrap()));
-        }
-        since = Some(format!("{}:{}", body["epoch"].as_str().unwrap(), out.last().unwrap().0));
-    }
-}
-
-/// The bridge's report in `/api/info`.
-async fn report(hub: &Hub) -> Option<Value> {
-    let client = reqwest::Client::new();
-    let resp = client
-        .get(hub.http("/api/info"))
-        .header("x-api-key", support::API_KEY)
-        .send()
-        .await
-        .ok()?;
-    let body: Value = resp.json().await.ok()?;
-    body["bridges"].as_array()?.first().cloned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_events_exactly_once_in_order_across_two_kill_9s_and_takeovers() {
     let bus = Bus::start();
@@ -266,10 +194,7 @@ async fn twenty_thousand_events_exactly_once_in_order_across_two_kill_9s_and_tak
         );
     }
     publisher.join().unwrap();
-    until(Duration::from_secs(180), "every event in the channel", async || {
-        top(&nodes[0], "session:s").await >= N
-    })
-    .await;
+    await_events(&nodes[0], N, Duration::from_secs(180)).await;
     let elapsed = started.elapsed();
     let got = history(&nodes[0], "session:s").await;
     let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
@@ -295,38 +220,13 @@ async fn a_five_second_bus_outage_loses_nothing_duplicates_nothing_and_is_report
     let hub = Hub::start(&config(&bus.url(), ""));
     const HALF: u64 = 1_500;
     bus.client().add(1..=HALF, 500);
-    until(Duration::from_secs(60), "the bridge mid-stream", async || {
-        top(&hub, "session:s").await >= 300
-    })
-    .await;
-    bus.kill();
-    let down_at = Instant::now();
-    until(Duration::from_secs(10), "the bridge reported down in /api/info", async || {
-        report(&hub).await.is_some_and(|r| r["up"] == false)
-    })
-    .await;
-    let ready = reqwest::get(hub.http("/ready")).await.unwrap();
-    assert_eq!(ready.status(), 200, "a bus outage does not take the node out of service");
-    let ready: Value = ready.json().await.unwrap();
-    assert_eq!(ready["bridges"][0]["up"], false, "{ready}");
-    let metrics = reqwest::get(hub.http("/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("herald_bridge_up{bridge=\"decisions\"} 0"), "{metrics}");
-    // The outage itself lasts 5 s (a fault's length, not a wait for an event).
-    tokio::time::sleep(Duration::from_secs(5).saturating_sub(down_at.elapsed())).await;
-    bus.start_again();
+    five_second_outage(&hub, &mut bus, |b| b.kill(), |b| b.start_again()).await;
     bus.client().add(HALF + 1..=2 * HALF, 500);
-    until(Duration::from_secs(60), "every event in the channel", async || {
-        top(&hub, "session:s").await >= 2 * HALF
-    })
-    .await;
-    until(Duration::from_secs(10), "the bridge reported up again", async || {
-        report(&hub).await.is_some_and(|r| r["up"] == true)
-    })
-    .await;
+    await_caught_up(&hub, 2 * HALF).await;
     let got = history(&hub, "session:s").await;
     assert_eq!(got, (1..=2 * HALF).map(|n| (n, n)).collect::<Vec<_>>(), "each once, in order");
     let r = report(&hub).await.unwrap();
     assert_eq!(r["published"], 2 * HALF, "{r}");
-    let metrics = reqwest::get(hub.http("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = metrics(&hub).await;
     assert!(metrics.contains("herald_bridge_up{bridge=\"decisions\"} 1"), "{metrics}");
 }

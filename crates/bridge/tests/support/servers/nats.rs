@@ -4,9 +4,9 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// A running `nats-server -js`; killed (and its store removed) on drop.
 pub struct NatsProcess {
@@ -17,24 +17,11 @@ pub struct NatsProcess {
     child: Option<Child>,
 }
 
-/// `nats-server` on the PATH, else where Debian's package puts it.
-fn binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.exists());
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
-}
-
 impl NatsProcess {
     /// Starts one and waits until it greets a client.
     pub fn start() -> NatsProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let dir = std::env::temp_dir().join(format!("herald-nats-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut nats = NatsProcess { port, dir, child: None };
+        let dir = super::temp_dir("nats");
+        let mut nats = NatsProcess { port: herald_testkit::free_port(), dir, child: None };
         nats.start_again();
         nats
     }
@@ -47,7 +34,7 @@ impl NatsProcess {
     /// Starts the server (again) on the same port and store.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "nats-server already running");
-        let child = Command::new(binary())
+        let child = Command::new(super::binary("nats-server", Path::new("/usr/sbin")))
             .arg("-js")
             .arg("-sd")
             .arg(&self.dir)

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// `nobody`'s uid and gid on Debian.
 const NOBODY: u32 = 65534;
@@ -24,19 +24,9 @@ pub struct PostgresProcess {
     child: Option<Child>,
 }
 
-/// Where a Postgres program is: on the PATH, else Debian's PostgreSQL 15.
-fn binary(name: &str) -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(name))
-        .find(|p| p.exists());
-    on_path.unwrap_or_else(|| Path::new("/usr/lib/postgresql/15/bin").join(name))
-}
-
 /// A command that runs as `nobody` when this process is root (Postgres refuses root).
 fn command(name: &str, dir: &Path) -> Command {
-    let mut command = Command::new(binary(name));
+    let mut command = Command::new(super::binary(name, Path::new("/usr/lib/postgresql/15/bin")));
     // Its own dir as the working dir: `nobody` may not enter the caller's.
     command.current_dir(dir);
     let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
@@ -51,10 +41,8 @@ impl PostgresProcess {
     /// Creates a cluster (`initdb -U postgres --auth=trust`), starts it and waits until it
     /// accepts connections.
     pub fn start() -> PostgresProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let dir = std::env::temp_dir().join(format!("herald-pg-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = herald_testkit::free_port();
+        let dir = super::temp_dir("pg");
         if std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false) {
             std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).expect("chown temp dir");
         }
