@@ -24,9 +24,21 @@ pub struct PostgresProcess {
     child: Option<Child>,
 }
 
+/// Where Debian's packages put the newest PostgreSQL's programs (`/usr/lib/postgresql/N/bin`,
+/// not on the PATH).
+fn debian_bin_dir() -> PathBuf {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .max();
+    PathBuf::from(format!("/usr/lib/postgresql/{}/bin", newest.unwrap_or(15)))
+}
+
 /// A command that runs as `nobody` when this process is root (Postgres refuses root).
 fn command(name: &str, dir: &Path) -> Command {
-    let mut command = Command::new(super::binary(name, Path::new("/usr/lib/postgresql/15/bin")));
+    let mut command = Command::new(super::binary(name, &debian_bin_dir()));
     // Its own dir as the working dir: `nobody` may not enter the caller's.
     command.current_dir(dir);
     let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
