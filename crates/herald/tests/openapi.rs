@@ -66,6 +66,7 @@ async fn openapi_matches_the_server() {
             "/api/publish",
             json!({"channel": "board:1", "data": {"a": 1}, "key": "k", "op": "upsert"}),
         ),
+        ("/api/publish/batch", json!([{"channel": "a", "data": 1}, {"channel": "b", "data": 2}])),
         ("/api/broadcast", json!({"channels": ["a", "b"], "data": 1})),
         ("/api/disconnect", json!({"user": "nobody"})),
         ("/api/token", json!({"sub": "u", "channels": ["*"]})),

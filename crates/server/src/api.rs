@@ -11,7 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_protocol::command::HistoryQuery;
-use herald_protocol::reply::{ErrorBody, HistoryReply, RawPublications, StateResult};
+use herald_protocol::reply::{
+    ErrorBody, HistoryReply, PublishResult, RawPublications, StateResult,
+};
 use herald_protocol::{ErrorCode, Meta, Op, Position};
 use serde::Deserialize;
 use serde_json::json;
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 /// Every (method, path) the API serves; the OpenAPI test compares docs/openapi.json with it.
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/publish"),
+    ("post", "/api/publish/batch"),
     ("post", "/api/broadcast"),
     ("get", "/api/channels"),
     ("get", "/api/info"),
@@ -91,6 +94,7 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
     let check = ApiCheck { hub: hub.clone(), throttle, max_body: limits.max_api_body_bytes };
     Router::new()
         .route("/api/publish", post(publish).fallback(|| not_allowed("POST")))
+        .route("/api/publish/batch", post(publish_batch).fallback(|| not_allowed("POST")))
         .route("/api/broadcast", post(broadcast).fallback(|| not_allowed("POST")))
         .route("/api/channels", get(channels).fallback(|| not_allowed("GET")))
         .route("/api/info", get(info).fallback(|| not_allowed("GET")))
@@ -400,12 +404,87 @@ async fn publish(
     raw: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let b: PublishBody = body(&raw)?;
+    let result = publish_one(&hub, &b).await?;
+    Ok(Json(result).into_response())
+}
+
+/// One `/api/publish` body published: the single route and every batch item go through here.
+async fn publish_one(hub: &Hub, b: &PublishBody) -> Result<PublishResult, ErrorBody> {
     let channel = b
         .channel
-        .clone()
+        .as_deref()
         .ok_or_else(|| ErrorBody::new(ErrorCode::BadRequest, "missing field `channel`"))?;
-    let result = hub.publish(b.input(&channel)).await?;
-    Ok(Json(result).into_response())
+    hub.publish(b.input(channel)).await
+}
+
+/// The media type that makes a batch body one JSON object per line.
+const NDJSON: &str = "application/x-ndjson";
+
+/// `POST /api/publish/batch`: many `/api/publish` bodies (any channels) in one request, a JSON
+/// array or, with `Content-Type: application/x-ndjson`, one object per line. Items are
+/// published one after another in the order given, so each channel gets its items in order;
+/// each item gets its own result or error, so one bad item does not fail the others. A body
+/// that is not an array (or a line that is not JSON) refuses the whole request with 107, more
+/// than `limits.max_batch_items` items with 111.
+async fn publish_batch(
+    State(hub): State<Arc<Hub>>,
+    headers: axum::http::HeaderMap,
+    raw: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(NDJSON));
+    let items = if ndjson { ndjson_items(&raw)? } else { array_items(&raw)? };
+    let max = hub.config.limits.max_batch_items;
+    if max > 0 && items.len() > max {
+        let message =
+            format!("batch of {} items is over limits.max_batch_items ({max})", items.len());
+        return Err(ErrorBody::new(ErrorCode::MessageTooLarge, message).into());
+    }
+    // Written as it goes: no intermediate JSON value per result.
+    let mut out = Vec::with_capacity(16 + 96 * items.len());
+    out.extend_from_slice(b"{\"results\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let result = match body::<PublishBody>(item.get().as_bytes()) {
+            Ok(b) => publish_one(&hub, &b).await,
+            Err(ApiError(e)) => Err(e),
+        };
+        let written = match result {
+            Ok(r) => serde_json::to_writer(&mut out, &r),
+            Err(e) => serde_json::to_writer(&mut out, &json!({ "error": e })),
+        };
+        written.map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
+    }
+    out.extend_from_slice(b"]}");
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], out)
+        .into_response())
+}
+
+/// The items of a JSON-array batch body, each still unparsed.
+fn array_items(raw: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
+    serde_json::from_slice(raw).map_err(|e| {
+        let message = format!("batch body must be a JSON array of publish objects: {e}");
+        ApiError(ErrorBody::new(ErrorCode::BadRequest, message))
+    })
+}
+
+/// The items of an NDJSON batch body: one JSON value per line, blank lines skipped.
+fn ndjson_items(raw: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
+    let lines = raw.split(|b| *b == b'\n').enumerate();
+    let lines = lines.filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace));
+    lines
+        .map(|(n, line)| {
+            serde_json::from_slice(line).map_err(|e| {
+                let message = format!("NDJSON line {}: {e}", n + 1);
+                ApiError(ErrorBody::new(ErrorCode::BadRequest, message))
+            })
+        })
+        .collect()
 }
 
 async fn broadcast(

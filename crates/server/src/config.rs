@@ -176,6 +176,9 @@ pub struct Limits {
     pub api_key_failures_per_ip_per_minute: u32,
     /// Largest HTTP API request body; above: 413 with error 111.
     pub max_api_body_bytes: usize,
+    /// Most items in one `POST /api/publish/batch` (0: unlimited, the body limit still bounds
+    /// it); above: 413 with error 111, so one request cannot hold the handler for long.
+    pub max_batch_items: usize,
 }
 
 impl Default for Limits {
@@ -193,6 +196,7 @@ impl Default for Limits {
             max_history_page: 1000,
             api_key_failures_per_ip_per_minute: 20,
             max_api_body_bytes: 2 * 1024 * 1024,
+            max_batch_items: 1000,
         }
     }
 }

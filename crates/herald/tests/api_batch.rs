@@ -1,0 +1,162 @@
+//! `POST /api/publish/batch` against the real binary: many publications for many channels in one
+//! request (a JSON array or NDJSON), each item answered on its own, in order per channel, bounded
+//! by `limits.max_batch_items`.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+/// A default namespace, and one whose `data` may hold 64 bytes (oversized items).
+const CONFIG: &str = "[namespaces.default]\n[namespaces.small]\nmax_message_bytes = 64\n";
+
+/// POSTs `body` as it is with this content type; returns (status, body).
+async fn post_raw(hub: &Hub, body: String, content_type: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(hub.http("/api/publish/batch"))
+        .header("x-api-key", API_KEY)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("http request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("a JSON answer"))
+}
+
+/// The batch's `results`, after checking the request as a whole was answered 200.
+async fn batch(hub: &Hub, items: Value) -> Vec<Value> {
+    let (status, body) = hub.api("POST", "/api/publish/batch", Some(items)).await;
+    assert_eq!(status, 200, "{body}");
+    body["results"].as_array().expect("results").clone()
+}
+
+/// The channel's history, oldest first.
+async fn history(hub: &Hub, channel: &str) -> Vec<Value> {
+    let (status, body) =
+        hub.api("GET", &format!("/api/history?channel={channel}&limit=1000"), None).await;
+    assert_eq!(status, 200, "{body}");
+    body["publications"].as_array().expect("publications").clone()
+}
+
+#[tokio::test]
+async fn a_batch_over_five_channels_publishes_each_channel_in_order() {
+    let hub = Hub::start(CONFIG);
+    let channels: Vec<String> = (0..5).map(|c| format!("room-{c}")).collect();
+    let items: Vec<Value> =
+        (0..500).map(|i| json!({"channel": channels[i % 5], "data": {"seq": i}})).collect();
+    let results = batch(&hub, Value::Array(items)).await;
+    assert_eq!(results.len(), 500);
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.get("error").is_none(), "item {i}: {r}");
+        assert_eq!(r["channel"], channels[i % 5], "results are in item order");
+        assert_eq!(r["offset"], (i / 5 + 1) as u64, "item {i}: {r}");
+    }
+    for (c, channel) in channels.iter().enumerate() {
+        let pubs = history(&hub, channel).await;
+        assert_eq!(pubs.len(), 100, "{channel}");
+        for (k, p) in pubs.iter().enumerate() {
+            assert_eq!(p["offset"], k as u64 + 1, "{channel}: contiguous offsets");
+            assert_eq!(p["data"]["seq"], (k * 5 + c) as u64, "{channel}: items in the order given");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_bad_item_gets_its_error_and_the_others_are_published() {
+    let hub = Hub::start(CONFIG);
+    let items = json!([
+        {"channel": "a", "data": 1},
+        {"channel": "nope:x", "data": 2},
+        {"channel": "small:x", "data": "x".repeat(100)},
+        {"data": 3},
+        42,
+        {"channel": "a", "data": 4, "colour": "red"},
+        {"channel": "small:x", "data": "fits"},
+        {"channel": "a", "data": 5},
+    ]);
+    let results = batch(&hub, items).await;
+    let codes: Vec<Option<u64>> = results.iter().map(|r| r["error"]["code"].as_u64()).collect();
+    assert_eq!(codes, [None, Some(102), Some(111), Some(107), Some(107), Some(107), None, None]);
+    for r in results.iter().filter(|r| r.get("error").is_some()) {
+        assert!(r["error"]["name"].is_string() && r["error"]["message"].is_string(), "{r}");
+    }
+    assert!(results[5]["error"]["message"].as_str().unwrap().contains("colour"), "named field");
+    assert_eq!((results[0]["offset"].as_u64(), results[7]["offset"].as_u64()), (Some(1), Some(2)));
+    let data: Vec<Value> = history(&hub, "a").await.iter().map(|p| p["data"].clone()).collect();
+    assert_eq!(data, [json!(1), json!(5)]);
+    assert_eq!(history(&hub, "small:x").await.len(), 1);
+}
+
+#[tokio::test]
+async fn ndjson_is_one_item_per_line() {
+    let hub = Hub::start(CONFIG);
+    let body = "{\"channel\":\"a\",\"data\":1}\r\n\n{\"channel\":\"b\",\"data\":2}\n{\"channel\":\"a\",\"data\":3}\n";
+    let (status, answer) = post_raw(&hub, body.into(), "application/x-ndjson").await;
+    assert_eq!(status, 200, "{answer}");
+    let offsets: Vec<Option<u64>> =
+        answer["results"].as_array().unwrap().iter().map(|r| r["offset"].as_u64()).collect();
+    assert_eq!(offsets, [Some(1), Some(1), Some(2)]);
+    let data: Vec<Value> = history(&hub, "a").await.iter().map(|p| p["data"].clone()).collect();
+    assert_eq!(data, [json!(1), json!(3)]);
+
+    // A line that is not JSON refuses the whole request: nothing is published.
+    let body = "{\"channel\":\"c\",\"data\":1}\n{\"channel\":\n";
+    let (status, answer) = post_raw(&hub, body.into(), "application/x-ndjson").await;
+    assert_eq!((status, answer["error"]["code"].as_u64()), (400, Some(107)), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("line 2"), "{answer}");
+    assert!(history(&hub, "c").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_an_array_is_refused_whole() {
+    let hub = Hub::start(CONFIG);
+    for body in [r#"{"channel":"a","data":1}"#, "", r#"[{"channel":"a","data":1}"#] {
+        let (status, answer) = post_raw(&hub, body.into(), "application/json").await;
+        assert_eq!((status, answer["error"]["code"].as_u64()), (400, Some(107)), "{body:?}");
+    }
+    assert!(history(&hub, "a").await.is_empty());
+}
+
+#[tokio::test]
+async fn more_items_than_the_limit_are_refused() {
+    let hub = Hub::start(&format!("[limits]\nmax_batch_items = 10\n{CONFIG}"));
+    let items = |n: usize| Value::Array(vec![json!({"channel": "a", "data": 1}); n]);
+    let (status, answer) = hub.api("POST", "/api/publish/batch", Some(items(11))).await;
+    assert_eq!((status, answer["error"]["code"].as_u64()), (413, Some(111)), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("max_batch_items"));
+    assert!(history(&hub, "a").await.is_empty(), "nothing of a refused batch is published");
+    assert_eq!(batch(&hub, items(10)).await.len(), 10, "the limit itself is allowed");
+}
+
+#[tokio::test]
+async fn idempotency_keys_dedupe_within_and_across_batches() {
+    let hub = Hub::start(CONFIG);
+    let results = batch(
+        &hub,
+        json!([
+            {"channel": "a", "data": 1, "idempotency_key": "k1"},
+            {"channel": "a", "data": 2, "idempotency_key": "k1"},
+            {"channel": "a", "data": 3, "idempotency_key": "k2"},
+        ]),
+    )
+    .await;
+    assert_eq!(results[0].get("duplicate"), None);
+    assert_eq!(results[1]["duplicate"], true);
+    assert_eq!(results[1]["offset"], results[0]["offset"], "the first result is returned");
+    assert_eq!(results[2]["offset"], 2);
+    // A later batch and a single publish dedupe against the batch's keys, and the other way.
+    let again = batch(&hub, json!([{"channel": "a", "data": 9, "idempotency_key": "k2"}])).await;
+    assert_eq!(
+        (again[0]["duplicate"].as_bool(), again[0]["offset"].as_u64()),
+        (Some(true), Some(2))
+    );
+    let (_, single) =
+        hub.publish_with(json!({"channel": "a", "data": 9, "idempotency_key": "k1"})).await;
+    assert_eq!(single["duplicate"], true, "{single}");
+    hub.publish_with(json!({"channel": "a", "data": 4, "idempotency_key": "k3"})).await;
+    let after = batch(&hub, json!([{"channel": "a", "data": 9, "idempotency_key": "k3"}])).await;
+    assert_eq!(after[0]["duplicate"], true);
+    let data: Vec<Value> = history(&hub, "a").await.iter().map(|p| p["data"].clone()).collect();
+    assert_eq!(data, [json!(1), json!(3), json!(4)]);
+}
