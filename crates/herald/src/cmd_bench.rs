@@ -5,6 +5,8 @@
 //! configuration) or targets a running one (`--url`, `--server-pid`), measures publish-to-receive
 //! latency from a timestamp in each payload and the server's CPU time and RSS from `/proc`, and
 //! prints one markdown row (or one JSON object with `--json`). docs/benchmarks.md has the method.
+//! Publications go over a WebSocket, or with `--http` through the HTTP API (`--batch K`: the
+//! batch route).
 
 #[path = "bench/client.rs"]
 mod client;
@@ -55,9 +57,20 @@ pub struct BenchArgs {
     /// Most publications in flight (published but not yet received by every subscriber).
     #[arg(long, default_value_t = 1000)]
     pub window: u64,
-    /// Publish commands per WebSocket frame.
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
+    /// Publish commands per WebSocket frame (default 16); with `--http`, publications per
+    /// request (default 1: `POST /api/publish`; more: `POST /api/publish/batch`).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Publish through the HTTP API over keep-alive connections instead of a WebSocket
+    /// (fanout, rooms).
+    #[arg(long)]
+    pub http: bool,
+    /// With `--http`: keep-alive connections, one request in flight on each.
+    #[arg(long, default_value_t = 8)]
+    pub http_connections: usize,
+    /// API key of the running server (`--http` with `--url`).
+    #[arg(long, default_value = "bench-key")]
+    pub api_key: String,
     /// Connections opened concurrently during setup.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
@@ -171,7 +184,8 @@ fn start_server(args: &BenchArgs) -> anyhow::Result<Server> {
     let path = std::env::temp_dir().join(format!("herald-bench-{}.toml", std::process::id()));
     std::fs::write(&path, bench_config(&args.namespace))?;
     let mut child = Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--api-key", "bench-key"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--api-key"])
+        .arg(&args.api_key)
         .arg("--token-secret")
         .arg(&args.token_secret)
         .arg("--config")
@@ -251,6 +265,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Connect | Scenario::Idle => 0,
         Scenario::Resume => 100,
     });
+    if args.http && !matches!(args.scenario, Scenario::Fanout | Scenario::Rooms) {
+        bail!("--http applies to the fanout and rooms scenarios");
+    }
     raise_nofile(2 * clients as u64 + 4096);
     let server = match &args.url {
         Some(url) => target_server(url, args.server_pid)?,
@@ -274,11 +291,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         size: args.size,
         rate: args.rate,
         window: args.window.max(1),
-        batch: args.batch.max(1),
+        batch: args.batch.unwrap_or(if args.http { 1 } else { 16 }).max(1),
         concurrency: args.concurrency.max(1),
         duration: Duration::from_secs(args.duration.max(1)),
         namespace: args.namespace.clone(),
         pid: server.pid,
+        http: args.http.then(|| scenarios::HttpPublish {
+            api_key: args.api_key.clone(),
+            connections: args.http_connections.max(1),
+        }),
     };
     let client_before = proc_usage(std::process::id());
     let mut outcome = match args.scenario {
@@ -296,9 +317,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the publications were made: `ws`, `http` (one per request) or `http batch K`.
+fn publish_label(args: &BenchArgs) -> String {
+    match (args.http, args.batch.unwrap_or(1)) {
+        (false, _) => "ws".into(),
+        (true, 0 | 1) => "http".into(),
+        (true, k) => format!("http batch {k}"),
+    }
+}
+
 fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
     let secs = o.elapsed.as_secs_f64().max(1e-9);
     let name = format!("{:?}", args.scenario).to_lowercase();
+    let publish = publish_label(args);
+    // The table's scenario column names HTTP publishing; WebSocket rows read as before.
+    let label = if args.http { format!("{name} ({publish})") } else { name.clone() };
     let per_sec = |n: u64| (n > 0).then(|| n as f64 / secs);
     let deliveries_per_sec = per_sec(o.deliveries);
     let events_per_sec = per_sec(o.events);
@@ -313,6 +346,7 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
         let v = serde_json::json!({
             "server": "herald",
             "scenario": name,
+            "publish": publish,
             "clients": clients,
             "events": o.events,
             "size": args.size,
@@ -347,7 +381,7 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
         );
     }
     println!(
-        "| herald | {name} | {clients} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| herald | {label} | {clients} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         o.events,
         fmt_opt(deliveries_per_sec, 0),
         fmt_opt(p50, 2),

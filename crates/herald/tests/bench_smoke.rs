@@ -57,6 +57,18 @@ fn rooms_delivers_everything() {
 }
 
 #[test]
+fn rooms_over_http_delivers_everything() {
+    let v = bench(&["rooms", "-n", "20", "-e", "100", "--http"]);
+    check(&v, "rooms");
+    assert_eq!((v["publish"].as_str(), v["deliveries"].as_u64()), (Some("http"), Some(100)));
+    // Through the batch route, with a last request shorter than the batch.
+    let v = bench(&["rooms", "-n", "20", "-e", "105", "--http", "--batch", "10"]);
+    check(&v, "rooms");
+    assert_eq!(v["publish"], "http batch 10");
+    assert_eq!(v["deliveries"], 105);
+}
+
+#[test]
 fn connect_and_idle_open_every_connection() {
     let v = bench(&["connect", "-n", "50"]);
     check(&v, "connect");

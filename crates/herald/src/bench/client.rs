@@ -189,11 +189,27 @@ pub fn push_publish(out: &mut String, id: u64, channel: &str, size: usize, t: u6
     if !out.is_empty() {
         out.push('\n');
     }
-    let _ =
-        write!(out, r#"{{"id":{id},"cmd":"publish","channel":"{channel}","data":{{"t":{t},"p":""#);
+    let _ = write!(out, r#"{{"id":{id},"cmd":"publish","channel":"{channel}","data":"#);
+    push_data(out, size, t);
+    out.push('}');
+}
+
+/// Appends an HTTP `/api/publish` body (also a `/api/publish/batch` item) with the same data
+/// as [`push_publish`].
+pub fn push_api_publish(out: &mut String, channel: &str, size: usize, t: u64) {
+    use std::fmt::Write;
+    let _ = write!(out, r#"{{"channel":"{channel}","data":"#);
+    push_data(out, size, t);
+    out.push('}');
+}
+
+/// The event data: the send time, padded to `size` bytes.
+fn push_data(out: &mut String, size: usize, t: u64) {
+    use std::fmt::Write;
+    let _ = write!(out, r#"{{"t":{t},"p":""#);
     let used = 16 + 20; // {"t":…,"p":""} with a 20-digit worst case
     out.extend(std::iter::repeat_n('x', size.saturating_sub(used)));
-    out.push_str("\"}}");
+    out.push_str("\"}");
 }
 
 /// Reads the unsigned integer after `key` in `line`.
@@ -304,5 +320,9 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["data"]["t"], 123);
         assert!(v["data"].to_string().len() <= 100);
+        let mut api = String::new();
+        push_api_publish(&mut api, "c", 100, 123);
+        let a: serde_json::Value = serde_json::from_str(&api).unwrap();
+        assert_eq!((&a["channel"], &a["data"]), (&v["channel"], &v["data"]));
     }
 }

@@ -3,9 +3,11 @@
 
 use super::Outcome;
 use super::client::{
-    Endpoint, Hist, ReplyResult, Ws, field_u64, now_ns, push_publish, subscribe_cmd,
+    Endpoint, Hist, ReplyResult, Ws, field_u64, now_ns, push_api_publish, push_publish,
+    subscribe_cmd,
 };
 use super::proc_usage;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt, stream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +29,8 @@ pub struct Plan {
     pub rate: u64,
     /// Most publications in flight.
     pub window: u64,
-    /// Publish commands per frame.
+    /// Publish commands per WebSocket frame, or items per HTTP request (1: `/api/publish`,
+    /// more: `/api/publish/batch`).
     pub batch: usize,
     /// Concurrent connection attempts during setup.
     pub concurrency: usize,
@@ -37,6 +40,17 @@ pub struct Plan {
     pub namespace: String,
     /// Server PID for /proc figures.
     pub pid: Option<u32>,
+    /// Publish through the HTTP API instead of a WebSocket (fanout, rooms).
+    pub http: Option<HttpPublish>,
+}
+
+/// How the publisher uses the HTTP API.
+#[derive(Clone)]
+pub struct HttpPublish {
+    /// The server's `x-api-key`.
+    pub api_key: String,
+    /// Keep-alive connections, one request in flight on each.
+    pub connections: usize,
 }
 
 impl Plan {
@@ -156,6 +170,9 @@ async fn publisher(
     fan: u64,
     shared: &Shared,
 ) -> anyhow::Result<(u64, u64)> {
+    if let Some(http) = &plan.http {
+        return http_publisher(plan, http, channels, fan, shared).await;
+    }
     let (ws, _) = plan.endpoint.session(usize::MAX / 2, &[]).await?;
     let (mut sink, mut source) = ws.split();
     let acked = Arc::new(AtomicU64::new(0));
@@ -183,14 +200,9 @@ async fn publisher(
     let mut published = 0u64;
     let mut frame = String::new();
     while published < plan.events && Instant::now() < deadline {
-        let allowed = if plan.rate > 0 {
-            let due = (start.elapsed().as_secs_f64() * plan.rate as f64) as u64;
-            due.saturating_sub(published)
-        } else {
-            let received = shared.delivered.load(Ordering::Relaxed) / fan;
-            plan.window.saturating_sub(published.saturating_sub(received))
-        };
-        let n = allowed.min(plan.events - published).min(plan.batch as u64);
+        let n = allowed(plan, start, published, fan, shared)
+            .min(plan.events - published)
+            .min(plan.batch as u64);
         if n == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
@@ -214,6 +226,119 @@ async fn publisher(
     reader.abort();
     let _ = sink.close().await;
     Ok((published, reply_errors.load(Ordering::Relaxed) + missing))
+}
+
+/// How many publications the window or the rate allows now.
+fn allowed(plan: &Plan, start: Instant, published: u64, fan: u64, shared: &Shared) -> u64 {
+    if plan.rate > 0 {
+        let due = (start.elapsed().as_secs_f64() * plan.rate as f64) as u64;
+        due.saturating_sub(published)
+    } else {
+        let received = shared.delivered.load(Ordering::Relaxed) / fan;
+        plan.window.saturating_sub(published.saturating_sub(received))
+    }
+}
+
+/// [`publisher`] over the HTTP API: `plan.batch` items per request (one: `/api/publish`, more:
+/// `/api/publish/batch` with a JSON array), one request in flight per keep-alive connection.
+/// A refused request, or a refused item in a batch, counts as an error.
+async fn http_publisher(
+    plan: &Plan,
+    http: &HttpPublish,
+    channels: &[String],
+    fan: u64,
+    shared: &Shared,
+) -> anyhow::Result<(u64, u64)> {
+    let connections = http.connections.max(1);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let addr = plan.endpoint.addr;
+    let url = if plan.batch > 1 {
+        format!("http://{addr}/api/publish/batch")
+    } else {
+        format!("http://{addr}/api/publish")
+    };
+    let send = |body: String| {
+        let request = client
+            .post(&url)
+            .header("x-api-key", &http.api_key)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let resp = request.send().await?;
+            let ok = resp.status().is_success();
+            let text = resp.text().await?;
+            // A batch answers 200 with a per-item error inside.
+            let refused = if ok { text.matches(r#""error":"#).count() as u64 } else { 1 };
+            anyhow::Ok((refused, text))
+        }
+    };
+    let start = Instant::now();
+    let deadline = start + plan.duration;
+    let mut published = 0u64;
+    let mut errors = 0u64;
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        let more = published < plan.events && Instant::now() < deadline;
+        let n = allowed(plan, start, published, fan, shared)
+            .min(plan.events - published)
+            .min(plan.batch as u64);
+        if more && n > 0 && in_flight.len() < connections {
+            let t = now_ns();
+            let mut body = String::with_capacity(2 + n as usize * (plan.size + 64));
+            if plan.batch > 1 {
+                body.push('[');
+            }
+            for k in 0..n {
+                if k > 0 {
+                    body.push(',');
+                }
+                let seq = published + k;
+                let channel = &channels[(seq % channels.len() as u64) as usize];
+                push_api_publish(&mut body, channel, plan.size, t);
+            }
+            if plan.batch > 1 {
+                body.push(']');
+            }
+            in_flight.push(send(body));
+            published += n;
+            continue;
+        }
+        if in_flight.is_empty() {
+            if !more {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        // Wait for an answer; while the window is what holds publishing back, also for a
+        // delivery (so publishing resumes as soon as the window opens).
+        let answer = if more && in_flight.len() < connections {
+            tokio::select! {
+                a = in_flight.next() => a,
+                _ = tokio::time::sleep(Duration::from_millis(1)) => None,
+            }
+        } else {
+            in_flight.next().await
+        };
+        match answer {
+            Some(Ok((refused, text))) => {
+                if refused > 0 && errors == 0 {
+                    eprintln!("herald bench: publish refused: {text}");
+                }
+                errors += refused;
+            }
+            Some(Err(e)) => {
+                eprintln!("herald bench: publish request failed: {e:#}");
+                errors += 1;
+            }
+            None => {}
+        }
+    }
+    Ok((published, errors))
 }
 
 /// Subscribers on `channel_of(i)`, a publisher cycling over `channels`.
@@ -340,6 +465,7 @@ pub async fn resume(plan: &Plan) -> anyhow::Result<Outcome> {
         window: u64::MAX,
         endpoint: plan.endpoint.clone(),
         namespace: plan.namespace.clone(),
+        http: None,
         ..*plan
     };
     let (published, publish_errors) =
