@@ -25,9 +25,9 @@ pub struct PublishArgs {
     /// Record key (keyed namespaces).
     #[arg(long, env = "HERALD_KEY")]
     pub key: Option<String>,
-    /// Record operation: upsert, merge or delete.
-    #[arg(long, env = "HERALD_OP")]
-    pub op: Option<String>,
+    /// Record operation.
+    #[arg(long, env = "HERALD_OP", value_parser = op_parser())]
+    pub op: Option<herald_protocol::Op>,
     /// Idempotency key.
     #[arg(long, env = "HERALD_IDEMPOTENCY_KEY")]
     pub idempotency_key: Option<String>,
@@ -40,6 +40,13 @@ pub struct PublishArgs {
     /// What to print: the whole reply, or the part a script passes on.
     #[arg(long, value_enum, default_value_t = Print::Reply)]
     pub print: Print,
+}
+
+/// `--op`: clap lists and checks the values; the protocol crate's parser maps them.
+fn op_parser() -> impl clap::builder::TypedValueParser<Value = herald_protocol::Op> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["upsert", "merge", "delete"])
+        .map(|op| op.parse::<herald_protocol::Op>().expect("one of the possible values"))
 }
 
 /// What `herald publish` prints on success.
@@ -59,10 +66,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         anyhow::bail!("--print position and --print id need a single channel (no --also)");
     }
     let data: serde_json::Value = serde_json::from_str(&args.data).context("DATA must be JSON")?;
-    let op = match &args.op {
-        Some(op) => Some(op.parse::<herald_protocol::Op>().map_err(anyhow::Error::msg)?),
-        None => None,
-    };
+    let op = args.op;
     let base =
         if args.url.starts_with("ws") { http_base_from_ws(&args.url)? } else { args.url.clone() };
     let api = ApiClient::new(&base, Some(args.api_key.clone()))?;
