@@ -128,6 +128,8 @@ pub struct ResolvedView {
     pub filter: Option<Arc<crate::Filter>>,
     /// True for `Entity by id`: the subscriber names the key.
     pub by_id: bool,
+    /// The filter as written in the spec (what generated clients show); `None` for by id.
+    pub filter_text: Option<String>,
 }
 
 /// Every entity, view and subscription of the loaded specs, by name (names are unique across
@@ -138,6 +140,8 @@ pub struct Catalog {
     pub entities: BTreeMap<String, Arc<Entity>>,
     /// Views and subscriptions by name, resolved.
     pub views: BTreeMap<String, ResolvedView>,
+    /// The spec files it was built from, in the order given (named by generated code).
+    pub files: Vec<String>,
 }
 
 /// Why a set of specs cannot be loaded together (besides a parse error).
@@ -160,8 +164,137 @@ impl Catalog {
     /// against its entity (a filter error names the file, line and column inside the filter).
     /// `ref X` may name an entity no spec declares (it is a string id either way).
     pub fn build(specs: &[(String, Spec)]) -> Result<Catalog, CatalogError> {
-        let _ = specs;
-        unimplemented!("helper S")
+        let err = |file: &str, at: At, message: String| CatalogError {
+            file: file.to_string(),
+            line: at.line,
+            column: at.column,
+            message,
+        };
+        // Every declared name: what it is and where.
+        let mut names: BTreeMap<&str, (Kind, &str, At)> = BTreeMap::new();
+        let mut namespaces: BTreeMap<String, (&str, &str, At)> = BTreeMap::new();
+        let mut catalog =
+            Catalog { files: specs.iter().map(|(f, _)| f.clone()).collect(), ..Catalog::default() };
+        for (file, spec) in specs {
+            for app in &spec.apps {
+                let decls = app.entities.iter().map(|e| (Kind::Entity, e.name.as_str(), e.at));
+                let decls = decls
+                    .chain(app.views.iter().map(|v| (Kind::View, v.name.as_str(), v.at)))
+                    .chain(
+                        app.subscriptions
+                            .iter()
+                            .map(|s| (Kind::Subscription, s.name.as_str(), s.at)),
+                    );
+                for (kind, name, at) in decls {
+                    if let Some((k0, f0, at0)) = names.insert(name, (kind, file, at)) {
+                        return Err(err(
+                            file,
+                            at,
+                            format!(
+                                "{kind} `{name}` is already declared: {k0} at {f0}:{}:{}",
+                                at0.line, at0.column
+                            ),
+                        ));
+                    }
+                }
+                for e in &app.entities {
+                    let ns = e.namespace();
+                    if let Some((n0, f0, at0)) = namespaces.get(&ns) {
+                        return Err(err(
+                            file,
+                            e.at,
+                            format!(
+                                "entity `{}` maps to namespace `{ns}`, as does entity `{n0}` at \
+                                 {f0}:{}:{}",
+                                e.name, at0.line, at0.column
+                            ),
+                        ));
+                    }
+                    namespaces.insert(ns, (&e.name, file, e.at));
+                    if let Some(dup) = duplicate_field(&e.attrs) {
+                        return Err(err(
+                            file,
+                            e.at,
+                            format!("entity `{}` declares the attribute `{dup}` twice", e.name),
+                        ));
+                    }
+                    catalog.entities.insert(e.name.clone(), Arc::new(e.clone()));
+                }
+            }
+        }
+        for (file, spec) in specs {
+            for v in spec.apps.iter().flat_map(|a| &a.views) {
+                let Some(entity) = catalog.entities.get(&v.entity).cloned() else {
+                    return Err(err(
+                        file,
+                        v.at,
+                        format!(
+                            "view `{}` reads entity `{}`, which no spec declares",
+                            v.name, v.entity
+                        ),
+                    ));
+                };
+                let filter = crate::Filter::parse_for(&v.filter, Some(&entity)).map_err(|e| {
+                    let at = At {
+                        line: v.filter_at.line,
+                        column: v.filter_at.column + e.column.max(1) - 1,
+                    };
+                    err(file, at, format!("in the filter of view `{}`: {}", v.name, e.message))
+                })?;
+                catalog.views.insert(
+                    v.name.clone(),
+                    ResolvedView {
+                        name: v.name.clone(),
+                        entity,
+                        filter: Some(Arc::new(filter)),
+                        by_id: false,
+                        filter_text: Some(v.filter.clone()),
+                    },
+                );
+            }
+        }
+        for (file, spec) in specs {
+            for s in spec.apps.iter().flat_map(|a| &a.subscriptions) {
+                let resolved = match &s.target {
+                    SubscriptionTarget::View(v) => {
+                        let Some(view) = catalog.views.get(v) else {
+                            let what = match names.get(v.as_str()) {
+                                Some((kind, _, _)) => format!("`{v}` is a {kind}, not a view"),
+                                None => format!("no spec declares a view `{v}`"),
+                            };
+                            return Err(err(
+                                file,
+                                s.at,
+                                format!("subscription `{}` names view `{v}`, but {what}", s.name),
+                            ));
+                        };
+                        ResolvedView { name: s.name.clone(), ..view.clone() }
+                    }
+                    SubscriptionTarget::ById(e) => {
+                        let Some(entity) = catalog.entities.get(e) else {
+                            let what = match names.get(e.as_str()) {
+                                Some((kind, _, _)) => format!("`{e}` is a {kind}, not an entity"),
+                                None => format!("no spec declares an entity `{e}`"),
+                            };
+                            return Err(err(
+                                file,
+                                s.at,
+                                format!("subscription `{}` names `{e} by id`, but {what}", s.name),
+                            ));
+                        };
+                        ResolvedView {
+                            name: s.name.clone(),
+                            entity: entity.clone(),
+                            filter: None,
+                            by_id: true,
+                            filter_text: None,
+                        }
+                    }
+                };
+                catalog.views.insert(s.name.clone(), resolved);
+            }
+        }
+        Ok(catalog)
     }
 
     /// The entity of the namespace `ns` (entity `Task` ↔ namespace `task`: the name in lower
@@ -169,6 +302,44 @@ impl Catalog {
     pub fn entity_of_namespace(&self, ns: &str) -> Option<&Arc<Entity>> {
         self.entities.values().find(|e| e.namespace() == ns)
     }
+}
+
+/// What a declared name is, for messages.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Entity,
+    View,
+    Subscription,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Entity => "entity",
+            Kind::View => "view",
+            Kind::Subscription => "subscription",
+        })
+    }
+}
+
+/// A field name declared twice in these attributes or in a nested object type (dotted).
+fn duplicate_field(attrs: &[Attr]) -> Option<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for a in attrs {
+        if !seen.insert(a.name.as_str()) {
+            return Some(a.name.clone());
+        }
+        let mut ty = &a.ty;
+        while let Type::Array(inner) = ty {
+            ty = inner;
+        }
+        if let Type::Object(fields) = ty {
+            if let Some(dup) = duplicate_field(fields) {
+                return Some(format!("{}.{dup}", a.name));
+            }
+        }
+    }
+    None
 }
 
 impl Entity {
