@@ -592,7 +592,7 @@ impl Driver {
                     && let Some(sub) = self.subs.remove(&channel)
                     && matches!(sub.status, SubStatus::Pending | SubStatus::Active)
                 {
-                    conn.send(Command::Unsubscribe { channel }, Pending::Ignore);
+                    conn.send(Command::Unsubscribe { channel, sub: None }, Pending::Ignore);
                 }
                 None
             }
@@ -611,7 +611,7 @@ impl Driver {
             return;
         };
         if unsubscribe_first {
-            conn.send(Command::Unsubscribe { channel: channel.to_string() }, Pending::Ignore);
+            conn.send(Command::Unsubscribe { channel: channel.to_string(), sub: None }, Pending::Ignore);
         }
         let (since, snapshot) = sub.resume_from();
         let pending = Pending::Subscribe {
@@ -619,7 +619,7 @@ impl Driver {
             sub_id: sub.id,
             since: since.clone(),
         };
-        conn.send(Command::Subscribe { channel: channel.to_string(), since, snapshot }, pending);
+        conn.send(Command::Subscribe { channel: channel.to_string(), since, snapshot, view: Default::default() }, pending);
         sub.status = SubStatus::Pending;
     }
 
@@ -669,7 +669,7 @@ impl Driver {
                 },
                 Some(Pending::Ignore) | None => {}
             },
-            ServerMessage::Unsubscribe { channel, code, reason, resubscribe } => {
+            ServerMessage::Unsubscribe { channel, code, reason, resubscribe, .. } => {
                 if !self.subs.contains_key(&channel) {
                     return None;
                 }
@@ -687,6 +687,7 @@ impl Driver {
             }
             ServerMessage::Disconnect { code, reason, .. } => *disconnect = Some((code, reason)),
             ServerMessage::Error(e) => tracing::warn!(error = %e, "herald server error push"),
+            ServerMessage::View(_) => {}
         }
         None
     }

@@ -33,6 +33,20 @@ pub struct TokenArgs {
     /// Issuer (`iss`): required by a hub with `auth.issuer` set.
     #[arg(long, env = "HERALD_ISSUER")]
     issuer: Option<String>,
+    /// A view filter the user is held to on a namespace, `NAMESPACE=FILTER` (repeatable):
+    /// `--filter 'task=assignee == "u7"'`. On that namespace the user may only subscribe to
+    /// views, each ANDed with the filter.
+    #[arg(long = "filter", value_parser = parse_filter)]
+    filters: Vec<(String, String)>,
+}
+
+/// Splits `NAMESPACE=FILTER`.
+fn parse_filter(s: &str) -> Result<(String, String), String> {
+    let (ns, filter) = s.split_once('=').ok_or("expected NAMESPACE=FILTER")?;
+    if ns.is_empty() || filter.trim().is_empty() {
+        return Err("expected NAMESPACE=FILTER".into());
+    }
+    Ok((ns.to_string(), filter.to_string()))
 }
 
 /// Prints the token.
@@ -51,6 +65,7 @@ pub fn run(mut args: TokenArgs) -> anyhow::Result<()> {
         roles: args.roles,
         aud: args.audience,
         iss: args.issuer,
+        filters: args.filters.into_iter().collect(),
     };
     println!("{}", mint_hs256(&args.secret, &claims)?);
     Ok(())

@@ -92,10 +92,14 @@ codes! {
         NotKeyed = 116, "not_keyed";
         /// The subscription saw a gap in offsets and was dropped: subscribe again with `since`.
         Resubscribe = 117, "resubscribe";
-        /// A filter expression could not be parsed (views).
+        /// A view subscription's filter does not parse or does not type against the entity, the
+        /// view is unknown, or ad-hoc filters are not allowed on the namespace.
         InvalidFilter = 118, "invalid_filter";
         /// A per-user connection limit was reached.
         TooManyConnections = 119, "too_many_connections";
+        /// A publication to an entity's channel does not fit the entity's schema (the message
+        /// names the field); nothing was stored or delivered.
+        InvalidRecord = 120, "invalid_record";
     }
 }
 

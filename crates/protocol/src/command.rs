@@ -28,9 +28,10 @@ pub enum Command {
     /// Authenticate (token optional when the header or query carried one, or anonymous is allowed).
     Connect { token: Option<String>, name: Option<String> },
     /// Start receiving a channel; optionally resume from `since` or start with a `snapshot`.
-    Subscribe { channel: String, since: Option<Since>, snapshot: bool },
-    /// Stop receiving a channel.
-    Unsubscribe { channel: String },
+    /// With `view` set: a live view of the keyed channel's records (protocol §14).
+    Subscribe { channel: String, since: Option<Since>, snapshot: bool, view: ViewQuery },
+    /// Stop receiving a channel (`sub` names a view subscription).
+    Unsubscribe { channel: String, sub: Option<String> },
     /// Publish to a channel (when its namespace allows client publishes).
     Publish(PublishCommand),
     /// Application-level round trip. The reply is `{}`, or `{"timestamp": T}` echoing the
@@ -47,6 +48,48 @@ pub enum Command {
     History(HistoryQuery),
     /// Read a keyed channel's state.
     State { channel: String },
+}
+
+/// What makes a `subscribe` a view subscription: a spec view, an ad-hoc filter, one key, or a
+/// combination (a view's filter and the ad-hoc one are ANDed). All empty: a plain channel
+/// subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewQuery {
+    /// A view or subscription declared in a loaded spec (`ActiveTasks`, `TaskDetail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
+    /// An ad-hoc filter expression (`status != "done" and assignee == "u7"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// One record: a view of this key only (`Entity by id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The name of the subscription on this connection, carried by its events; several views
+    /// of one channel need different names. Default: `CHANNEL#VIEW`, `CHANNEL#filter` or
+    /// `CHANNEL#key:KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+}
+
+impl ViewQuery {
+    /// True when this is a plain channel subscription.
+    pub fn is_empty(&self) -> bool {
+        self.view.is_none() && self.filter.is_none() && self.key.is_none() && self.sub.is_none()
+    }
+
+    /// The subscription's name on the connection: `sub`, or the default derived from the
+    /// channel and what is asked.
+    pub fn name(&self, channel: &str) -> String {
+        if let Some(s) = &self.sub {
+            return s.clone();
+        }
+        match (&self.view, &self.filter, &self.key) {
+            (Some(v), _, _) => format!("{channel}#{v}"),
+            (None, Some(_), _) => format!("{channel}#filter"),
+            (None, None, Some(k)) => format!("{channel}#key:{k}"),
+            (None, None, None) => channel.to_string(),
+        }
+    }
 }
 
 /// Fields of a publish, shared by the client command and the HTTP API.
@@ -123,11 +166,14 @@ enum Field {
     Limit,
     Before,
     Timestamp,
+    View,
+    Filter,
+    Sub,
 }
 
 impl Field {
     /// In bit order.
-    const ALL: [Field; 16] = [
+    const ALL: [Field; 19] = [
         Field::Id,
         Field::Cmd,
         Field::Channel,
@@ -144,6 +190,9 @@ impl Field {
         Field::Limit,
         Field::Before,
         Field::Timestamp,
+        Field::View,
+        Field::Filter,
+        Field::Sub,
     ];
 
     const fn bit(self) -> u32 {
@@ -168,6 +217,9 @@ impl Field {
             Field::Limit => "limit",
             Field::Before => "before",
             Field::Timestamp => "timestamp",
+            Field::View => "view",
+            Field::Filter => "filter",
+            Field::Sub => "sub",
         }
     }
 
@@ -181,8 +233,8 @@ impl Field {
         use Field::*;
         Some(match cmd {
             "connect" => &[Token, Name],
-            "subscribe" => &[Channel, Since, Snapshot],
-            "unsubscribe" => &[Channel],
+            "subscribe" => &[Channel, Since, Snapshot, View, Filter, Key, Sub],
+            "unsubscribe" => &[Channel, Sub],
             "publish" => &[Channel, Data, Type, Key, Op, IdempotencyKey, CorrelationId],
             "history" => &[Channel, Limit, Since, Before],
             "state" => &[Channel],
@@ -228,6 +280,12 @@ struct Wire<'a> {
     before: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timestamp: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    view: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<&'a str>,
 }
 
 /// One message object as read: `id` and `cmd` decoded, every other field kept as raw JSON until
@@ -494,8 +552,14 @@ impl Request {
                 channel: channel()?,
                 since: since()?,
                 snapshot: w.get::<bool>(Field::Snapshot).map_err(bad)?.unwrap_or(false),
+                view: ViewQuery {
+                    view: get_str(Field::View)?,
+                    filter: get_str(Field::Filter)?,
+                    key: get_str(Field::Key)?,
+                    sub: get_str(Field::Sub)?,
+                },
             },
-            "unsubscribe" => Command::Unsubscribe { channel: channel()? },
+            "unsubscribe" => Command::Unsubscribe { channel: channel()?, sub: get_str(Field::Sub)? },
             "publish" => {
                 let channel = channel()?;
                 // A present `data` may be `null` (a delete carries no value).
@@ -551,15 +615,20 @@ impl Request {
                 w.token = token.as_deref();
                 w.name = name.as_deref();
             }
-            Command::Subscribe { channel, since, snapshot } => {
+            Command::Subscribe { channel, since, snapshot, view } => {
                 w.cmd = "subscribe";
                 w.channel = Some(channel);
                 w.since = since.as_ref();
                 w.snapshot = *snapshot;
+                w.view = view.view.as_deref();
+                w.filter = view.filter.as_deref();
+                w.key = view.key.as_deref();
+                w.sub = view.sub.as_deref();
             }
-            Command::Unsubscribe { channel } => {
+            Command::Unsubscribe { channel, sub } => {
                 w.cmd = "unsubscribe";
                 w.channel = Some(channel);
+                w.sub = sub.as_deref();
             }
             Command::Publish(p) => {
                 w.cmd = "publish";

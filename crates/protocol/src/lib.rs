@@ -18,9 +18,9 @@ pub mod publication;
 pub mod reply;
 
 pub use codes::{CloseCode, ErrorCode};
-pub use command::{Command, ParseError, Request, Since};
+pub use command::{Command, ParseError, Request, Since, ViewQuery};
 pub use publication::{Continuity, Meta, Op, Position, Publication, Record};
-pub use reply::{ErrorBody, ServerMessage};
+pub use reply::{ErrorBody, LeaveReason, ServerMessage, ViewEvent, ViewOperation};
 
 /// Protocol version announced in the connect reply.
 pub const PROTOCOL_VERSION: u32 = 1;

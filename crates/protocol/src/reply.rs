@@ -291,8 +291,10 @@ pub enum ServerMessage {
     /// Heartbeat: answer with `{"cmd":"pong"}`.
     Ping,
     /// The server ended a subscription. `resubscribe` says whether to subscribe again (with
-    /// `since`): true for a position gap.
-    Unsubscribe { channel: String, code: u16, reason: String, resubscribe: bool },
+    /// `since`): true for a position gap. `sub` names a view subscription.
+    Unsubscribe { channel: String, code: u16, reason: String, resubscribe: bool, sub: Option<String> },
+    /// An event of a view subscription (protocol §14).
+    View(Box<ViewEvent>),
     /// The server is about to close the connection with this close code.
     Disconnect { code: u16, reason: String, reconnect: bool },
     /// An error not tied to a request (for example malformed JSON).
@@ -322,6 +324,14 @@ struct WireMessage<'a> {
     resubscribe: bool,
     #[serde(default)]
     reconnect: bool,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    operation: Option<ViewOperation>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(borrow, default)]
+    record: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -343,7 +353,25 @@ impl ServerMessage {
                     code: w.code.unwrap_or(0),
                     reason: w.reason.unwrap_or_default(),
                     resubscribe: w.resubscribe,
+                    sub: w.sub,
                 }),
+                "view" => {
+                    let publication = w.publication.ok_or("view event without pub")?;
+                    let reason = match w.reason.as_deref() {
+                        None => None,
+                        Some("left") => Some(LeaveReason::Left),
+                        Some("deleted") => Some(LeaveReason::Deleted),
+                        Some(other) => return Err(format!("unknown view delete reason {other:?}")),
+                    };
+                    Ok(ServerMessage::View(Box::new(ViewEvent {
+                        sub: w.sub.ok_or("view event without sub")?,
+                        operation: w.operation.ok_or("view event without operation")?,
+                        key: w.key.ok_or("view event without key")?,
+                        record: w.record.map(ToOwned::to_owned),
+                        reason,
+                        publication,
+                    })))
+                }
                 "disconnect" => Ok(ServerMessage::Disconnect {
                     code: w.code.unwrap_or(0),
                     reason: w.reason.unwrap_or_default(),
@@ -361,6 +389,115 @@ impl ServerMessage {
             (Some(r), None) => Ok(ServerMessage::Reply { id, result: Ok(r.to_owned()) }),
             (None, None) => Err("reply with neither result nor error".into()),
         }
+    }
+}
+
+/// What a keyed write did to a view's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewOperation {
+    /// The record entered the view (it did not match before the write, it does after).
+    Insert,
+    /// The record was in the view and still is; `record` is its new value.
+    Update,
+    /// The record was in the view and is not any more (`reason` says why).
+    Delete,
+}
+
+impl ViewOperation {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewOperation::Insert => "insert",
+            ViewOperation::Update => "update",
+            ViewOperation::Delete => "delete",
+        }
+    }
+}
+
+/// Why a record left a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// It still exists but no longer matches the view's filter.
+    Left,
+    /// It was deleted.
+    Deleted,
+}
+
+impl LeaveReason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Deleted => "deleted",
+        }
+    }
+}
+
+/// One event of a view subscription: `{"push":"view","sub":..,"operation":..,"key":..,
+/// "record"?:..,"reason"?:..,"pub":Publication}`. Also the elements of a view subscribe
+/// reply's `events` (without `push`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ViewEvent {
+    /// The subscription's name on the connection.
+    pub sub: String,
+    /// What happened to the view's rows.
+    pub operation: ViewOperation,
+    /// The record key.
+    pub key: String,
+    /// The record after the write (insert and update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<Box<RawValue>>,
+    /// Why it left (delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<LeaveReason>,
+    /// The publication that made the change: its position (`epoch`, `offset`), type, time,
+    /// meta, and `data` (the patch of a merge).
+    #[serde(rename = "pub")]
+    pub publication: Publication,
+}
+
+/// Reply to a view `subscribe`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ViewSubscribeResult {
+    /// The subscription's name on the connection.
+    pub sub: String,
+    /// The channel.
+    pub channel: String,
+    /// Current epoch.
+    pub epoch: String,
+    /// The position the rows (or the replayed events) bring the subscriber to; events follow
+    /// with higher offsets.
+    pub offset: u64,
+    /// The spec view or subscription, when one was named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
+    /// The filter in force (the view's, the client's and the token's, ANDed), as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// The one key viewed, for a view of one record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Present when `since` was given: whether `events` replays everything after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// Present when `recovered` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NotRecovered>,
+    /// The matching records at `offset`, sorted by key (sent unless recovered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<Vec<Record>>,
+    /// When recovered: the view events after `since`, oldest first, ending at `offset` or
+    /// before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<ViewEvent>,
+}
+
+impl ViewSubscribeResult {
+    /// The position the reply corresponds to.
+    pub fn position(&self) -> Position {
+        Position { epoch: self.epoch.clone(), offset: self.offset }
     }
 }
 
@@ -400,6 +537,21 @@ pub fn push_unsubscribe(channel: &str, code: ErrorCode, reason: &str, resubscrib
     serde_json::json!({
         "push": "unsubscribe", "channel": channel, "code": code.code(), "name": code.name(),
         "reason": reason, "resubscribe": resubscribe,
+    })
+    .to_string()
+}
+
+/// Builds an `unsubscribe` push line for a view subscription named `sub`.
+pub fn push_unsubscribe_view(
+    channel: &str,
+    sub: &str,
+    code: ErrorCode,
+    reason: &str,
+    resubscribe: bool,
+) -> String {
+    serde_json::json!({
+        "push": "unsubscribe", "channel": channel, "sub": sub, "code": code.code(),
+        "name": code.name(), "reason": reason, "resubscribe": resubscribe,
     })
     .to_string()
 }

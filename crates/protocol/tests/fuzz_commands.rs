@@ -168,8 +168,8 @@ fn command() -> BoxedStrategy<Command> {
         (prop::option::of(text()), prop::option::of(text()))
             .prop_map(|(token, name)| Command::Connect { token, name }),
         (text(), prop::option::of(position()), any::<bool>())
-            .prop_map(|(channel, since, snapshot)| Command::Subscribe { channel, since, snapshot }),
-        text().prop_map(|channel| Command::Unsubscribe { channel }),
+            .prop_map(|(channel, since, snapshot)| Command::Subscribe { channel, since, snapshot, view: Default::default() }),
+        text().prop_map(|channel| Command::Unsubscribe { channel, sub: None }),
         (
             text(),
             prop::option::of(text()),

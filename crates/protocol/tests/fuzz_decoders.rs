@@ -160,7 +160,7 @@ fn decodes_as(sent: &Sent, got: ServerMessage) {
         (Sent::Pub(p), ServerMessage::Publication(g)) => same_publication(p, &g),
         (
             Sent::Unsubscribe(c, code, r, again),
-            ServerMessage::Unsubscribe { channel, code: got, reason, resubscribe },
+            ServerMessage::Unsubscribe { channel, code: got, reason, resubscribe, .. },
         ) => assert_eq!((c, code.code(), r, *again), (&channel, got, &reason, resubscribe)),
         (Sent::Disconnect(c, r), ServerMessage::Disconnect { code, reason, reconnect }) => {
             assert_eq!((c.code(), r, c.reconnect()), (code, &reason, reconnect))

@@ -640,6 +640,8 @@ struct TokenBody {
     roles: Vec<String>,
     #[serde(default)]
     ttl_secs: Option<u64>,
+    #[serde(default)]
+    filters: std::collections::BTreeMap<String, String>,
 }
 
 async fn token(
@@ -670,6 +672,7 @@ async fn token(
         // The hub must accept what it mints: the configured audience and issuer go in.
         aud: hub.config.auth.audience.clone(),
         iss: hub.config.auth.issuer.clone(),
+        filters: b.filters,
     };
     let token = mint_hs256(secret, &claims)
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;

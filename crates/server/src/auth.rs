@@ -33,6 +33,11 @@ pub struct Claims {
     /// Issuer: required (and checked) when `auth.issuer` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// View filters by namespace (`{"task": "assignee == \"u7\""}`): on such a namespace the
+    /// user may only subscribe to views, each ANDed with this filter, and may not read the
+    /// whole channel (plain subscribe, history, state).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub filters: std::collections::BTreeMap<String, String>,
 }
 
 /// An authenticated (or anonymous) connection identity.
@@ -48,6 +53,8 @@ pub struct Principal {
     pub admin: bool,
     /// Token expiry (Unix seconds).
     pub expires_at: Option<u64>,
+    /// View filters by namespace, from the token's `filters` claim.
+    pub filters: std::collections::BTreeMap<String, String>,
 }
 
 impl Principal {
@@ -80,6 +87,7 @@ impl From<Claims> for Principal {
             channels: c.channels,
             publish: c.publish,
             expires_at: c.exp,
+            filters: c.filters,
         }
     }
 }

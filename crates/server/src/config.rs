@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a configuration was refused.
@@ -55,6 +56,14 @@ pub struct Config {
     /// runs them (docs/bridge.md).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bridge: Vec<toml::Table>,
+    /// Spec files (docs/spec.md): their entities become keyed namespaces with a schema, their
+    /// views and subscriptions what clients subscribe to. Relative paths are read from the
+    /// working directory.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub specs: Vec<PathBuf>,
+    /// The loaded specs ([`Config::load_specs`]); not configuration itself.
+    #[serde(skip)]
+    pub catalog: Option<Arc<herald_spec::Catalog>>,
 }
 
 impl Default for Config {
@@ -74,6 +83,8 @@ impl Default for Config {
             tls: TlsConfig::default(),
             namespaces: BTreeMap::from([("default".to_string(), Namespace::default())]),
             bridge: Vec::new(),
+            specs: Vec::new(),
+            catalog: None,
         }
     }
 }
@@ -351,6 +362,13 @@ pub struct Namespace {
     /// How long an idempotency key is remembered.
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
+    /// Whether subscribers may give ad-hoc view filters (`subscribe` with `filter`) on this
+    /// keyed namespace; spec views are allowed either way.
+    pub filters: bool,
+    /// The spec entity whose records this namespace holds (set by [`Config::load_specs`]):
+    /// publications are validated against it and filters typed by it.
+    #[serde(skip)]
+    pub entity: Option<Arc<herald_spec::Entity>>,
 }
 
 impl Default for Namespace {
@@ -368,7 +386,17 @@ impl Default for Namespace {
             max_state_bytes: 2 * 1024 * 1024,
             max_key_bytes: 256,
             idempotency_window: Duration::from_secs(300),
+            filters: false,
+            entity: None,
         }
+    }
+}
+
+impl Namespace {
+    /// Whether channels of this namespace may have view subscribers: keyed, with an entity or
+    /// ad-hoc filters allowed. Only then do engines keep each write's old and new record.
+    pub fn views(&self) -> bool {
+        self.keyed && (self.entity.is_some() || self.filters)
     }
 }
 
@@ -388,6 +416,43 @@ pub static SYSTEM_NAMESPACE_OPTIONS: std::sync::LazyLock<Namespace> =
     });
 
 impl Config {
+    /// Reads and checks the spec files named in `specs` (once: a loaded catalog is kept), and
+    /// gives each entity its namespace: the one named after it (`Task` → `task`), made keyed,
+    /// or a new keyed namespace with default options when none is configured.
+    pub fn load_specs(&mut self) -> Result<(), ConfigError> {
+        if self.catalog.is_some() || self.specs.is_empty() {
+            return Ok(());
+        }
+        let mut specs = Vec::new();
+        for path in &self.specs {
+            let file = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+            let spec = herald_spec::parse_spec(&text)
+                .map_err(|e| ConfigError::Invalid(format!("spec {file}:{e}")))?;
+            specs.push((file, spec));
+        }
+        let catalog = herald_spec::Catalog::build(&specs)
+            .map_err(|e| ConfigError::Invalid(format!("spec {e}")))?;
+        for entity in catalog.entities.values() {
+            let name = entity.namespace();
+            if name == SYSTEM_NAMESPACE {
+                return Err(ConfigError::Invalid(format!(
+                    "entity {} would use the reserved namespace {SYSTEM_NAMESPACE:?}",
+                    entity.name
+                )));
+            }
+            let ns = self.namespaces.entry(name).or_insert_with(|| Namespace {
+                keyed: true,
+                ..Namespace::default()
+            });
+            ns.keyed = true;
+            ns.entity = Some(entity.clone());
+        }
+        self.catalog = Some(Arc::new(catalog));
+        Ok(())
+    }
+
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text)?;

@@ -13,6 +13,7 @@
 use crate::engine::Delivery;
 use crate::frame::Encoded;
 use crate::outbox::{Outbox, Outgoing};
+use crate::views::{Selection, ViewSet};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ struct Members {
     list: Vec<(u64, Arc<Outbox>)>,
     /// Where each session sits in `list`, so a remove finds it in O(1).
     index: HashMap<u64, usize>,
+    /// View subscriptions of the channel (crate::views).
+    views: ViewSet,
     /// The last subscriber left and the set is being taken out of the map: an add that finds
     /// it must put a fresh set in its place.
     removed: bool,
@@ -45,6 +48,11 @@ struct Members {
 }
 
 impl Members {
+    /// No subscriber of either kind.
+    fn is_empty(&self) -> bool {
+        self.list.is_empty() && self.views.is_empty()
+    }
+
     fn insert(&mut self, session: u64, outbox: Arc<Outbox>) {
         match self.index.get(&session) {
             Some(&at) => self.list[at].1 = outbox,
@@ -149,15 +157,86 @@ impl Fanout {
         let Some(set) = self.set(channel) else { return false };
         {
             let mut members = set.members.lock();
-            if !members.remove(session) || !members.list.is_empty() {
+            if !members.remove(session) || !members.is_empty() {
                 return false;
             }
             members.removed = true;
         }
+        self.forget(channel, &set);
+        true
+    }
+
+    /// Takes an emptied set out of the map (unless it was replaced already).
+    fn forget(&self, channel: &str, set: &Arc<ChannelSet>) {
         let mut channels = self.channels.write();
-        if channels.get(channel).is_some_and(|current| Arc::ptr_eq(current, &set)) {
+        if channels.get(channel).is_some_and(|current| Arc::ptr_eq(current, set)) {
             channels.remove(channel);
         }
+    }
+
+    /// Registers a pending view subscription `sub` of `session` (see crate::views); returns
+    /// the channel's listening gate, as [`Fanout::add`] does.
+    pub fn add_view(
+        &self,
+        channel: &str,
+        session: u64,
+        sub: Arc<str>,
+        outbox: Arc<Outbox>,
+        selection: Arc<Selection>,
+    ) -> Arc<OnceCell<()>> {
+        let mut set = match self.set(channel) {
+            Some(set) => set,
+            None => self
+                .channels
+                .write()
+                .entry(channel.into())
+                .or_insert_with(|| ChannelSet::new(channel))
+                .clone(),
+        };
+        loop {
+            {
+                let mut members = set.members.lock();
+                if !members.removed {
+                    let name = set.name.clone();
+                    members.views.add(name, session, sub, outbox, selection);
+                    return set.listening.clone();
+                }
+            }
+            let mut channels = self.channels.write();
+            let current =
+                channels.entry(channel.into()).or_insert_with(|| ChannelSet::new(channel));
+            if Arc::ptr_eq(current, &set) {
+                *current = ChannelSet::new(channel);
+            }
+            set = current.clone();
+        }
+    }
+
+    /// Activates a view registered with [`Fanout::add_view`]: its reply, then the events of
+    /// writes after `from`. False when the view is gone (reset meanwhile).
+    pub fn activate_view(
+        &self,
+        channel: &str,
+        session: u64,
+        sub: &Arc<str>,
+        from: u64,
+        reply: String,
+    ) -> bool {
+        let Some(set) = self.set(channel) else { return false };
+        set.members.lock().views.activate(session, sub, from, reply)
+    }
+
+    /// Removes a view subscription; true when the channel has no local subscriber left.
+    pub fn remove_view(&self, channel: &str, session: u64, sub: &Arc<str>) -> bool {
+        let Some(set) = self.set(channel) else { return false };
+        {
+            let mut members = set.members.lock();
+            if !members.views.remove(session, sub) || !members.is_empty() {
+                return false;
+            }
+            members.removed = true;
+        }
+        self.forget(channel, &set);
         true
     }
 
@@ -166,7 +245,10 @@ impl Fanout {
         let sets: Vec<Arc<ChannelSet>> = self.channels.read().values().cloned().collect();
         let mut v: Vec<(String, usize)> = sets
             .iter()
-            .map(|s| (s.name.to_string(), s.members.lock().list.len()))
+            .map(|s| {
+                let members = s.members.lock();
+                (s.name.to_string(), members.list.len() + members.views.len())
+            })
             .filter(|(_, n)| *n > 0)
             .collect();
         v.sort();
@@ -181,7 +263,7 @@ impl Fanout {
     /// Whether `channel` has a local subscriber (one lookup, for a publisher that only works
     /// while someone listens: `sys:stats`).
     pub fn has_subscribers(&self, channel: &str) -> bool {
-        self.set(channel).is_some_and(|set| !set.members.lock().list.is_empty())
+        self.set(channel).is_some_and(|set| !set.members.lock().is_empty())
     }
 }
 
@@ -189,12 +271,14 @@ impl Delivery for Fanout {
     fn deliver(&self, publication: Arc<Encoded>) {
         let Some(set) = self.set(&publication.channel) else { return };
         let pushed = {
-            let members = set.members.lock();
+            let mut members = set.members.lock();
             for (_, outbox) in &members.list {
                 // An overflow closes that one connection; the session counts the 4001 as it ends.
                 let _ = outbox.push(Outgoing::Pub(publication.clone()));
             }
-            members.list.len()
+            let views =
+                if members.views.is_empty() { 0 } else { members.views.route(&publication) };
+            members.list.len() + views
         };
         if let Some(observer) = &self.observer {
             observer(&publication.channel, pushed);
@@ -207,10 +291,11 @@ impl Delivery for Fanout {
             None => self.channels.read().values().cloned().collect(),
         };
         for set in sets {
-            let members = set.members.lock();
+            let mut members = set.members.lock();
             for (_, outbox) in &members.list {
                 let _ = outbox.push(Outgoing::Reset(set.name.clone()));
             }
+            members.views.reset();
         }
     }
 }

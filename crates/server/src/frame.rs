@@ -7,8 +7,22 @@
 use axum::extract::ws::Utf8Bytes;
 use herald_protocol::Publication;
 use herald_protocol::reply::PUB_PREFIX;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What a keyed write did to its record: the value before and after (absent: no record). Kept
+/// with the publication on namespaces with views, so that a view decides insert, update or
+/// delete from the old and the new record, live and when a resume replays the history.
+#[derive(Debug)]
+pub struct RecordChange {
+    /// The record key.
+    pub key: String,
+    /// The record before the write.
+    pub before: Option<Arc<RawValue>>,
+    /// The record after the write (the merged value of a merge).
+    pub after: Option<Arc<RawValue>>,
+}
 
 /// A publication as the hub moves it: its position and its ready-to-send push frame.
 #[derive(Debug)]
@@ -23,6 +37,8 @@ pub struct Encoded {
     pub frame: Utf8Bytes,
     /// When this node got it, for the publish-to-write latency histogram.
     pub accepted: Instant,
+    /// The keyed write's old and new record, on namespaces with views.
+    pub change: Option<Arc<RecordChange>>,
 }
 
 impl Encoded {
@@ -46,7 +62,14 @@ impl Encoded {
             offset: publication.offset,
             frame: frame.into(),
             accepted: Instant::now(),
+            change: None,
         }
+    }
+
+    /// The same publication with its record change attached.
+    pub fn with_change(mut self, change: Option<Arc<RecordChange>>) -> Encoded {
+        self.change = change;
+        self
     }
 
     /// Wraps an already serialized publication (as an engine stored it).
@@ -61,6 +84,7 @@ impl Encoded {
             offset,
             frame: frame.into(),
             accepted: Instant::now(),
+            change: None,
         }
     }
 

@@ -124,7 +124,8 @@ pub fn valid_channel(channel: &str) -> bool {
 
 impl Hub {
     /// Builds a hub on an engine.
-    pub fn new(config: Config, engine: Arc<dyn Engine>) -> Result<Arc<Hub>, crate::HubError> {
+    pub fn new(mut config: Config, engine: Arc<dyn Engine>) -> Result<Arc<Hub>, crate::HubError> {
+        config.load_specs()?;
         config.validate()?;
         for warning in config.warnings() {
             tracing::warn!("configuration: {warning}");
@@ -533,6 +534,54 @@ impl Hub {
                 self.drop_subscriber_entry(channel, session).await;
                 Err(engine_error(e, channel))
             }
+        }
+    }
+
+    /// Registers a pending view subscription (crate::views) and makes sure the engine delivers
+    /// the channel to this node; activate it with [`Hub::activate_view`] once read.
+    pub async fn add_view(
+        &self,
+        channel: &str,
+        session: u64,
+        sub: Arc<str>,
+        outbox: Arc<Outbox>,
+        selection: Arc<crate::views::Selection>,
+    ) -> Result<(), ErrorBody> {
+        let gate = self.fanout.add_view(channel, session, sub.clone(), outbox, selection);
+        let engine = self.engine.clone();
+        let listened = gate.get_or_try_init(|| async move { engine.listen(channel).await }).await;
+        match listened {
+            Ok(()) => {
+                self.metrics.subscriptions.inc();
+                Ok(())
+            }
+            Err(e) => {
+                if self.fanout.remove_view(channel, session, &sub) {
+                    self.engine.unlisten(channel).await;
+                }
+                Err(engine_error(e, channel))
+            }
+        }
+    }
+
+    /// Queues a view's subscribe reply, then its events after `from`; false when the view was
+    /// reset meanwhile.
+    pub fn activate_view(
+        &self,
+        channel: &str,
+        session: u64,
+        sub: &Arc<str>,
+        from: u64,
+        reply: String,
+    ) -> bool {
+        self.fanout.activate_view(channel, session, sub, from, reply)
+    }
+
+    /// Removes a view subscription.
+    pub async fn remove_view(&self, channel: &str, session: u64, sub: &Arc<str>) {
+        self.metrics.subscriptions.dec();
+        if self.fanout.remove_view(channel, session, sub) {
+            self.engine.unlisten(channel).await;
         }
     }
 

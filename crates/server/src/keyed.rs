@@ -17,6 +17,9 @@ pub enum KeyedError {
     /// The key or the merge patch itself is wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// The record (or merge patch, or merged result) does not fit the namespace's entity.
+    #[error("{0}")]
+    InvalidRecord(String),
     /// A stored record could not be read back.
     #[error("keyed state fault: {0}")]
     Internal(String),
@@ -28,17 +31,52 @@ impl KeyedError {
         match self {
             KeyedError::NotKeyed(_) => ErrorCode::NotKeyed,
             KeyedError::BadRequest(_) => ErrorCode::BadRequest,
+            KeyedError::InvalidRecord(_) => ErrorCode::InvalidRecord,
             KeyedError::Internal(_) => ErrorCode::Internal,
         }
     }
 }
 
-/// Applies a keyed operation to a record's current value; `None` means the record is gone.
+/// Checks a write against the namespace's entity before it is applied: an upsert's `data` must
+/// be a whole record, a merge's a patch of one. Nothing to check without an entity, or for a
+/// delete.
+pub fn check_write(ns: &Namespace, op: Op, data: &RawValue) -> Result<(), KeyedError> {
+    let Some(entity) = &ns.entity else { return Ok(()) };
+    if op == Op::Delete {
+        return Ok(());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(data.get()).map_err(|e| KeyedError::BadRequest(e.to_string()))?;
+    let checked = match op {
+        Op::Upsert => herald_spec::schema::validate_record(entity, &value),
+        _ => herald_spec::schema::validate_patch(entity, &value),
+    };
+    checked.map_err(|e| invalid(entity, &e))
+}
+
+/// Checks the result of a merge against the namespace's entity.
+fn check_merged(ns: &Namespace, merged: &serde_json::Value) -> Result<(), KeyedError> {
+    let Some(entity) = &ns.entity else { return Ok(()) };
+    herald_spec::schema::validate_record(entity, merged).map_err(|e| invalid(entity, &e))
+}
+
+fn invalid(entity: &herald_spec::Entity, e: &herald_spec::schema::ValidationError) -> KeyedError {
+    if e.field.is_empty() {
+        KeyedError::InvalidRecord(format!("not a {} record: {}", entity.name, e.message))
+    } else {
+        KeyedError::InvalidRecord(format!("{}.{}: {}", entity.name, e.field, e.message))
+    }
+}
+
+/// Applies a keyed operation to a record's current value, checked against the namespace's
+/// entity ([`check_write`], and the merged result); `None` means the record is gone.
 pub fn apply_op(
+    ns: &Namespace,
     current: Option<&RawValue>,
     op: Op,
     data: &RawValue,
 ) -> Result<Option<Box<RawValue>>, KeyedError> {
+    check_write(ns, op, data)?;
     match op {
         Op::Upsert => Ok(Some(data.to_owned())),
         Op::Delete => Ok(None),
@@ -51,6 +89,7 @@ pub fn apply_op(
             let patch: serde_json::Value = serde_json::from_str(data.get())
                 .map_err(|e| KeyedError::BadRequest(e.to_string()))?;
             json_patch::merge(&mut value, &patch);
+            check_merged(ns, &value)?;
             let text =
                 serde_json::to_string(&value).map_err(|e| KeyedError::Internal(e.to_string()))?;
             Ok(Some(RawValue::from_string(text).map_err(|e| KeyedError::Internal(e.to_string()))?))
@@ -94,9 +133,10 @@ mod tests {
     fn merge_patch_follows_rfc7386() {
         let cur = RawValue::from_string(r#"{"a":1,"b":{"c":2,"d":3}}"#.into()).unwrap();
         let patch = RawValue::from_string(r#"{"a":null,"b":{"c":5},"e":[1]}"#.into()).unwrap();
-        let out = apply_op(Some(&cur), Op::Merge, &patch).unwrap().unwrap();
+        let ns = Namespace::default();
+        let out = apply_op(&ns, Some(&cur), Op::Merge, &patch).unwrap().unwrap();
         let v: serde_json::Value = serde_json::from_str(out.get()).unwrap();
         assert_eq!(v, serde_json::json!({"b":{"c":5,"d":3},"e":[1]}));
-        assert!(apply_op(Some(&cur), Op::Delete, &patch).unwrap().is_none());
+        assert!(apply_op(&ns, Some(&cur), Op::Delete, &patch).unwrap().is_none());
     }
 }

@@ -48,6 +48,8 @@
 //!   ([`engine::memory`]; `engine::redis` with the `redis` feature). [`keyed`]: how a
 //!   publication changes a record. [`frame`]: a publication encoded once.
 //! - [`fanout`]: this node's subscribers by channel; the engine delivers into it.
+//!   [`views`]: view subscriptions of a channel, the insert/update/delete each write makes for
+//!   them, and the index that routes a write to the few views it touches.
 //! - [`outbox`]: a connection's bounded outbound queue.
 //! - [`session`]: one WebSocket connection (its writer, rate limit, one file per command).
 //! - [`stats`]: the live figures the dashboard is pushed (`sys:stats`).
@@ -72,6 +74,7 @@ pub mod session;
 pub mod sse;
 pub mod stats;
 pub mod tls;
+pub mod views;
 pub mod ws;
 
 pub use config::Config;

@@ -24,6 +24,15 @@ pub enum Outgoing {
     Subscribed { channel: Arc<str>, line: String },
     /// The engine lost track of `channel`: its subscribers must resubscribe.
     Reset(Arc<str>),
+    /// An event of a view subscription, encoded for it (crate::views).
+    View {
+        /// The `{"push":"view",...}` frame.
+        frame: String,
+        /// When the publication behind it was accepted, for the latency histogram.
+        accepted: std::time::Instant,
+    },
+    /// The view subscription `sub` of `channel` lost its stream: it must resubscribe.
+    ViewReset { channel: Arc<str>, sub: Arc<str> },
 }
 
 impl Outgoing {
@@ -31,7 +40,8 @@ impl Outgoing {
         match self {
             Outgoing::Pub(p) | Outgoing::Recovered(p) => p.frame.len(),
             Outgoing::Line(l) | Outgoing::Subscribed { line: l, .. } => l.len(),
-            Outgoing::Reset(_) => 64,
+            Outgoing::View { frame, .. } => frame.len(),
+            Outgoing::Reset(_) | Outgoing::ViewReset { .. } => 64,
         }
     }
 }
@@ -92,7 +102,8 @@ impl Outbox {
         if inner.closed.is_some() {
             return Err(Refused::Closed);
         }
-        let publication = matches!(item, Outgoing::Pub(_) | Outgoing::Recovered(_));
+        let publication =
+            matches!(item, Outgoing::Pub(_) | Outgoing::Recovered(_) | Outgoing::View { .. });
         if (publication && inner.publications >= self.max_messages)
             || inner.bytes + len > self.max_bytes
         {

@@ -205,6 +205,7 @@ impl Adapter {
             channel: self.channel.clone(),
             since: self.position.clone(),
             snapshot: false,
+            view: Default::default(),
         };
         self.send(command)
     }
@@ -277,6 +278,8 @@ impl Adapter {
                     self.subscribe();
                 }
                 ServerMessage::Unsubscribe { .. } => self.done = true,
+                // SSE streams subscribe to plain channels only.
+                ServerMessage::View(_) => {}
                 ServerMessage::Disconnect { code, reason, reconnect } => {
                     let data = serde_json::json!({ "code": code, "reason": reason, "reconnect": reconnect });
                     out.push(Event::default().event("disconnect").data(data.to_string()));

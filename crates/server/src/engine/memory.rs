@@ -25,7 +25,7 @@
 
 use super::{Delivery, Engine, EngineError, PublishInput, StreamRead, Window, now_rfc3339};
 use crate::config::Namespace;
-use crate::frame::Encoded;
+use crate::frame::{Encoded, RecordChange};
 use crate::keyed::{apply_op, record_bytes};
 use async_trait::async_trait;
 use herald_protocol::reply::PublishResult;
@@ -139,8 +139,9 @@ struct Stream {
     history: VecDeque<Arc<Encoded>>,
     /// This stream's key in [`Budget::oldest`] (the oldest kept publication's time).
     indexed: Option<Instant>,
-    /// Keyed state: key → (value, offset of last change).
-    state: BTreeMap<String, (Box<RawValue>, u64)>,
+    /// Keyed state: key → (value, offset of last change). Shared with the record changes kept
+    /// for views.
+    state: BTreeMap<String, (Arc<RawValue>, u64)>,
     /// Bytes of keys and values in `state` (what `max_state_bytes` bounds).
     state_bytes: usize,
     /// Idempotency keys seen recently and what they got.
@@ -234,7 +235,7 @@ impl Stream {
             .iter()
             .map(|(key, (value, offset))| Record {
                 key: key.clone(),
-                value: value.clone(),
+                value: (**value).to_owned(),
                 offset: *offset,
             })
             .collect()
@@ -391,7 +392,7 @@ impl Engine for MemoryEngine {
             let change = match &keyed {
                 Some((key, op)) => {
                     let current = s.state.get(key);
-                    let next = apply_op(current.map(|(v, _)| &**v), *op, &input.data)?;
+                    let next = apply_op(ns, current.map(|(v, _)| &**v), *op, &input.data)?;
                     let old_len = current.map_or(0, |(v, _)| record_bytes(key, v.get()));
                     let new_len = next.as_ref().map_or(0, |v| record_bytes(key, v.get()));
                     if current.is_none() && next.is_some() && s.state.len() >= ns.max_state_records
@@ -421,7 +422,9 @@ impl Engine for MemoryEngine {
                             self.budget.limit
                         )));
                     }
-                    Some((key.clone(), next, old_len, new_len, old_cost, new_cost))
+                    let before = current.map(|(v, _)| v.clone());
+                    let next: Option<Arc<RawValue>> = next.map(Arc::from);
+                    Some((key.clone(), before, next, old_len, new_len, old_cost, new_cost))
                 }
                 None => None,
             };
@@ -438,8 +441,19 @@ impl Engine for MemoryEngine {
                 key: keyed.as_ref().map(|(k, _)| k.clone()),
                 op: keyed.as_ref().map(|(_, op)| *op),
             };
-            let encoded = Arc::new(Encoded::new(&publication, s.channel.clone(), s.epoch.clone()));
-            if let Some((key, next, old_len, new_len, old_cost, new_cost)) = change {
+            let record_change = match &change {
+                Some((key, before, after, ..)) if ns.views() => Some(Arc::new(RecordChange {
+                    key: key.clone(),
+                    before: before.clone(),
+                    after: after.clone(),
+                })),
+                _ => None,
+            };
+            let encoded = Arc::new(
+                Encoded::new(&publication, s.channel.clone(), s.epoch.clone())
+                    .with_change(record_change),
+            );
+            if let Some((key, _, next, old_len, new_len, old_cost, new_cost)) = change {
                 s.state_bytes = s.state_bytes - old_len + new_len;
                 self.budget.state.fetch_add(new_cost, Ordering::Relaxed);
                 self.budget.state.fetch_sub(old_cost, Ordering::Relaxed);

@@ -76,6 +76,9 @@ pub enum EngineError {
     /// The request itself is wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// The record does not fit the namespace's entity.
+    #[error("{0}")]
+    InvalidRecord(String),
     /// A fault inside the engine.
     #[error("engine fault: {0}")]
     Internal(String),
@@ -87,6 +90,7 @@ impl From<crate::keyed::KeyedError> for EngineError {
         match e {
             KeyedError::NotKeyed(m) => EngineError::NotKeyed(m),
             KeyedError::BadRequest(m) => EngineError::BadRequest(m),
+            KeyedError::InvalidRecord(m) => EngineError::InvalidRecord(m),
             KeyedError::Internal(m) => EngineError::Internal(m),
         }
     }
@@ -107,6 +111,7 @@ impl EngineError {
             EngineError::StateLimit(_) => ErrorCode::StateLimitExceeded,
             EngineError::NotKeyed(_) => ErrorCode::NotKeyed,
             EngineError::BadRequest(_) => ErrorCode::BadRequest,
+            EngineError::InvalidRecord(_) => ErrorCode::InvalidRecord,
             EngineError::Internal(_) => ErrorCode::Internal,
         }
     }

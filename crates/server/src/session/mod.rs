@@ -72,6 +72,8 @@ struct Session {
     ip: IpAddr,
     /// Subscriptions by channel.
     subs: HashMap<Arc<str>, Sub>,
+    /// View subscriptions: name → channel (their state lives in the fan-out, crate::views).
+    views: HashMap<Arc<str>, Arc<str>>,
     /// Last time anything arrived.
     last_seen: Instant,
     /// Command rate limit.
@@ -98,6 +100,7 @@ where
         upgrade_token: upgrade.token.clone(),
         ip: upgrade.ip,
         subs: HashMap::new(),
+        views: HashMap::new(),
         last_seen: Instant::now(),
     };
     let close = if !upgrade.origin_allowed {
@@ -244,6 +247,9 @@ impl Session {
         // Out of the fan-out first: nothing more is queued for a connection that is closing.
         for channel in std::mem::take(&mut self.subs).into_keys() {
             self.hub.remove_subscriber(&channel, self.id).await;
+        }
+        for (sub, channel) in std::mem::take(&mut self.views) {
+            self.hub.remove_view(&channel, self.id, &sub).await;
         }
         if let Some((code, reason)) = &close {
             self.hub.metrics.closes.get_or_create(&CloseLabels { code: code.name().into() }).inc();

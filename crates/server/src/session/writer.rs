@@ -77,6 +77,8 @@ pub(super) struct Delivery {
     oldest: Option<Instant>,
     /// Channels that hit a gap: they get an `unsubscribe` push asking to resubscribe.
     gaps: Vec<Arc<str>>,
+    /// View subscriptions (channel, name) whose stream was lost: likewise.
+    view_resets: Vec<(Arc<str>, Arc<str>)>,
     /// More live publications were held than the queue allows: a slow consumer.
     pub(super) overflow: bool,
 }
@@ -140,9 +142,19 @@ impl Session {
                         out.gaps.push(channel);
                     }
                 }
+                Outgoing::View { frame, accepted } => {
+                    out.batch.add(&frame);
+                    out.delivered += 1;
+                    out.oldest = Some(out.oldest.map_or(accepted, |o| o.min(accepted)));
+                }
+                Outgoing::ViewReset { channel, sub } => {
+                    if self.views.remove(&sub).is_some() {
+                        out.view_resets.push((channel, sub));
+                    }
+                }
             }
         }
-        let Delivery { mut batch, delivered, oldest, gaps, overflow } = out;
+        let Delivery { mut batch, delivered, oldest, gaps, view_resets, overflow } = out;
         if overflow {
             // Live publications outran a catch-up: this connection is a slow consumer.
             self.outbox.close(
@@ -159,9 +171,21 @@ impl Session {
                 true,
             ));
         }
+        for (channel, sub) in &view_resets {
+            batch.add(&reply::push_unsubscribe_view(
+                channel,
+                sub,
+                ErrorCode::Resubscribe,
+                "the channel's stream was lost: subscribe again with since",
+                true,
+            ));
+        }
         batch.cut();
         for channel in gaps {
             self.hub.remove_subscriber(&channel, self.id).await;
+        }
+        for (channel, sub) in view_resets {
+            self.hub.remove_view(&channel, self.id, &sub).await;
         }
         if batch.frames.is_empty() {
             return Ok(close);

@@ -314,6 +314,7 @@ impl Engine for RedisEngine {
             let (rkey, op, value, expected) = match &keyed {
                 None => ("", "", String::new(), String::new()),
                 Some((key, Op::Upsert)) => {
+                    crate::keyed::check_write(ns, Op::Upsert, &input.data)?;
                     (key.as_str(), "upsert", input.data.get().to_string(), String::new())
                 }
                 Some((key, Op::Delete)) => (key.as_str(), "delete", String::new(), String::new()),
@@ -331,7 +332,7 @@ impl Engine for RedisEngine {
                         ),
                         None => None,
                     };
-                    let next = apply_op(current.as_deref(), Op::Merge, &input.data)?
+                    let next = apply_op(ns, current.as_deref(), Op::Merge, &input.data)?
                         .ok_or_else(|| EngineError::Internal("merge removed a record".into()))?;
                     (
                         key.as_str(),

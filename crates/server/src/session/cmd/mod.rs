@@ -11,6 +11,7 @@ mod refresh;
 mod state;
 mod subscribe;
 mod unsubscribe;
+mod view;
 
 use super::{Close, Session};
 use crate::frame::Encoded;
@@ -37,14 +38,29 @@ impl Session {
         let result = match command {
             Command::Connect { .. } | Command::Pong => Ok(()),
             Command::Ping { timestamp } => self.ping(id, timestamp),
-            Command::Subscribe { channel, since, snapshot } => {
-                self.subscribe(id, &principal, channel, since, snapshot).await
+            Command::Subscribe { channel, since, snapshot, view } if !view.is_empty() => {
+                self.subscribe_view(id, &principal, channel, since, snapshot, view).await
             }
-            Command::Unsubscribe { channel } => self.unsubscribe(id, channel).await,
+            Command::Subscribe { channel, since, snapshot, view: _ } => {
+                match whole_channel(&principal, &channel) {
+                    Ok(()) => self.subscribe(id, &principal, channel, since, snapshot).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Command::Unsubscribe { channel, sub: Some(sub) } if *sub != *channel => {
+                self.unsubscribe_view(id, channel, sub).await
+            }
+            Command::Unsubscribe { channel, sub: _ } => self.unsubscribe(id, channel).await,
             Command::Publish(cmd) => self.publish(id, &principal, cmd).await,
             Command::Refresh { token } => return self.refresh(id, &principal, &token).await,
-            Command::History(q) => self.history(id, &principal, q).await,
-            Command::State { channel } => self.state(id, &principal, channel).await,
+            Command::History(q) => match whole_channel(&principal, &q.channel) {
+                Ok(()) => self.history(id, &principal, q).await,
+                Err(e) => Err(e),
+            },
+            Command::State { channel } => match whole_channel(&principal, &channel) {
+                Ok(()) => self.state(id, &principal, channel).await,
+                Err(e) => Err(e),
+            },
         };
         if let Err(e) = result {
             self.reply_error(Some(id), e);
@@ -56,6 +72,20 @@ impl Session {
     fn reply_budget(&self) -> usize {
         self.hub.config.limits.outbound_queue_bytes / 4
     }
+}
+
+/// Refuses reading a whole channel (plain subscribe, history, state) on a namespace where the
+/// token holds the user to a view filter.
+fn whole_channel(principal: &crate::auth::Principal, channel: &str) -> Result<(), ErrorBody> {
+    let ns = crate::config::Config::namespace_of(channel);
+    if principal.filters.contains_key(ns) {
+        return Err(ErrorBody::new(
+            ErrorCode::Forbidden,
+            format!("the token holds this user to a view filter on {ns:?}: subscribe with a view"),
+        )
+        .with_channel(channel));
+    }
+    Ok(())
 }
 
 /// How many of `pubs`, from the first, fit in `budget` bytes.
