@@ -259,7 +259,9 @@ impl Catalog {
                     SubscriptionTarget::View(v) => {
                         let Some(view) = catalog.views.get(v) else {
                             let what = match names.get(v.as_str()) {
-                                Some((kind, _, _)) => format!("`{v}` is a {kind}, not a view"),
+                                Some((kind, _, _)) => {
+                                    format!("`{v}` is {}, not a view", kind.with_article())
+                                }
                                 None => format!("no spec declares a view `{v}`"),
                             };
                             return Err(err(
@@ -273,7 +275,9 @@ impl Catalog {
                     SubscriptionTarget::ById(e) => {
                         let Some(entity) = catalog.entities.get(e) else {
                             let what = match names.get(e.as_str()) {
-                                Some((kind, _, _)) => format!("`{e}` is a {kind}, not an entity"),
+                                Some((kind, _, _)) => {
+                                    format!("`{e}` is {}, not an entity", kind.with_article())
+                                }
                                 None => format!("no spec declares an entity `{e}`"),
                             };
                             return Err(err(
@@ -312,6 +316,17 @@ enum Kind {
     Subscription,
 }
 
+impl Kind {
+    /// `an entity`, `a view`, `a subscription`.
+    fn with_article(self) -> &'static str {
+        match self {
+            Kind::Entity => "an entity",
+            Kind::View => "a view",
+            Kind::Subscription => "a subscription",
+        }
+    }
+}
+
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -333,10 +348,10 @@ fn duplicate_field(attrs: &[Attr]) -> Option<String> {
         while let Type::Array(inner) = ty {
             ty = inner;
         }
-        if let Type::Object(fields) = ty {
-            if let Some(dup) = duplicate_field(fields) {
-                return Some(format!("{}.{dup}", a.name));
-            }
+        if let Type::Object(fields) = ty
+            && let Some(dup) = duplicate_field(fields)
+        {
+            return Some(format!("{}.{dup}", a.name));
         }
     }
     None

@@ -33,13 +33,11 @@ pub fn typescript(catalog: &Catalog) -> String {
             json_string(&v.entity.name),
             json_string(&v.entity.namespace())
         );
-        match (&v.filter_text, v.by_id) {
-            (Some(f), _) => {
-                let _ = writeln!(out, "  {}: {{ {head}, filter: {} }},", v.name, json_string(f));
-            }
-            (None, _) => {
-                let _ = writeln!(out, "  {}: {{ {head}, byId: true }},", v.name);
-            }
+        if v.by_id {
+            let _ = writeln!(out, "  {}: {{ {head}, byId: true }},", v.name);
+        } else {
+            let text = json_string(v.filter_text.as_deref().unwrap_or_default());
+            let _ = writeln!(out, "  {}: {{ {head}, filter: {text} }},", v.name);
         }
     }
     out.push_str("} as const;\n\n");

@@ -420,3 +420,122 @@ proptest! {
         prop_assert_eq!(parse_spec(&text), Ok(spec), "{}", text);
     }
 }
+
+// ---- putting specs together: Catalog::build ----
+
+use herald_spec::{Catalog, Filter};
+
+fn build(files: &[(&str, &str)]) -> Result<Catalog, herald_spec::ast::CatalogError> {
+    let specs: Vec<_> =
+        files.iter().map(|(f, t)| (f.to_string(), parse_spec(t).unwrap())).collect();
+    Catalog::build(&specs)
+}
+
+/// The error's `file:line:column: message`.
+fn build_err(files: &[(&str, &str)]) -> String {
+    build(files).unwrap_err().to_string()
+}
+
+#[test]
+fn seed_catalog_resolves_views_and_subscriptions() {
+    let c = build(&[("kanban.spec", SEED)]).unwrap();
+    assert_eq!(c.entities.keys().collect::<Vec<_>>(), ["Task"]);
+    assert_eq!(c.entity_of_namespace("task").unwrap().name, "Task");
+    assert_eq!(c.files, ["kanban.spec"]);
+    let active = &c.views["ActiveTasks"];
+    assert_eq!((active.entity.name.as_str(), active.by_id), ("Task", false));
+    assert_eq!(active.filter.as_deref(), Some(&Filter::parse(r#"status != "done""#).unwrap()));
+    assert_eq!(active.filter_text.as_deref(), Some(r#"status != "done""#));
+    let updates = &c.views["TaskUpdates"];
+    assert_eq!(updates.name, "TaskUpdates");
+    assert_eq!(updates.entity.name, "Task");
+    assert_eq!(updates.filter, active.filter);
+    assert!(!updates.by_id);
+    let detail = &c.views["TaskDetail"];
+    assert!(detail.by_id && detail.filter.is_none() && detail.filter_text.is_none());
+    assert_eq!(detail.entity.name, "Task");
+    assert_eq!(c.views.len(), 3);
+}
+
+const USERS: &str =
+    "app Users {\n  entity User { attr name: string }\n  view Named: User where name != \"\"\n}";
+
+#[test]
+fn catalog_spans_files() {
+    let c = build(&[("kanban.spec", SEED), ("users.spec", USERS)]).unwrap();
+    assert_eq!(c.entities.len(), 2);
+    assert_eq!(c.views.len(), 4);
+    // A view in one file may read an entity of another, a subscription a view of another.
+    let cross =
+        "app X {\n  view Mine: Task where assignee == \"u1\"\n  subscription S: view Named\n}";
+    let c = build(&[("kanban.spec", SEED), ("users.spec", USERS), ("x.spec", cross)]).unwrap();
+    assert_eq!(c.views["S"].entity.name, "User");
+    assert_eq!(c.views["Mine"].entity.name, "Task");
+}
+
+#[test]
+fn catalog_errors_name_their_place() {
+    let dup_file = "app B {\n  entity Other {}\n  view ActiveTasks: Other where x == 1\n}";
+    assert_eq!(
+        build_err(&[("kanban.spec", SEED), ("b.spec", dup_file)]),
+        "b.spec:3:3: view `ActiveTasks` is already declared: view at kanban.spec:8:3"
+    );
+    assert_eq!(
+        build_err(&[("a.spec", "app A {\n  entity T {}\n  subscription T: T by id\n}")]),
+        "a.spec:3:3: subscription `T` is already declared: entity at a.spec:2:3"
+    );
+    assert_eq!(
+        build_err(&[("a.spec", "app A {\n  entity Task {}\n}\napp B {\n  entity TASK {}\n}")]),
+        "a.spec:5:3: entity `TASK` maps to namespace `task`, as does entity `Task` at a.spec:2:3"
+    );
+    assert_eq!(
+        build_err(&[("a.spec", "app A {\n  entity T { attr a: string attr a: number }\n}")]),
+        "a.spec:2:3: entity `T` declares the attribute `a` twice"
+    );
+    assert_eq!(
+        build_err(&[("a.spec", "app A {\n  entity T { attr m: { x: string, x: bool }[] }\n}")]),
+        "a.spec:2:3: entity `T` declares the attribute `m.x` twice"
+    );
+    assert_eq!(
+        build_err(&[("a.spec", "app A {\n  view V: Tsk where a == 1\n}")]),
+        "a.spec:2:3: view `V` reads entity `Tsk`, which no spec declares"
+    );
+    assert_eq!(
+        build_err(&[("a.spec", "app A {\n  subscription S: view Nope\n}")]),
+        "a.spec:2:3: subscription `S` names view `Nope`, but no spec declares a view `Nope`"
+    );
+    assert_eq!(
+        build_err(&[("k.spec", SEED), ("a.spec", "app A {\n  subscription S: view Task\n}")]),
+        "a.spec:2:3: subscription `S` names view `Task`, but `Task` is an entity, not a view"
+    );
+    assert_eq!(
+        build_err(&[
+            ("k.spec", SEED),
+            ("a.spec", "app A {\n  subscription S: ActiveTasks by id\n}")
+        ]),
+        "a.spec:2:3: subscription `S` names `ActiveTasks by id`, but `ActiveTasks` is a view, not an entity"
+    );
+    assert_eq!(
+        build_err(&[("a.spec", "app A {\n  subscription S: User by id\n}")]),
+        "a.spec:2:3: subscription `S` names `User by id`, but no spec declares an entity `User`"
+    );
+}
+
+#[test]
+fn filter_errors_point_into_the_file() {
+    let e = parse_spec(SEED).unwrap().apps[0].entities[0].clone();
+    for filter in [r#"status == "nope""#, r#"title == "a" and colour == "red""#, "title == "] {
+        let text = format!(
+            "app A {{\n  entity Task {{ attr title: string attr status: \"todo\" | \"doing\" | \"done\" attr assignee: ref User }}\n    view Bad:  Task   where   {filter}\n}}"
+        );
+        // The spec keeps the filter trimmed.
+        let fe = Filter::parse_for(filter.trim(), Some(&e)).expect_err(filter);
+        let err = build(&[("a.spec", &text)]).unwrap_err();
+        assert_eq!(err.file, "a.spec");
+        assert_eq!(err.line, 3);
+        // `where` ends at column 27; the filter starts three spaces on, at 31.
+        assert_eq!(err.column, 31 + fe.column - 1, "{err}");
+        assert!(err.message.contains(&fe.message), "{err}");
+        assert!(err.message.contains("view `Bad`"), "{err}");
+    }
+}
