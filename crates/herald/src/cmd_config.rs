@@ -49,11 +49,13 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
 /// Checks `file`; the error names the file and, through `ConfigError`, the key (and for TOML
 /// errors the line).
 fn check(file: &str) -> anyhow::Result<()> {
-    let config = Config::from_file(file).map_err(|e| match e {
+    let mut config = Config::from_file(file).map_err(|e| match e {
         // Already names the path, and its reason (kept out of the chain so it is said once).
         ConfigError::Read { .. } => anyhow!("{e}"),
         e => anyhow!("{file}: {e}"),
     })?;
+    // Spec files as `herald serve` reads them; an error names the spec file and line.
+    config.load_specs().map_err(|e| anyhow!("{file}: {e}"))?;
     // Bad PEM keys, `leeway_secs` and `jwks_ttl` are refused when the verifier is built.
     Verifier::new(&config.auth).map_err(|e| match e {
         // Its Display reads "invalid token", which a file is not.

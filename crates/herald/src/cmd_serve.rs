@@ -48,6 +48,11 @@ pub struct ServeArgs {
     #[arg(long = "allowed-origin", env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     allowed_origins: Vec<String>,
+    /// Spec file of entities, views and subscriptions (docs/spec.md); repeat for several.
+    /// Replaces the configuration's `specs`.
+    #[arg(long = "spec", env = "HERALD_SPECS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    specs: Vec<std::path::PathBuf>,
     /// `[log]` keys.
     #[command(flatten)]
     log: LogFlags,
@@ -136,6 +141,7 @@ impl ServeArgs {
                 notes.push(format!("DEVELOPMENT token secret: {DEV_SECRET}"));
             }
         }
+        config.load_specs()?;
         config.validate()?;
         Ok((config, notes))
     }

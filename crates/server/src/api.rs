@@ -56,6 +56,7 @@ pub fn status_for(code: u16) -> StatusCode {
         Some(ErrorCode::UnknownNamespace) => StatusCode::NOT_FOUND,
         Some(ErrorCode::MessageTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
         Some(ErrorCode::StateLimitExceeded) => StatusCode::CONFLICT,
+        Some(ErrorCode::InvalidRecord) => StatusCode::UNPROCESSABLE_ENTITY,
         Some(ErrorCode::RateLimited | ErrorCode::TooManyConnections) => {
             StatusCode::TOO_MANY_REQUESTS
         }
@@ -102,6 +103,8 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
         .route("/api/history", get(history).fallback(|| not_allowed("GET")))
         .route("/api/state", get(state).fallback(|| not_allowed("GET")))
         .route("/api/token", post(token).fallback(|| not_allowed("POST")))
+        .route("/api/specs", get(specs).fallback(|| not_allowed("GET")))
+        .route("/api/schema/{entity}", get(schema).fallback(|| not_allowed("GET")))
         .route_layer(axum::middleware::from_fn_with_state(check, api_check))
         // Explicit routes rather than a router fallback, so that an application merging this
         // router with its own fallback still can.
@@ -626,6 +629,54 @@ async fn state(
         records: st.records,
     })
     .into_response())
+}
+
+/// The loaded specs: each entity with its namespace and JSON Schema, each view and
+/// subscription with its entity and filter.
+async fn specs(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
+    let Some(catalog) = hub.config.catalog.as_deref() else {
+        return Json(json!({ "entities": {}, "views": {} }));
+    };
+    let entities: serde_json::Map<String, serde_json::Value> = catalog
+        .entities
+        .values()
+        .map(|e| {
+            let body = json!({
+                "namespace": e.namespace(),
+                "schema": herald_spec::schema::json_schema(e),
+            });
+            (e.name.clone(), body)
+        })
+        .collect();
+    let views: serde_json::Map<String, serde_json::Value> = catalog
+        .views
+        .values()
+        .map(|v| {
+            let body = json!({
+                "entity": v.entity.name,
+                "namespace": v.entity.namespace(),
+                "filter": v.filter.as_ref().map(|f| f.to_string()),
+                "by_id": v.by_id,
+            });
+            (v.name.clone(), body)
+        })
+        .collect();
+    Json(json!({ "entities": entities, "views": views }))
+}
+
+/// One entity's JSON Schema (draft 2020-12).
+async fn schema(
+    State(hub): State<Arc<Hub>>,
+    axum::extract::Path(entity): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let entity =
+        hub.config.catalog.as_deref().and_then(|c| c.entities.get(&entity)).ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::UnknownNamespace,
+                format!("no entity {entity:?} in the loaded specs"),
+            )
+        })?;
+    Ok(Json(herald_spec::schema::json_schema(entity)))
 }
 
 #[derive(Deserialize)]

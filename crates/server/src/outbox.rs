@@ -197,6 +197,7 @@ mod tests {
                 offset: 1,
                 frame: "{}".into(),
                 accepted: std::time::Instant::now(),
+                change: None,
             }))
         };
         o.push(p()).unwrap();

@@ -148,7 +148,11 @@ fn event_with_prefix(
         _ => change.after.as_deref(),
     };
     let mut out = String::with_capacity(
-        prefix.len() + 64 + sub.len() + change.key.len() + record.map_or(0, |r| r.get().len())
+        prefix.len()
+            + 64
+            + sub.len()
+            + change.key.len()
+            + record.map_or(0, |r| r.get().len())
             + pub_json.len(),
     );
     out.push_str(prefix);
@@ -377,7 +381,8 @@ impl ViewSet {
         }
         for (path, by_value) in &self.by_term {
             for record in [parsed.before(), parsed.after()].into_iter().flatten() {
-                if let Some(list) = path.get(record).and_then(IndexValue::of).and_then(|v| by_value.get(&v))
+                if let Some(list) =
+                    path.get(record).and_then(IndexValue::of).and_then(|v| by_value.get(&v))
                 {
                     candidates.extend_from_slice(list);
                 }
@@ -430,11 +435,8 @@ mod tests {
 
     fn write(offset: u64, key: &str, before: Option<&str>, after: Option<&str>) -> Arc<Encoded> {
         let raw = |s: &str| Arc::<RawValue>::from(RawValue::from_string(s.to_string()).unwrap());
-        let change = RecordChange {
-            key: key.into(),
-            before: before.map(raw),
-            after: after.map(raw),
-        };
+        let change =
+            RecordChange { key: key.into(), before: before.map(raw), after: after.map(raw) };
         Arc::new(Encoded::from_json("t:b", "e", offset, "{}").with_change(Some(Arc::new(change))))
     }
 

@@ -239,9 +239,14 @@ impl Ws {
 
     /// Subscribes; returns the reply.
     pub async fn subscribe(&mut self, channel: &str) -> Value {
-        self.request(Command::Subscribe { channel: channel.into(), since: None, snapshot: false })
-            .await
-            .unwrap_or_else(|e| panic!("subscribe {channel}: {e}"))
+        self.request(Command::Subscribe {
+            channel: channel.into(),
+            since: None,
+            snapshot: false,
+            view: Default::default(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("subscribe {channel}: {e}"))
     }
 
     /// The next publication (skipping nothing else: any other message is a test failure).

@@ -99,8 +99,9 @@ pub(super) fn selection(
     if let Some(k) = &key
         && k.len() > ns.max_key_bytes
     {
-        return Err(ErrorBody::new(ErrorCode::BadRequest, "record key too long")
-            .with_channel(channel));
+        return Err(
+            ErrorBody::new(ErrorCode::BadRequest, "record key too long").with_channel(channel)
+        );
     }
     // No filter and no key (`sub` alone): a view of every record.
     let filter = filters.into_iter().reduce(Filter::and);
@@ -149,14 +150,14 @@ impl Session {
         }
         hub.add_view(&channel, self.id, name.clone(), self.outbox.clone(), selection.clone())
             .await?;
-        let reply = match self.view_reply(ns, &channel, &name, since, snapshot, &q, &selection).await
-        {
-            Ok(reply) => reply,
-            Err(e) => {
-                hub.remove_view(&channel, self.id, &name).await;
-                return Err(e);
-            }
-        };
+        let reply =
+            match self.view_reply(ns, &channel, &name, since, snapshot, &q, &selection).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    hub.remove_view(&channel, self.id, &name).await;
+                    return Err(e);
+                }
+            };
         let (offset, line) = reply;
         let line = herald_protocol::reply::reply_ok(id, &line);
         if !hub.activate_view(&channel, self.id, &name, offset, line) {
