@@ -122,7 +122,7 @@ impl ServeArgs {
         let base = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => {
-                notes.push("no --config: using the built-in development configuration (namespaces default, session, campaign, demo)".to_string());
+                notes.push("no --config: using the built-in development configuration (namespaces default, session, campaign, demo, task; the kanban spec)".to_string());
                 Config::development()
             }
         };

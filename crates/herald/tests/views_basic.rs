@@ -244,3 +244,40 @@ async fn a_resumed_view_gets_the_events_it_missed_and_nothing_else() {
     assert_eq!(events, [("delete".into(), "t1".into()), ("insert".into(), "t3".into())]);
     assert_eq!(reply["offset"], 4);
 }
+
+#[tokio::test]
+async fn the_subscribe_hook_can_hold_a_user_to_a_filter() {
+    let app = axum::Router::new().route(
+        "/authorize",
+        axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+            let filter = format!("assignee == {}", body["user"]);
+            axum::Json(json!({ "allow": true, "filter": filter }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = format!(
+        "specs = [{:?}]\n[subscribe_hook]\nurl = \"http://{hook_addr}/authorize\"\n\
+         [namespaces.task]\nkeyed = true\nsubscribe = \"hook\"\n",
+        spec_path()
+    );
+    let hub = Hub::start(&config);
+    ok(&hub, "t1", "upsert", json!({"title": "a", "status": "todo", "assignee": "u1"})).await;
+    ok(&hub, "t2", "upsert", json!({"title": "b", "status": "todo", "assignee": "u2"})).await;
+    // No channel claims: the hook decides, and holds u2 to its own tasks.
+    let mut ws = hub.client("u2", &[]).await;
+    let reply = subscribe(&mut ws, view(Some("ActiveTasks"), None)).await;
+    assert_eq!(keys(&reply["initial"]), ["t2"], "{reply}");
+    assert_eq!(reply["filter"], r#"status != "done" and assignee == "u2""#);
+    let e = ws
+        .request(Command::Subscribe {
+            channel: "task:b1".into(),
+            since: None,
+            snapshot: false,
+            view: ViewQuery::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 103, "the whole channel is not for u2: {e}");
+}

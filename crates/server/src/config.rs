@@ -400,6 +400,13 @@ impl Namespace {
     }
 }
 
+/// The spec path that names the kanban spec compiled into the hub (`web/kanban.herald`, also
+/// `examples/kanban.herald`): the development configuration loads it for the demo board.
+pub const BUILTIN_KANBAN: &str = "builtin:kanban";
+
+/// The text of [`BUILTIN_KANBAN`].
+pub const BUILTIN_KANBAN_SPEC: &str = include_str!("../web/kanban.herald");
+
 /// The built-in namespace of the hub's own channels (`sys:stats`): only admin tokens subscribe,
 /// only the hub publishes, and a configuration cannot declare it (one way to reach it).
 pub const SYSTEM_NAMESPACE: &str = "sys";
@@ -426,8 +433,11 @@ impl Config {
         let mut specs = Vec::new();
         for path in &self.specs {
             let file = path.display().to_string();
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+            let text = match file.as_str() {
+                BUILTIN_KANBAN => BUILTIN_KANBAN_SPEC.to_string(),
+                _ => std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: file.clone(), source })?,
+            };
             let spec = herald_spec::parse_spec(&text)
                 .map_err(|e| ConfigError::Invalid(format!("spec {file}:{e}")))?;
             specs.push((file, spec));
@@ -442,10 +452,10 @@ impl Config {
                     entity.name
                 )));
             }
-            let ns = self.namespaces.entry(name).or_insert_with(|| Namespace {
-                keyed: true,
-                ..Namespace::default()
-            });
+            let ns = self
+                .namespaces
+                .entry(name)
+                .or_insert_with(|| Namespace { keyed: true, ..Namespace::default() });
             ns.keyed = true;
             ns.entity = Some(entity.clone());
         }
@@ -592,6 +602,20 @@ impl Config {
                 ..Namespace::default()
             },
         );
+        // The demo board's tasks (entity Task of the built-in kanban spec), with live views.
+        config.namespaces.insert(
+            "task".into(),
+            Namespace {
+                subscribe: SubscribePolicy::Anyone,
+                anonymous: true,
+                client_publish: true,
+                keyed: true,
+                filters: true,
+                max_state_records: 10_000,
+                ..Namespace::default()
+            },
+        );
+        config.specs = vec![BUILTIN_KANBAN.into()];
         config
     }
 

@@ -194,6 +194,25 @@ impl Hub {
         channel: &str,
         ns: &Namespace,
     ) -> Result<(), ErrorBody> {
+        match self.authorize_view(principal, client, channel, ns).await? {
+            None => Ok(()),
+            Some(_) => Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                "the subscribe hook holds this user to a view filter here: subscribe with a view",
+            )
+            .with_channel(channel)),
+        }
+    }
+
+    /// Whether `principal` may follow `channel` through a view; `Some(filter)` when the
+    /// subscribe hook holds it to that filter there (ANDed with the view's).
+    pub async fn authorize_view(
+        &self,
+        principal: &Principal,
+        client: &str,
+        channel: &str,
+        ns: &Namespace,
+    ) -> Result<Option<String>, ErrorBody> {
         let forbidden = || {
             ErrorBody::new(ErrorCode::Forbidden, "not allowed to subscribe to this channel")
                 .with_channel(channel)
@@ -209,10 +228,10 @@ impl Hub {
         }
         // The hub's own figures (`sys:*`) are for admin tokens only, whatever the claims say.
         if Config::namespace_of(channel) == crate::config::SYSTEM_NAMESPACE {
-            return if principal.admin { Ok(()) } else { Err(forbidden()) };
+            return if principal.admin { Ok(None) } else { Err(forbidden()) };
         }
         if principal.may_subscribe(channel) {
-            return Ok(());
+            return Ok(None);
         }
         let allowed = match ns.subscribe {
             SubscribePolicy::Anyone => true,
@@ -222,11 +241,17 @@ impl Hub {
             SubscribePolicy::Authenticated => true,
             SubscribePolicy::Claims => false,
             SubscribePolicy::Hook => match &self.hook {
-                Some(hook) => hook.allows(&principal.user, channel, client).await,
+                Some(hook) => {
+                    let answer = hook.answer(&principal.user, channel, client).await;
+                    if answer.allow {
+                        return Ok(answer.filter);
+                    }
+                    false
+                }
                 None => false,
             },
         };
-        if allowed { Ok(()) } else { Err(forbidden()) }
+        if allowed { Ok(None) } else { Err(forbidden()) }
     }
 
     /// Decides whether `principal` may publish to `channel` from a client connection.

@@ -42,12 +42,14 @@ fn invalid_filter(channel: &str, message: impl Into<String>) -> ErrorBody {
     ErrorBody::new(ErrorCode::InvalidFilter, message).with_channel(channel)
 }
 
-/// What a view subscription selects on `channel`: the spec view's filter, the client's, and
-/// the token's for the namespace, ANDed; and the key of a view of one record.
+/// What a view subscription selects on `channel`: the spec view's filter, the client's, the
+/// token's for the namespace and the subscribe hook's, ANDed; and the key of a view of one
+/// record.
 pub(super) fn selection(
     config: &Config,
     ns: &Namespace,
     principal: &Principal,
+    hook_filter: Option<&str>,
     channel: &str,
     q: &ViewQuery,
 ) -> Result<Selection, ErrorBody> {
@@ -96,6 +98,12 @@ pub(super) fn selection(
         })?;
         filters.push(f);
     }
+    if let Some(text) = hook_filter {
+        let f = Filter::parse_for(text, entity).map_err(|e| {
+            invalid_filter(channel, format!("the subscribe hook's filter for {channel:?}: {e}"))
+        })?;
+        filters.push(f);
+    }
     if let Some(k) = &key
         && k.len() > ns.max_key_bytes
     {
@@ -121,15 +129,19 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         let hub = self.hub.clone();
         let ns = hub.namespace(&channel)?;
-        if let Err(e) = hub.authorize_subscribe(principal, &self.client(), &channel, ns).await {
-            tracing::warn!(target: "herald::audit", event = "forbidden_subscribe", client = %self.client(), user = %principal.user, ip = %self.ip, channel = %channel, code = e.code);
-            return Err(e);
-        }
+        let hook_filter = match hub.authorize_view(principal, &self.client(), &channel, ns).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(target: "herald::audit", event = "forbidden_subscribe", client = %self.client(), user = %principal.user, ip = %self.ip, channel = %channel, code = e.code);
+                return Err(e);
+            }
+        };
         if !ns.keyed {
             return Err(ErrorBody::new(ErrorCode::NotKeyed, "views need a keyed namespace")
                 .with_channel(channel));
         }
-        let selection = Arc::new(selection(&hub.config, ns, principal, &channel, &q)?);
+        let selection =
+            Arc::new(selection(&hub.config, ns, principal, hook_filter.as_deref(), &channel, &q)?);
         let name: Arc<str> = q.name(&channel).into();
         if self.views.contains_key(&name) || self.subs.contains_key(&name) {
             return Err(ErrorBody::new(
