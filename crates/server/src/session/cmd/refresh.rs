@@ -19,7 +19,7 @@ impl Session {
             Ok(p) if p.user == current.user => {
                 let result = RefreshResult { expires_at: p.expires_at };
                 self.reply(id, &result);
-                self.end_subscriptions_not_granted(&p).await;
+                self.end_subscriptions_not_granted(current, &p).await;
                 self.principal = Some(p);
             }
             Ok(_) => self.reply_error(
@@ -35,16 +35,45 @@ impl Session {
     }
 
     /// After a refresh: every subscription the new token no longer grants ends with an
-    /// `unsubscribe` push (103, no resubscribe), so a narrowed token stops the flow at once.
-    async fn end_subscriptions_not_granted(&mut self, principal: &Principal) {
+    /// `unsubscribe` push (103, no resubscribe), so a narrowed token stops the flow at once. A
+    /// view whose token filter changed ends too: its rows were chosen by the old filter.
+    async fn end_subscriptions_not_granted(&mut self, old: &Principal, principal: &Principal) {
         let hub = self.hub.clone();
         let client = self.client();
-        let mut ended = Vec::new();
-        for channel in self.subs.keys() {
+        let mut ended_views = Vec::new();
+        for (sub, channel) in &self.views {
+            let ns_name = crate::config::Config::namespace_of(channel);
             let allowed = match hub.namespace(channel) {
-                Ok(ns) => hub.authorize_subscribe(principal, &client, channel, ns).await.is_ok(),
+                Ok(ns) => hub.authorize_view(principal, &client, channel, ns).await.is_ok(),
                 Err(_) => false,
             };
+            if !allowed || old.filters.get(ns_name) != principal.filters.get(ns_name) {
+                ended_views.push((sub.clone(), channel.clone()));
+            }
+        }
+        for (sub, channel) in ended_views {
+            self.views.remove(&sub);
+            hub.remove_view(&channel, self.id, &sub).await;
+            tracing::info!(target: "herald::audit", event = "subscription_revoked", client = %client, user = %principal.user, ip = %self.ip, channel = %channel, sub = %sub);
+            let _ = self.outbox.push(Outgoing::Line(reply::push_unsubscribe_view(
+                &channel,
+                &sub,
+                ErrorCode::Forbidden,
+                "the refreshed token no longer grants this view, or changed its filter",
+                false,
+            )));
+        }
+        let mut ended = Vec::new();
+        for channel in self.subs.keys() {
+            let whole =
+                !principal.filters.contains_key(crate::config::Config::namespace_of(channel));
+            let allowed = whole
+                && match hub.namespace(channel) {
+                    Ok(ns) => {
+                        hub.authorize_subscribe(principal, &client, channel, ns).await.is_ok()
+                    }
+                    Err(_) => false,
+                };
             if !allowed {
                 ended.push(channel.clone());
             }
