@@ -1,7 +1,7 @@
 /**
  * The connection state machine: connect, reconnect with backoff, ping/pong and liveness, token
- * refresh, request/reply correlation, and the connection-level side of subscriptions (subscribe,
- * resubscribe after every reconnect, `resyncing` until every subscription was answered).
+ * refresh, request/reply correlation, and the connection-level side of subscriptions and live
+ * views (subscribe, resubscribe after every reconnect, `resyncing` until every one was answered).
  */
 
 import { ReconnectPolicy, type BackoffOptions } from './backoff.js';
@@ -20,6 +20,7 @@ import {
   type WebSocketConstructor,
   type WebSocketLike,
 } from './transport.js';
+import { LiveView, viewOptionsConflict, viewName, type ViewHost } from './view.js';
 import type {
   ConnectionState,
   ConnectionStateName,
@@ -33,6 +34,9 @@ import type {
   SubscribeOptions,
   SubscribeResult,
   TokenProvider,
+  ViewEventMessage,
+  ViewOptions,
+  ViewSubscribeResult,
 } from './types.js';
 
 export interface ClientOptions {
@@ -85,6 +89,11 @@ interface Pending {
 }
 
 const TRANSIENT_SUBSCRIBE_ERRORS = new Set([100, 110, 113]);
+/** A view subscribe may also meet 117: the stream was lost during the subscribe. */
+const TRANSIENT_VIEW_ERRORS = new Set([...TRANSIENT_SUBSCRIBE_ERRORS, 117]);
+
+/** A `view` push or an `unsubscribe` push naming a view (fields beyond `ServerMessage`). */
+type ViewPush = ServerMessage & Partial<ViewEventMessage> & { sub?: string };
 
 /**
  * A connection to a Herald hub that survives network failures.
@@ -108,6 +117,8 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private readonly pending = new Map<number, Pending>();
   private readonly outbox: number[] = [];
   private readonly subs = new Map<string, Subscription>();
+  /** Live views by their name on the connection (`sub`). */
+  private readonly views = new Map<string, LiveView<unknown>>();
   private _state: ConnectionState = { state: 'offline', reason: 'not_started' };
   private started = false;
   private everConnected = false;
@@ -119,6 +130,12 @@ export class HeraldClient extends Emitter<ClientEvents> {
     resubscribe: (sub, needUnsubscribe) => this.resubscribe(sub, needUnsubscribe),
     listenerFailed: (err) => this.reportListenerError(err, false),
   };
+  /** What each live view may ask of this client (the seam of view.ts). */
+  private readonly viewHost: ViewHost = {
+    leaveView: (view) => this.leaveView(view),
+    resubscribeView: (view, needUnsubscribe) => this.resubscribeView(view, needUnsubscribe),
+    listenerFailed: (err) => this.reportListenerError(err, false),
+  };
   private retryTimer?: ReturnType<typeof setTimeout>;
   private connectTimer?: ReturnType<typeof setTimeout>;
   private livenessTimer?: ReturnType<typeof setTimeout>;
@@ -127,6 +144,8 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private connectedAt = 0;
   private pingIntervalMs = 25000;
   private resyncPending = new Set<string>();
+  /** Views (by name) whose resubscribe is not answered yet. */
+  private resyncViews = new Set<string>();
   private disconnectPush?: { code: number; reason: string; reconnect: boolean };
   private readonly unbindBrowser: Array<() => void> = [];
   /** The last `connect` reply. */
@@ -250,6 +269,50 @@ export class HeraldClient extends Emitter<ClientEvents> {
     return sub;
   }
 
+  /**
+   * Subscribes to a live view of a keyed channel (protocol §14): `view.rows` holds the records
+   * that match, kept exact across reconnects, with `insert` / `update` / `delete` events.
+   *
+   * ```ts
+   * const view = client.subscribeView<Task>('task:board-1', { view: 'ActiveTasks' });
+   * await view.ready;
+   * ```
+   *
+   * A view of the same name (`sub`, or the default from the options) that is already subscribed
+   * is returned again (reference counted) when its options are equal; other options throw
+   * `HeraldError` 105. Refusals by the hub (118 `invalid_filter`, 107 for a `by id` view without
+   * `key`, 116 on a namespace that is not keyed) reject `ready` and are emitted as `error`.
+   */
+  subscribeView<T = unknown>(channel: string, options: ViewOptions): LiveView<T> {
+    if (options.view === undefined && options.filter === undefined && options.key === undefined && options.sub === undefined) {
+      throw new TypeError('subscribeView: give `view`, `filter`, `key` or `sub` (use subscribe() for a plain channel)');
+    }
+    const name = viewName(channel, options);
+    const existing = this.views.get(name);
+    if (existing && existing.status !== 'unsubscribed') {
+      const conflict = existing.channel !== channel ? `channel ${existing.channel}` : viewOptionsConflict(existing.options, options);
+      if (conflict) {
+        throw new HeraldError({
+          code: 105,
+          name: 'already_subscribed',
+          message: `view ${name} is already subscribed with ${conflict}: give another \`sub\`, or unsubscribe every handle first`,
+          channel,
+        });
+      }
+      existing.refs += 1;
+      return existing as LiveView<T>;
+    }
+    const view = new LiveView<T>(this.viewHost, channel, options);
+    this.views.set(name, view as LiveView<unknown>);
+    if (this.isLive()) this.sendViewSubscribe(view as LiveView<unknown>);
+    return view;
+  }
+
+  /** The live view of this name (`sub`), if any. */
+  getView(name: string): LiveView<unknown> | undefined {
+    return this.views.get(name);
+  }
+
   /** The subscription of a channel, if any. */
   getSubscription(channel: string): Subscription | undefined {
     return this.subs.get(channel);
@@ -347,6 +410,12 @@ export class HeraldClient extends Emitter<ClientEvents> {
     if (s.state === 'offline') {
       // No silent "pending forever": subscriptions say the client is offline.
       for (const sub of this.subs.values()) if (sub.status !== 'unsubscribed') sub._setStatus('offline');
+      for (const view of this.views.values()) {
+        if (view.status === 'unsubscribed') continue;
+        view._setStatus('offline');
+        // Offline for good (closed, refused, final close): a view still waiting will not be answered.
+        if (!this.started) view._fail(new HeraldError({ code: s.reason === 'closed' ? 2 : 3, name: s.reason, message: `client went offline: ${s.reason}` }));
+      }
     }
     this.emit('state', s);
   }
@@ -496,8 +565,10 @@ export class HeraldClient extends Emitter<ClientEvents> {
     this.clearTimer('livenessTimer');
     this.clearTimer('refreshTimer');
     this.resyncPending.clear();
+    this.resyncViews.clear();
     this.connectedAt = 0;
     for (const sub of this.subs.values()) if (sub.status !== 'unsubscribed') sub._setStatus('pending');
+    for (const view of this.views.values()) if (view.status !== 'unsubscribed') view._setStatus('pending');
     this.failPending(false, { code: 1, name: 'disconnected', message: 'connection lost' });
   }
 
@@ -575,14 +646,17 @@ export class HeraldClient extends Emitter<ClientEvents> {
     const resuming = this.everConnected;
     this.everConnected = true;
     const subs = [...this.subs.values()].filter((s) => s.status !== 'unsubscribed');
-    if (resuming && subs.length > 0) {
+    const views = [...this.views.values()].filter((v) => v.status !== 'unsubscribed');
+    if (resuming && subs.length + views.length > 0) {
       // `connected` (state and event) comes when every resubscribe is answered.
       for (const s of subs) this.resyncPending.add(s.channel);
-      this.setState({ state: 'resyncing', pending: subs.length });
+      for (const v of views) this.resyncViews.add(v.name);
+      this.setState({ state: 'resyncing', pending: subs.length + views.length });
     } else {
       this.enterConnected();
     }
     for (const s of subs) this.sendSubscribe(s);
+    for (const v of views) this.sendViewSubscribe(v);
     // Flush commands made while disconnected, in order.
     for (const id of this.outbox.splice(0)) {
       const p = this.pending.get(id);
@@ -591,12 +665,21 @@ export class HeraldClient extends Emitter<ClientEvents> {
   }
 
   private resyncDone(channel: string): void {
-    if (!this.resyncPending.delete(channel)) return;
+    if (this.resyncPending.delete(channel)) this.resyncProgress();
+  }
+
+  private viewResyncDone(name: string): void {
+    if (this.resyncViews.delete(name)) this.resyncProgress();
+  }
+
+  /** One resubscribe was answered: `connected` after the last one. */
+  private resyncProgress(): void {
     if (this._state.state !== 'resyncing') return;
-    if (this.resyncPending.size === 0) {
+    const pending = this.resyncPending.size + this.resyncViews.size;
+    if (pending === 0) {
       this.enterConnected();
     } else {
-      this.setState({ state: 'resyncing', pending: this.resyncPending.size });
+      this.setState({ state: 'resyncing', pending });
     }
   }
 
@@ -743,6 +826,13 @@ export class HeraldClient extends Emitter<ClientEvents> {
       case 'pub':
         if (msg.pub) this.subs.get(msg.pub.channel)?._onPublication(msg.pub);
         break;
+      case 'view': {
+        const m = msg as ViewPush;
+        if (m.sub !== undefined && m.pub && m.operation && m.key !== undefined) {
+          this.views.get(m.sub)?._onEvent(m as ViewEventMessage);
+        }
+        break;
+      }
       case 'ping':
         this.sendRaw({ cmd: 'pong' });
         break;
@@ -813,6 +903,11 @@ export class HeraldClient extends Emitter<ClientEvents> {
   }
 
   private onUnsubscribePush(msg: ServerMessage): void {
+    const viewSub = (msg as ViewPush).sub;
+    if (viewSub !== undefined) {
+      this.onViewUnsubscribePush(viewSub, msg);
+      return;
+    }
     const sub = msg.channel ? this.subs.get(msg.channel) : undefined;
     if (!sub || sub.status === 'unsubscribed') return;
     if (msg.resubscribe) {
@@ -836,5 +931,81 @@ export class HeraldClient extends Emitter<ClientEvents> {
     this.resyncDone(sub.channel);
     if (wasActive && this.isLive()) this.request('unsubscribe', { channel: sub.channel }).catch(() => {});
     sub._emit('unsubscribed', { channel: sub.channel, reason: 'client' });
+  }
+
+  // ------------------------------------------------------------------ internals: live views
+
+  private sendViewSubscribe(view: LiveView<unknown>): void {
+    if (!this.isLive()) return;
+    view._setStatus('subscribing');
+    const gen = ++view.generation;
+    // As for channels, the reply is applied synchronously, before the events that follow it.
+    this.command(
+      'subscribe',
+      view._command(),
+      undefined,
+      (r) => {
+        if (gen !== view.generation || view.status === 'unsubscribed') return;
+        view._onReply(r as ViewSubscribeResult);
+        this.viewResyncDone(view.name);
+      },
+      (err) => {
+        if (gen !== view.generation || view.status === 'unsubscribed') return;
+        if (err.code === 1 || err.code === 2) return; // connection dropped: resubscribed on reconnect
+        if (err.code === 0 || TRANSIENT_VIEW_ERRORS.has(err.code)) {
+          const cgen = this.gen;
+          setTimeout(() => {
+            if (cgen === this.gen && view.status === 'subscribing' && gen === view.generation) this.sendViewSubscribe(view);
+          }, 1000);
+          view._emit('error', err);
+          return;
+        }
+        // Refused (118 invalid_filter, 107, 116, 101-103, ...): the view ends with the error.
+        this.endView(view);
+        view._fail(err);
+        view._emit('error', err);
+        view._emit('unsubscribed', { channel: view.channel, code: err.code, reason: err.errorName });
+      },
+    );
+  }
+
+  /** Marks the view ended and forgets it. */
+  private endView(view: LiveView<unknown>): void {
+    view._setStatus('unsubscribed');
+    view.generation++;
+    if (this.views.get(view.name) === view) this.views.delete(view.name);
+    this.viewResyncDone(view.name);
+  }
+
+  /** Ends and re-creates the view from its position (`since`). */
+  private resubscribeView(view: LiveView<unknown>, needUnsubscribe: boolean): void {
+    if (view.status === 'subscribing' || !this.isLive()) return;
+    view.stats.resubscribes += 1;
+    if (needUnsubscribe) this.request('unsubscribe', { channel: view.channel, sub: view.name }).catch(() => {});
+    this.sendViewSubscribe(view);
+  }
+
+  private onViewUnsubscribePush(name: string, msg: ServerMessage): void {
+    const view = this.views.get(name);
+    if (!view || view.status === 'unsubscribed') return;
+    if (msg.resubscribe) {
+      view._setStatus('pending');
+      this.resubscribeView(view, false);
+      return;
+    }
+    const why = { channel: view.channel, code: msg.code, reason: msg.reason || msg.name || 'unsubscribed' };
+    this.endView(view);
+    view._fail(new HeraldError({ code: msg.code ?? 0, name: why.reason, message: `view ${name} ended by the hub`, channel: view.channel }));
+    view._emit('unsubscribed', why);
+  }
+
+  /** The last handle of `view` was dropped: end it on the hub. */
+  private leaveView(view: LiveView<unknown>): void {
+    if (view.status === 'unsubscribed') return;
+    const wasActive = view.status === 'subscribed' || view.status === 'subscribing';
+    this.endView(view);
+    if (wasActive && this.isLive()) this.request('unsubscribe', { channel: view.channel, sub: view.name }).catch(() => {});
+    view._fail(new HeraldError({ code: 2, name: 'unsubscribed', message: `view ${view.name} was unsubscribed before its first reply`, channel: view.channel }));
+    view._emit('unsubscribed', { channel: view.channel, reason: 'client' });
   }
 }

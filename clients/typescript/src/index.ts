@@ -30,6 +30,8 @@
  * - `backoff.ts`: the reconnect policy: full-jitter backoff and the circuit breaker's counts.
  * - `subscription.ts`: one subscription's state and delivery rules (resume, resync, duplicates,
  *   gaps, keyed records); it reaches the client through the narrow `SubscriptionHost`.
+ * - `view.ts`: live views (protocol §14): one view's rows, position and delivery rules, and a
+ *   view as a store; it reaches the client through the narrow `ViewHost` / `ViewSource`.
  * - `client.ts`: `HeraldClient`, the connection state machine (connect, reconnect, liveness,
  *   refresh, request/reply correlation, resubscribing).
  * - `http.ts`: `HeraldApi`, the hub's HTTP API.
@@ -48,6 +50,7 @@ export type {
   HistoryOptions,
   HistoryResult,
   KeyedRecord,
+  LeaveReason,
   NotRecoveredReason,
   Op,
   Position,
@@ -62,6 +65,12 @@ export type {
   SubscriptionStatus,
   TokenProvider,
   UnsubscribedEvent,
+  ViewChange,
+  ViewEventMessage,
+  ViewOperation,
+  ViewOptions,
+  ViewSubscribedEvent,
+  ViewSubscribeResult,
 } from './types.js';
 export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError } from './errors.js';
 export { Emitter } from './emitter.js';
@@ -69,5 +78,6 @@ export { mergePatch } from './merge-patch.js';
 export type { WebSocketConstructor, WebSocketLike } from './transport.js';
 export type { BackoffOptions } from './backoff.js';
 export { Subscription, type SubscriptionEvents } from './subscription.js';
+export { LiveView, viewStore, type LiveViewEvents, type ViewSource, type ViewState, type ViewStore } from './view.js';
 export { HeraldClient, type ClientEvents, type ClientOptions } from './client.js';
 export { HeraldApi, type ApiPublishOptions, type HubInfo, type NodeInfo, type TokenRequest } from './http.js';

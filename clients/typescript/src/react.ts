@@ -5,17 +5,24 @@
  * ```tsx
  * import * as React from 'react';
  * import { createHeraldHooks } from '@herald/client/react';
- * export const { useChannel, useConnectionState } = createHeraldHooks(React);
+ * export const { useChannel, useConnectionState, useView } = createHeraldHooks(React);
  *
  * function Board({ client }) {
  *   const conn = useConnectionState(client);
  *   const board = useChannel(client, 'demo:board', { snapshot: true });
  *   return <div data-herald-state={conn.state}>{Object.keys(board.records).length} cards</div>;
  * }
+ *
+ * function Active({ client }) {
+ *   const { rows, keys, ready, error } = useView<Task>(client, 'task:board-1', { view: 'ActiveTasks' });
+ *   if (error) return <p>{error.message}</p>;
+ *   return <ul aria-busy={!ready}>{rows.map((t, i) => <li key={keys[i]}>{t.title}</li>)}</ul>;
+ * }
  * ```
  */
-import type { ConnectionState, HeraldClient } from './index.js';
+import type { ConnectionState, HeraldClient, ViewOptions } from './index.js';
 import { channelStore, connectionStore, type ChannelStoreOptions, type ChannelView, type Readable } from './store.js';
+import { viewStore, type ViewState } from './view.js';
 
 /** The structural subset of React used here. */
 export interface ReactLike {
@@ -29,6 +36,11 @@ export interface HeraldHooks {
   useConnectionState(client: HeraldClient): ConnectionState;
   /** Subscribes to a channel while the component is mounted; re-renders on every publication. */
   useChannel<T = unknown>(client: HeraldClient, channel: string, options?: ChannelStoreOptions): ChannelView<T>;
+  /**
+   * Subscribes to a live view while the component is mounted; re-renders on every change of its
+   * rows (`rows` sorted by key, `keys` beside them), when it becomes `ready`, and on an `error`.
+   */
+  useView<T = unknown>(client: HeraldClient, channel: string, options: ViewOptions): ViewState<T>;
 }
 
 function useStore<T>(React: ReactLike, store: Readable<T>): T {
@@ -48,6 +60,12 @@ export function createHeraldHooks(React: ReactLike): HeraldHooks {
       const key = JSON.stringify(options);
       // eslint-disable-next-line react-hooks/exhaustive-deps
       const store = React.useMemo(() => channelStore<T>(client, channel, options), [client, channel, key]);
+      return useStore(React, store);
+    },
+    useView<T = unknown>(client: HeraldClient, channel: string, options: ViewOptions) {
+      const key = JSON.stringify(options);
+      // eslint-disable-next-line react-hooks/exhaustive-deps
+      const store = React.useMemo(() => viewStore<T>(client, channel, options), [client, channel, key]);
       return useStore(React, store);
     },
   };

@@ -13,6 +13,19 @@
  * <span data-herald-state={$conn.state}>{$conn.state}</span>
  * {#each Object.entries($board.records) as [key, card]}<p>{card.title}</p>{/each}
  * ```
+ *
+ * A live view (protocol §14) as a store, its rows sorted by key:
+ *
+ * ```svelte
+ * <script>
+ *   import { viewStore } from '@herald/client/svelte';
+ *   const active = viewStore(client, 'task:board-1', { view: 'ActiveTasks' });
+ * </script>
+ * {#if $active.error}<p>{$active.error.message}</p>{/if}
+ * {#each $active.rows as task, i ($active.keys[i])}<p>{task.title}</p>{/each}
+ * ```
  */
 export { connectionStore as connectionState, channelStore as channel } from './store.js';
 export type { Readable, ChannelView, ChannelStoreOptions } from './store.js';
+export { viewStore } from './view.js';
+export type { ViewState, ViewStore } from './view.js';

@@ -93,6 +93,48 @@ export interface StateResult {
   records: KeyedRecord[];
 }
 
+/** What a keyed write did to a view's rows (protocol §14). */
+export type ViewOperation = 'insert' | 'update' | 'delete';
+
+/** Why a record left a view: it no longer matches (`left`) or it was deleted. */
+export type LeaveReason = 'left' | 'deleted';
+
+/**
+ * One view event as the hub sends it: the `view` push without `push`, and the elements of a
+ * view subscribe reply's `events`.
+ */
+export interface ViewEventMessage<T = unknown> {
+  sub: string;
+  operation: ViewOperation;
+  key: string;
+  /** The record after the write (insert and update). */
+  record?: T;
+  /** Why it left (delete). */
+  reason?: LeaveReason;
+  /** The write: its `epoch` and `offset` are the view's position; `data` is what was published. */
+  pub: Publication;
+}
+
+/** Reply to a view `subscribe` (protocol §14). */
+export interface ViewSubscribeResult<T = unknown> {
+  /** The subscription's name on the connection. */
+  sub: string;
+  channel: string;
+  epoch: string;
+  offset: number;
+  view?: string;
+  /** The filter in force (the view's, the client's and the token's, ANDed), as text. */
+  filter?: string;
+  key?: string;
+  /** With `since`: whether `events` replays every write after it. */
+  recovered?: boolean;
+  reason?: NotRecoveredReason;
+  /** The matching records at `offset`, sorted by key (sent unless recovered). */
+  initial?: KeyedRecord<T>[];
+  /** When recovered: the view events after `since`, oldest first. */
+  events?: ViewEventMessage<T>[];
+}
+
 /** The error object of the protocol (§8). */
 export interface ErrorBody {
   code: number;
@@ -151,6 +193,19 @@ export interface SubscribeOptions {
   since?: Position;
 }
 
+/**
+ * What a live view selects (protocol §14): a spec `view` (or `subscription`), an ad-hoc `filter`
+ * (namespaces with `filters = true`), one `key`, or any of them together (ANDed, with the
+ * token's filter). `sub` names the subscription on the connection (default `CHANNEL#VIEW`,
+ * `CHANNEL#filter` or `CHANNEL#key:KEY`); several views of one channel need different names.
+ */
+export interface ViewOptions {
+  view?: string;
+  filter?: string;
+  key?: string;
+  sub?: string;
+}
+
 export interface PublishOptions {
   type?: string;
   key?: string;
@@ -197,6 +252,38 @@ export interface ResyncEvent {
   skipped?: number;
   /** On keyed channels: every record at `position`; replace your state with it. */
   snapshot?: KeyedRecord[];
+}
+
+/** A change of a live view's rows (`insert`, `update` and `delete` events). */
+export interface ViewChange<T = unknown> {
+  operation: ViewOperation;
+  key: string;
+  /** The record after the write (insert and update). */
+  record?: T;
+  /** The row before the write, if the view held it. */
+  previous?: T;
+  /** Why it left (delete). */
+  reason?: LeaveReason;
+  /** The publication that made the change (`data` is the patch of a merge). */
+  publication: Publication;
+}
+
+/** A live view's subscribe reply was applied. */
+export interface ViewSubscribedEvent {
+  channel: string;
+  sub: string;
+  /** The view's position after the reply. */
+  position: Position;
+  /** The filter in force, as the hub states it. */
+  filter?: string;
+  /** True when this was a resume (after a reconnect or a resubscribe push). */
+  resumed: boolean;
+  /**
+   * For resumes: whether the missed events were replayed (true) or the rows were replaced with
+   * fresh ones (false, with `reason`).
+   */
+  recovered?: boolean;
+  reason?: NotRecoveredReason | string;
 }
 
 export interface UnsubscribedEvent {

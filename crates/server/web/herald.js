@@ -33,6 +33,8 @@
  * - `backoff.ts`: the reconnect policy: full-jitter backoff and the circuit breaker's counts.
  * - `subscription.ts`: one subscription's state and delivery rules (resume, resync, duplicates,
  *   gaps, keyed records); it reaches the client through the narrow `SubscriptionHost`.
+ * - `view.ts`: live views (protocol §14): one view's rows, position and delivery rules, and a
+ *   view as a store; it reaches the client through the narrow `ViewHost` / `ViewSource`.
  * - `client.ts`: `HeraldClient`, the connection state machine (connect, reconnect, liveness,
  *   refresh, request/reply correlation, resubscribing).
  * - `http.ts`: `HeraldApi`, the hub's HTTP API.
@@ -370,6 +372,252 @@ function optionsConflict(have, again) {
     return undefined;
 }
 
+// view.js
+/**
+ * Live views (protocol §14): one view subscription's rows, its position, and the delivery rules
+ * (initial rows replace, events apply once in offset order, a resume replays or replaces), and a
+ * framework-neutral store of a view for the React and Svelte adapters. Like subscription.ts it
+ * reaches its client only through a narrow seam (`ViewHost`, and `ViewSource` for the store), so
+ * this module does not import the client.
+ */
+/** The view's name on the connection, as the hub derives it (`ViewQuery::name`). */
+function viewName(channel, o) {
+    if (o.sub !== undefined)
+        return o.sub;
+    if (o.view !== undefined)
+        return `${channel}#${o.view}`;
+    if (o.filter !== undefined)
+        return `${channel}#filter`;
+    if (o.key !== undefined)
+        return `${channel}#key:${o.key}`;
+    return channel;
+}
+/** What in `again` differs from the options a view was made with (undefined: nothing). */
+function viewOptionsConflict(have, again) {
+    for (const f of ['view', 'filter', 'key']) {
+        if (have[f] !== again[f])
+            return have[f] === undefined ? `no ${f}` : `${f} ${JSON.stringify(have[f])}`;
+    }
+    return undefined;
+}
+/**
+ * A live view of a keyed channel: `rows` holds the records that match, kept exact across
+ * reconnects. Events come in offset order, exactly once.
+ *
+ * ```ts
+ * const view = client.subscribeView<Task>('task:board-1', { view: 'ActiveTasks' });
+ * view.on('insert', (e) => console.log('new', e.key, e.record));
+ * await view.ready;
+ * console.log([...view.rows.values()]);
+ * ```
+ */
+class LiveView extends Emitter {
+    /** @internal */
+    constructor(host, channel, options) {
+        super();
+        /** Counters, for tests and dashboards. */
+        this.stats = { events: 0, duplicatesDropped: 0, resyncs: 0, resubscribes: 0 };
+        /** @internal */ this.refs = 1;
+        /** @internal */ this.generation = 0;
+        this._rows = new Map();
+        this._status = 'pending';
+        this.host = host;
+        this.channel = channel;
+        this.options = { ...options };
+        this.name = viewName(channel, options);
+        this.ready = new Promise((resolve, reject) => {
+            this.settle = { resolve, reject };
+        });
+        // Awaiting `ready` is optional: an unobserved refusal is reported on `error`, not as an
+        // unhandled rejection.
+        this.ready.catch(() => { });
+    }
+    /** The matching records, key → record. */
+    get rows() {
+        return this._rows;
+    }
+    /** Where the view is; every change emits `status`. */
+    get status() {
+        return this._status;
+    }
+    /** Drops this handle; the view is ended when the last handle is dropped. */
+    unsubscribe() {
+        this.refs -= 1;
+        if (this.refs > 0)
+            return;
+        this.host.leaveView(this);
+    }
+    /** @internal The fields of the `subscribe` command (`since` when resuming). */
+    _command() {
+        const { view, filter, key } = this.options;
+        const since = this.position && { epoch: this.position.epoch, offset: this.position.offset };
+        return { channel: this.channel, view, filter, key, sub: this.name, since };
+    }
+    /** @internal */
+    _setStatus(status) {
+        if (this._status === status)
+            return;
+        this._status = status;
+        this.emit('status', status);
+    }
+    /** @internal */
+    _emit(event, arg) {
+        this.emit(event, arg);
+    }
+    /** @internal `ready` rejects with `err` unless it already resolved. */
+    _fail(err) {
+        const s = this.settle;
+        this.settle = undefined;
+        s?.reject(err);
+    }
+    /** Listener exceptions go to the client's `error` event. */
+    listenerFailed(err) {
+        this.host.listenerFailed(new ListenerError(err.event, err.cause, ` of view ${this.name}`));
+    }
+    /**
+     * @internal Applies a subscribe reply: initial rows replace the rows (first subscribe, or a
+     * resume the hub could not serve); a recovered resume applies the replayed events.
+     */
+    _onReply(res) {
+        const before = this.position;
+        this.filter = res.filter;
+        this._setStatus('subscribed');
+        const resumed = before !== undefined;
+        const replayed = resumed && res.recovered === true && res.initial === undefined && res.epoch === before.epoch;
+        if (replayed) {
+            for (const e of res.events ?? [])
+                this.apply(e);
+            // The writes between the last event and `offset` did not touch the view.
+            if (this.position.offset < res.offset)
+                this.position = { epoch: res.epoch, offset: res.offset };
+        }
+        else {
+            if (resumed)
+                this.stats.resyncs += 1;
+            this.position = { epoch: res.epoch, offset: res.offset };
+            this._rows.clear();
+            for (const r of res.initial ?? [])
+                this._rows.set(r.key, r.value);
+        }
+        this.emit('subscribed', {
+            channel: this.channel,
+            sub: this.name,
+            position: { ...this.position },
+            filter: res.filter,
+            resumed,
+            recovered: resumed ? replayed : undefined,
+            reason: resumed && !replayed ? (res.reason ?? (res.epoch !== before.epoch ? 'epoch_changed' : 'not_recovered')) : undefined,
+        });
+        if (!replayed)
+            this.emit('rows', this._rows);
+        const s = this.settle;
+        this.settle = undefined;
+        s?.resolve();
+    }
+    /** @internal A `view` push for this view. */
+    _onEvent(e) {
+        if (this._status !== 'subscribed' || !this.position)
+            return;
+        if (e.pub.epoch !== this.position.epoch) {
+            // Another stream: the rows cannot be patched from it; resume (the hub replaces them).
+            this.host.resubscribeView(this, true);
+            return;
+        }
+        this.apply(e);
+    }
+    /** Applies one event unless it is at or before the position (a duplicate). */
+    apply(e) {
+        const pos = this.position;
+        if (e.pub.epoch !== pos.epoch)
+            return;
+        if (e.pub.offset <= pos.offset) {
+            this.stats.duplicatesDropped += 1;
+            return;
+        }
+        this.position = { epoch: pos.epoch, offset: e.pub.offset };
+        this.stats.events += 1;
+        const previous = this._rows.get(e.key);
+        if (e.operation === 'delete')
+            this._rows.delete(e.key);
+        else
+            this._rows.set(e.key, e.record);
+        const change = { operation: e.operation, key: e.key, publication: e.pub };
+        if (e.record !== undefined && e.operation !== 'delete')
+            change.record = e.record;
+        if (previous !== undefined)
+            change.previous = previous;
+        if (e.reason !== undefined)
+            change.reason = e.reason;
+        this.emit(e.operation, change);
+        this.emit('rows', this._rows);
+    }
+}
+/**
+ * A view as a store. The view is subscribed while the store has subscribers and ended when the
+ * last one stops.
+ */
+function viewStore(client, channel, options) {
+    const empty = () => ({ channel, rows: [], keys: [], ready: false, status: 'pending' });
+    let value = empty();
+    const runs = new Set();
+    let view;
+    let offs = [];
+    const set = (patch) => {
+        value = { ...value, ...patch };
+        for (const run of [...runs])
+            run(value);
+    };
+    const rowsOf = (v) => {
+        const keys = [...v.rows.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+        return { keys, rows: keys.map((k) => v.rows.get(k)) };
+    };
+    const start = () => {
+        value = empty();
+        let v;
+        try {
+            v = client.subscribeView(channel, options);
+        }
+        catch (err) {
+            // A conflicting view of the same name (105) is the store's error; a misuse is thrown.
+            if (!(err instanceof HeraldError))
+                throw err;
+            value = { ...value, status: 'unsubscribed', error: err };
+            return;
+        }
+        view = v;
+        offs = [
+            v.on('rows', () => set({ ...rowsOf(v), ready: true })),
+            v.on('subscribed', () => set({ ready: true, status: v.status })),
+            v.on('error', (e) => set({ error: e })),
+            v.on('status', (st) => set({ status: st })),
+        ];
+        if (v.position)
+            value = { ...value, ...rowsOf(v), ready: true, status: v.status };
+    };
+    const stop = () => {
+        for (const off of offs)
+            off();
+        offs = [];
+        view?.unsubscribe();
+        view = undefined;
+    };
+    return {
+        get: () => value,
+        subscribe(run) {
+            if (runs.size === 0)
+                start();
+            runs.add(run);
+            run(value);
+            return () => {
+                if (!runs.delete(run))
+                    return;
+                if (runs.size === 0)
+                    stop();
+            };
+        },
+    };
+}
+
 // backoff.js
 /**
  * The reconnect policy of docs/protocol.md §9, shared with the Rust client's `BackoffPolicy`:
@@ -511,10 +759,12 @@ function decodeMessage(line) {
 // client.js
 /**
  * The connection state machine: connect, reconnect with backoff, ping/pong and liveness, token
- * refresh, request/reply correlation, and the connection-level side of subscriptions (subscribe,
- * resubscribe after every reconnect, `resyncing` until every subscription was answered).
+ * refresh, request/reply correlation, and the connection-level side of subscriptions and live
+ * views (subscribe, resubscribe after every reconnect, `resyncing` until every one was answered).
  */
 const TRANSIENT_SUBSCRIBE_ERRORS = new Set([100, 110, 113]);
+/** A view subscribe may also meet 117: the stream was lost during the subscribe. */
+const TRANSIENT_VIEW_ERRORS = new Set([...TRANSIENT_SUBSCRIBE_ERRORS, 117]);
 /**
  * A connection to a Herald hub that survives network failures.
  *
@@ -535,6 +785,8 @@ class HeraldClient extends Emitter {
         this.pending = new Map();
         this.outbox = [];
         this.subs = new Map();
+        /** Live views by their name on the connection (`sub`). */
+        this.views = new Map();
         this._state = { state: 'offline', reason: 'not_started' };
         this.started = false;
         this.everConnected = false;
@@ -544,10 +796,18 @@ class HeraldClient extends Emitter {
             resubscribe: (sub, needUnsubscribe) => this.resubscribe(sub, needUnsubscribe),
             listenerFailed: (err) => this.reportListenerError(err, false),
         };
+        /** What each live view may ask of this client (the seam of view.ts). */
+        this.viewHost = {
+            leaveView: (view) => this.leaveView(view),
+            resubscribeView: (view, needUnsubscribe) => this.resubscribeView(view, needUnsubscribe),
+            listenerFailed: (err) => this.reportListenerError(err, false),
+        };
         this.lastRecv = 0;
         this.connectedAt = 0;
         this.pingIntervalMs = 25000;
         this.resyncPending = new Set();
+        /** Views (by name) whose resubscribe is not answered yet. */
+        this.resyncViews = new Set();
         this.unbindBrowser = [];
         this.opts = options;
         const u = options.url ?? defaultUrl();
@@ -666,6 +926,49 @@ class HeraldClient extends Emitter {
             this.sendSubscribe(sub);
         return sub;
     }
+    /**
+     * Subscribes to a live view of a keyed channel (protocol §14): `view.rows` holds the records
+     * that match, kept exact across reconnects, with `insert` / `update` / `delete` events.
+     *
+     * ```ts
+     * const view = client.subscribeView<Task>('task:board-1', { view: 'ActiveTasks' });
+     * await view.ready;
+     * ```
+     *
+     * A view of the same name (`sub`, or the default from the options) that is already subscribed
+     * is returned again (reference counted) when its options are equal; other options throw
+     * `HeraldError` 105. Refusals by the hub (118 `invalid_filter`, 107 for a `by id` view without
+     * `key`, 116 on a namespace that is not keyed) reject `ready` and are emitted as `error`.
+     */
+    subscribeView(channel, options) {
+        if (options.view === undefined && options.filter === undefined && options.key === undefined && options.sub === undefined) {
+            throw new TypeError('subscribeView: give `view`, `filter`, `key` or `sub` (use subscribe() for a plain channel)');
+        }
+        const name = viewName(channel, options);
+        const existing = this.views.get(name);
+        if (existing && existing.status !== 'unsubscribed') {
+            const conflict = existing.channel !== channel ? `channel ${existing.channel}` : viewOptionsConflict(existing.options, options);
+            if (conflict) {
+                throw new HeraldError({
+                    code: 105,
+                    name: 'already_subscribed',
+                    message: `view ${name} is already subscribed with ${conflict}: give another \`sub\`, or unsubscribe every handle first`,
+                    channel,
+                });
+            }
+            existing.refs += 1;
+            return existing;
+        }
+        const view = new LiveView(this.viewHost, channel, options);
+        this.views.set(name, view);
+        if (this.isLive())
+            this.sendViewSubscribe(view);
+        return view;
+    }
+    /** The live view of this name (`sub`), if any. */
+    getView(name) {
+        return this.views.get(name);
+    }
     /** The subscription of a channel, if any. */
     getSubscription(channel) {
         return this.subs.get(channel);
@@ -754,6 +1057,14 @@ class HeraldClient extends Emitter {
             for (const sub of this.subs.values())
                 if (sub.status !== 'unsubscribed')
                     sub._setStatus('offline');
+            for (const view of this.views.values()) {
+                if (view.status === 'unsubscribed')
+                    continue;
+                view._setStatus('offline');
+                // Offline for good (closed, refused, final close): a view still waiting will not be answered.
+                if (!this.started)
+                    view._fail(new HeraldError({ code: s.reason === 'closed' ? 2 : 3, name: s.reason, message: `client went offline: ${s.reason}` }));
+            }
         }
         this.emit('state', s);
     }
@@ -906,10 +1217,14 @@ class HeraldClient extends Emitter {
         this.clearTimer('livenessTimer');
         this.clearTimer('refreshTimer');
         this.resyncPending.clear();
+        this.resyncViews.clear();
         this.connectedAt = 0;
         for (const sub of this.subs.values())
             if (sub.status !== 'unsubscribed')
                 sub._setStatus('pending');
+        for (const view of this.views.values())
+            if (view.status !== 'unsubscribed')
+                view._setStatus('pending');
         this.failPending(false, { code: 1, name: 'disconnected', message: 'connection lost' });
     }
     /** Rejects requests that were sent (all of them when `all`). */
@@ -992,17 +1307,22 @@ class HeraldClient extends Emitter {
         const resuming = this.everConnected;
         this.everConnected = true;
         const subs = [...this.subs.values()].filter((s) => s.status !== 'unsubscribed');
-        if (resuming && subs.length > 0) {
+        const views = [...this.views.values()].filter((v) => v.status !== 'unsubscribed');
+        if (resuming && subs.length + views.length > 0) {
             // `connected` (state and event) comes when every resubscribe is answered.
             for (const s of subs)
                 this.resyncPending.add(s.channel);
-            this.setState({ state: 'resyncing', pending: subs.length });
+            for (const v of views)
+                this.resyncViews.add(v.name);
+            this.setState({ state: 'resyncing', pending: subs.length + views.length });
         }
         else {
             this.enterConnected();
         }
         for (const s of subs)
             this.sendSubscribe(s);
+        for (const v of views)
+            this.sendViewSubscribe(v);
         // Flush commands made while disconnected, in order.
         for (const id of this.outbox.splice(0)) {
             const p = this.pending.get(id);
@@ -1011,15 +1331,23 @@ class HeraldClient extends Emitter {
         }
     }
     resyncDone(channel) {
-        if (!this.resyncPending.delete(channel))
-            return;
+        if (this.resyncPending.delete(channel))
+            this.resyncProgress();
+    }
+    viewResyncDone(name) {
+        if (this.resyncViews.delete(name))
+            this.resyncProgress();
+    }
+    /** One resubscribe was answered: `connected` after the last one. */
+    resyncProgress() {
         if (this._state.state !== 'resyncing')
             return;
-        if (this.resyncPending.size === 0) {
+        const pending = this.resyncPending.size + this.resyncViews.size;
+        if (pending === 0) {
             this.enterConnected();
         }
         else {
-            this.setState({ state: 'resyncing', pending: this.resyncPending.size });
+            this.setState({ state: 'resyncing', pending });
         }
     }
     sendPending(id, p) {
@@ -1169,6 +1497,13 @@ class HeraldClient extends Emitter {
                 if (msg.pub)
                     this.subs.get(msg.pub.channel)?._onPublication(msg.pub);
                 break;
+            case 'view': {
+                const m = msg;
+                if (m.sub !== undefined && m.pub && m.operation && m.key !== undefined) {
+                    this.views.get(m.sub)?._onEvent(m);
+                }
+                break;
+            }
             case 'ping':
                 this.sendRaw({ cmd: 'pong' });
                 break;
@@ -1241,6 +1576,11 @@ class HeraldClient extends Emitter {
         this.sendSubscribe(sub);
     }
     onUnsubscribePush(msg) {
+        const viewSub = msg.sub;
+        if (viewSub !== undefined) {
+            this.onViewUnsubscribePush(viewSub, msg);
+            return;
+        }
         const sub = msg.channel ? this.subs.get(msg.channel) : undefined;
         if (!sub || sub.status === 'unsubscribed')
             return;
@@ -1267,6 +1607,81 @@ class HeraldClient extends Emitter {
         if (wasActive && this.isLive())
             this.request('unsubscribe', { channel: sub.channel }).catch(() => { });
         sub._emit('unsubscribed', { channel: sub.channel, reason: 'client' });
+    }
+    // ------------------------------------------------------------------ internals: live views
+    sendViewSubscribe(view) {
+        if (!this.isLive())
+            return;
+        view._setStatus('subscribing');
+        const gen = ++view.generation;
+        // As for channels, the reply is applied synchronously, before the events that follow it.
+        this.command('subscribe', view._command(), undefined, (r) => {
+            if (gen !== view.generation || view.status === 'unsubscribed')
+                return;
+            view._onReply(r);
+            this.viewResyncDone(view.name);
+        }, (err) => {
+            if (gen !== view.generation || view.status === 'unsubscribed')
+                return;
+            if (err.code === 1 || err.code === 2)
+                return; // connection dropped: resubscribed on reconnect
+            if (err.code === 0 || TRANSIENT_VIEW_ERRORS.has(err.code)) {
+                const cgen = this.gen;
+                setTimeout(() => {
+                    if (cgen === this.gen && view.status === 'subscribing' && gen === view.generation)
+                        this.sendViewSubscribe(view);
+                }, 1000);
+                view._emit('error', err);
+                return;
+            }
+            // Refused (118 invalid_filter, 107, 116, 101-103, ...): the view ends with the error.
+            this.endView(view);
+            view._fail(err);
+            view._emit('error', err);
+            view._emit('unsubscribed', { channel: view.channel, code: err.code, reason: err.errorName });
+        });
+    }
+    /** Marks the view ended and forgets it. */
+    endView(view) {
+        view._setStatus('unsubscribed');
+        view.generation++;
+        if (this.views.get(view.name) === view)
+            this.views.delete(view.name);
+        this.viewResyncDone(view.name);
+    }
+    /** Ends and re-creates the view from its position (`since`). */
+    resubscribeView(view, needUnsubscribe) {
+        if (view.status === 'subscribing' || !this.isLive())
+            return;
+        view.stats.resubscribes += 1;
+        if (needUnsubscribe)
+            this.request('unsubscribe', { channel: view.channel, sub: view.name }).catch(() => { });
+        this.sendViewSubscribe(view);
+    }
+    onViewUnsubscribePush(name, msg) {
+        const view = this.views.get(name);
+        if (!view || view.status === 'unsubscribed')
+            return;
+        if (msg.resubscribe) {
+            view._setStatus('pending');
+            this.resubscribeView(view, false);
+            return;
+        }
+        const why = { channel: view.channel, code: msg.code, reason: msg.reason || msg.name || 'unsubscribed' };
+        this.endView(view);
+        view._fail(new HeraldError({ code: msg.code ?? 0, name: why.reason, message: `view ${name} ended by the hub`, channel: view.channel }));
+        view._emit('unsubscribed', why);
+    }
+    /** The last handle of `view` was dropped: end it on the hub. */
+    leaveView(view) {
+        if (view.status === 'unsubscribed')
+            return;
+        const wasActive = view.status === 'subscribed' || view.status === 'subscribing';
+        this.endView(view);
+        if (wasActive && this.isLive())
+            this.request('unsubscribe', { channel: view.channel, sub: view.name }).catch(() => { });
+        view._fail(new HeraldError({ code: 2, name: 'unsubscribed', message: `view ${view.name} was unsubscribed before its first reply`, channel: view.channel }));
+        view._emit('unsubscribed', { channel: view.channel, reason: 'client' });
     }
 }
 
@@ -1335,4 +1750,4 @@ class HeraldApi {
     }
 }
 
-export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError, Emitter, mergePatch, Subscription, HeraldClient, HeraldApi };
+export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError, Emitter, mergePatch, Subscription, LiveView, viewStore, HeraldClient, HeraldApi };
