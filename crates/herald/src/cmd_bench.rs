@@ -1,5 +1,5 @@
 //! `herald bench`: a load generator with scenarios (`fanout`, `rooms`, `connect`, `idle`,
-//! `resume`), bounded in count and time, on 127.0.0.1 only.
+//! `resume`, `views`), bounded in count and time, on 127.0.0.1 only.
 //!
 //! It starts this very binary as the server (`herald serve --listen 127.0.0.1:0` with a temporary
 //! configuration) or targets a running one (`--url`, `--server-pid`), measures publish-to-receive
@@ -12,6 +12,8 @@
 mod client;
 #[path = "bench/scenarios.rs"]
 mod scenarios;
+#[path = "bench/views.rs"]
+mod views;
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -32,6 +34,9 @@ pub enum Scenario {
     Idle,
     /// N clients disconnect, M publications happen, all reconnect and resume.
     Resume,
+    /// N view subscribers of one keyed channel, each with its own filter; writes move records
+    /// from one view to another (issue 13).
+    Views,
 }
 
 /// Arguments of `herald bench`.
@@ -41,11 +46,11 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Clients (subscribers / connections). Defaults: fanout 1000, rooms 1000, connect 2000,
-    /// idle 2000, resume 200.
-    #[arg(long, short = 'n')]
+    /// idle 2000, resume 200, views 1000.
+    #[arg(long, short = 'n', visible_alias = "subscribers")]
     pub clients: Option<usize>,
-    /// Publications (fanout, rooms) or missed publications per client (resume). Defaults:
-    /// fanout 2000, rooms 20000, resume 100.
+    /// Publications (fanout, rooms, views: writes) or missed publications per client (resume).
+    /// Defaults: fanout 2000, rooms 20000, resume 100, views 5000.
     #[arg(long, short = 'e')]
     pub events: Option<u64>,
     /// Size of each event's `data` in bytes.
@@ -103,6 +108,16 @@ pub struct BenchArgs {
     /// Pass the started server's log lines through to stderr.
     #[arg(long)]
     pub verbose: bool,
+    /// Views: tasks in the channel (written before the subscribers arrive).
+    #[arg(long, default_value_t = 1000)]
+    pub records: usize,
+    /// Views: distinct assignees, one filter each (0: one per subscriber).
+    #[arg(long, default_value_t = 0)]
+    pub assignees: usize,
+    /// Views: filters without an index term (`not (assignee != "uK")`), so every view is
+    /// evaluated on every write.
+    #[arg(long)]
+    pub unindexed: bool,
 }
 
 /// What a scenario measured.
@@ -139,7 +154,8 @@ pub struct Server {
     /// Its PID, when known.
     pub pid: Option<u32>,
     child: Option<Child>,
-    config_path: Option<std::path::PathBuf>,
+    /// Temporary files of a started server (configuration, spec), removed with it.
+    files: Vec<std::path::PathBuf>,
 }
 
 impl Drop for Server {
@@ -148,7 +164,7 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Some(p) = &self.config_path {
+        for p in &self.files {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -182,7 +198,19 @@ fn bench_config(namespace: &str) -> String {
 fn start_server(args: &BenchArgs) -> anyhow::Result<Server> {
     let exe = std::env::current_exe().context("locating the herald binary")?;
     let path = std::env::temp_dir().join(format!("herald-bench-{}.toml", std::process::id()));
-    std::fs::write(&path, bench_config(&args.namespace))?;
+    let mut config = bench_config(&args.namespace);
+    let mut files = vec![path.clone()];
+    let mut spec_args: Vec<std::ffi::OsString> = Vec::new();
+    if args.scenario == Scenario::Views {
+        // The kanban spec and a `task` namespace with ad-hoc filters.
+        let spec = std::env::temp_dir().join(format!("herald-bench-{}.herald", std::process::id()));
+        std::fs::write(&spec, views::KANBAN_SPEC)?;
+        config.push('\n');
+        config.push_str(views::NAMESPACE_CONFIG);
+        spec_args.extend(["--spec".into(), spec.clone().into()]);
+        files.push(spec);
+    }
+    std::fs::write(&path, config)?;
     let mut child = Command::new(exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--api-key"])
         .arg(&args.api_key)
@@ -190,6 +218,7 @@ fn start_server(args: &BenchArgs) -> anyhow::Result<Server> {
         .arg(&args.token_secret)
         .arg("--config")
         .arg(&path)
+        .args(&spec_args)
         .env("HERALD_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -218,7 +247,7 @@ fn start_server(args: &BenchArgs) -> anyhow::Result<Server> {
         addr: ([127, 0, 0, 1], 0).into(),
         pid: Some(child.id()),
         child: Some(child),
-        config_path: Some(path),
+        files,
     };
     let addr = rx.recv_timeout(Duration::from_secs(20)).context("server did not start")?;
     server.addr = addr.parse().with_context(|| format!("server address {addr:?}"))?;
@@ -233,7 +262,7 @@ fn target_server(url: &str, pid: Option<u32>) -> anyhow::Result<Server> {
     }
     let port = parsed.port_or_known_default().context("--url needs a port")?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    Ok(Server { addr, pid, child: None, config_path: None })
+    Ok(Server { addr, pid, child: None, files: Vec::new() })
 }
 
 /// Raises RLIMIT_NOFILE for this process (and so for the server it starts).
@@ -255,7 +284,7 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 /// Runs the scenario and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let clients = args.clients.unwrap_or(match args.scenario {
-        Scenario::Fanout | Scenario::Rooms => 1000,
+        Scenario::Fanout | Scenario::Rooms | Scenario::Views => 1000,
         Scenario::Connect | Scenario::Idle => 2000,
         Scenario::Resume => 200,
     });
@@ -264,6 +293,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Rooms => 20_000,
         Scenario::Connect | Scenario::Idle => 0,
         Scenario::Resume => 100,
+        Scenario::Views => 5000,
     });
     if args.http && !matches!(args.scenario, Scenario::Fanout | Scenario::Rooms) {
         bail!("--http applies to the fanout and rooms scenarios");
@@ -308,6 +338,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Connect => scenarios::connect(&plan, false).await?,
         Scenario::Idle => scenarios::connect(&plan, true).await?,
         Scenario::Resume => scenarios::resume(&plan).await?,
+        Scenario::Views => {
+            let v = views::ViewsPlan {
+                records: args.records,
+                assignees: args.assignees,
+                unindexed: args.unindexed,
+            };
+            views::views(&plan, &v).await?
+        }
     };
     // Load generator CPU over setup and measurement (it shares the machine with the server).
     outcome.client_cpu_s =
@@ -331,7 +369,13 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
     let name = format!("{:?}", args.scenario).to_lowercase();
     let publish = publish_label(args);
     // The table's scenario column names HTTP publishing; WebSocket rows read as before.
-    let label = if args.http { format!("{name} ({publish})") } else { name.clone() };
+    let label = if args.http {
+        format!("{name} ({publish})")
+    } else if args.scenario == Scenario::Views && args.unindexed {
+        format!("{name} (unindexed)")
+    } else {
+        name.clone()
+    };
     let per_sec = |n: u64| (n > 0).then(|| n as f64 / secs);
     let deliveries_per_sec = per_sec(o.deliveries);
     let events_per_sec = per_sec(o.events);
@@ -367,6 +411,7 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
             "bytes_per_conn": o.bytes_per_conn,
             "conns_per_sec": o.conns_per_sec,
             "recovered_ms": o.recovered_ms,
+            "unindexed": args.scenario == Scenario::Views && args.unindexed,
             "errors": o.errors,
         });
         println!("{v}");

@@ -54,7 +54,8 @@ pub struct HttpPublish {
 }
 
 impl Plan {
-    fn usage(&self) -> Option<(f64, u64)> {
+    /// CPU seconds and RSS of the server, when its PID is known.
+    pub(super) fn usage(&self) -> Option<(f64, u64)> {
         self.pid.and_then(proc_usage)
     }
 
@@ -73,7 +74,7 @@ struct Shared {
 const PING: &str = r#"{"push":"ping"}"#;
 
 /// Opens `n` sessions, each with the extra commands `extra(i)`; failures count as errors.
-async fn open_many<F>(
+pub(super) async fn open_many<F>(
     plan: &Plan,
     n: usize,
     concurrency: usize,
