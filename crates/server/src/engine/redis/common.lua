@@ -1,6 +1,6 @@
 -- Helpers shared by every Herald script (prepended to each one).
 --
--- Keys of one channel: meta (HASH epoch/offset/bytes), hist (LIST of "offset:ms:json", offsets
+-- Keys of one channel: meta (HASH epoch/offset/bytes), hist (LIST of "offset:ms:[change]json", offsets
 -- contiguous, oldest first), state (HASH record key -> "offset:json"); and the hub-wide epoch
 -- seed (STRING).
 

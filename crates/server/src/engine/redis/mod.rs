@@ -13,7 +13,8 @@
 //! # Keys
 //!
 //! For channel `C` (length `N`) and prefix `P`: `P:{N:C}:meta` (HASH `epoch`, `offset`, `bytes`),
-//! `P:{N:C}:hist` (LIST of `offset:unix_ms:json`, contiguous offsets, oldest first),
+//! `P:{N:C}:hist` (LIST of `offset:unix_ms:[change]json`, contiguous offsets, oldest first; the
+//! record change of a keyed write on a namespace with views, see `stored.rs`),
 //! `P:{N:C}:state` (HASH record key → `offset:json`), `P:{N:C}:idem:K` (idempotency window),
 //! and the pub/sub channel `P:pub:C`. The length prefix keeps names unambiguous whatever the
 //! channel contains; the braces keep a channel's keys in one cluster slot. A missing meta key is a
@@ -45,8 +46,8 @@
 //! - `mod.rs`: [`RedisEngine`] and its [`Engine`] impl (publish, read, ready), the state its
 //!   tasks share, the Lua scripts and the mapping of Redis errors.
 //! - `keys.rs`: the names of keys and pub/sub channels.
-//! - `stored.rs`: the stored forms (history entries, records, pub/sub messages) and the
-//!   publication JSON the publish script assembles.
+//! - `stored.rs`: the stored forms (history entries, records, pub/sub messages, record changes)
+//!   and the publication JSON the publish script assembles.
 //! - `pubsub.rs`: the pub/sub task, the listened channels and the position check of arriving
 //!   publications.
 //! - `cluster.rs`: the heartbeat and the cluster view read from every node's registration.
@@ -362,7 +363,8 @@ impl Engine for RedisEngine {
                 .arg(&value)
                 .arg(&expected)
                 .arg(ns.max_state_records)
-                .arg(ns.max_state_bytes);
+                .arg(ns.max_state_bytes)
+                .arg(if ns.views() { "1" } else { "0" });
             let reply: Vec<String> = inner.run(call.invoke_async(&mut conn)).await?;
             match reply.first().map(String::as_str) {
                 Some("ok") if reply.len() == 4 => {

@@ -1,10 +1,9 @@
 //! Fan-out across nodes: the one pub/sub connection of a node, the channels it listens to, and
 //! the check of each arriving publication's position (see the module docs' "Fan-out").
 
-use super::stored::split_message;
+use super::stored::{encoded, split_message};
 use super::{Inner, LISTEN_TIMEOUT, OP_TIMEOUT, PUBSUB_PING_EVERY};
 use crate::engine::EngineError;
-use crate::frame::Encoded;
 use futures_util::StreamExt;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -99,7 +98,13 @@ impl Inner {
             tracing::warn!(channel, "non-UTF-8 message on a herald pub/sub channel");
             return;
         };
-        let Some((epoch, offset, json)) = split_message(payload) else {
+        // The publication with its record change (views), parsed before any position check so
+        // that a malformed message changes no position.
+        let Some((epoch, offset, frame)) =
+            split_message(payload).and_then(|(epoch, offset, rest)| {
+                Some((epoch, offset, encoded(channel, epoch, offset, rest)?))
+            })
+        else {
             tracing::warn!(channel, "malformed message on a herald pub/sub channel");
             return;
         };
@@ -131,7 +136,7 @@ impl Inner {
             tracing::warn!(channel, offset, "position gap on the redis stream: resubscribing");
             fanout.reset(Some(channel));
         }
-        fanout.deliver(Arc::new(Encoded::from_json(channel, epoch, offset, json)));
+        fanout.deliver(Arc::new(frame));
     }
 
     /// The pub/sub connection is gone: nothing is confirmed any more, every subscriber resumes.
