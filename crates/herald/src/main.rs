@@ -1,4 +1,5 @@
-//! The `herald` binary: `serve`, `token`, `publish`, `sub`, `bench`, `config`, `completions`.
+//! The `herald` binary: `serve`, `token`, `publish`, `sub`, `bench`, `config`, `codegen`,
+//! `completions`.
 //! `herald --version` names the commit it was built from (build.rs).
 //!
 //! Every flag also reads `HERALD_<FLAG>` from the environment (flag wins over env, env over the
@@ -16,9 +17,11 @@
 //!   workloads): `herald bench`, docs/benchmarks.md.
 //! - `cmd_config` and `config_example.toml`: `herald config check FILE` and
 //!   `herald config example` (the file docs/configuration.md embeds).
+//! - `cmd_codegen`: `herald codegen --ts SPEC...`, TypeScript types for spec files.
 //! - `completions` is handled here: clap_complete writes the script from the `Cli` definition.
 
 mod cmd_bench;
+mod cmd_codegen;
 mod cmd_config;
 mod cmd_publish;
 mod cmd_serve;
@@ -52,6 +55,8 @@ enum Cmd {
     Bench(cmd_bench::BenchArgs),
     /// Check a configuration file, or print the full commented one.
     Config(cmd_config::ConfigArgs),
+    /// Print TypeScript types for spec files (docs/spec.md).
+    Codegen(cmd_codegen::CodegenArgs),
     /// Print a shell completion script (e.g. `herald completions bash > /etc/bash_completion.d/herald`).
     Completions {
         /// The shell to complete in.
@@ -71,6 +76,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Sub(args) => cmd_sub::run(args).await,
             Cmd::Bench(args) => cmd_bench::run(args).await,
             Cmd::Config(args) => cmd_config::run(args),
+            Cmd::Codegen(args) => cmd_codegen::run(args),
             Cmd::Completions { shell } => {
                 clap_complete::generate(
                     shell,
