@@ -59,7 +59,8 @@ async fn openapi_matches_the_server() {
     assert_eq!(documented, served, "docs/openapi.json and api::ROUTES differ");
 
     let hub = Hub::start(
-        "[limits]\nmax_api_body_bytes = 4096\n[namespaces.default]\n[namespaces.board]\nkeyed = true\n",
+        "specs = [\"builtin:kanban\"]\n[limits]\nmax_api_body_bytes = 4096\n[namespaces.default]\n\
+         [namespaces.board]\nkeyed = true\n",
     );
     let bodies = [
         (
@@ -75,6 +76,7 @@ async fn openapi_matches_the_server() {
         let url = match path.as_str() {
             "/api/history" => "/api/history?channel=board:1".to_string(),
             "/api/state" => "/api/state?channel=board:1".to_string(),
+            "/api/schema/{entity}" => "/api/schema/Task".to_string(),
             p => p.to_string(),
         };
         let body = bodies.iter().find(|(p, _)| p == path).map(|(_, b)| b.clone());

@@ -34,6 +34,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/history"),
     ("get", "/api/state"),
     ("post", "/api/token"),
+    ("get", "/api/specs"),
+    ("get", "/api/schema/{entity}"),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),
