@@ -38,6 +38,17 @@ struct ViewReply<'a> {
     events: Vec<Box<RawValue>>,
 }
 
+/// Whether a stored publication is a keyed write (read from its JSON; only for the rare
+/// publication that carries no record change).
+fn is_keyed(p: &crate::frame::Encoded) -> bool {
+    #[derive(serde::Deserialize)]
+    struct KeyOnly {
+        #[serde(default)]
+        key: Option<String>,
+    }
+    serde_json::from_str::<KeyOnly>(p.publication_json()).map_or(true, |k| k.key.is_some())
+}
+
 fn invalid_filter(channel: &str, message: impl Into<String>) -> ErrorBody {
     ErrorBody::new(ErrorCode::InvalidFilter, message).with_channel(channel)
 }
@@ -205,8 +216,14 @@ impl Session {
         let mut events = Vec::new();
         if !want_rows && recovery.recovered == Some(true) {
             let mut bytes = 0;
+            let mut replayable = true;
             for p in &recovery.publications {
-                let Some(change) = &p.change else { continue };
+                let Some(change) = &p.change else {
+                    // A keyed write stored without its record change (written before the
+                    // namespace had views): the view cannot tell what it did.
+                    replayable &= !is_keyed(p);
+                    continue;
+                };
                 let parsed = Parsed::new(change);
                 if let Some((op, reason)) = parsed.decide(selection) {
                     let json = event_json(name, op, reason, change, p);
@@ -214,11 +231,16 @@ impl Session {
                     events.push(RawValue::from_string(json).expect("events are JSON"));
                 }
             }
-            if bytes > budget {
-                // Too much to replay in one reply: fresh rows instead, and said so.
+            if bytes > budget || !replayable {
+                // Too much to replay in one reply, or not replayable: fresh rows instead, and
+                // said so.
                 events.clear();
                 recovery.recovered = Some(false);
-                recovery.reason = Some(NotRecovered::TooMany);
+                recovery.reason = Some(if replayable {
+                    NotRecovered::TooMany
+                } else {
+                    NotRecovered::HistoryTrimmed
+                });
             }
         }
         let rows = want_rows || recovery.recovered == Some(false);
