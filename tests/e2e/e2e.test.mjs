@@ -270,6 +270,59 @@ test('demo page: two windows share a live kanban board and an agent run', async 
   await b.context().close();
 });
 
+test('demo page: users u1 and u2 see "my active tasks" (ActiveTasks and assignee) follow create, move, reassign, done, delete', async () => {
+  const u1 = await newPage('/demo?user=u1');
+  const u2 = await newPage('/demo?user=u2');
+  const both = [u1, u2];
+  for (const p of both) {
+    await p.waitForSelector('#board[data-ready="true"]', { timeout: T });
+    await p.waitForSelector('#mine[data-ready="true"]', { timeout: T });
+  }
+  // The page shows the spec it is defined by.
+  await u1.waitForFunction(() => document.querySelector('#spec-text').textContent.includes('view ActiveTasks: Task where status != "done"'), null, { timeout: T });
+
+  const title = `Spec task ${Date.now()}`;
+  await u1.fill('#new-card', title);
+  await u1.selectOption('#new-assignee', 'u1');
+  await u1.click('#add-card');
+  const created = await u1.waitForSelector(`#board .card:has-text("${title}")`, { timeout: T });
+  const key = await created.getAttribute('data-key');
+  const onBoard = `#board .card[data-key="${key}"]`;
+  const inMine = `#mine .card[data-key="${key}"]`;
+
+  /** Waits until both boards show the task in `column` (none: gone) and each "my active" list has it or not. */
+  async function expectState(column, mine) {
+    for (const p of both) {
+      if (column) await p.waitForSelector(`#board .column[data-status="${column}"] .card[data-key="${key}"]`, { timeout: T });
+      else await p.waitForSelector(onBoard, { state: 'detached', timeout: T });
+    }
+    for (const [p, has] of [[u1, mine.u1], [u2, mine.u2]]) {
+      if (has) await p.waitForSelector(`${inMine}:not([data-anim="leave"])`, { timeout: T });
+      else await p.waitForSelector(inMine, { state: 'detached', timeout: T });
+    }
+  }
+
+  await expectState('todo', { u1: true, u2: false });
+  assert.equal(await u1.getAttribute(inMine, 'data-status'), 'todo');
+  await u2.click(`${onBoard} button.right`); // todo → doing, from the other window
+  await expectState('doing', { u1: true, u2: false });
+  await u1.waitForSelector(`${inMine}[data-status="doing"]`, { timeout: T });
+  await u1.selectOption(`${onBoard} select.assignee`, 'u2'); // reassign: leaves u1's list, enters u2's
+  await expectState('doing', { u1: false, u2: true });
+  assert.equal(await u2.getAttribute(`${onBoard}`, 'data-assignee'), 'u2');
+  await u2.screenshot({ path: join(shots, 'demo-views.png'), fullPage: true });
+  await u2.click(`${onBoard} button.right`); // doing → done: leaves the active view
+  await expectState('done', { u1: false, u2: false });
+  await u1.click(`${onBoard} button.remove`);
+  await expectState(null, { u1: false, u2: false });
+
+  // Each window's view got exactly the events its user should see, in order.
+  const events = async (p) => (await p.getAttribute('#mine', 'data-log')).split(' ').filter((e) => e.includes(key)).map((e) => e.replace(`:${key}`, ''));
+  assert.deepEqual(await events(u1), ['insert', 'update', 'delete:left']);
+  assert.deepEqual(await events(u2), ['insert', 'delete:left']);
+  for (const p of both) await p.context().close();
+});
+
 test('phone width (390 px): dashboard and demo fit the screen', async () => {
   const phone = { width: 390, height: 844 };
   const fits = (page) => page.evaluate(() => document.documentElement.scrollWidth);

@@ -1,28 +1,64 @@
-// Demo page: a kanban board on the keyed channel `demo:board` and a streamed "agent run" on
-// `demo:agent`. Anonymous: the built-in `demo` namespace lets anyone subscribe and publish.
+// Demo page: a kanban board of the entity `Task` (the built-in spec `builtin:kanban`, served as
+// static/kanban.herald) on the keyed channel `task:demo`, shown as two live views, and a streamed
+// "agent run" on `demo:agent`. Anonymous: the development configuration lets anyone subscribe to
+// and publish on the `task` and `demo` namespaces, and allows ad-hoc filters on `task`.
 import { HeraldClient } from './herald.js';
 import { backoffFromQuery, bindIndicator, h } from './ui.js';
 
 const $ = (sel) => document.querySelector(sel);
 const COLUMNS = ['todo', 'doing', 'done'];
-const client = new HeraldClient({ name: 'demo', backoff: backoffFromQuery(new URLSearchParams(location.search)) });
+const USERS = ['u1', 'u2', 'u3'];
+const CHANNEL = 'task:demo';
+const params = new URLSearchParams(location.search);
+const client = new HeraldClient({ name: 'demo', backoff: backoffFromQuery(params) });
 window.heraldClient = client;
 bindIndicator($('#conn'), client);
 
-// ------------------------------------------------------------------ kanban
+// ------------------------------------------------------------------ who am I
 
-const board = client.subscribe('demo:board', { snapshot: true });
+// ?user= wins over the stored choice, so two windows of one browser can be two users.
+let me = USERS.includes(params.get('user')) ? params.get('user') : localStorage.getItem('herald-demo-user');
+if (!USERS.includes(me)) me = 'u1';
+$('#user').value = me;
+$('#new-assignee').value = me;
+
+fetch('static/kanban.herald')
+  .then((r) => (r.ok ? r.text() : Promise.reject(new Error(`HTTP ${r.status}`))))
+  .then((text) => ($('#spec-text').textContent = text))
+  .catch((e) => ($('#spec-text').textContent = `could not load the spec: ${e.message}`));
+
+function status(text, isError = false) {
+  const el = $('#board-status');
+  el.textContent = text;
+  el.className = isError ? 'error' : 'muted';
+}
+
+// ------------------------------------------------------------------ writes
+
+function publish(data, key, op, type) {
+  return client.publish(CHANNEL, data, { key, op, type }).catch((e) => status(`${type} failed: ${e.message}`, true));
+}
+const move = (key, to) => publish({ status: to }, key, 'merge', 'task.moved');
+const reassign = (key, assignee) => publish({ assignee }, key, 'merge', 'task.assigned');
+const remove = (key) => publish(null, key, 'delete', 'task.deleted');
+function addTask(title, assignee, taskStatus = 'todo') {
+  // Keys sort by creation time: both views list records by key.
+  const key = `t-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
+  return publish({ title, status: taskStatus, assignee }, key, 'upsert', 'task.created');
+}
+
+// ------------------------------------------------------------------ "All tasks": every record
+
+const all = client.subscribeView(CHANNEL, { sub: `${CHANNEL}#all` });
 const rendered = new Map(); // key → JSON of the last rendered value
 
 function renderBoard() {
-  const cards = [...board.records.entries()]
-    .filter(([, v]) => v && typeof v === 'object')
-    .sort(([ka, a], [kb, b]) => (a.created ?? 0) - (b.created ?? 0) || ka.localeCompare(kb));
-  for (const status of COLUMNS) {
-    const col = document.querySelector(`.column[data-status="${status}"]`);
-    const mine = cards.filter(([, v]) => (COLUMNS.includes(v.status) ? v.status : 'todo') === status);
-    col.querySelector('.count').textContent = String(mine.length);
-    col.querySelector('.cards').replaceChildren(...mine.map(([key, v]) => cardEl(key, v, status)));
+  const cards = [...all.rows.entries()].sort(([a], [b]) => a.localeCompare(b));
+  for (const col of COLUMNS) {
+    const el = document.querySelector(`.column[data-status="${col}"]`);
+    const here = cards.filter(([, v]) => (COLUMNS.includes(v.status) ? v.status : 'todo') === col);
+    el.querySelector('.count').textContent = String(here.length);
+    el.querySelector('.cards').replaceChildren(...here.map(([key, v]) => cardEl(key, v, col)));
   }
   const seen = new Set();
   for (const [key, v] of cards) {
@@ -36,40 +72,25 @@ function renderBoard() {
 }
 
 function flash(key) {
-  const el = document.querySelector(`.card[data-key="${CSS.escape(key)}"]`);
+  const el = document.querySelector(`#board .card[data-key="${CSS.escape(key)}"]`);
   if (!el) return;
   el.classList.add('flash');
   setTimeout(() => el.classList.remove('flash'), 600);
 }
 
-function cardEl(key, v, status) {
-  const i = COLUMNS.indexOf(status);
-  return h('div', { class: 'card', draggable: 'true', dataset: { key, status }, ondragstart: (e) => e.dataTransfer.setData('text/plain', key) },
+function assigneeSelect(key, v) {
+  return h('select', { class: 'assignee', title: 'assignee', onchange: (e) => reassign(key, e.target.value) },
+    USERS.map((u) => h('option', { value: u, selected: u === v.assignee }, u)));
+}
+
+function cardEl(key, v, col) {
+  const i = COLUMNS.indexOf(col);
+  return h('div', { class: 'card', draggable: 'true', dataset: { key, status: col, assignee: v.assignee ?? '' }, ondragstart: (e) => e.dataTransfer.setData('text/plain', key) },
     h('button', { type: 'button', class: 'left', title: 'move left', disabled: i === 0, onclick: () => move(key, COLUMNS[i - 1]) }, '←'),
     h('span', { class: 'title' }, v.title ?? key),
+    assigneeSelect(key, v),
     h('button', { type: 'button', class: 'right', title: 'move right', disabled: i === COLUMNS.length - 1, onclick: () => move(key, COLUMNS[i + 1]) }, '→'),
     h('button', { type: 'button', class: 'remove', title: 'delete', onclick: () => remove(key) }, '×'));
-}
-
-function status(text, isError = false) {
-  const el = $('#board-status');
-  el.textContent = text;
-  el.className = isError ? 'error' : 'muted';
-}
-
-function move(key, to) {
-  client.publish('demo:board', { status: to, moved: Date.now() }, { key, op: 'merge', type: 'card.moved' })
-    .catch((e) => status(`move failed: ${e.message}`, true));
-}
-
-function remove(key) {
-  client.publish('demo:board', null, { key, op: 'delete', type: 'card.deleted' })
-    .catch((e) => status(`delete failed: ${e.message}`, true));
-}
-
-function addCard(title) {
-  const key = `card-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
-  return client.publish('demo:board', { title, status: 'todo', created: Date.now() }, { key, op: 'upsert', type: 'card.created' });
 }
 
 for (const col of document.querySelectorAll('.column')) {
@@ -82,18 +103,105 @@ for (const col of document.querySelectorAll('.column')) {
     e.preventDefault();
     col.classList.remove('drop');
     const key = e.dataTransfer.getData('text/plain');
-    if (key && board.records.has(key)) move(key, col.dataset.status);
+    if (key && all.rows.has(key)) move(key, col.dataset.status);
   });
 }
 
-board.on('records', renderBoard);
-board.on('subscribed', (e) => {
-  renderBoard();
+all.on('rows', renderBoard);
+all.on('subscribed', (e) => {
+  $('#board').dataset.ready = 'true';
   status(`at offset ${e.position.offset}${e.resumed ? (e.recovered ? ' · resumed, nothing missed' : ' · resynced') : ''}`);
 });
-board.on('publication', (p) => status(`offset ${p.offset}: ${p.type}${p.meta?.user ? ` by ${p.meta.user}` : ''}`));
-board.on('resync', (e) => status(`board reloaded (${e.reason})`));
-board.on('error', (e) => status(e.message, true));
+for (const op of ['insert', 'update', 'delete']) {
+  all.on(op, (e) => status(`offset ${e.publication.offset}: ${e.publication.type ?? op}`));
+}
+all.on('error', (e) => status(e.message, true));
+
+// ------------------------------------------------------------------ "My active tasks"
+
+// The spec's view ActiveTasks (status != "done") ANDed with an ad-hoc filter on the assignee.
+// Cards enter and leave with a short animation; `data-anim` (enter / leave) marks it, and
+// `#mine[data-log]` lists the view's events (`insert:KEY update:KEY delete:KEY:left`) for tests.
+let mine;
+const mineEl = $('#mine');
+
+function subscribeMine() {
+  mine?.unsubscribe();
+  mineEl.replaceChildren();
+  mineEl.dataset.log = '';
+  delete mineEl.dataset.ready;
+  const filter = `assignee == ${JSON.stringify(me)}`;
+  $('#mine-filter').textContent = `ActiveTasks and ${filter}`;
+  // One name per user: the hub never sees two views of one name with different filters.
+  const view = client.subscribeView(CHANNEL, { view: 'ActiveTasks', filter, sub: `${CHANNEL}#mine-${me}` });
+  mine = view;
+  const log = (entry) => {
+    if (mine === view) mineEl.dataset.log = `${mineEl.dataset.log} ${entry}`.trim();
+  };
+  view.on('insert', (e) => log(`insert:${e.key}`));
+  view.on('update', (e) => log(`update:${e.key}`));
+  view.on('delete', (e) => log(`delete:${e.key}:${e.reason}`));
+  view.on('rows', (rows) => mine === view && renderMine(rows));
+  view.on('subscribed', () => {
+    if (mine === view) mineEl.dataset.ready = 'true';
+  });
+  view.on('error', (e) => status(`my tasks: ${e.message}`, true));
+}
+
+function mineItem(key, v) {
+  return h('li', { class: 'card', dataset: { key, status: v.status } },
+    h('span', { class: 'title' }, v.title ?? key),
+    h('span', { class: `badge ${v.status}` }, v.status));
+}
+
+/** Makes the list equal to `rows`: new keys enter, gone keys leave, the rest are redrawn. */
+function renderMine(rows) {
+  const shown = new Map();
+  for (const el of [...mineEl.children]) {
+    if (el.dataset.anim === 'leave') continue;
+    if (rows.has(el.dataset.key)) shown.set(el.dataset.key, el);
+    else leave(el);
+  }
+  for (const key of [...rows.keys()].sort()) {
+    const v = rows.get(key);
+    const old = shown.get(key);
+    const el = mineItem(key, v);
+    if (old) {
+      // In place, so an enter animation under way is not restarted.
+      old.dataset.status = v.status;
+      old.replaceChildren(...el.childNodes);
+      continue;
+    }
+    el.dataset.anim = 'enter';
+    el.addEventListener('animationend', () => delete el.dataset.anim, { once: true });
+    // In key order, among the rows that stay (leaving ones are on their way out).
+    const next = [...mineEl.children].find((c) => c.dataset.anim !== 'leave' && c.dataset.key > key);
+    mineEl.insertBefore(el, next ?? null);
+  }
+  mineEl.dataset.count = String(rows.size);
+  $('#mine-empty').hidden = rows.size > 0;
+}
+
+function leave(el) {
+  el.dataset.anim = 'leave';
+  const gone = () => el.remove();
+  el.addEventListener('animationend', gone, { once: true });
+  // No animation runs (hidden tab, reduced motion): remove it anyway.
+  setTimeout(gone, 600);
+}
+
+$('#user').addEventListener('change', (e) => {
+  me = e.target.value;
+  localStorage.setItem('herald-demo-user', me);
+  $('#new-assignee').value = me;
+  const url = new URL(location.href);
+  url.searchParams.set('user', me);
+  history.replaceState(null, '', url);
+  subscribeMine();
+});
+subscribeMine();
+
+// ------------------------------------------------------------------ forms
 
 $('#add-form').addEventListener('submit', (ev) => {
   ev.preventDefault();
@@ -101,12 +209,11 @@ $('#add-form').addEventListener('submit', (ev) => {
   const title = input.value.trim();
   if (!title) return;
   input.value = '';
-  addCard(title).catch((e) => status(`add failed: ${e.message}`, true));
+  addTask(title, $('#new-assignee').value);
 });
 $('#seed').addEventListener('click', async () => {
-  for (const t of ['Write the docs', 'Ship the TypeScript client', 'Chaos test the Redis engine', 'Record the demo video']) {
-    await addCard(t).catch((e) => status(`add failed: ${e.message}`, true));
-  }
+  const samples = [['Write the docs', 'u1', 'todo'], ['Ship the TypeScript client', 'u2', 'doing'], ['Chaos test the Redis engine', 'u3', 'todo'], ['Record the demo video', 'u1', 'done']];
+  for (const [title, assignee, s] of samples) await addTask(title, assignee, s);
 });
 
 // ------------------------------------------------------------------ agent run
