@@ -36,7 +36,7 @@ fn since(reply: &Value) -> Position {
 }
 
 async fn resume(ws: &mut Ws, channel: &str, pos: Position, snapshot: bool) -> Value {
-    ws.request(Command::Subscribe { channel: channel.into(), since: Some(pos), snapshot, view: Default::default() })
+    ws.request(Command::Subscribe { channel: channel.into(), since: Some(pos), snapshot, view: Default::default(), presence: Default::default() })
         .await
         .expect("resume")
 }
@@ -154,7 +154,7 @@ async fn hammer_snapshots_plus_stream_equal_final_state() {
                     channel: "board:h".into(),
                     since: None,
                     snapshot: true,
-                    view: Default::default(),
+                    view: Default::default(), presence: Default::default()
                 })
                 .await
                 .unwrap();

@@ -28,8 +28,16 @@ pub enum Command {
     /// Authenticate (token optional when the header or query carried one, or anonymous is allowed).
     Connect { token: Option<String>, name: Option<String> },
     /// Start receiving a channel; optionally resume from `since` or start with a `snapshot`.
-    /// With `view` set: a live view of the keyed channel's records (protocol §14).
-    Subscribe { channel: String, since: Option<Since>, snapshot: bool, view: ViewQuery },
+    /// With `view` set: a live view of the keyed channel's records (protocol §14). On a
+    /// presence namespace the connection becomes a member; `presence` also follows the
+    /// member list (protocol §15).
+    Subscribe {
+        channel: String,
+        since: Option<Since>,
+        snapshot: bool,
+        view: ViewQuery,
+        presence: PresenceQuery,
+    },
     /// Stop receiving a channel (`sub` names a view subscription).
     Unsubscribe { channel: String, sub: Option<String> },
     /// Publish to a channel (when its namespace allows client publishes).
@@ -48,6 +56,36 @@ pub enum Command {
     History(HistoryQuery),
     /// Read a keyed channel's state.
     State { channel: String },
+    /// Change this connection's presence `info` on a channel it is a member of.
+    PresenceUpdate { channel: String, info: Box<RawValue> },
+    /// List a channel's members, a page at a time (by member id, after `after`).
+    Presence { channel: String, limit: Option<usize>, after: Option<String> },
+    /// Member and user counts of a channel.
+    PresenceStats { channel: String },
+    /// An event for the channel's current subscribers only: no offset, no history.
+    Volatile { channel: String, kind: Option<String>, data: Box<RawValue> },
+}
+
+/// What a subscriber asks of a channel's presence (protocol §15).
+#[derive(Debug, Clone, Default)]
+pub struct PresenceQuery {
+    /// Follow the member list (`true`), only its counts (`"counts"`), or nothing (absent).
+    pub mode: Option<PresenceMode>,
+    /// Resume the member list from this presence position.
+    pub since: Option<Position>,
+    /// A member id the client keeps across reconnects (per tab); default: the connection id.
+    pub member: Option<String>,
+    /// This member's `info` (JSON) as it joins.
+    pub info: Option<Box<RawValue>>,
+}
+
+/// How a subscriber follows presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceMode {
+    /// The member list, then join / leave / update events.
+    Members,
+    /// Member and user counts only, as they change.
+    Counts,
 }
 
 /// What makes a `subscribe` a view subscription: a spec view, an ad-hoc filter, one key, or a
@@ -169,11 +207,16 @@ enum Field {
     View,
     Filter,
     Sub,
+    Presence,
+    PresenceSince,
+    Member,
+    Info,
+    After,
 }
 
 impl Field {
     /// In bit order.
-    const ALL: [Field; 19] = [
+    const ALL: [Field; 24] = [
         Field::Id,
         Field::Cmd,
         Field::Channel,
@@ -193,6 +236,11 @@ impl Field {
         Field::View,
         Field::Filter,
         Field::Sub,
+        Field::Presence,
+        Field::PresenceSince,
+        Field::Member,
+        Field::Info,
+        Field::After,
     ];
 
     const fn bit(self) -> u32 {
@@ -220,6 +268,11 @@ impl Field {
             Field::View => "view",
             Field::Filter => "filter",
             Field::Sub => "sub",
+            Field::Presence => "presence",
+            Field::PresenceSince => "presence_since",
+            Field::Member => "member",
+            Field::Info => "info",
+            Field::After => "after",
         }
     }
 
@@ -233,7 +286,23 @@ impl Field {
         use Field::*;
         Some(match cmd {
             "connect" => &[Token, Name],
-            "subscribe" => &[Channel, Since, Snapshot, View, Filter, Key, Sub],
+            "subscribe" => &[
+                Channel,
+                Since,
+                Snapshot,
+                View,
+                Filter,
+                Key,
+                Sub,
+                Presence,
+                PresenceSince,
+                Member,
+                Info,
+            ],
+            "presence_update" => &[Channel, Info],
+            "presence" => &[Channel, Limit, After],
+            "presence_stats" => &[Channel],
+            "volatile" => &[Channel, Type, Data],
             "unsubscribe" => &[Channel, Sub],
             "publish" => &[Channel, Data, Type, Key, Op, IdempotencyKey, CorrelationId],
             "history" => &[Channel, Limit, Since, Before],
@@ -286,6 +355,16 @@ struct Wire<'a> {
     filter: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sub: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_since: Option<&'a Position>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    member: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after: Option<&'a str>,
 }
 
 /// One message object as read: `id` and `cmd` decoded, every other field kept as raw JSON until
@@ -558,8 +637,36 @@ impl Request {
                     key: get_str(Field::Key)?,
                     sub: get_str(Field::Sub)?,
                 },
+                presence: PresenceQuery {
+                    mode: match w.get::<serde_json::Value>(Field::Presence).map_err(bad)? {
+                        None | Some(serde_json::Value::Bool(false)) => None,
+                        Some(serde_json::Value::Bool(true)) => Some(PresenceMode::Members),
+                        Some(serde_json::Value::String(s)) if s == "counts" => {
+                            Some(PresenceMode::Counts)
+                        }
+                        Some(_) => {
+                            return Err(bad(
+                                "bad field `presence`: expected true, false or \"counts\"".into(),
+                            ));
+                        }
+                    },
+                    since: w
+                        .get::<SinceWire>(Field::PresenceSince)
+                        .map_err(bad)?
+                        .map(Position::from),
+                    member: get_str(Field::Member)?,
+                    info: match w.raw[Field::Info as usize].filter(|i| i.get() != "null") {
+                        Some(i) => {
+                            unicode(Field::Info, i)?;
+                            Some(i.to_owned())
+                        }
+                        None => None,
+                    },
+                },
             },
-            "unsubscribe" => Command::Unsubscribe { channel: channel()?, sub: get_str(Field::Sub)? },
+            "unsubscribe" => {
+                Command::Unsubscribe { channel: channel()?, sub: get_str(Field::Sub)? }
+            }
             "publish" => {
                 let channel = channel()?;
                 // A present `data` may be `null` (a delete carries no value).
@@ -598,6 +705,26 @@ impl Request {
                 before: w.get::<u64>(Field::Before).map_err(bad)?,
             }),
             "state" => Command::State { channel: channel()? },
+            "presence_update" => {
+                let channel = channel()?;
+                let info = w.raw[Field::Info as usize]
+                    .ok_or_else(|| bad("missing field `info`".into()))?;
+                unicode(Field::Info, info)?;
+                Command::PresenceUpdate { channel, info: info.to_owned() }
+            }
+            "presence" => Command::Presence {
+                channel: channel()?,
+                limit: w.get::<usize>(Field::Limit).map_err(bad)?,
+                after: get_str(Field::After)?,
+            },
+            "presence_stats" => Command::PresenceStats { channel: channel()? },
+            "volatile" => {
+                let channel = channel()?;
+                let data = w.raw[Field::Data as usize]
+                    .ok_or_else(|| bad("missing field `data`".into()))?;
+                unicode(Field::Data, data)?;
+                Command::Volatile { channel, kind: get_str(Field::Type)?, data: data.to_owned() }
+            }
             other => unreachable!("{other:?} is in Field::allowed but not parsed"),
         };
         if id.is_none() && !matches!(command, Command::Pong) {
@@ -615,8 +742,15 @@ impl Request {
                 w.token = token.as_deref();
                 w.name = name.as_deref();
             }
-            Command::Subscribe { channel, since, snapshot, view } => {
+            Command::Subscribe { channel, since, snapshot, view, presence } => {
                 w.cmd = "subscribe";
+                w.presence = presence.mode.map(|m| match m {
+                    PresenceMode::Members => serde_json::Value::Bool(true),
+                    PresenceMode::Counts => serde_json::Value::String("counts".into()),
+                });
+                w.presence_since = presence.since.as_ref();
+                w.member = presence.member.as_deref();
+                w.info = presence.info.as_deref();
                 w.channel = Some(channel);
                 w.since = since.as_ref();
                 w.snapshot = *snapshot;
@@ -645,6 +779,27 @@ impl Request {
                 w.timestamp = timestamp.as_deref();
             }
             Command::Pong => w.cmd = "pong",
+            Command::PresenceUpdate { channel, info } => {
+                w.cmd = "presence_update";
+                w.channel = Some(channel);
+                w.info = Some(info);
+            }
+            Command::Presence { channel, limit, after } => {
+                w.cmd = "presence";
+                w.channel = Some(channel);
+                w.limit = *limit;
+                w.after = after.as_deref();
+            }
+            Command::PresenceStats { channel } => {
+                w.cmd = "presence_stats";
+                w.channel = Some(channel);
+            }
+            Command::Volatile { channel, kind, data } => {
+                w.cmd = "volatile";
+                w.channel = Some(channel);
+                w.kind = kind.as_deref();
+                w.data = Some(data);
+            }
             Command::Refresh { token } => {
                 w.cmd = "refresh";
                 w.token = Some(token);

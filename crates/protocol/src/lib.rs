@@ -18,7 +18,7 @@ pub mod publication;
 pub mod reply;
 
 pub use codes::{CloseCode, ErrorCode};
-pub use command::{Command, ParseError, Request, Since, ViewQuery};
+pub use command::{Command, ParseError, PresenceMode, PresenceQuery, Request, Since, ViewQuery};
 pub use publication::{Continuity, Meta, Op, Position, Publication, Record};
 pub use reply::{ErrorBody, LeaveReason, ServerMessage, ViewEvent, ViewOperation};
 

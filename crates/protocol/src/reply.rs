@@ -292,9 +292,18 @@ pub enum ServerMessage {
     Ping,
     /// The server ended a subscription. `resubscribe` says whether to subscribe again (with
     /// `since`): true for a position gap. `sub` names a view subscription.
-    Unsubscribe { channel: String, code: u16, reason: String, resubscribe: bool, sub: Option<String> },
+    Unsubscribe {
+        channel: String,
+        code: u16,
+        reason: String,
+        resubscribe: bool,
+        sub: Option<String>,
+    },
     /// An event of a view subscription (protocol §14).
     View(Box<ViewEvent>),
+    /// A presence push (`presence`, `presence_list`, `presence_stats`, protocol §15) or a
+    /// `volatile` event (§16), as its JSON object.
+    Event { push: String, body: Box<serde_json::Value> },
     /// The server is about to close the connection with this close code.
     Disconnect { code: u16, reason: String, reconnect: bool },
     /// An error not tied to a request (for example malformed JSON).
@@ -379,6 +388,11 @@ impl ServerMessage {
                 }),
                 "error" => {
                     w.error.map(ServerMessage::Error).ok_or("error push without error".into())
+                }
+                "presence" | "presence_list" | "presence_stats" | "volatile" => {
+                    let body: serde_json::Value =
+                        serde_json::from_str(line).map_err(|e| e.to_string())?;
+                    Ok(ServerMessage::Event { push, body: Box::new(body) })
                 }
                 other => Err(format!("unknown push {other:?}")),
             };

@@ -168,7 +168,7 @@ fn command() -> BoxedStrategy<Command> {
         (prop::option::of(text()), prop::option::of(text()))
             .prop_map(|(token, name)| Command::Connect { token, name }),
         (text(), prop::option::of(position()), any::<bool>())
-            .prop_map(|(channel, since, snapshot)| Command::Subscribe { channel, since, snapshot, view: Default::default() }),
+            .prop_map(|(channel, since, snapshot)| Command::Subscribe { channel, since, snapshot, view: Default::default(), presence: Default::default() }),
         text().prop_map(|channel| Command::Unsubscribe { channel, sub: None }),
         (
             text(),

@@ -369,6 +369,17 @@ pub struct Namespace {
     /// publications are validated against it and filters typed by it.
     #[serde(skip)]
     pub entity: Option<Arc<herald_spec::Entity>>,
+    /// Subscribed connections are members of the channel's presence (protocol §15).
+    pub presence: bool,
+    /// Largest presence `info` of one member, in bytes.
+    pub max_presence_info_bytes: usize,
+    /// Presence changes of one channel are gathered this long and published together: a join
+    /// and a leave of one member inside it cancel out, several updates keep the last.
+    #[serde(with = "humantime_serde")]
+    pub presence_window: Duration,
+    /// Volatile events (`volatile`) one connection may send per second to this namespace
+    /// (0: none); a connection allowed to publish here may send them.
+    pub volatile_per_second: u32,
 }
 
 impl Default for Namespace {
@@ -388,6 +399,10 @@ impl Default for Namespace {
             idempotency_window: Duration::from_secs(300),
             filters: false,
             entity: None,
+            presence: false,
+            max_presence_info_bytes: 1024,
+            presence_window: Duration::from_millis(100),
+            volatile_per_second: 30,
         }
     }
 }
@@ -524,6 +539,11 @@ impl Config {
             if name == SYSTEM_NAMESPACE {
                 return Err(ConfigError::Invalid(format!(
                     "namespace {name:?} is reserved for the hub's own channels (sys:stats)"
+                )));
+            }
+            if ns.presence_window > Duration::from_secs(10) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {name:?}: presence_window must be at most 10s"
                 )));
             }
             if ns.max_key_bytes == 0 || ns.max_key_bytes > ns.max_state_bytes {

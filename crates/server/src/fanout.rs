@@ -13,7 +13,7 @@
 use crate::engine::Delivery;
 use crate::frame::Encoded;
 use crate::outbox::{Outbox, Outgoing};
-use crate::views::{Selection, ViewSet};
+use crate::views::{Format, Selection, ViewSet};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -183,6 +183,7 @@ impl Fanout {
         sub: Arc<str>,
         outbox: Arc<Outbox>,
         selection: Arc<Selection>,
+        format: Format,
     ) -> Arc<OnceCell<()>> {
         let mut set = match self.set(channel) {
             Some(set) => set,
@@ -193,12 +194,14 @@ impl Fanout {
                 .or_insert_with(|| ChannelSet::new(channel))
                 .clone(),
         };
+        let mut format = Some(format);
         loop {
             {
                 let mut members = set.members.lock();
                 if !members.removed {
                     let name = set.name.clone();
-                    members.views.add(name, session, sub, outbox, selection);
+                    let format = format.take().expect("added once");
+                    members.views.add(name, session, sub, outbox, selection, format);
                     return set.listening.clone();
                 }
             }
@@ -224,6 +227,13 @@ impl Fanout {
     ) -> bool {
         let Some(set) = self.set(channel) else { return false };
         set.members.lock().views.activate(session, sub, from, reply)
+    }
+
+    /// Replaces the format of a registered view (crate::views::ViewSet::set_format).
+    pub fn set_view_format(&self, channel: &str, session: u64, sub: &Arc<str>, format: Format) {
+        if let Some(set) = self.set(channel) {
+            set.members.lock().views.set_format(session, sub, format);
+        }
     }
 
     /// Removes a view subscription; true when the channel has no local subscriber left.
@@ -282,6 +292,22 @@ impl Delivery for Fanout {
         };
         if let Some(observer) = &self.observer {
             observer(&publication.channel, pushed);
+        }
+    }
+
+    fn deliver_volatile(&self, channel: &str, frame: Arc<str>) {
+        let Some(set) = self.set(channel) else { return };
+        let members = set.members.lock();
+        for (_, outbox) in &members.list {
+            let _ = outbox.push(Outgoing::Volatile(frame.clone()));
+        }
+        // A connection with views of the channel gets it once, however many views it has.
+        let mut seen: Vec<u64> = members.list.iter().map(|(s, _)| *s).collect();
+        for (session, outbox) in members.views.outboxes() {
+            if !seen.contains(&session) {
+                seen.push(session);
+                let _ = outbox.push(Outgoing::Volatile(frame.clone()));
+            }
         }
     }
 

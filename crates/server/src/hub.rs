@@ -11,8 +11,9 @@ use crate::outbox::Outbox;
 use crate::rules::{self, History, Recovery, State};
 use herald_protocol::command::HistoryQuery;
 use herald_protocol::reply::{ErrorBody, PublishResult};
-use herald_protocol::{CloseCode, ErrorCode, Position};
+use herald_protocol::{CloseCode, ErrorCode, Op, Position};
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -78,6 +79,10 @@ pub struct Hub {
     /// The housekeeping task between [`Hub::start`] and [`Hub::stop`], so the hub owns its
     /// background work and ends it (also when dropped).
     housekeeping: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Presence changes waiting for their window, and what this node wrote (crate::presence).
+    presence: crate::presence::Presence,
+    /// Options of every presence stream.
+    pub presence_ns: Namespace,
 }
 
 /// How often [`Hub::start`]'s housekeeping runs [`Hub::maintain`] by default.
@@ -131,6 +136,7 @@ impl Hub {
             tracing::warn!("configuration: {warning}");
         }
         let metrics = Arc::new(Metrics::new(config.namespaces.keys().map(String::as_str)));
+        let presence_ns = crate::presence::stream_namespace(config.limits.outbound_queue_bytes);
         let counted = metrics.clone();
         let fanout = Arc::new(Fanout::with_observer(Arc::new(move |channel, pushed| {
             counted.delivered(Config::namespace_of(channel), pushed)
@@ -154,6 +160,8 @@ impl Hub {
             attempts: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            presence: crate::presence::Presence::default(),
+            presence_ns,
             drained: tokio::sync::Notify::new(),
             started: Instant::now(),
             extensions: Default::default(),
@@ -465,10 +473,20 @@ impl Hub {
         *housekeeping = Some(tokio::spawn(async move {
             let mut every = tokio::time::interval(maintain_every);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Members of gone nodes (clustered engines only; a no-op otherwise).
+            let mut reap = tokio::time::interval(crate::presence::REAP_EVERY);
+            reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                every.tick().await;
-                let Some(live) = hub.upgrade() else { return };
-                live.maintain().await;
+                tokio::select! {
+                    _ = every.tick() => {
+                        let Some(live) = hub.upgrade() else { return };
+                        live.maintain().await;
+                    }
+                    _ = reap.tick() => {
+                        let Some(live) = hub.upgrade() else { return };
+                        live.reap_presence().await;
+                    }
+                }
             }
         }));
     }
@@ -562,6 +580,165 @@ impl Hub {
         }
     }
 
+    /// Queues a presence change of `channel` (`record`: the member's record JSON; `None`: it
+    /// leaves) and schedules the channel's flush after its namespace's window. Leaves are not
+    /// published while the node shuts down: members that reconnect elsewhere just move, the
+    /// others are removed once the node is gone (crate::presence).
+    pub fn presence_change(
+        self: &Arc<Self>,
+        ns: &Namespace,
+        channel: &str,
+        member: Arc<str>,
+        record: Option<String>,
+    ) {
+        let stream = crate::presence::stream_of(channel);
+        let fresh = match record {
+            Some(record) => self.presence.join(&stream, member, record),
+            None if self.shutting_down.load(Ordering::SeqCst) => return,
+            None => self.presence.leave(&stream, member),
+        };
+        if fresh {
+            let hub = Arc::downgrade(self);
+            let window = ns.presence_window;
+            tokio::spawn(async move {
+                tokio::time::sleep(window).await;
+                if let Some(hub) = hub.upgrade() {
+                    hub.flush_presence(&stream).await;
+                }
+            });
+        }
+    }
+
+    /// Publishes what is pending for a presence stream.
+    async fn flush_presence(&self, stream: &str) {
+        use crate::presence::Write;
+        let writes = self.presence.take(stream);
+        if writes.is_empty() {
+            return;
+        }
+        if self.presence.track(stream)
+            && let Err(e) = self.engine.presence_track(&self.node_id, stream).await
+        {
+            tracing::warn!(stream, error = %e, "cannot note presence members on the engine");
+        }
+        let ns = &self.presence_ns;
+        for write in writes {
+            let input = |key: &Arc<str>, op, data: Box<RawValue>| PublishInput {
+                channel: stream.to_string(),
+                kind: "presence".into(),
+                data,
+                key: Some(key.to_string()),
+                op: Some(op),
+                meta: herald_protocol::Meta {
+                    source: Some("presence".into()),
+                    ..Default::default()
+                },
+            };
+            let done = match write {
+                Write::Upsert { member, record } => {
+                    let data = RawValue::from_string(record.clone()).expect("records are JSON");
+                    match self.engine.publish(ns, input(&member, Op::Upsert, data)).await {
+                        Ok(r) => {
+                            self.presence.wrote(stream, member, r.offset, record);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Write::Delete { member, expected } => {
+                    let data = RawValue::from_string("null".into()).expect("null is JSON");
+                    let published = self
+                        .engine
+                        .publish_if(ns, input(&member, Op::Delete, data), &expected)
+                        .await;
+                    self.presence.forgot(stream, &member);
+                    published.map(|_| ())
+                }
+            };
+            if let Err(e) = done {
+                tracing::warn!(stream, error = %e, "presence change not published");
+            }
+        }
+    }
+
+    /// Removes the members of nodes that have been gone for a while (clustered engines; under
+    /// a lease, one node at a time).
+    pub async fn reap_presence(&self) {
+        let Some(nodes) = self.engine.nodes().await else { return };
+        if !matches!(self.lease("presence-reaper", crate::presence::REAP_EVERY * 3).await, Ok(true))
+        {
+            return;
+        }
+        let alive: Vec<String> = nodes.into_iter().map(|n| n.id).collect();
+        let orphans = match self.engine.presence_orphans(&alive).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list presence members of gone nodes");
+                return;
+            }
+        };
+        let names: Vec<String> = orphans.iter().map(|(n, _)| n.clone()).collect();
+        let overdue = self.presence.overdue(&names);
+        for (node, streams) in orphans.into_iter().filter(|(n, _)| overdue.contains(n)) {
+            let mut clean = true;
+            for stream in &streams {
+                clean &= self.reap_stream(stream, &node).await;
+            }
+            if clean && let Err(e) = self.engine.presence_forget(&node).await {
+                tracing::warn!(node, error = %e, "cannot forget a gone node's presence");
+            }
+        }
+    }
+
+    /// Deletes the members of `stream` that `node` holds; false when that failed.
+    async fn reap_stream(&self, stream: &str, node: &str) -> bool {
+        #[derive(serde::Deserialize)]
+        struct NodeOf {
+            #[serde(default)]
+            node: String,
+        }
+        let ns = &self.presence_ns;
+        let Ok(state) = rules::state(&*self.engine, ns, stream).await else { return false };
+        let mut ok = true;
+        for r in state.records {
+            let holder = serde_json::from_str::<NodeOf>(r.value.get()).map(|n| n.node);
+            if holder.ok().as_deref() != Some(node) {
+                continue;
+            }
+            let expected = format!("{}:{}", r.offset, r.value.get());
+            let input = PublishInput {
+                channel: stream.to_string(),
+                kind: "presence".into(),
+                data: RawValue::from_string("null".into()).expect("null is JSON"),
+                key: Some(r.key.clone()),
+                op: Some(Op::Delete),
+                meta: herald_protocol::Meta {
+                    source: Some("presence-expired".into()),
+                    ..Default::default()
+                },
+            };
+            if let Err(e) = self.engine.publish_if(ns, input, &expected).await {
+                tracing::warn!(stream, member = r.key, error = %e, "cannot remove a gone node's member");
+                ok = false;
+            }
+        }
+        tracing::info!(stream, node, "removed the presence members of a gone node");
+        ok
+    }
+
+    /// A channel's members and the presence position they correspond to.
+    pub async fn presence_members(&self, channel: &str) -> Result<State, ErrorBody> {
+        let stream = crate::presence::stream_of(channel);
+        rules::state(&*self.engine, &self.presence_ns, &stream)
+            .await
+            .map_err(|e| engine_error(e, channel))
+    }
+
+    /// Sends a volatile event to the channel's subscribers on every node.
+    pub async fn publish_volatile(&self, channel: &str, frame: Arc<str>) -> Result<(), ErrorBody> {
+        self.engine.publish_volatile(channel, frame).await.map_err(|e| engine_error(e, channel))
+    }
+
     /// Registers a pending view subscription (crate::views) and makes sure the engine delivers
     /// the channel to this node; activate it with [`Hub::activate_view`] once read.
     pub async fn add_view(
@@ -571,8 +748,9 @@ impl Hub {
         sub: Arc<str>,
         outbox: Arc<Outbox>,
         selection: Arc<crate::views::Selection>,
+        format: crate::views::Format,
     ) -> Result<(), ErrorBody> {
-        let gate = self.fanout.add_view(channel, session, sub.clone(), outbox, selection);
+        let gate = self.fanout.add_view(channel, session, sub.clone(), outbox, selection, format);
         let engine = self.engine.clone();
         let listened = gate.get_or_try_init(|| async move { engine.listen(channel).await }).await;
         match listened {

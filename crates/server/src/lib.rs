@@ -68,6 +68,7 @@ pub mod keyed;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
+pub mod presence;
 pub mod routes;
 pub mod rules;
 pub mod session;

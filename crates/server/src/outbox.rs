@@ -33,6 +33,8 @@ pub enum Outgoing {
     },
     /// The view subscription `sub` of `channel` lost its stream: it must resubscribe.
     ViewReset { channel: Arc<str>, sub: Arc<str> },
+    /// A volatile event of `channel` (`{"push":"volatile",...}`), shared by its subscribers.
+    Volatile(Arc<str>),
 }
 
 impl Outgoing {
@@ -41,6 +43,7 @@ impl Outgoing {
             Outgoing::Pub(p) | Outgoing::Recovered(p) => p.frame.len(),
             Outgoing::Line(l) | Outgoing::Subscribed { line: l, .. } => l.len(),
             Outgoing::View { frame, .. } => frame.len(),
+            Outgoing::Volatile(frame) => frame.len(),
             Outgoing::Reset(_) | Outgoing::ViewReset { .. } => 64,
         }
     }
@@ -102,8 +105,10 @@ impl Outbox {
         if inner.closed.is_some() {
             return Err(Refused::Closed);
         }
-        let publication =
-            matches!(item, Outgoing::Pub(_) | Outgoing::Recovered(_) | Outgoing::View { .. });
+        let publication = matches!(
+            item,
+            Outgoing::Pub(_) | Outgoing::Recovered(_) | Outgoing::View { .. } | Outgoing::Volatile(_)
+        );
         if (publication && inner.publications >= self.max_messages)
             || inner.bytes + len > self.max_bytes
         {

@@ -205,7 +205,7 @@ impl Adapter {
             channel: self.channel.clone(),
             since: self.position.clone(),
             snapshot: false,
-            view: Default::default(),
+            view: Default::default(), presence: Default::default()
         };
         self.send(command)
     }
@@ -279,7 +279,7 @@ impl Adapter {
                 }
                 ServerMessage::Unsubscribe { .. } => self.done = true,
                 // SSE streams subscribe to plain channels only.
-                ServerMessage::View(_) => {}
+                ServerMessage::View(_) | ServerMessage::Event { .. } => {}
                 ServerMessage::Disconnect { code, reason, reconnect } => {
                     let data = serde_json::json!({ "code": code, "reason": reason, "reconnect": reconnect });
                     out.push(Event::default().event("disconnect").data(data.to_string()));

@@ -181,6 +181,75 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).expect("strings serialize"));
 }
 
+/// How a view's events are written.
+#[derive(Debug)]
+pub enum Format {
+    /// `{"push":"view",...}` (protocol §14).
+    View,
+    /// A presence stream followed as `{"push":"presence",...}` events of `channel` (§15).
+    Presence {
+        /// The channel whose members these are.
+        channel: Arc<str>,
+    },
+    /// A presence stream followed as member and user counts of `channel`.
+    Counts {
+        /// The channel whose members these are.
+        channel: Arc<str>,
+        /// Members now.
+        members: usize,
+        /// Members per user now.
+        users: HashMap<String, usize>,
+    },
+}
+
+impl Format {
+    /// Counts starting from these member records.
+    pub fn counts(channel: Arc<str>, records: &[herald_protocol::Record]) -> Format {
+        let mut users: HashMap<String, usize> = HashMap::new();
+        for r in records {
+            *users.entry(user_of(Some(&r.value))).or_default() += 1;
+        }
+        Format::Counts { channel, members: records.len(), users }
+    }
+}
+
+/// The `user` of a member record.
+fn user_of(record: Option<&RawValue>) -> String {
+    #[derive(serde::Deserialize)]
+    struct User {
+        #[serde(default)]
+        user: String,
+    }
+    record
+        .and_then(|r| serde_json::from_str::<User>(r.get()).ok())
+        .map(|u| u.user)
+        .unwrap_or_default()
+}
+
+/// A presence event (`{"push":"presence",...}`) for a write of a presence stream.
+pub fn presence_event(
+    channel: &str,
+    operation: ViewOperation,
+    parsed: &Parsed<'_>,
+    change: &RecordChange,
+    p: &Encoded,
+) -> String {
+    let (event, record) = match operation {
+        ViewOperation::Insert => ("join", parsed.after()),
+        ViewOperation::Update => ("update", parsed.after()),
+        ViewOperation::Delete => ("leave", parsed.before()),
+    };
+    let field = |name: &str| record.and_then(|r| r.get(name)).cloned().unwrap_or(Value::Null);
+    let mut event = serde_json::json!({
+        "push": "presence", "channel": channel, "event": event, "member": change.key,
+        "user": field("user"), "epoch": &*p.epoch, "offset": p.offset,
+    });
+    if operation != ViewOperation::Delete {
+        event["info"] = field("info");
+    }
+    event.to_string()
+}
+
 /// Where a view stands.
 enum Stage {
     /// Registered, its subscribe still reading: every write is kept for when it activates.
@@ -207,6 +276,8 @@ struct Entry {
     outbox: Arc<Outbox>,
     /// What it selects.
     selection: Arc<Selection>,
+    /// How its events are written.
+    format: Format,
     /// Pending, active or dead.
     stage: Stage,
 }
@@ -265,6 +336,7 @@ impl ViewSet {
         sub: Arc<str>,
         outbox: Arc<Outbox>,
         selection: Arc<Selection>,
+        format: Format,
     ) {
         self.remove(session, &sub);
         let filed = match (&selection.key, &selection.term) {
@@ -278,6 +350,7 @@ impl ViewSet {
             channel,
             outbox,
             selection,
+            format,
             stage: Stage::Pending(Vec::new()),
         };
         let slot = match self.free.pop() {
@@ -337,6 +410,16 @@ impl ViewSet {
         unfile(&mut self.pending, slot);
         self.free.push(slot);
         true
+    }
+
+    /// Replaces the format of a view (before it activates: presence counts start from the
+    /// list its subscribe read).
+    pub fn set_format(&mut self, session: u64, sub: &Arc<str>, format: Format) {
+        if let Some(&slot) = self.by_sub.get(&(session, sub.clone()))
+            && let Some(entry) = self.entries[slot].as_mut()
+        {
+            entry.format = format;
+        }
     }
 
     /// Activates a pending view: queues `reply`, then the events of the writes buffered since
@@ -401,9 +484,40 @@ impl ViewSet {
     }
 
     /// Queues the event a write makes for one view, if any; true when one was queued.
-    fn emit(entry: &Entry, parsed: &Parsed<'_>, change: &RecordChange, p: &Encoded) -> bool {
+    fn emit(entry: &mut Entry, parsed: &Parsed<'_>, change: &RecordChange, p: &Encoded) -> bool {
         let Some((operation, reason)) = parsed.decide(&entry.selection) else { return false };
-        let frame = event_push(&entry.sub, operation, reason, change, p);
+        let frame = match &mut entry.format {
+            Format::View => event_push(&entry.sub, operation, reason, change, p),
+            Format::Presence { channel } => presence_event(channel, operation, parsed, change, p),
+            Format::Counts { channel, members, users } => {
+                let user = user_of(match operation {
+                    ViewOperation::Delete => change.before.as_deref(),
+                    _ => change.after.as_deref(),
+                });
+                match operation {
+                    ViewOperation::Insert => {
+                        *members += 1;
+                        *users.entry(user).or_default() += 1;
+                    }
+                    ViewOperation::Delete => {
+                        *members = members.saturating_sub(1);
+                        if let Some(n) = users.get_mut(&user) {
+                            *n -= 1;
+                            if *n == 0 {
+                                users.remove(&user);
+                            }
+                        }
+                    }
+                    // An update may move a member to another user (it never does today).
+                    ViewOperation::Update => return false,
+                }
+                serde_json::json!({
+                    "push": "presence_stats", "channel": &**channel, "members": *members,
+                    "users": users.len(), "epoch": &*p.epoch, "offset": p.offset,
+                })
+                .to_string()
+            }
+        };
         let _ = entry.outbox.push(Outgoing::View { frame, accepted: p.accepted });
         true
     }
@@ -423,9 +537,9 @@ impl ViewSet {
         self.pending.clear();
     }
 
-    /// Sessions with a view here (for tests and counts).
-    pub fn sessions(&self) -> impl Iterator<Item = u64> + '_ {
-        self.entries.iter().flatten().map(|e| e.session)
+    /// Each view's session and outbox.
+    pub fn outboxes(&self) -> impl Iterator<Item = (u64, &Arc<Outbox>)> + '_ {
+        self.entries.iter().flatten().map(|e| (e.session, &e.outbox))
     }
 }
 
@@ -484,9 +598,23 @@ mod tests {
         let mut set = ViewSet::default();
         let boxes: Vec<Arc<Outbox>> = (0..3).map(|_| outbox()).collect();
         let ch: Arc<str> = "t:b".into();
-        set.add(ch.clone(), 1, "a".into(), boxes[0].clone(), selection(r#"who == "u1""#));
-        set.add(ch.clone(), 2, "b".into(), boxes[1].clone(), selection(r#"who == "u2""#));
-        set.add(ch.clone(), 3, "c".into(), boxes[2].clone(), selection("n > 1"));
+        set.add(
+            ch.clone(),
+            1,
+            "a".into(),
+            boxes[0].clone(),
+            selection(r#"who == "u1""#),
+            Format::View,
+        );
+        set.add(
+            ch.clone(),
+            2,
+            "b".into(),
+            boxes[1].clone(),
+            selection(r#"who == "u2""#),
+            Format::View,
+        );
+        set.add(ch.clone(), 3, "c".into(), boxes[2].clone(), selection("n > 1"), Format::View);
         for (i, sub) in ["a", "b", "c"].into_iter().enumerate() {
             assert!(set.activate(i as u64 + 1, &sub.into(), 0, "{}".into()));
         }
@@ -514,7 +642,7 @@ mod tests {
     fn activation_replays_buffered_writes_after_the_read_position() {
         let mut set = ViewSet::default();
         let b = outbox();
-        set.add("t:b".into(), 1, "v".into(), b.clone(), selection("n >= 0"));
+        set.add("t:b".into(), 1, "v".into(), b.clone(), selection("n >= 0"), Format::View);
         set.route(&write(4, "x", None, Some(r#"{"n":1}"#)));
         set.route(&write(5, "y", None, Some(r#"{"n":2}"#)));
         assert!(frames(&b).is_empty(), "nothing before activation");

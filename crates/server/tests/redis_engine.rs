@@ -26,6 +26,7 @@ impl Delivery for Collect {
     fn reset(&self, _channel: Option<&str>) {
         *self.resets.lock() += 1;
     }
+    fn deliver_volatile(&self, _channel: &str, _frame: Arc<str>) {}
 }
 
 async fn engine(redis: &Redis) -> (Arc<RedisEngine>, Arc<Collect>) {

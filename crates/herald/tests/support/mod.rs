@@ -244,6 +244,7 @@ impl Ws {
             since: None,
             snapshot: false,
             view: Default::default(),
+            presence: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("subscribe {channel}: {e}"))

@@ -343,39 +343,14 @@ impl MemoryEngine {
         f(Some(&mut s), epoch)
     }
 
-    /// Drops the oldest publications of the hub until history and state fit the budget.
-    fn enforce_budget(&self) {
-        for _ in 0..MAX_EVICTIONS_PER_PUBLISH {
-            if !self.budget.over() {
-                return;
-            }
-            let Some((at, channel)) = self.budget.oldest.lock().first().cloned() else { return };
-            let Some(stream) = self.streams.read().get(&channel).cloned() else {
-                // Cannot happen (streams are dropped only without history); never loop on it.
-                self.budget.oldest.lock().remove(&(at, channel));
-                continue;
-            };
-            let mut s = stream.lock();
-            // The stream moved on since the set was read: read it again.
-            if s.indexed == Some(at) {
-                s.pop_front(&self.budget);
-                s.reindex(&self.budget);
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl Engine for MemoryEngine {
-    fn attach(&self, fanout: Arc<dyn Delivery>) {
-        let _ = self.fanout.set(fanout);
-    }
-
-    async fn publish(
+    /// A publish, only if the record is stored as `expected` (`OFFSET:JSON`, `-` absent) when
+    /// one is given; `None` when it is not.
+    fn publish_checked(
         &self,
         ns: &Namespace,
         input: PublishInput,
-    ) -> Result<PublishResult, EngineError> {
+        expected: Option<&str>,
+    ) -> Result<Option<PublishResult>, EngineError> {
         let keyed = input.keyed(ns)?;
         let stream = self.stream(&input.channel);
         let result = {
@@ -385,13 +360,19 @@ impl Engine for MemoryEngine {
             if let Some(key) = &idem {
                 s.forget_old_keys(now);
                 if let Some(prior) = s.dedupe.get(key) {
-                    return Ok(PublishResult { duplicate: true, ..prior.clone() });
+                    return Ok(Some(PublishResult { duplicate: true, ..prior.clone() }));
                 }
             }
             // Keyed state: compute the new value and check limits before anything changes.
             let change = match &keyed {
                 Some((key, op)) => {
                     let current = s.state.get(key);
+                    if let Some(expected) = expected {
+                        let stored = current.map(|(v, o)| format!("{o}:{}", v.get()));
+                        if stored.as_deref().unwrap_or("-") != expected {
+                            return Ok(None);
+                        }
+                    }
                     let next = apply_op(ns, current.map(|(v, _)| &**v), *op, &input.data)?;
                     let old_len = current.map_or(0, |(v, _)| record_bytes(key, v.get()));
                     let new_len = next.as_ref().map_or(0, |v| record_bytes(key, v.get()));
@@ -489,7 +470,60 @@ impl Engine for MemoryEngine {
         };
         // With this stream's lock released: eviction locks other streams.
         self.enforce_budget();
-        Ok(result)
+        Ok(Some(result))
+    }
+
+    /// Drops the oldest publications of the hub until history and state fit the budget.
+    fn enforce_budget(&self) {
+        for _ in 0..MAX_EVICTIONS_PER_PUBLISH {
+            if !self.budget.over() {
+                return;
+            }
+            let Some((at, channel)) = self.budget.oldest.lock().first().cloned() else { return };
+            let Some(stream) = self.streams.read().get(&channel).cloned() else {
+                // Cannot happen (streams are dropped only without history); never loop on it.
+                self.budget.oldest.lock().remove(&(at, channel));
+                continue;
+            };
+            let mut s = stream.lock();
+            // The stream moved on since the set was read: read it again.
+            if s.indexed == Some(at) {
+                s.pop_front(&self.budget);
+                s.reindex(&self.budget);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn attach(&self, fanout: Arc<dyn Delivery>) {
+        let _ = self.fanout.set(fanout);
+    }
+
+    async fn publish(
+        &self,
+        ns: &Namespace,
+        input: PublishInput,
+    ) -> Result<PublishResult, EngineError> {
+        let published = self.publish_checked(ns, input, None)?;
+        Ok(published.expect("an unconditional publish always publishes"))
+    }
+
+    async fn publish_if(
+        &self,
+        ns: &Namespace,
+        input: PublishInput,
+        expected: &str,
+    ) -> Result<Option<PublishResult>, EngineError> {
+        self.publish_checked(ns, input, Some(expected))
+    }
+
+    async fn publish_volatile(&self, channel: &str, frame: Arc<str>) -> Result<(), EngineError> {
+        if let Some(fanout) = self.fanout.get() {
+            fanout.deliver_volatile(channel, frame);
+        }
+        Ok(())
     }
 
     async fn listen(&self, channel: &str) -> Result<(), EngineError> {

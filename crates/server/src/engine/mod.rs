@@ -153,6 +153,8 @@ pub trait Delivery: Send + Sync + 'static {
     /// The node can no longer vouch for the stream of `channel` (gap, lost connection, new
     /// epoch): every local subscriber must resubscribe. `None` means every channel.
     fn reset(&self, channel: Option<&str>);
+    /// Delivers a volatile event (no offset, no history) to local subscribers of `channel`.
+    fn deliver_volatile(&self, channel: &str, frame: Arc<str>);
 }
 
 /// Storage and ordering of channels.
@@ -167,6 +169,33 @@ pub trait Engine: Send + Sync + 'static {
         ns: &Namespace,
         input: PublishInput,
     ) -> Result<PublishResult, EngineError>;
+    /// Publishes only if the record `input.key` is stored as `expected` (`OFFSET:JSON` of its
+    /// last write, `-` for absent); `None` (nothing published) when it is not. Presence leaves
+    /// use it, so a member that joined again elsewhere is not removed.
+    async fn publish_if(
+        &self,
+        ns: &Namespace,
+        input: PublishInput,
+        expected: &str,
+    ) -> Result<Option<PublishResult>, EngineError>;
+    /// Sends a volatile event to every node's subscribers of `channel`: kept nowhere, no offset.
+    async fn publish_volatile(&self, channel: &str, frame: Arc<str>) -> Result<(), EngineError>;
+    /// Notes that node `node` holds presence members on the presence stream `channel`, so that
+    /// another node removes them if `node` dies (a clustered engine; default: nothing).
+    async fn presence_track(&self, _node: &str, _channel: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Nodes not in `alive` that noted presence members, with their presence streams.
+    async fn presence_orphans(
+        &self,
+        _alive: &[String],
+    ) -> Result<Vec<(String, Vec<String>)>, EngineError> {
+        Ok(Vec::new())
+    }
+    /// Forgets what `node` noted (its members were removed).
+    async fn presence_forget(&self, _node: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
     /// This node now has subscribers on `channel`: live publications must reach [`Delivery`]
     /// from the moment this returns.
     async fn listen(&self, channel: &str) -> Result<(), EngineError>;

@@ -74,6 +74,10 @@ struct Session {
     subs: HashMap<Arc<str>, Sub>,
     /// View subscriptions: name → channel (their state lives in the fan-out, crate::views).
     views: HashMap<Arc<str>, Arc<str>>,
+    /// Channels this connection is a presence member of (crate::presence).
+    presence: HashMap<Arc<str>, cmd::Membership>,
+    /// Volatile events allowed now, per namespace.
+    volatile_rate: HashMap<String, rate::TokenBucket>,
     /// Last time anything arrived.
     last_seen: Instant,
     /// Command rate limit.
@@ -101,6 +105,8 @@ where
         ip: upgrade.ip,
         subs: HashMap::new(),
         views: HashMap::new(),
+        presence: HashMap::new(),
+        volatile_rate: HashMap::new(),
         last_seen: Instant::now(),
     };
     let close = if !upgrade.origin_allowed {
@@ -247,6 +253,7 @@ impl Session {
         // Out of the fan-out first: nothing more is queued for a connection that is closing.
         for channel in std::mem::take(&mut self.subs).into_keys() {
             self.hub.remove_subscriber(&channel, self.id).await;
+            self.leave_presence(&channel).await;
         }
         for (sub, channel) in std::mem::take(&mut self.views) {
             self.hub.remove_view(&channel, self.id, &sub).await;

@@ -42,7 +42,7 @@ impl RateLimit {
 }
 
 /// Commands per second with a burst of twice that.
-struct TokenBucket {
+pub(super) struct TokenBucket {
     /// Tokens added per second (0: no limit).
     rate: f64,
     /// Tokens available, at most `2 * rate`.
@@ -52,12 +52,12 @@ struct TokenBucket {
 }
 
 impl TokenBucket {
-    fn new(per_second: u32) -> TokenBucket {
+    pub(super) fn new(per_second: u32) -> TokenBucket {
         let rate = f64::from(per_second);
         TokenBucket { rate, tokens: rate * 2.0, last: Instant::now() }
     }
 
-    fn take(&mut self) -> bool {
+    pub(super) fn take(&mut self) -> bool {
         if self.rate == 0.0 {
             return true;
         }

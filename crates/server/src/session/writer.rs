@@ -148,10 +148,18 @@ impl Session {
                     out.oldest = Some(out.oldest.map_or(accepted, |o| o.min(accepted)));
                 }
                 Outgoing::ViewReset { channel, sub } => {
-                    if self.views.remove(&sub).is_some() {
+                    if let Some(of) = crate::presence::channel_of(&channel) {
+                        // The member list lost its stream: the channel subscription ends
+                        // too, and is resumed with both positions.
+                        let of: Arc<str> = of.into();
+                        if self.subs.remove(&of).is_some() {
+                            out.gaps.push(of);
+                        }
+                    } else if self.views.remove(&sub).is_some() {
                         out.view_resets.push((channel, sub));
                     }
                 }
+                Outgoing::Volatile(frame) => out.batch.add(&frame),
             }
         }
         let Delivery { mut batch, delivered, oldest, gaps, view_resets, overflow } = out;
@@ -183,6 +191,7 @@ impl Session {
         batch.cut();
         for channel in gaps {
             self.hub.remove_subscriber(&channel, self.id).await;
+            self.leave_presence(&channel).await;
         }
         for (channel, sub) in view_resets {
             self.hub.remove_view(&channel, self.id, &sub).await;

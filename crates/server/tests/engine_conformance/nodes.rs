@@ -24,6 +24,8 @@ pub struct Collect {
     pubs: Mutex<Vec<Arc<Encoded>>>,
     /// `reset` calls: the node could no longer vouch for a stream.
     resets: Mutex<usize>,
+    /// Every volatile event delivered: (channel, frame).
+    volatiles: Mutex<Vec<(String, Arc<str>)>>,
     /// Wakes [`Collect::wait_for`] on every delivery.
     arrived: tokio::sync::Notify,
 }
@@ -37,12 +39,21 @@ impl Delivery for Collect {
         *self.resets.lock() += 1;
         self.arrived.notify_waiters();
     }
+    fn deliver_volatile(&self, channel: &str, frame: Arc<str>) {
+        self.volatiles.lock().push((channel.to_string(), frame));
+        self.arrived.notify_waiters();
+    }
 }
 
 impl Collect {
     /// The publications of `channel` delivered so far, in delivery order.
     pub fn of(&self, channel: &str) -> Vec<Arc<Encoded>> {
         self.pubs.lock().iter().filter(|p| &*p.channel == channel).cloned().collect()
+    }
+
+    /// The volatile events of `channel` delivered so far.
+    pub fn volatile_of(&self, channel: &str) -> Vec<Arc<str>> {
+        self.volatiles.lock().iter().filter(|(c, _)| c == channel).map(|(_, f)| f.clone()).collect()
     }
 
     /// How many times the node was told to resubscribe its subscribers.

@@ -420,6 +420,19 @@ impl Engine for RedisEngine {
         )))
     }
 
+    async fn publish_if(
+        &self,
+        _ns: &Namespace,
+        _input: PublishInput,
+        _expected: &str,
+    ) -> Result<Option<PublishResult>, EngineError> {
+        Err(EngineError::Internal("publish_if: not yet on redis".into()))
+    }
+
+    async fn publish_volatile(&self, _channel: &str, _frame: Arc<str>) -> Result<(), EngineError> {
+        Err(EngineError::Internal("publish_volatile: not yet on redis".into()))
+    }
+
     async fn listen(&self, channel: &str) -> Result<(), EngineError> {
         self.inner.listen(channel).await
     }

@@ -6,12 +6,15 @@
 mod connect;
 mod history;
 mod ping;
+mod presence;
 mod publish;
 mod refresh;
 mod state;
 mod subscribe;
 mod unsubscribe;
 mod view;
+
+pub(super) use presence::Membership;
 
 use super::{Close, Session};
 use crate::frame::Encoded;
@@ -38,14 +41,35 @@ impl Session {
         let result = match command {
             Command::Connect { .. } | Command::Pong => Ok(()),
             Command::Ping { timestamp } => self.ping(id, timestamp),
-            Command::Subscribe { channel, since, snapshot, view } if !view.is_empty() => {
-                self.subscribe_view(id, &principal, channel, since, snapshot, view).await
-            }
-            Command::Subscribe { channel, since, snapshot, view: _ } => {
-                match whole_channel(&principal, &channel) {
-                    Ok(()) => self.subscribe(id, &principal, channel, since, snapshot).await,
-                    Err(e) => Err(e),
+            Command::Subscribe { channel, since, snapshot, view, presence } if !view.is_empty() => {
+                match presence.mode.is_some()
+                    || presence.member.is_some()
+                    || presence.info.is_some()
+                {
+                    true => Err(ErrorBody::new(
+                        ErrorCode::BadRequest,
+                        "presence goes with a channel subscription, not a view",
+                    )
+                    .with_channel(channel)),
+                    false => {
+                        self.subscribe_view(id, &principal, channel, since, snapshot, view).await
+                    }
                 }
+            }
+            Command::Subscribe { channel, since, snapshot, view: _, presence } => {
+                self.subscribe_channel(id, &principal, channel, since, snapshot, presence).await
+            }
+            Command::PresenceUpdate { channel, info } => {
+                self.presence_update(id, &principal, channel, info)
+            }
+            Command::Presence { channel, limit, after } => {
+                self.presence_list(id, &principal, channel, limit, after).await
+            }
+            Command::PresenceStats { channel } => {
+                self.presence_stats(id, &principal, channel).await
+            }
+            Command::Volatile { channel, kind, data } => {
+                self.volatile(id, &principal, channel, kind, data).await
             }
             Command::Unsubscribe { channel, sub: Some(sub) } if *sub != *channel => {
                 self.unsubscribe_view(id, channel, sub).await
@@ -66,6 +90,40 @@ impl Session {
             self.reply_error(Some(id), e);
         }
         None
+    }
+
+    /// A plain subscribe; on a presence namespace the connection then joins (and follows the
+    /// member list when asked).
+    async fn subscribe_channel(
+        &mut self,
+        id: u64,
+        principal: &crate::auth::Principal,
+        channel: String,
+        since: Option<herald_protocol::Position>,
+        snapshot: bool,
+        presence: herald_protocol::PresenceQuery,
+    ) -> Result<(), ErrorBody> {
+        whole_channel(principal, &channel)?;
+        let hub = self.hub.clone();
+        let ns = hub.namespace(&channel)?;
+        self.check_presence(ns, &channel, &presence)?;
+        self.subscribe(id, principal, channel.clone(), since, snapshot).await?;
+        if ns.presence && !self.presence.contains_key(channel.as_str()) {
+            if let Err(e) = self.join_presence(principal, ns, &channel, presence).await {
+                // The channel subscription stands; its presence part failed: say so.
+                let push = herald_protocol::reply::push_unsubscribe(
+                    &channel,
+                    herald_protocol::ErrorCode::Resubscribe,
+                    &format!("presence: {}", e.message),
+                    true,
+                );
+                let _ = self.outbox.push(crate::outbox::Outgoing::Line(push));
+                self.subs.remove(channel.as_str());
+                hub.remove_subscriber(&channel, self.id).await;
+                self.leave_presence(&channel).await;
+            }
+        }
+        Ok(())
     }
 
     /// Most bytes of publications one reply carries: a quarter of the outbound queue.

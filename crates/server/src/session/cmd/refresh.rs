@@ -81,6 +81,7 @@ impl Session {
         for channel in ended {
             self.subs.remove(&channel);
             hub.remove_subscriber(&channel, self.id).await;
+            self.leave_presence(&channel).await;
             tracing::info!(target: "herald::audit", event = "subscription_revoked", client = %client, user = %principal.user, ip = %self.ip, channel = %channel);
             let _ = self.outbox.push(Outgoing::Line(reply::push_unsubscribe(
                 &channel,

@@ -9,6 +9,7 @@ impl Session {
         match self.subs.remove(channel.as_str()) {
             Some(_) => {
                 self.hub.remove_subscriber(&channel, self.id).await;
+                self.leave_presence(&channel).await;
                 self.reply(id, &serde_json::json!({}));
                 Ok(())
             }

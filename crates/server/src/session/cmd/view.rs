@@ -171,8 +171,9 @@ impl Session {
             )
             .with_channel(channel));
         }
-        hub.add_view(&channel, self.id, name.clone(), self.outbox.clone(), selection.clone())
-            .await?;
+        let outbox = self.outbox.clone();
+        let format = crate::views::Format::View;
+        hub.add_view(&channel, self.id, name.clone(), outbox, selection.clone(), format).await?;
         let reply =
             match self.view_reply(ns, &channel, &name, since, snapshot, &q, &selection).await {
                 Ok(reply) => reply,
