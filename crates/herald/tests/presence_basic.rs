@@ -126,6 +126,12 @@ async fn members_join_update_and_leave_and_a_quick_join_and_leave_says_nothing()
     assert_eq!(members(&page), ["bob/tabB"]);
     assert!(page.get("next").is_none());
 
+    let (status, body) = hub.api("GET", "/api/presence_stats?channel=room:1", None).await;
+    assert_eq!((status, &body["members"], &body["users"]), (200, &json!(2), &json!(2)), "{body}");
+    let (_, body) =
+        hub.api("GET", "/api/presence?channel=room:1&limit=1&after=alice/tabA", None).await;
+    assert_eq!(members(&body), ["bob/tabB"]);
+
     // Closing the connection is a leave.
     drop(b);
     let left = next_push(&mut a, "presence").await;

@@ -36,6 +36,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/token"),
     ("get", "/api/specs"),
     ("get", "/api/schema/{entity}"),
+    ("get", "/api/presence"),
+    ("get", "/api/presence_stats"),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),
@@ -106,6 +108,8 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
         .route("/api/state", get(state).fallback(|| not_allowed("GET")))
         .route("/api/token", post(token).fallback(|| not_allowed("POST")))
         .route("/api/specs", get(specs).fallback(|| not_allowed("GET")))
+        .route("/api/presence", get(presence).fallback(|| not_allowed("GET")))
+        .route("/api/presence_stats", get(presence_stats).fallback(|| not_allowed("GET")))
         .route("/api/schema/{entity}", get(schema).fallback(|| not_allowed("GET")))
         .route_layer(axum::middleware::from_fn_with_state(check, api_check))
         // Explicit routes rather than a router fallback, so that an application merging this
@@ -631,6 +635,54 @@ async fn state(
         records: st.records,
     })
     .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceParams {
+    channel: String,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// A page of a channel's members (protocol §15).
+async fn presence(
+    State(hub): State<Arc<Hub>>,
+    params: Result<Query<PresenceParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(p) = params.map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.body_text()))?;
+    presence_namespace(&hub, &p.channel)?;
+    let state = hub.presence_members(&p.channel).await?;
+    let (page, next) = crate::presence::presence_page(&state.records, p.limit, p.after.as_deref());
+    let mut body = json!({
+        "channel": p.channel, "epoch": state.epoch, "offset": state.offset,
+        "members": page.iter().map(crate::presence::member_json).collect::<Vec<_>>(),
+    });
+    if let Some(next) = next {
+        body["next"] = next.into();
+    }
+    Ok(Json(body))
+}
+
+/// Member and user counts of a channel.
+async fn presence_stats(
+    State(hub): State<Arc<Hub>>,
+    params: Result<Query<StateParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(p) = params.map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.body_text()))?;
+    presence_namespace(&hub, &p.channel)?;
+    let state = hub.presence_members(&p.channel).await?;
+    Ok(Json(crate::presence::stats_json(&p.channel, &state)))
+}
+
+fn presence_namespace(hub: &Hub, channel: &str) -> Result<(), ErrorBody> {
+    if hub.namespace(channel)?.presence {
+        return Ok(());
+    }
+    Err(ErrorBody::new(ErrorCode::BadRequest, "this namespace has no presence (presence = false)")
+        .with_channel(channel))
 }
 
 /// The loaded specs: each entity with its namespace and JSON Schema, each view and

@@ -24,6 +24,7 @@
 //! publishes no leaves: members that reconnect elsewhere within [`REAP_AFTER`] just move.
 
 use crate::config::Namespace;
+use herald_protocol::Record;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -247,6 +248,41 @@ impl Presence {
             .cloned()
             .collect()
     }
+}
+
+/// One member as the protocol shows it: its record plus `member`.
+pub fn member_json(r: &Record) -> serde_json::Value {
+    let mut m: serde_json::Value = serde_json::from_str(r.value.get()).unwrap_or_default();
+    m["member"] = serde_json::Value::String(r.key.clone());
+    m
+}
+
+/// Member and user counts of a presence state, as `presence_stats` answers.
+pub fn stats_json(channel: &str, state: &crate::rules::State) -> serde_json::Value {
+    let crate::views::Format::Counts { members, users, .. } =
+        crate::views::Format::counts(channel.into(), &state.records)
+    else {
+        unreachable!()
+    };
+    serde_json::json!({
+        "channel": channel, "epoch": state.epoch, "offset": state.offset,
+        "members": members, "users": users.len(),
+    })
+}
+
+/// The members after `after`, at most `limit` (default 100, at most [`MAX_PAGE`]),
+/// and the id to page on from when more follow.
+pub fn presence_page<'a>(
+    records: &'a [Record],
+    limit: Option<usize>,
+    after: Option<&str>,
+) -> (&'a [Record], Option<String>) {
+    let limit = limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let start = after.map_or(0, |a| records.partition_point(|r| r.key.as_str() <= a));
+    let end = (start + limit).min(records.len());
+    let page = &records[start..end];
+    let next = (end < records.len()).then(|| page.last().map(|r| r.key.clone())).flatten();
+    (page, next)
 }
 
 #[cfg(test)]

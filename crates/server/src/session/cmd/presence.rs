@@ -4,12 +4,12 @@
 
 use crate::auth::Principal;
 use crate::config::Namespace;
-use crate::presence::{self, MemberRecord};
+use crate::presence::{self, MemberRecord, member_json, presence_page, stats_json};
 use crate::session::Session;
 use crate::session::rate::TokenBucket;
 use crate::views::{Format, Parsed, Selection, presence_event};
 use herald_protocol::reply::NotRecovered;
-use herald_protocol::{ErrorBody, ErrorCode, PresenceMode, PresenceQuery, Record};
+use herald_protocol::{ErrorBody, ErrorCode, PresenceMode, PresenceQuery};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
@@ -27,13 +27,6 @@ pub(in crate::session) struct Membership {
 fn no_presence(channel: &str) -> ErrorBody {
     ErrorBody::new(ErrorCode::BadRequest, "this namespace has no presence (presence = false)")
         .with_channel(channel)
-}
-
-/// One member as the protocol shows it.
-fn member_json(r: &Record) -> serde_json::Value {
-    let mut m: serde_json::Value = serde_json::from_str(r.value.get()).unwrap_or_default();
-    m["member"] = serde_json::Value::String(r.key.clone());
-    m
 }
 
 impl Session {
@@ -363,31 +356,4 @@ fn check_info(ns: &Namespace, channel: &str, info: &RawValue) -> Result<(), Erro
         .with_channel(channel));
     }
     Ok(())
-}
-
-/// Member and user counts of a presence state, as `presence_stats` answers.
-pub(crate) fn stats_json(channel: &str, state: &crate::rules::State) -> serde_json::Value {
-    let Format::Counts { members, users, .. } = Format::counts(channel.into(), &state.records)
-    else {
-        unreachable!()
-    };
-    serde_json::json!({
-        "channel": channel, "epoch": state.epoch, "offset": state.offset,
-        "members": members, "users": users.len(),
-    })
-}
-
-/// The members after `after`, at most `limit` (default 100, at most [`presence::MAX_PAGE`]),
-/// and the id to page on from when more follow.
-pub(crate) fn presence_page<'a>(
-    records: &'a [Record],
-    limit: Option<usize>,
-    after: Option<&str>,
-) -> (&'a [Record], Option<String>) {
-    let limit = limit.unwrap_or(100).clamp(1, presence::MAX_PAGE);
-    let start = after.map_or(0, |a| records.partition_point(|r| r.key.as_str() <= a));
-    let end = (start + limit).min(records.len());
-    let page = &records[start..end];
-    let next = (end < records.len()).then(|| page.last().map(|r| r.key.clone())).flatten();
-    (page, next)
 }
