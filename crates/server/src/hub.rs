@@ -83,6 +83,9 @@ pub struct Hub {
     presence: crate::presence::Presence,
     /// Options of every presence stream.
     pub presence_ns: Namespace,
+    /// Held while a presence flush publishes, so flushes run one at a time and a leave taken
+    /// by a later flush sees the join an earlier one wrote.
+    presence_flush: tokio::sync::Mutex<()>,
 }
 
 /// How often [`Hub::start`]'s housekeeping runs [`Hub::maintain`] by default.
@@ -162,6 +165,7 @@ impl Hub {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             presence: crate::presence::Presence::default(),
             presence_ns,
+            presence_flush: tokio::sync::Mutex::new(()),
             drained: tokio::sync::Notify::new(),
             started: Instant::now(),
             extensions: Default::default(),
@@ -612,6 +616,7 @@ impl Hub {
     /// Publishes what is pending for a presence stream.
     async fn flush_presence(&self, stream: &str) {
         use crate::presence::Write;
+        let _one_at_a_time = self.presence_flush.lock().await;
         let writes = self.presence.take(stream);
         if writes.is_empty() {
             return;
