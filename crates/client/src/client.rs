@@ -6,10 +6,11 @@ use crate::backoff::BackoffPolicy;
 use crate::command::{Cmd, CommandTx};
 use crate::connection::{self, ConnectionConfig};
 use crate::error::Error;
-use crate::event::SubscribeOptions;
+use crate::event::{SubscribeOptions, ViewOptions};
 use crate::state::ConnectionState;
 use crate::subscription::Subscription;
 use crate::token::TokenSource;
+use crate::view::View;
 use herald_protocol::Command;
 use herald_protocol::command::{HistoryQuery, PublishCommand};
 use herald_protocol::reply::{ConnectResult, HistoryResult, PublishResult, StateResult};
@@ -269,6 +270,20 @@ impl Client {
         let channel = channel.into();
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
         Subscription::start(&self.inner.cmd, id, channel, opts)
+    }
+
+    /// Subscribes to a live view of the keyed `channel` (protocol §14): a spec view, an ad-hoc
+    /// filter or one key. The returned [`View`] yields [`ViewEvent`](crate::ViewEvent)s
+    /// (`Ready`, then `Insert`, `Update`, `Delete` in offset order exactly once across
+    /// reconnects, `Ended` on a refusal such as `118 invalid_filter`) and keeps the matching
+    /// records by key, decoded as `T`. Dropping it unsubscribes.
+    pub fn subscribe_view<T: DeserializeOwned>(
+        &self,
+        channel: impl Into<String>,
+        opts: ViewOptions,
+    ) -> View<T> {
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        View::start(&self.inner.cmd, id, channel.into(), opts.query)
     }
 
     /// Sends any command and returns the raw `result` of its reply, within the request timeout.

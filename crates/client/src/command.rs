@@ -3,8 +3,9 @@
 //! handles never import the module that runs it.
 
 use crate::error::Error;
-use crate::event::{SubEvent, SubscribeOptions};
+use crate::event::{SubEvent, SubscribeOptions, ViewFeed};
 use herald_protocol::Command;
+use herald_protocol::command::ViewQuery;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,6 +34,24 @@ pub(crate) enum Cmd {
         id: u64,
         /// Its channel.
         channel: String,
+    },
+    /// Register a view subscription and subscribe on the current (or next) connection.
+    SubscribeView {
+        /// Tells this view apart from a later one with the same name.
+        id: u64,
+        /// The keyed channel viewed.
+        channel: String,
+        /// What is viewed; its `sub` is always set (the name events are matched by).
+        query: ViewQuery,
+        /// Where the view's rows and events go.
+        tx: mpsc::UnboundedSender<ViewFeed>,
+    },
+    /// A [`crate::View`] was dropped (or gave up on a record it cannot decode).
+    UnsubscribeView {
+        /// Which view, so that a stale drop does not end a newer one with the same name.
+        id: u64,
+        /// Its name on the connection.
+        name: String,
     },
     /// Send any command and route its reply back.
     Request {

@@ -7,13 +7,15 @@
 use crate::backoff::{Backoff, BackoffPolicy, Next};
 use crate::command::{Cmd, ReplyTx};
 use crate::error::Error;
-use crate::event::{SubEvent, SubscribeOptions};
+use crate::event::{SubEvent, SubscribeOptions, ViewFeed};
 use crate::raw::{RawError, RawReceiver, RawSender};
 use crate::state::{ConnectionState, OfflineReason};
 use crate::subscription::{Sub, SubStatus};
 use crate::token::TokenSource;
 use crate::transport::{HandshakeError, handshake, spawn_writer};
-use herald_protocol::reply::{ConnectResult, RefreshResult, SubscribeResult};
+use crate::view::{EventFit, ViewSub};
+use herald_protocol::command::ViewQuery;
+use herald_protocol::reply::{ConnectResult, RefreshResult, SubscribeResult, ViewSubscribeResult};
 use herald_protocol::{
     CloseCode, Command, Continuity, ErrorBody, ErrorCode, Position, Request, ServerMessage,
 };
@@ -84,6 +86,7 @@ pub(crate) fn spawn(
         changes: changes.clone(),
         info_tx,
         subs: HashMap::new(),
+        views: HashMap::new(),
         waiting: Vec::new(),
         offline: None,
     };
@@ -99,6 +102,15 @@ enum Pending {
         channel: String,
         /// Which subscription sent it, so a reply for an older one is dropped.
         sub_id: u64,
+        /// What it resumed from.
+        since: Option<Position>,
+    },
+    /// A view's subscribe.
+    View {
+        /// The view's name on the connection.
+        name: String,
+        /// Which view sent it, so a reply for an older one is dropped.
+        view_id: u64,
         /// What it resumed from.
         since: Option<Position>,
     },
@@ -182,6 +194,8 @@ struct Driver {
     info_tx: watch::Sender<Option<ConnectResult>>,
     /// Every application subscription, by channel.
     subs: HashMap<String, Sub>,
+    /// Every view subscription, by its name on the connection (what its events carry).
+    views: HashMap<String, ViewSub>,
     /// Requests made while not connected; sent once connected (their callers time out).
     waiting: Vec<(Command, ReplyTx)>,
     /// Why the client is offline: requests fail at once with it. While the circuit breaker is
@@ -278,6 +292,7 @@ impl Driver {
             let _ = reply.send(Err(Error::Closed));
         }
         self.subs.clear();
+        self.views.clear();
     }
 
     /// Handles commands while not connected, until `until` (or forever). Returns `None` when the
@@ -307,6 +322,16 @@ impl Driver {
             Some(Cmd::Unsubscribe { id, channel }) => {
                 if self.subs.get(&channel).is_some_and(|s| s.id == id) {
                     self.subs.remove(&channel);
+                }
+                None
+            }
+            Some(Cmd::SubscribeView { id, channel, query, tx }) => {
+                self.add_view(id, channel, query, tx);
+                None
+            }
+            Some(Cmd::UnsubscribeView { id, name }) => {
+                if self.views.get(&name).is_some_and(|v| v.id == id) {
+                    self.views.remove(&name);
                 }
                 None
             }
@@ -342,6 +367,29 @@ impl Driver {
         }
         self.subs.insert(channel, Sub::new(id, tx, opts));
         true
+    }
+
+    /// Registers a view; returns false (after telling the application) when its name is taken
+    /// on this client.
+    fn add_view(
+        &mut self,
+        id: u64,
+        channel: String,
+        query: ViewQuery,
+        tx: mpsc::UnboundedSender<ViewFeed>,
+    ) -> Option<String> {
+        let name = query.name(&channel);
+        if self.views.contains_key(&name) {
+            let error = ErrorBody::new(
+                ErrorCode::AlreadySubscribed,
+                format!("this client already has a view named {name:?}"),
+            )
+            .with_channel(channel);
+            let _ = tx.send(ViewFeed::Ended(error));
+            return None;
+        }
+        self.views.insert(name.clone(), ViewSub::new(id, channel, query, tx));
+        Some(name)
     }
 
     /// Gets a token if the source needs fetching, then handshakes and runs the session.
@@ -435,10 +483,15 @@ impl Driver {
         self.info_tx.send_replace(Some(info));
 
         // Resyncing only when a subscription resumes; first subscribes are plain connecting.
-        let resuming = self.subs.values().any(|s| !s.initial);
+        let resuming =
+            self.subs.values().any(|s| !s.initial) || self.views.values().any(|v| v.last.is_some());
         let channels: Vec<String> = self.subs.keys().cloned().collect();
         for channel in &channels {
             self.send_subscribe(&mut conn, channel, false);
+        }
+        let names: Vec<String> = self.views.keys().cloned().collect();
+        for name in &names {
+            self.send_view_subscribe(&mut conn, name, false);
         }
         let mut resyncing = resuming;
         // Established once every resubscribe is answered: then the backoff starts over.
@@ -461,6 +514,7 @@ impl Driver {
             // Checked before every wait, so a session without subscriptions is established at once.
             if (resyncing || !established)
                 && !self.subs.values().any(|s| s.status == SubStatus::Pending)
+                && !self.views.values().any(|v| v.status == SubStatus::Pending)
             {
                 if !established {
                     established = true;
@@ -471,10 +525,15 @@ impl Driver {
                     self.set_state(ConnectionState::Connected);
                 }
             }
-            let retry_at = self.subs.values().filter_map(|s| match s.status {
-                SubStatus::RetryAt(at) => Some(at),
-                _ => None,
-            });
+            let retry_at = self
+                .subs
+                .values()
+                .map(|s| s.status)
+                .chain(self.views.values().map(|v| v.status))
+                .filter_map(|s| match s {
+                    SubStatus::RetryAt(at) => Some(at),
+                    _ => None,
+                });
             let retry_at = retry_at.min();
             tokio::select! {
                 message = rx.recv() => match message {
@@ -524,6 +583,13 @@ impl Driver {
                     for channel in due {
                         self.send_subscribe(&mut conn, &channel, true);
                     }
+                    let due: Vec<String> = self.views.iter()
+                        .filter(|(_, v)| matches!(v.status, SubStatus::RetryAt(at) if at <= now))
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    for name in due {
+                        self.send_view_subscribe(&mut conn, &name, true);
+                    }
                 }
                 _ = &mut writer => break Ended::Lost,
             }
@@ -542,6 +608,9 @@ impl Driver {
         }
         for sub in self.subs.values_mut() {
             sub.status = SubStatus::Idle;
+        }
+        for view in self.views.values_mut() {
+            view.status = SubStatus::Idle;
         }
         end
     }
@@ -596,6 +665,21 @@ impl Driver {
                 }
                 None
             }
+            Some(Cmd::SubscribeView { id, channel, query, tx }) => {
+                if let Some(name) = self.add_view(id, channel, query, tx) {
+                    self.send_view_subscribe(conn, &name, false);
+                }
+                None
+            }
+            Some(Cmd::UnsubscribeView { id, name }) => {
+                if self.views.get(&name).is_some_and(|v| v.id == id)
+                    && let Some(view) = self.views.remove(&name)
+                    && matches!(view.status, SubStatus::Pending | SubStatus::Active)
+                {
+                    conn.send(view.unsubscribe_command(), Pending::Ignore);
+                }
+                None
+            }
             Some(Cmd::Request { command, reply }) => {
                 conn.send(command, Pending::User(reply));
                 None
@@ -611,7 +695,10 @@ impl Driver {
             return;
         };
         if unsubscribe_first {
-            conn.send(Command::Unsubscribe { channel: channel.to_string(), sub: None }, Pending::Ignore);
+            conn.send(
+                Command::Unsubscribe { channel: channel.to_string(), sub: None },
+                Pending::Ignore,
+            );
         }
         let (since, snapshot) = sub.resume_from();
         let pending = Pending::Subscribe {
@@ -619,8 +706,31 @@ impl Driver {
             sub_id: sub.id,
             since: since.clone(),
         };
-        conn.send(Command::Subscribe { channel: channel.to_string(), since, snapshot, view: Default::default() }, pending);
+        conn.send(
+            Command::Subscribe {
+                channel: channel.to_string(),
+                since,
+                snapshot,
+                view: Default::default(), presence: Default::default()
+            },
+            pending,
+        );
         sub.status = SubStatus::Pending;
+    }
+
+    /// Sends `subscribe` for a registered view, resuming after its last position.
+    /// `unsubscribe_first` clears a server-side view that is still there.
+    fn send_view_subscribe(&mut self, conn: &mut Conn, name: &str, unsubscribe_first: bool) {
+        let Some(view) = self.views.get_mut(name) else {
+            return;
+        };
+        if unsubscribe_first {
+            conn.send(view.unsubscribe_command(), Pending::Ignore);
+        }
+        let pending =
+            Pending::View { name: name.to_string(), view_id: view.id, since: view.last.clone() };
+        conn.send(view.subscribe_command(), pending);
+        view.status = SubStatus::Pending;
     }
 
     fn on_message(
@@ -657,6 +767,9 @@ impl Driver {
                 Some(Pending::Subscribe { channel, sub_id, since }) => {
                     self.on_subscribe_reply(conn, channel, sub_id, since, result);
                 }
+                Some(Pending::View { name, view_id, since }) => {
+                    self.on_view_reply(conn, name, view_id, since, result);
+                }
                 Some(Pending::Refresh) => match result {
                     Ok(raw) => {
                         let expires_at = serde_json::from_str::<RefreshResult>(raw.get())
@@ -669,6 +782,11 @@ impl Driver {
                 },
                 Some(Pending::Ignore) | None => {}
             },
+            ServerMessage::Unsubscribe { sub: Some(name), code, reason, resubscribe, .. }
+                if self.views.contains_key(&name) =>
+            {
+                self.on_view_unsubscribe(conn, name, code, reason, resubscribe);
+            }
             ServerMessage::Unsubscribe { channel, code, reason, resubscribe, .. } => {
                 if !self.subs.contains_key(&channel) {
                     return None;
@@ -687,7 +805,9 @@ impl Driver {
             }
             ServerMessage::Disconnect { code, reason, .. } => *disconnect = Some((code, reason)),
             ServerMessage::Error(e) => tracing::warn!(error = %e, "herald server error push"),
-            ServerMessage::View(_) => {}
+            ServerMessage::View(event) => self.on_view_event(conn, *event),
+            // Presence and volatile pushes: not followed by this client yet.
+            ServerMessage::Event { .. } => {}
         }
         None
     }
@@ -719,17 +839,7 @@ impl Driver {
                 }
             }
             Err(error) => {
-                let transient = matches!(
-                    error.error_code(),
-                    Some(
-                        ErrorCode::Internal
-                            | ErrorCode::AlreadySubscribed
-                            | ErrorCode::TokenExpired
-                            | ErrorCode::RateLimited
-                            | ErrorCode::Unavailable
-                    )
-                );
-                if transient {
+                if transient(&error) {
                     tracing::warn!(%channel, %error, "herald subscribe failed; retrying");
                     sub.status = SubStatus::RetryAt(Instant::now() + SUBSCRIBE_RETRY);
                 } else if let Some(sub) = self.subs.remove(&channel) {
@@ -738,4 +848,100 @@ impl Driver {
             }
         }
     }
+
+    /// A live view event: delivered once, in order; another epoch means the stream was reset.
+    fn on_view_event(&mut self, conn: &mut Conn, event: herald_protocol::ViewEvent) {
+        let Some(view) = self.views.get_mut(&event.sub) else {
+            return;
+        };
+        if view.status != SubStatus::Active {
+            // The subscribe reply in flight covers it.
+            return;
+        }
+        match view.accept(&event.publication) {
+            EventFit::Next => {
+                let _ = view.tx.send(ViewFeed::Event(Box::new(event)));
+            }
+            EventFit::Duplicate => {}
+            EventFit::Reset => {
+                tracing::warn!(view = %event.sub, "herald view event from another epoch; resubscribing");
+                self.send_view_subscribe(conn, &event.sub, true);
+            }
+        }
+    }
+
+    /// The hub ended a view: subscribe again after the last position when it asks to, else end.
+    fn on_view_unsubscribe(
+        &mut self,
+        conn: &mut Conn,
+        name: String,
+        code: u16,
+        reason: String,
+        resubscribe: bool,
+    ) {
+        if resubscribe {
+            tracing::debug!(view = %name, code, %reason, "herald server asked to resubscribe a view");
+            self.send_view_subscribe(conn, &name, false);
+        } else if let Some(view) = self.views.remove(&name) {
+            let mut error =
+                ErrorBody::new(ErrorCode::from_code(code).unwrap_or(ErrorCode::Internal), reason);
+            error.code = code;
+            let _ = view.tx.send(ViewFeed::Ended(error.with_channel(view.channel)));
+        }
+    }
+
+    fn on_view_reply(
+        &mut self,
+        conn: &mut Conn,
+        name: String,
+        view_id: u64,
+        since: Option<Position>,
+        result: Result<Box<RawValue>, ErrorBody>,
+    ) {
+        let Some(view) = self.views.get_mut(&name) else {
+            return;
+        };
+        if view.id != view_id || view.status != SubStatus::Pending {
+            return;
+        }
+        let parsed = result.and_then(|raw| {
+            serde_json::from_str::<ViewSubscribeResult>(raw.get()).map_err(|e| {
+                ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!("undecodable view subscribe reply: {e}"),
+                )
+            })
+        });
+        match parsed {
+            Ok(reply) => {
+                if !view.apply_reply(since.as_ref(), reply) {
+                    tracing::warn!(view = %name, "herald view resume reply unusable; subscribing afresh");
+                    self.send_view_subscribe(conn, &name, true);
+                }
+            }
+            Err(error) if transient(&error) => {
+                tracing::warn!(view = %name, %error, "herald view subscribe failed; retrying");
+                view.status = SubStatus::RetryAt(Instant::now() + SUBSCRIBE_RETRY);
+            }
+            Err(error) => {
+                if let Some(view) = self.views.remove(&name) {
+                    let _ = view.tx.send(ViewFeed::Ended(error));
+                }
+            }
+        }
+    }
+}
+
+/// Whether a refused subscribe is worth retrying after a delay.
+fn transient(error: &ErrorBody) -> bool {
+    matches!(
+        error.error_code(),
+        Some(
+            ErrorCode::Internal
+                | ErrorCode::AlreadySubscribed
+                | ErrorCode::TokenExpired
+                | ErrorCode::RateLimited
+                | ErrorCode::Unavailable
+        )
+    )
 }

@@ -5,6 +5,8 @@
 //!   through several server URLs, keeps the connection alive (answers pings, detects silence),
 //!   refreshes its token in-band, and resumes every [`Subscription`] from the last delivered
 //!   position. Its [`ConnectionState`] is observable.
+//! - [`View`]: a live view of a keyed channel (a spec view, a filter, or one key) that keeps the
+//!   matching records by key, typed with serde, from insert/update/delete events.
 //! - [`ApiClient`]: the hub's HTTP API (publish, broadcast, history, state, channels, info).
 //! - [`raw`]: one bare WebSocket connection speaking protocol v1, for tools such as the benchmark.
 //!
@@ -23,10 +25,13 @@
 //! - `subscription`: one subscription: the [`Subscription`] handle (unsubscribes on drop), the
 //!   record the connection task keeps for it, and the ordering logic (positions, resume,
 //!   duplicate and gap filtering).
+//! - `view`: one live view: the [`View`] handle (typed events, the rows by key), and the record
+//!   the connection task keeps for it (position, resume, duplicate filtering).
 //! - `command`: the commands handles send to the connection task, the only link between them.
 //! - `transport`: the socket seam: handshake (WebSocket plus `connect` reply) and the writer
 //!   task that batches messages into frames; built on [`raw`], which splits batched frames.
-//! - `event`: [`SubscribeOptions`] and [`SubEvent`], the data a subscription takes and yields.
+//! - `event`: [`SubscribeOptions`] and [`SubEvent`], the data a subscription takes and yields;
+//!   [`ViewOptions`] and the untyped feed a view's handle decodes.
 //! - `backoff`: [`BackoffPolicy`] and the reconnect bookkeeping (delays, circuit breaker).
 //! - `state`: [`ConnectionState`] and [`OfflineReason`].
 //! - `token`: [`TokenSource`]. `error`: [`Error`].
@@ -45,15 +50,17 @@ mod state;
 mod subscription;
 mod token;
 mod transport;
+mod view;
 
 pub use backoff::BackoffPolicy;
 pub use client::{BuildError, Client, ClientBuilder};
 pub use error::Error;
-pub use event::{SubEvent, SubscribeOptions};
+pub use event::{SubEvent, SubscribeOptions, ViewOptions};
 pub use herald_protocol;
-pub use herald_protocol::reply::NotRecovered;
+pub use herald_protocol::reply::{LeaveReason, NotRecovered};
 pub use herald_protocol::{Position, Publication, Record};
 pub use http::{ApiClient, ApiError, http_base_from_ws, ws_url_from_http};
 pub use state::{ConnectionState, OfflineReason};
 pub use subscription::Subscription;
 pub use token::{TokenFuture, TokenSource};
+pub use view::{View, ViewError, ViewEvent};
