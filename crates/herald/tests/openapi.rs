@@ -60,7 +60,8 @@ async fn openapi_matches_the_server() {
 
     let hub = Hub::start(
         "specs = [\"builtin:kanban\"]\n[limits]\nmax_api_body_bytes = 4096\n[namespaces.default]\n\
-         [namespaces.board]\nkeyed = true\n",
+         [namespaces.board]\nkeyed = true\n\
+         [namespaces.room]\npresence = true\n",
     );
     let bodies = [
         (
@@ -77,6 +78,8 @@ async fn openapi_matches_the_server() {
             "/api/history" => "/api/history?channel=board:1".to_string(),
             "/api/state" => "/api/state?channel=board:1".to_string(),
             "/api/schema/{entity}" => "/api/schema/Task".to_string(),
+            "/api/presence" => "/api/presence?channel=room:1".to_string(),
+            "/api/presence_stats" => "/api/presence_stats?channel=room:1".to_string(),
             p => p.to_string(),
         };
         let body = bodies.iter().find(|(p, _)| p == path).map(|(_, b)| b.clone());
