@@ -54,7 +54,18 @@ pub struct SubArgs {
     /// channel is subscribed (after its snapshot, with `--snapshot`). Unset: run until stopped.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Channels.
+    /// Follow a live view of one keyed channel (docs/protocol.md §14): a spec view or
+    /// subscription (`ActiveTasks`). Prints the rows as one `{"rows":...}` line, then one line
+    /// per insert, update and delete.
+    #[arg(long)]
+    pub view: Option<String>,
+    /// An ad-hoc view filter (`status != "done"`), ANDed with `--view`'s.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// A view of one record (or the key of a `by id` subscription).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Channels (one with `--view`, `--filter` or `--key`).
     #[arg(required = true)]
     pub channels: Vec<String>,
 }
@@ -108,6 +119,11 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
         builder = builder.token(token.clone());
     }
     let (client, mut states) = builder.build_with_states()?;
+    if args.view.is_some() || args.filter.is_some() || args.key.is_some() {
+        let result = crate::cmd_sub_view::run(&args, &client, &mut states).await;
+        client.close();
+        return result;
+    }
 
     let options = SubscribeOptions { since: args.since.clone(), snapshot: args.snapshot };
     let mut events = futures_util::stream::select_all(args.channels.iter().map(|channel| {

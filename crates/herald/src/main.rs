@@ -26,6 +26,7 @@ mod cmd_config;
 mod cmd_publish;
 mod cmd_serve;
 mod cmd_sub;
+mod cmd_sub_view;
 mod cmd_token;
 
 use clap::{CommandFactory, Parser, Subcommand};
