@@ -145,6 +145,9 @@ impl Pending {
     }
 }
 
+/// A member record as this node stored it: its offset and JSON.
+type Stored = (u64, String);
+
 /// One node's presence bookkeeping.
 #[derive(Default)]
 pub struct Presence {
@@ -153,7 +156,7 @@ pub struct Presence {
     pending: Mutex<HashMap<String, Pending>>,
     /// What this node last wrote for each (stream, member): its stored form `OFFSET:JSON`, so a
     /// leave deletes only that record and a rejoin that changes nothing publishes nothing.
-    written: Mutex<HashMap<(String, Arc<str>), (u64, String)>>,
+    written: Mutex<HashMap<(String, Arc<str>), Stored>>,
     /// Streams this node has noted on the engine (once each).
     tracked: Mutex<HashSet<String>>,
     /// Nodes seen missing while they still had members, and since when.

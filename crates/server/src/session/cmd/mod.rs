@@ -108,8 +108,11 @@ impl Session {
         let ns = hub.namespace(&channel)?;
         self.check_presence(ns, &channel, &presence)?;
         self.subscribe(id, principal, channel.clone(), since, snapshot).await?;
-        if ns.presence && !self.presence.contains_key(channel.as_str()) {
-            if let Err(e) = self.join_presence(principal, ns, &channel, presence).await {
+        if ns.presence
+            && !self.presence.contains_key(channel.as_str())
+            && let Err(e) = self.join_presence(principal, ns, &channel, presence).await
+        {
+            {
                 // The channel subscription stands; its presence part failed: say so.
                 let push = herald_protocol::reply::push_unsubscribe(
                     &channel,

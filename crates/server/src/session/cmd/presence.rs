@@ -264,7 +264,7 @@ impl Session {
         let page = presence_page(&state.records, limit, after.as_deref());
         let mut body = serde_json::json!({
             "channel": channel, "epoch": state.epoch, "offset": state.offset,
-            "members": page.0.iter().map(|r| member_json(r)).collect::<Vec<_>>(),
+            "members": page.0.iter().map(member_json).collect::<Vec<_>>(),
         });
         if let Some(next) = page.1 {
             body["next"] = next.into();
