@@ -711,7 +711,8 @@ impl Driver {
                 channel: channel.to_string(),
                 since,
                 snapshot,
-                view: Default::default(), presence: Default::default()
+                view: Default::default(),
+                presence: Default::default(),
             },
             pending,
         );

@@ -154,7 +154,13 @@ async fn raw_layer_speaks_batched_frames() {
     tx.send_batch(&[
         Request {
             id: Some(2),
-            command: Command::Subscribe { channel: "raw".into(), since: None, snapshot: false, view: Default::default(), presence: Default::default() },
+            command: Command::Subscribe {
+                channel: "raw".into(),
+                since: None,
+                snapshot: false,
+                view: Default::default(),
+                presence: Default::default(),
+            },
         },
         Request { id: Some(3), command: Command::Ping { timestamp: None } },
     ])

@@ -115,7 +115,13 @@ async fn bad_tokens_get_their_codes() {
 async fn bad_requests_get_codes_and_the_connection_survives() {
     let hub = Hub::start(CONFIG);
     let mut ws = client(&hub, "alice", &["session:1"]).await;
-    let sub = |c: &str| Command::Subscribe { channel: c.into(), since: None, snapshot: false, view: Default::default(), presence: Default::default() };
+    let sub = |c: &str| Command::Subscribe {
+        channel: c.into(),
+        since: None,
+        snapshot: false,
+        view: Default::default(),
+        presence: Default::default(),
+    };
     assert_eq!(ws.request(sub("session:2")).await.unwrap_err().code, 103, "forbidden channel");
     assert_eq!(ws.request(sub("nowhere:1")).await.unwrap_err().code, 102, "unknown namespace");
     assert_eq!(ws.request(sub("bad channel")).await.unwrap_err().code, 114, "invalid name");
@@ -161,7 +167,13 @@ async fn anonymous_auth_timeout_and_binary_frames() {
     anon.request(Command::Connect { token: None, name: None }).await.expect("anonymous connect");
     anon.subscribe("open:lobby").await;
     let err = anon
-        .request(Command::Subscribe { channel: "session:1".into(), since: None, snapshot: false, view: Default::default(), presence: Default::default() })
+        .request(Command::Subscribe {
+            channel: "session:1".into(),
+            since: None,
+            snapshot: false,
+            view: Default::default(),
+            presence: Default::default(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code, 101, "anonymous where a token is needed: log in (issue 11 item 7)");
@@ -400,7 +412,13 @@ async fn subscribe_hook_decides_and_is_cached() {
     let hub = Hub::start(&config);
     let mut alice = client(&hub, "alice", &[]).await;
     alice.subscribe("campaign:1").await;
-    let sub = |c: &str| Command::Subscribe { channel: c.into(), since: None, snapshot: false, view: Default::default(), presence: Default::default() };
+    let sub = |c: &str| Command::Subscribe {
+        channel: c.into(),
+        since: None,
+        snapshot: false,
+        view: Default::default(),
+        presence: Default::default(),
+    };
     assert_eq!(alice.request(sub("campaign:2")).await.unwrap_err().code, 103);
     let mut again = client(&hub, "alice", &[]).await;
     again.subscribe("campaign:1").await;
@@ -421,7 +439,13 @@ async fn per_connection_limits_have_codes() {
     ws.subscribe("session:1").await;
     ws.subscribe("session:2").await;
     let err = ws
-        .request(Command::Subscribe { channel: "session:3".into(), since: None, snapshot: false, view: Default::default(), presence: Default::default() })
+        .request(Command::Subscribe {
+            channel: "session:3".into(),
+            since: None,
+            snapshot: false,
+            view: Default::default(),
+            presence: Default::default(),
+        })
         .await;
     assert_eq!(err.unwrap_err().code, 106);
     // 30 pings in one frame against a burst of 10: some are refused with 110, none lost.
@@ -453,7 +477,13 @@ async fn audit_log_as_json_lines() {
     let hub = Hub::start_with(CONFIG, &["--log-format", "json"]);
     let mut ws = client(&hub, "auditor", &["session:1"]).await;
     let err = ws
-        .request(Command::Subscribe { channel: "session:2".into(), since: None, snapshot: false, view: Default::default(), presence: Default::default() })
+        .request(Command::Subscribe {
+            channel: "session:2".into(),
+            since: None,
+            snapshot: false,
+            view: Default::default(),
+            presence: Default::default(),
+        })
         .await;
     assert_eq!(err.unwrap_err().code, 103);
     let mut bad = Ws::open(&hub.ws_url()).await;

@@ -90,7 +90,13 @@ async fn other_tokens_may_not_subscribe_and_nobody_may_publish() {
     // Even a claim matching every channel does not reach the hub's own.
     let mut user = connect(&hub, token("u", &["*"])).await;
     let refused = user
-        .request(Command::Subscribe { channel: "sys:stats".into(), since: None, snapshot: false, view: Default::default(), presence: Default::default() })
+        .request(Command::Subscribe {
+            channel: "sys:stats".into(),
+            since: None,
+            snapshot: false,
+            view: Default::default(),
+            presence: Default::default(),
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code, 103, "{refused:?}");

@@ -39,7 +39,13 @@ async fn a_resume_larger_than_the_queue_is_paged_in_order_with_live_publications
     let mut ws = hub.client("pager", &["feed:*"]).await;
     let since = Position { epoch: epoch.clone(), offset: 0 };
     let reply = ws
-        .request(Command::Subscribe { channel: ch.into(), since: Some(since), snapshot: false, view: Default::default(), presence: Default::default() })
+        .request(Command::Subscribe {
+            channel: ch.into(),
+            since: Some(since),
+            snapshot: false,
+            view: Default::default(),
+            presence: Default::default(),
+        })
         .await
         .expect("the resume is answered, not closed");
     assert_eq!(reply["recovered"], true, "{}", reply["reason"]);
@@ -172,7 +178,13 @@ async fn a_slow_consumer_under_default_settings_resumes_recovered() {
     let mut again = hub.client("slow", &["feed:*"]).await;
     let since = Position { epoch, offset: last };
     let reply = again
-        .request(Command::Subscribe { channel: ch.into(), since: Some(since), snapshot: false, view: Default::default(), presence: Default::default() })
+        .request(Command::Subscribe {
+            channel: ch.into(),
+            since: Some(since),
+            snapshot: false,
+            view: Default::default(),
+            presence: Default::default(),
+        })
         .await
         .unwrap();
     assert_eq!(reply["recovered"], true, "missed {} of {published}: {reply}", published - last);

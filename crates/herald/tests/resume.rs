@@ -36,9 +36,15 @@ fn since(reply: &Value) -> Position {
 }
 
 async fn resume(ws: &mut Ws, channel: &str, pos: Position, snapshot: bool) -> Value {
-    ws.request(Command::Subscribe { channel: channel.into(), since: Some(pos), snapshot, view: Default::default(), presence: Default::default() })
-        .await
-        .expect("resume")
+    ws.request(Command::Subscribe {
+        channel: channel.into(),
+        since: Some(pos),
+        snapshot,
+        view: Default::default(),
+        presence: Default::default(),
+    })
+    .await
+    .expect("resume")
 }
 
 #[tokio::test]
@@ -154,7 +160,8 @@ async fn hammer_snapshots_plus_stream_equal_final_state() {
                     channel: "board:h".into(),
                     since: None,
                     snapshot: true,
-                    view: Default::default(), presence: Default::default()
+                    view: Default::default(),
+                    presence: Default::default(),
                 })
                 .await
                 .unwrap();

@@ -80,7 +80,13 @@ async fn refresh_to_a_narrower_token_ends_the_subscriptions_it_no_longer_grants(
     assert_eq!(p.channel, "feed:a", "feed:b must not flow after the refresh");
     // Subscribing again is refused under the new token.
     let again = ws
-        .request(Command::Subscribe { channel: "feed:b".into(), since: None, snapshot: false, view: Default::default(), presence: Default::default() })
+        .request(Command::Subscribe {
+            channel: "feed:b".into(),
+            since: None,
+            snapshot: false,
+            view: Default::default(),
+            presence: Default::default(),
+        })
         .await;
     assert_eq!(code(&again.unwrap_err()), 103);
 }
@@ -92,14 +98,26 @@ async fn an_anonymous_connection_is_told_to_log_in_not_forbidden() {
     ws.request(Command::Connect { token: None, name: None }).await.expect("anonymous connect");
     ws.subscribe("open:lobby").await;
     let refused = ws
-        .request(Command::Subscribe { channel: "feed:x".into(), since: None, snapshot: false, view: Default::default(), presence: Default::default() })
+        .request(Command::Subscribe {
+            channel: "feed:x".into(),
+            since: None,
+            snapshot: false,
+            view: Default::default(),
+            presence: Default::default(),
+        })
         .await
         .unwrap_err();
     assert_eq!(code(&refused), 101, "{refused:?}");
     // A user with a token that does not grant the channel is forbidden (103).
     let mut user = hub.client("u", &["feed:mine"]).await;
     let refused = user
-        .request(Command::Subscribe { channel: "feed:x".into(), since: None, snapshot: false, view: Default::default(), presence: Default::default() })
+        .request(Command::Subscribe {
+            channel: "feed:x".into(),
+            since: None,
+            snapshot: false,
+            view: Default::default(),
+            presence: Default::default(),
+        })
         .await
         .unwrap_err();
     assert_eq!(code(&refused), 103);

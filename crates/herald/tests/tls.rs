@@ -265,7 +265,14 @@ async fn https_and_wss_survive_a_certificate_reload_on_sighup() {
     assert_eq!((status, &der), (200, &old.leaf_der));
     let (mut ws, der) = Wss::connect(&hub, &old).await;
     assert_eq!(der, old.leaf_der);
-    ws.request(Command::Subscribe { channel: "news".into(), since: None, snapshot: false, view: Default::default(), presence: Default::default() }).await;
+    ws.request(Command::Subscribe {
+        channel: "news".into(),
+        since: None,
+        snapshot: false,
+        view: Default::default(),
+        presence: Default::default(),
+    })
+    .await;
 
     // Swap the certificate under the running server.
     let new = Authority::generate("new");

@@ -38,7 +38,8 @@ async fn subscribe(ws: &mut Ws, q: ViewQuery) -> Value {
         channel: "task:b1".into(),
         since: None,
         snapshot: false,
-        view: q, presence: Default::default()
+        view: q,
+        presence: Default::default(),
     })
     .await
     .expect("view subscribe")
@@ -71,7 +72,8 @@ async fn a_view_reports_exactly_what_each_write_does_to_it() {
             channel: "task:b1".into(),
             since: None,
             snapshot: false,
-            view: view(Some("ActiveTasks"), None), presence: Default::default()
+            view: view(Some("ActiveTasks"), None),
+            presence: Default::default(),
         })
         .await
         .unwrap_err();
@@ -156,7 +158,8 @@ async fn bad_filters_and_unknown_views_are_invalid_filter_with_a_column() {
                 channel: "task:b1".into(),
                 since: None,
                 snapshot: false,
-                view: q, presence: Default::default()
+                view: q,
+                presence: Default::default(),
             })
             .await
             .unwrap_err();
@@ -169,7 +172,8 @@ async fn bad_filters_and_unknown_views_are_invalid_filter_with_a_column() {
             channel: "task:b1".into(),
             since: None,
             snapshot: false,
-            view: view(Some("TaskDetail"), None), presence: Default::default()
+            view: view(Some("TaskDetail"), None),
+            presence: Default::default(),
         })
         .await
         .unwrap_err();
@@ -197,7 +201,8 @@ async fn a_token_filter_narrows_every_view_and_forbids_the_whole_channel() {
             channel: "task:b1".into(),
             since: None,
             snapshot: true,
-            view: ViewQuery::default(), presence: Default::default()
+            view: ViewQuery::default(),
+            presence: Default::default(),
         })
         .await
         .unwrap_err();
@@ -229,7 +234,8 @@ async fn a_resumed_view_gets_the_events_it_missed_and_nothing_else() {
             channel: "task:b1".into(),
             since: Some(since),
             snapshot: false,
-            view: view(Some("ActiveTasks"), None), presence: Default::default()
+            view: view(Some("ActiveTasks"), None),
+            presence: Default::default(),
         })
         .await
         .unwrap();
@@ -275,7 +281,8 @@ async fn the_subscribe_hook_can_hold_a_user_to_a_filter() {
             channel: "task:b1".into(),
             since: None,
             snapshot: false,
-            view: ViewQuery::default(), presence: Default::default()
+            view: ViewQuery::default(),
+            presence: Default::default(),
         })
         .await
         .unwrap_err();

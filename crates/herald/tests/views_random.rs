@@ -237,7 +237,8 @@ async fn a_record_that_moves_is_deleted_on_every_subscriber_of_its_view_and_no_o
                     channel: CHANNEL.into(),
                     since: None,
                     snapshot: false,
-                    view: q, presence: Default::default()
+                    view: q,
+                    presence: Default::default(),
                 })
                 .await
                 .expect("subscribe");

@@ -167,8 +167,15 @@ fn command() -> BoxedStrategy<Command> {
     prop_oneof![
         (prop::option::of(text()), prop::option::of(text()))
             .prop_map(|(token, name)| Command::Connect { token, name }),
-        (text(), prop::option::of(position()), any::<bool>())
-            .prop_map(|(channel, since, snapshot)| Command::Subscribe { channel, since, snapshot, view: Default::default(), presence: Default::default() }),
+        (text(), prop::option::of(position()), any::<bool>()).prop_map(
+            |(channel, since, snapshot)| Command::Subscribe {
+                channel,
+                since,
+                snapshot,
+                view: Default::default(),
+                presence: Default::default()
+            }
+        ),
         text().prop_map(|channel| Command::Unsubscribe { channel, sub: None }),
         (
             text(),

@@ -107,7 +107,10 @@ impl Outbox {
         }
         let publication = matches!(
             item,
-            Outgoing::Pub(_) | Outgoing::Recovered(_) | Outgoing::View { .. } | Outgoing::Volatile(_)
+            Outgoing::Pub(_)
+                | Outgoing::Recovered(_)
+                | Outgoing::View { .. }
+                | Outgoing::Volatile(_)
         );
         if (publication && inner.publications >= self.max_messages)
             || inner.bytes + len > self.max_bytes

@@ -205,7 +205,8 @@ impl Adapter {
             channel: self.channel.clone(),
             since: self.position.clone(),
             snapshot: false,
-            view: Default::default(), presence: Default::default()
+            view: Default::default(),
+            presence: Default::default(),
         };
         self.send(command)
     }

@@ -511,7 +511,8 @@ pub async fn run_client(
                 channel: CHANNEL.into(),
                 since: seen.pos.clone(),
                 snapshot: false,
-                view: spec.query.clone(), presence: Default::default()
+                view: spec.query.clone(),
+                presence: Default::default(),
             };
             let reply = match conn.request(command).await {
                 Ok(r) => r.unwrap_or_else(|e| panic!("{who}: subscribe refused: {e}")),
