@@ -1,13 +1,15 @@
 /**
  * The connection state machine: connect, reconnect with backoff, ping/pong and liveness, token
  * refresh, request/reply correlation, and the connection-level side of subscriptions and live
- * views (subscribe, resubscribe after every reconnect, `resyncing` until every one was answered).
+ * views (subscribe, resubscribe after every reconnect, `resyncing` until every one was answered),
+ * and the routing of presence and volatile pushes (protocol §15, §16) to their subscription.
  */
 
 import { ReconnectPolicy, type BackoffOptions } from './backoff.js';
 import { Emitter } from './emitter.js';
 import { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError } from './errors.js';
 import { publishFields } from './fields.js';
+import { tabMemberId } from './presence.js';
 import { optionsConflict, Subscription, type SubscriptionHost } from './subscription.js';
 import {
   decodeMessage,
@@ -29,6 +31,9 @@ import type {
   HistoryOptions,
   HistoryResult,
   PublishOptions,
+  PresenceListMessage,
+  PresenceMessage,
+  PresenceStatsMessage,
   PublishResult,
   StateResult,
   SubscribeOptions,
@@ -37,6 +42,7 @@ import type {
   ViewEventMessage,
   ViewOptions,
   ViewSubscribeResult,
+  VolatileEvent,
 } from './types.js';
 
 export interface ClientOptions {
@@ -66,6 +72,12 @@ export interface ClientOptions {
   WebSocket?: WebSocketConstructor;
   /** React to the browser's `online` and `visibilitychange` events (default true). */
   browserEvents?: boolean;
+  /**
+   * The member id presence subscriptions join with (protocol §15; 1 to 128 bytes). Default: a
+   * random id kept in `sessionStorage` (one per tab, so a reload or reconnect rejoins as the same
+   * member), else one per client instance. Give one per client when a tab has several clients.
+   */
+  member?: string;
 }
 
 export interface ClientEvents {
@@ -94,6 +106,9 @@ const TRANSIENT_VIEW_ERRORS = new Set([...TRANSIENT_SUBSCRIBE_ERRORS, 117]);
 
 /** A `view` push or an `unsubscribe` push naming a view (fields beyond `ServerMessage`). */
 type ViewPush = ServerMessage & Partial<ViewEventMessage> & { sub?: string };
+
+/** A `presence_list`, `presence`, `presence_stats` or `volatile` push. */
+type PresencePush = ServerMessage & PresenceListMessage & PresenceMessage & PresenceStatsMessage & VolatileEvent;
 
 /**
  * A connection to a Herald hub that survives network failures.
@@ -129,6 +144,8 @@ export class HeraldClient extends Emitter<ClientEvents> {
     leave: (sub) => this.leave(sub),
     resubscribe: (sub, needUnsubscribe) => this.resubscribe(sub, needUnsubscribe),
     listenerFailed: (err) => this.reportListenerError(err, false),
+    memberId: () => this.memberId,
+    updatePresence: (sub, info) => this.updatePresence(sub, info),
   };
   /** What each live view may ask of this client (the seam of view.ts). */
   private readonly viewHost: ViewHost = {
@@ -150,6 +167,8 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private readonly unbindBrowser: Array<() => void> = [];
   /** The last `connect` reply. */
   info?: ConnectResult;
+  /** The member id presence subscriptions join with (`USER/` + it on the hub; see `member`). */
+  readonly memberId: string;
 
   constructor(options: ClientOptions = {}) {
     super();
@@ -159,6 +178,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
     if (this.urls.length === 0) throw new Error('HeraldClient: empty url list');
     this.WS = resolveWebSocket(options.WebSocket);
     this.policy = new ReconnectPolicy(options.backoff);
+    this.memberId = options.member ?? tabMemberId();
   }
 
   /** The current connection state. */
@@ -321,6 +341,30 @@ export class HeraldClient extends Emitter<ClientEvents> {
   /** Publishes over the WebSocket. */
   publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<PublishResult> {
     return this.request('publish', { channel, data, ...publishFields(options) }, options.timeoutMs) as Promise<PublishResult>;
+  }
+
+  /**
+   * Sets this connection's presence `info` on a subscribed channel (see
+   * `Subscription.setPresence`); rejects with 108 `not_subscribed` when it is not subscribed.
+   */
+  setPresence(channel: string, info: unknown): Promise<void> {
+    const sub = this.subs.get(channel);
+    if (!sub || sub.status === 'unsubscribed') {
+      return Promise.reject(
+        new HeraldError({ code: 108, name: 'not_subscribed', message: `${channel} is not subscribed: subscribe with presence first`, channel }),
+      );
+    }
+    return sub.setPresence(info);
+  }
+
+  /**
+   * Sends a volatile event (protocol §16) to the channel's current subscribers: no offset, no
+   * history, no replay (cursors, typing). Needs the right to publish; refusals are `HeraldError`
+   * 110 `rate_limited` (above `volatile_per_second`), 111 (data above `max_message_bytes`), 103
+   * (not allowed, or volatile events off on the namespace).
+   */
+  volatile(channel: string, type: string, data: unknown, timeoutMs?: number): Promise<void> {
+    return this.request('volatile', { channel, type, data: data ?? null }, timeoutMs).then(() => undefined);
   }
 
   /** Reads a channel's history. */
@@ -833,6 +877,12 @@ export class HeraldClient extends Emitter<ClientEvents> {
         }
         break;
       }
+      case 'presence_list':
+      case 'presence':
+      case 'presence_stats':
+      case 'volatile':
+        this.onPresencePush(msg as PresencePush);
+        break;
       case 'ping':
         this.sendRaw({ cmd: 'pong' });
         break;
@@ -854,13 +904,47 @@ export class HeraldClient extends Emitter<ClientEvents> {
     }
   }
 
+  /** A presence or volatile push: to the channel's subscription, if it is established. */
+  private onPresencePush(msg: PresencePush): void {
+    const sub = msg.channel ? this.subs.get(msg.channel) : undefined;
+    if (!sub || sub.status !== 'subscribed') return;
+    switch (msg.push) {
+      case 'presence_list':
+        sub.presence._onList(msg);
+        break;
+      case 'presence':
+        sub.presence._onEvent(msg);
+        break;
+      case 'presence_stats':
+        sub.presence._onStats(msg);
+        break;
+      default:
+        sub._emit('volatile', { channel: msg.channel, type: msg.type, data: msg.data, user: msg.user, client: msg.client });
+    }
+  }
+
+  /** `presence_update` while subscribed; otherwise the next subscribe carries the kept `info`. */
+  private updatePresence(sub: Subscription, info: unknown): Promise<void> {
+    if (!this.isLive() || sub.status === 'pending' || sub.status === 'offline') return Promise.resolve();
+    return this.request('presence_update', { channel: sub.channel, info: info ?? null }).then(
+      () => undefined,
+      (err: HeraldError) => {
+        // Sent while the subscribe was pending and the subscribe failed or the connection
+        // dropped: the resubscribe carries the new `info`.
+        if (sub.status !== 'subscribed' && (err.code === 108 || err.code === 1 || err.code === 2)) return;
+        throw err;
+      },
+    );
+  }
+
   private sendSubscribe(sub: Subscription): void {
     if (!this.isLive()) return;
     sub._setStatus('subscribing');
     const gen = ++sub.generation;
-    const fields: Record<string, unknown> = { channel: sub.channel };
+    const fields: Record<string, unknown> = { channel: sub.channel, ...sub.presence._fields() };
     if (sub.position) fields.since = { epoch: sub.position.epoch, offset: sub.position.offset };
     else if (sub.options.snapshot) fields.snapshot = true;
+    if (this.info) sub.presence.self = `${this.info.user}/${sub.presence.memberId}`;
     // The reply is applied synchronously: publications that follow it in the same frame (or the
     // same read) must find the subscription `subscribed` at the reply's position.
     this.command(

@@ -28,6 +28,9 @@
  * - `transport.ts`: the WebSocket seam (the socket interface, finding an implementation, the
  *   default URL) and frame encoding/splitting.
  * - `backoff.ts`: the reconnect policy: full-jitter backoff and the circuit breaker's counts.
+ * - `presence.ts`: presence (protocol §15): one subscription's members or counts and their
+ *   delivery rules, the per-tab member id, and presence as a store; it reaches its subscription
+ *   through the narrow `PresenceHost` / `PresenceSource`.
  * - `subscription.ts`: one subscription's state and delivery rules (resume, resync, duplicates,
  *   gaps, keyed records); it reaches the client through the narrow `SubscriptionHost`.
  * - `view.ts`: live views (protocol §14): one view's rows, position and delivery rules, and a
@@ -51,9 +54,15 @@ export type {
   HistoryResult,
   KeyedRecord,
   LeaveReason,
+  Member,
   NotRecoveredReason,
   Op,
   Position,
+  PresenceChange,
+  PresenceCounts,
+  PresenceListMessage,
+  PresenceMessage,
+  PresenceStatsMessage,
   Publication,
   PublishOptions,
   PublishResult,
@@ -71,12 +80,24 @@ export type {
   ViewOptions,
   ViewSubscribedEvent,
   ViewSubscribeResult,
+  VolatileEvent,
 } from './types.js';
 export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError } from './errors.js';
 export { Emitter } from './emitter.js';
 export { mergePatch } from './merge-patch.js';
 export type { WebSocketConstructor, WebSocketLike } from './transport.js';
 export type { BackoffOptions } from './backoff.js';
+export {
+  Presence,
+  presenceStore,
+  tabMemberId,
+  type PresenceEvents,
+  type PresenceFollow,
+  type PresenceHandle,
+  type PresenceSource,
+  type PresenceState,
+  type PresenceStore,
+} from './presence.js';
 export { Subscription, type SubscriptionEvents } from './subscription.js';
 export { LiveView, viewStore, type LiveViewEvents, type ViewSource, type ViewState, type ViewStore } from './view.js';
 export { HeraldClient, type ClientEvents, type ClientOptions } from './client.js';

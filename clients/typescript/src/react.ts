@@ -5,7 +5,7 @@
  * ```tsx
  * import * as React from 'react';
  * import { createHeraldHooks } from '@herald/client/react';
- * export const { useChannel, useConnectionState, useView } = createHeraldHooks(React);
+ * export const { useChannel, useConnectionState, useView, usePresence } = createHeraldHooks(React);
  *
  * function Board({ client }) {
  *   const conn = useConnectionState(client);
@@ -18,9 +18,16 @@
  *   if (error) return <p>{error.message}</p>;
  *   return <ul aria-busy={!ready}>{rows.map((t, i) => <li key={keys[i]}>{t.title}</li>)}</ul>;
  * }
+ *
+ * function Room({ client }) {
+ *   const { members, counts, setPresence } = usePresence(client, 'room:1', { info: { name: 'Alice' } });
+ *   return <p onClick={() => setPresence({ name: 'Alice', away: true })}>{counts.users} here:
+ *     {members.map((m) => <span key={m.member}>{m.info?.name}</span>)}</p>;
+ * }
  * ```
  */
-import type { ConnectionState, HeraldClient, ViewOptions } from './index.js';
+import type { ConnectionState, HeraldClient, SubscribeOptions, ViewOptions } from './index.js';
+import { presenceStore, type PresenceState } from './presence.js';
 import { channelStore, connectionStore, type ChannelStoreOptions, type ChannelView, type Readable } from './store.js';
 import { viewStore, type ViewState } from './view.js';
 
@@ -41,6 +48,17 @@ export interface HeraldHooks {
    * rows (`rows` sorted by key, `keys` beside them), when it becomes `ready`, and on an `error`.
    */
   useView<T = unknown>(client: HeraldClient, channel: string, options: ViewOptions): ViewState<T>;
+  /**
+   * Subscribes to a channel with presence (`presence` defaults to `true`) while the component is
+   * mounted; re-renders on every join, update and leave. `members` is sorted by member id;
+   * `setPresence` changes this connection's `info` (kept across reconnects).
+   */
+  usePresence<I = unknown>(client: HeraldClient, channel: string, options?: SubscribeOptions): PresenceView<I>;
+}
+
+/** What `usePresence` returns: the presence state and the setter of this connection's `info`. */
+export interface PresenceView<I = unknown> extends PresenceState<I> {
+  setPresence(info: I): Promise<void>;
 }
 
 function useStore<T>(React: ReactLike, store: Readable<T>): T {
@@ -67,6 +85,15 @@ export function createHeraldHooks(React: ReactLike): HeraldHooks {
       // eslint-disable-next-line react-hooks/exhaustive-deps
       const store = React.useMemo(() => viewStore<T>(client, channel, options), [client, channel, key]);
       return useStore(React, store);
+    },
+    usePresence<I = unknown>(client: HeraldClient, channel: string, options: SubscribeOptions = {}) {
+      // `info` changes go through setPresence, not a new subscription.
+      const { info: _info, ...rest } = options;
+      const key = JSON.stringify(rest);
+      // eslint-disable-next-line react-hooks/exhaustive-deps
+      const store = React.useMemo(() => presenceStore<I>(client, channel, options), [client, channel, key]);
+      const state = useStore(React, store);
+      return { ...state, setPresence: store.setPresence };
     },
   };
 }

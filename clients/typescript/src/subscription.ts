@@ -1,13 +1,14 @@
 /**
- * One subscription's state: its last delivered position, its status, its keyed records, and the
- * delivery rules (apply the subscribe reply, resume or resync, drop duplicates, resubscribe on a
- * gap). It reaches its client only through the narrow `SubscriptionHost` seam, so this module does
- * not import the client.
+ * One subscription's state: its last delivered position, its status, its keyed records, its
+ * presence (presence.ts), and the delivery rules (apply the subscribe reply, resume or resync,
+ * drop duplicates, resubscribe on a gap). It reaches its client only through the narrow
+ * `SubscriptionHost` seam, so this module does not import the client.
  */
 
 import { Emitter } from './emitter.js';
 import { HeraldError, ListenerError } from './errors.js';
 import { mergePatch } from './merge-patch.js';
+import { Presence } from './presence.js';
 import type {
   KeyedRecord,
   Position,
@@ -18,6 +19,7 @@ import type {
   SubscribeResult,
   SubscriptionStatus,
   UnsubscribedEvent,
+  VolatileEvent,
 } from './types.js';
 
 export interface SubscriptionEvents {
@@ -30,6 +32,8 @@ export interface SubscriptionEvents {
   error: HeraldError;
   /** Keyed channels with `records` tracking: the state changed (snapshot, resync or publication). */
   records: ReadonlyMap<string, unknown>;
+  /** A volatile event of the channel (protocol §16): not kept, not replayed. */
+  volatile: VolatileEvent;
 }
 
 /** What a subscription needs from its client. */
@@ -40,6 +44,10 @@ export interface SubscriptionHost {
   resubscribe(sub: Subscription, needUnsubscribe: boolean): void;
   /** A listener of the subscription threw: report it on the client's `error` event. */
   listenerFailed(err: ListenerError): void;
+  /** The member id this client joins presence with (per tab). */
+  memberId(): string;
+  /** Sends `presence_update` when the subscription is established (else its next subscribe does). */
+  updatePresence(sub: Subscription, info: unknown): Promise<void>;
 }
 
 /**
@@ -55,6 +63,11 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   private _status: SubscriptionStatus = 'pending';
   /** Keyed state: key → value, kept from snapshots and publications. */
   readonly records = new Map<string, unknown>();
+  /**
+   * The channel's presence (protocol §15): its members (`presence: true`) or counts
+   * (`presence: "counts"`), and this connection's `info`.
+   */
+  readonly presence: Presence;
   /** Counters, for tests and dashboards. */
   readonly stats = { delivered: 0, duplicatesDropped: 0, gaps: 0, resyncs: 0, resubscribes: 0 };
   /** @internal */ refs = 1;
@@ -69,6 +82,22 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.channel = channel;
     this.options = options;
     if (options.since) this.position = { ...options.since };
+    this.presence = new Presence(
+      { refetch: () => host.resubscribe(this, true), listenerFailed: (err) => host.listenerFailed(err) },
+      channel,
+      options,
+      host.memberId(),
+    );
+  }
+
+  /**
+   * Sets this connection's presence `info` on the channel (`presence_update`). It is kept and
+   * sent with every resubscribe, so it survives reconnects; while not subscribed it is only kept.
+   * Errors: 111 (above `max_presence_info_bytes`), 107 (no presence on the namespace).
+   */
+  setPresence(info: unknown): Promise<void> {
+    this.presence.info = info;
+    return this.host.updatePresence(this, info);
   }
 
   /** Where the subscription is; every change emits `status`. */
@@ -241,6 +270,9 @@ export function optionsConflict(have: SubscribeOptions, again: SubscribeOptions)
   if (again.snapshot !== undefined && !!again.snapshot !== !!have.snapshot) return `snapshot: ${!!have.snapshot}`;
   if (again.since !== undefined && !samePosition(again.since, have.since)) {
     return have.since ? `since ${have.since.epoch}:${have.since.offset}` : 'no since';
+  }
+  if (again.presence !== undefined && (again.presence || undefined) !== (have.presence || undefined)) {
+    return have.presence ? `presence: ${JSON.stringify(have.presence)}` : 'no presence';
   }
   return undefined;
 }

@@ -24,8 +24,22 @@
  * {#if $active.error}<p>{$active.error.message}</p>{/if}
  * {#each $active.rows as task, i ($active.keys[i])}<p>{task.title}</p>{/each}
  * ```
+ *
+ * A channel's presence (protocol §15) as a store, its members sorted by member id:
+ *
+ * ```svelte
+ * <script>
+ *   import { presenceStore } from '@herald/client/svelte';
+ *   const room = presenceStore(client, 'room:1', { info: { name: 'Alice' } });
+ * </script>
+ * <p>{$room.counts.users} here</p>
+ * {#each $room.members as m (m.member)}<span>{m.info.name}</span>{/each}
+ * <button on:click={() => room.setPresence({ name: 'Alice', away: true })}>away</button>
+ * ```
  */
 export { connectionStore as connectionState, channelStore as channel } from './store.js';
 export type { Readable, ChannelView, ChannelStoreOptions } from './store.js';
 export { viewStore } from './view.js';
 export type { ViewState, ViewStore } from './view.js';
+export { presenceStore } from './presence.js';
+export type { PresenceState, PresenceStore } from './presence.js';

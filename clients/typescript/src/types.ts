@@ -191,6 +191,13 @@ export interface SubscribeOptions {
   snapshot?: boolean;
   /** Resume from this position instead of "now". */
   since?: Position;
+  /**
+   * On a presence namespace (protocol §15): follow the channel's members (`true`, in
+   * `sub.presence.members`) or only their counts (`"counts"`).
+   */
+  presence?: boolean | 'counts';
+  /** This connection's presence `info` (any JSON), kept and sent again on every resubscribe. */
+  info?: unknown;
 }
 
 /**
@@ -284,6 +291,85 @@ export interface ViewSubscribedEvent {
    */
   recovered?: boolean;
   reason?: NotRecoveredReason | string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence and volatile events (docs/protocol.md §15, §16)
+// ---------------------------------------------------------------------------------------------
+
+/** One member of a channel: a connection subscribed to it (a tab, a device). */
+export interface Member<I = unknown> {
+  /** `USER/ID`: the id the client joined with (its per-tab id), or its connection id. */
+  member: string;
+  /** The connection's user (empty when anonymous); a user with several tabs has several members. */
+  user: string;
+  /** The connection id (`NODE-N`), when the hub said it (member lists do, pushes may not). */
+  client?: string;
+  /** The node holding the connection, when the hub said it. */
+  node?: string;
+  /** What the member says about itself (`info`, then `setPresence`). */
+  info?: I;
+}
+
+/** How many members a channel has, and how many distinct users they are. */
+export interface PresenceCounts {
+  members: number;
+  users: number;
+}
+
+/** A `join`, `update` or `leave` of one member. */
+export interface PresenceChange<I = unknown> {
+  event: 'join' | 'update' | 'leave';
+  /** The member after the change (for `leave`: as it was). */
+  member: Member<I>;
+  /** For `update`: the member before. */
+  previous?: Member<I>;
+  /** The presence position of the push (absent when a fresh member list made the change). */
+  position?: Position;
+}
+
+/** The `presence_list` push (protocol §15), without `push`. */
+export interface PresenceListMessage {
+  channel: string;
+  epoch: string;
+  offset: number;
+  /** On a resume: true when the missed changes follow as pushes; false with a fresh list. */
+  recovered?: boolean;
+  reason?: NotRecoveredReason | string;
+  members?: Member[];
+}
+
+/** The `presence` push: one change of the member list. */
+export interface PresenceMessage {
+  channel: string;
+  event: 'join' | 'update' | 'leave';
+  member: string;
+  user: string;
+  client?: string;
+  node?: string;
+  info?: unknown;
+  epoch: string;
+  offset: number;
+}
+
+/** The `presence_stats` push (counts mode). */
+export interface PresenceStatsMessage {
+  channel: string;
+  members: number;
+  users: number;
+  epoch: string;
+  offset: number;
+}
+
+/** A volatile event (protocol §16): delivered to the current subscribers, kept nowhere. */
+export interface VolatileEvent<T = unknown> {
+  channel: string;
+  type: string;
+  data: T;
+  /** The sender's user. */
+  user: string;
+  /** The sender's connection id. */
+  client: string;
 }
 
 export interface UnsubscribedEvent {

@@ -31,6 +31,9 @@
  * - `transport.ts`: the WebSocket seam (the socket interface, finding an implementation, the
  *   default URL) and frame encoding/splitting.
  * - `backoff.ts`: the reconnect policy: full-jitter backoff and the circuit breaker's counts.
+ * - `presence.ts`: presence (protocol §15): one subscription's members or counts and their
+ *   delivery rules, the per-tab member id, and presence as a store; it reaches its subscription
+ *   through the narrow `PresenceHost` / `PresenceSource`.
  * - `subscription.ts`: one subscription's state and delivery rules (resume, resync, duplicates,
  *   gaps, keyed records); it reaches the client through the narrow `SubscriptionHost`.
  * - `view.ts`: live views (protocol §14): one view's rows, position and delivery rules, and a
@@ -166,12 +169,313 @@ function setOwn(o, k, v) {
     Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true });
 }
 
+// presence.js
+/**
+ * Presence (protocol §15): one subscription's view of its channel's members, the delivery rules
+ * of the member list (`presence_list` replaces, `presence` pushes apply once in offset order, a
+ * resume replays or replaces), the per-tab member id, and a framework-neutral store of a
+ * channel's presence for the React and Svelte adapters. Like view.ts it reaches its subscription
+ * only through a narrow seam (`PresenceHost`, and `PresenceSource` for the store), so this module
+ * imports neither the subscription nor the client.
+ */
+/** The key under which the per-tab member id is kept in `sessionStorage`. */
+const MEMBER_ID_KEY = 'herald.member';
+/** A fresh random member id (16 hex digits). */
+function randomId() {
+    const c = globalThis.crypto;
+    const bytes = new Uint8Array(8);
+    if (c?.getRandomValues)
+        c.getRandomValues(bytes);
+    else
+        for (let i = 0; i < bytes.length; i++)
+            bytes[i] = Math.floor(Math.random() * 256);
+    return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+/**
+ * The member id of this tab: kept in `sessionStorage` (so a reload or reconnect rejoins as the
+ * same member) when there is one, else a new one (per client instance).
+ */
+function tabMemberId() {
+    let storage;
+    try {
+        storage = globalThis.sessionStorage;
+    }
+    catch {
+        // Access can throw (sandboxed frames, storage disabled).
+        storage = undefined;
+    }
+    if (!storage)
+        return randomId();
+    try {
+        const kept = storage.getItem(MEMBER_ID_KEY);
+        if (kept)
+            return kept;
+        const id = randomId();
+        storage.setItem(MEMBER_ID_KEY, id);
+        return id;
+    }
+    catch {
+        return randomId();
+    }
+}
+/** Members and distinct users of a member map. */
+function countOf(members) {
+    return { members: members.size, users: new Set([...members.values()].map((m) => m.user)).size };
+}
+const byMember = (a, b) => (a.member < b.member ? -1 : a.member > b.member ? 1 : 0);
+/** A member as the hub sends it (`null` info is no info). */
+function memberOf(m) {
+    const out = { member: m.member, user: m.user ?? '' };
+    if (m.client !== undefined)
+        out.client = m.client;
+    if (m.node !== undefined)
+        out.node = m.node;
+    if (m.info !== undefined && m.info !== null)
+        out.info = m.info;
+    return out;
+}
+/** Whether two members say the same (field by field, `info` as JSON). */
+function sameMember(a, b) {
+    return a.user === b.user && a.client === b.client && a.node === b.node && JSON.stringify(a.info) === JSON.stringify(b.info);
+}
+/**
+ * A subscription's presence: the channel's members (`presence: true`) or their counts
+ * (`presence: "counts"`), kept exact across reconnects, and this connection's own `info`.
+ *
+ * ```ts
+ * const sub = client.subscribe('room:1', { presence: true, info: { name: 'Alice' } });
+ * sub.presence.on('join', (e) => console.log('joined', e.member.user, e.member.info));
+ * sub.presence.on('change', (p) => render([...p.members.values()]));
+ * ```
+ */
+class Presence extends Emitter {
+    /** @internal */
+    constructor(host, channel, options, memberId) {
+        super();
+        /** True once the first list (or counts) arrived. */
+        this.ready = false;
+        /** Counters, for tests and dashboards. */
+        this.stats = { events: 0, duplicatesDropped: 0, lists: 0, replaced: 0, refetches: 0 };
+        this._members = new Map();
+        this._counts = { members: 0, users: 0 };
+        this.host = host;
+        this.channel = channel;
+        this.follow = options.presence === true ? 'members' : options.presence === 'counts' ? 'counts' : undefined;
+        this.memberId = memberId;
+        this.info = options.info;
+    }
+    /** The members by member id (`presence: true`; empty in counts mode). */
+    get members() {
+        return this._members;
+    }
+    /** Members and distinct users: from the hub in counts mode, else from `members`. */
+    get counts() {
+        return { ...this._counts };
+    }
+    /** The members of each user (their tabs and devices), each list sorted by member id. */
+    byUser() {
+        const out = new Map();
+        for (const m of [...this._members.values()].sort(byMember)) {
+            const list = out.get(m.user);
+            if (list)
+                list.push(m);
+            else
+                out.set(m.user, [m]);
+        }
+        return out;
+    }
+    /** Whether the subscription sends presence fields (it follows, or it has `info`). */
+    get asked() {
+        return this.follow !== undefined || this.info !== undefined;
+    }
+    /** @internal The presence fields of a `subscribe` command (none when presence was not asked). */
+    _fields() {
+        if (!this.asked)
+            return {};
+        const fields = { member: this.memberId, info: this.info };
+        if (this.follow === 'members') {
+            fields.presence = true;
+            if (this.position)
+                fields.presence_since = { epoch: this.position.epoch, offset: this.position.offset };
+        }
+        else if (this.follow === 'counts') {
+            fields.presence = 'counts';
+        }
+        return fields;
+    }
+    /** @internal */
+    _emit(event, arg) {
+        this.emit(event, arg);
+    }
+    /** Listener exceptions go to the client's `error` event. */
+    listenerFailed(err) {
+        this.host.listenerFailed(new ListenerError(err.event, err.cause, ` of presence ${this.channel}`));
+    }
+    /**
+     * @internal A `presence_list` push: `recovered: true` keeps the members (the missed changes
+     * follow as pushes); otherwise its members replace ours, with an event for each difference.
+     */
+    _onList(msg) {
+        if (this.follow !== 'members')
+            return;
+        this.stats.lists += 1;
+        if (msg.recovered === true && this.position && msg.epoch === this.position.epoch) {
+            // The replayed pushes that follow advance the position.
+            this.ready = true;
+            return;
+        }
+        if (this.position)
+            this.stats.replaced += 1;
+        this.position = { epoch: msg.epoch, offset: msg.offset };
+        const fresh = new Map();
+        for (const m of msg.members ?? [])
+            fresh.set(m.member, memberOf(m));
+        const changes = [];
+        for (const [id, old] of this._members) {
+            if (!fresh.has(id))
+                changes.push(['leave', { event: 'leave', member: old }]);
+        }
+        for (const [id, m] of fresh) {
+            const old = this._members.get(id);
+            if (!old)
+                changes.push(['join', { event: 'join', member: m }]);
+            else if (!sameMember(old, m))
+                changes.push(['update', { event: 'update', member: m, previous: old }]);
+        }
+        this._members.clear();
+        for (const [id, m] of fresh)
+            this._members.set(id, m);
+        this._counts = countOf(this._members);
+        this.ready = true;
+        for (const [event, change] of changes)
+            this.emit(event, change);
+        this.emit('change', this);
+    }
+    /** @internal A `presence` push: applied once, in offset order; another epoch needs a fresh list. */
+    _onEvent(msg) {
+        if (this.follow !== 'members' || !this.position)
+            return;
+        if (msg.epoch !== this.position.epoch) {
+            // Another presence stream: the members cannot be patched from it. Forget the position so
+            // the subscribe that follows gets a fresh list.
+            this.stats.refetches += 1;
+            this.position = undefined;
+            this.host.refetch();
+            return;
+        }
+        if (msg.offset <= this.position.offset) {
+            this.stats.duplicatesDropped += 1;
+            return;
+        }
+        this.position = { epoch: msg.epoch, offset: msg.offset };
+        this.stats.events += 1;
+        const previous = this._members.get(msg.member);
+        const position = { epoch: msg.epoch, offset: msg.offset };
+        let change;
+        if (msg.event === 'leave') {
+            if (!previous)
+                return;
+            this._members.delete(msg.member);
+            change = { event: 'leave', member: previous, position };
+        }
+        else {
+            // `client` and `node` are what the push says (an update may be a move to another node).
+            const m = memberOf(msg);
+            this._members.set(msg.member, m);
+            change = previous ? { event: 'update', member: m, previous, position } : { event: 'join', member: m, position };
+        }
+        this._counts = countOf(this._members);
+        this.emit(change.event, change);
+        this.emit('change', this);
+    }
+    /** @internal A `presence_stats` push (counts mode): drop it when older than the last one. */
+    _onStats(msg) {
+        if (this.follow !== 'counts')
+            return;
+        const pos = this.position;
+        if (pos && pos.epoch === msg.epoch && msg.offset < pos.offset) {
+            this.stats.duplicatesDropped += 1;
+            return;
+        }
+        this.position = { epoch: msg.epoch, offset: msg.offset };
+        this.ready = true;
+        this._counts = { members: msg.members, users: msg.users };
+        this.emit('change', this);
+    }
+}
+/**
+ * A channel's presence as a store: the channel is subscribed with `presence` (default `true`)
+ * while the store has subscribers and left when the last one stops.
+ */
+function presenceStore(client, channel, options = {}) {
+    const opts = { ...options, presence: options.presence ?? true };
+    const empty = () => ({ channel, members: [], byUser: new Map(), counts: { members: 0, users: 0 }, ready: false });
+    let value = empty();
+    const runs = new Set();
+    let handle;
+    let offs = [];
+    const set = (patch) => {
+        value = { ...value, ...patch };
+        for (const run of [...runs])
+            run(value);
+    };
+    const stateOf = (p) => ({
+        members: [...p.members.values()].sort(byMember),
+        byUser: p.byUser(),
+        counts: p.counts,
+        ready: p.ready,
+    });
+    const start = () => {
+        value = empty();
+        let h;
+        try {
+            h = client.subscribe(channel, opts);
+        }
+        catch (err) {
+            // The channel is already subscribed with other options (105): the store's error.
+            if (!(err instanceof HeraldError))
+                throw err;
+            value = { ...value, error: err };
+            return;
+        }
+        handle = h;
+        offs = [h.presence.on('change', (p) => set(stateOf(p))), h.on('error', (e) => set({ error: e }))];
+        value = { ...value, ...stateOf(h.presence) };
+    };
+    const stop = () => {
+        for (const off of offs)
+            off();
+        offs = [];
+        handle?.unsubscribe();
+        handle = undefined;
+    };
+    return {
+        get: () => value,
+        setPresence(info) {
+            opts.info = info;
+            return handle ? handle.setPresence(info) : Promise.resolve();
+        },
+        subscribe(run) {
+            if (runs.size === 0)
+                start();
+            runs.add(run);
+            run(value);
+            return () => {
+                if (!runs.delete(run))
+                    return;
+                if (runs.size === 0)
+                    stop();
+            };
+        },
+    };
+}
+
 // subscription.js
 /**
- * One subscription's state: its last delivered position, its status, its keyed records, and the
- * delivery rules (apply the subscribe reply, resume or resync, drop duplicates, resubscribe on a
- * gap). It reaches its client only through the narrow `SubscriptionHost` seam, so this module does
- * not import the client.
+ * One subscription's state: its last delivered position, its status, its keyed records, its
+ * presence (presence.ts), and the delivery rules (apply the subscribe reply, resume or resync,
+ * drop duplicates, resubscribe on a gap). It reaches its client only through the narrow
+ * `SubscriptionHost` seam, so this module does not import the client.
  */
 /**
  * A subscription to one channel. Emits `publication` in offset order, exactly once, across
@@ -194,6 +498,16 @@ class Subscription extends Emitter {
         this.options = options;
         if (options.since)
             this.position = { ...options.since };
+        this.presence = new Presence({ refetch: () => host.resubscribe(this, true), listenerFailed: (err) => host.listenerFailed(err) }, channel, options, host.memberId());
+    }
+    /**
+     * Sets this connection's presence `info` on the channel (`presence_update`). It is kept and
+     * sent with every resubscribe, so it survives reconnects; while not subscribed it is only kept.
+     * Errors: 111 (above `max_presence_info_bytes`), 107 (no presence on the namespace).
+     */
+    setPresence(info) {
+        this.presence.info = info;
+        return this.host.updatePresence(this, info);
     }
     /** Where the subscription is; every change emits `status`. */
     get status() {
@@ -368,6 +682,9 @@ function optionsConflict(have, again) {
         return `snapshot: ${!!have.snapshot}`;
     if (again.since !== undefined && !samePosition(again.since, have.since)) {
         return have.since ? `since ${have.since.epoch}:${have.since.offset}` : 'no since';
+    }
+    if (again.presence !== undefined && (again.presence || undefined) !== (have.presence || undefined)) {
+        return have.presence ? `presence: ${JSON.stringify(have.presence)}` : 'no presence';
     }
     return undefined;
 }
@@ -760,7 +1077,8 @@ function decodeMessage(line) {
 /**
  * The connection state machine: connect, reconnect with backoff, ping/pong and liveness, token
  * refresh, request/reply correlation, and the connection-level side of subscriptions and live
- * views (subscribe, resubscribe after every reconnect, `resyncing` until every one was answered).
+ * views (subscribe, resubscribe after every reconnect, `resyncing` until every one was answered),
+ * and the routing of presence and volatile pushes (protocol §15, §16) to their subscription.
  */
 const TRANSIENT_SUBSCRIBE_ERRORS = new Set([100, 110, 113]);
 /** A view subscribe may also meet 117: the stream was lost during the subscribe. */
@@ -795,6 +1113,8 @@ class HeraldClient extends Emitter {
             leave: (sub) => this.leave(sub),
             resubscribe: (sub, needUnsubscribe) => this.resubscribe(sub, needUnsubscribe),
             listenerFailed: (err) => this.reportListenerError(err, false),
+            memberId: () => this.memberId,
+            updatePresence: (sub, info) => this.updatePresence(sub, info),
         };
         /** What each live view may ask of this client (the seam of view.ts). */
         this.viewHost = {
@@ -816,6 +1136,7 @@ class HeraldClient extends Emitter {
             throw new Error('HeraldClient: empty url list');
         this.WS = resolveWebSocket(options.WebSocket);
         this.policy = new ReconnectPolicy(options.backoff);
+        this.memberId = options.member ?? tabMemberId();
     }
     /** The current connection state. */
     get state() {
@@ -976,6 +1297,26 @@ class HeraldClient extends Emitter {
     /** Publishes over the WebSocket. */
     publish(channel, data, options = {}) {
         return this.request('publish', { channel, data, ...publishFields(options) }, options.timeoutMs);
+    }
+    /**
+     * Sets this connection's presence `info` on a subscribed channel (see
+     * `Subscription.setPresence`); rejects with 108 `not_subscribed` when it is not subscribed.
+     */
+    setPresence(channel, info) {
+        const sub = this.subs.get(channel);
+        if (!sub || sub.status === 'unsubscribed') {
+            return Promise.reject(new HeraldError({ code: 108, name: 'not_subscribed', message: `${channel} is not subscribed: subscribe with presence first`, channel }));
+        }
+        return sub.setPresence(info);
+    }
+    /**
+     * Sends a volatile event (protocol §16) to the channel's current subscribers: no offset, no
+     * history, no replay (cursors, typing). Needs the right to publish; refusals are `HeraldError`
+     * 110 `rate_limited` (above `volatile_per_second`), 111 (data above `max_message_bytes`), 103
+     * (not allowed, or volatile events off on the namespace).
+     */
+    volatile(channel, type, data, timeoutMs) {
+        return this.request('volatile', { channel, type, data: data ?? null }, timeoutMs).then(() => undefined);
     }
     /** Reads a channel's history. */
     history(channel, options = {}) {
@@ -1504,6 +1845,12 @@ class HeraldClient extends Emitter {
                 }
                 break;
             }
+            case 'presence_list':
+            case 'presence':
+            case 'presence_stats':
+            case 'volatile':
+                this.onPresencePush(msg);
+                break;
             case 'ping':
                 this.sendRaw({ cmd: 'pong' });
                 break;
@@ -1525,16 +1872,49 @@ class HeraldClient extends Emitter {
                 break;
         }
     }
+    /** A presence or volatile push: to the channel's subscription, if it is established. */
+    onPresencePush(msg) {
+        const sub = msg.channel ? this.subs.get(msg.channel) : undefined;
+        if (!sub || sub.status !== 'subscribed')
+            return;
+        switch (msg.push) {
+            case 'presence_list':
+                sub.presence._onList(msg);
+                break;
+            case 'presence':
+                sub.presence._onEvent(msg);
+                break;
+            case 'presence_stats':
+                sub.presence._onStats(msg);
+                break;
+            default:
+                sub._emit('volatile', { channel: msg.channel, type: msg.type, data: msg.data, user: msg.user, client: msg.client });
+        }
+    }
+    /** `presence_update` while subscribed; otherwise the next subscribe carries the kept `info`. */
+    updatePresence(sub, info) {
+        if (!this.isLive() || sub.status === 'pending' || sub.status === 'offline')
+            return Promise.resolve();
+        return this.request('presence_update', { channel: sub.channel, info: info ?? null }).then(() => undefined, (err) => {
+            // Sent while the subscribe was pending and the subscribe failed or the connection
+            // dropped: the resubscribe carries the new `info`.
+            if (sub.status !== 'subscribed' && (err.code === 108 || err.code === 1 || err.code === 2))
+                return;
+            throw err;
+        });
+    }
     sendSubscribe(sub) {
         if (!this.isLive())
             return;
         sub._setStatus('subscribing');
         const gen = ++sub.generation;
-        const fields = { channel: sub.channel };
+        const fields = { channel: sub.channel, ...sub.presence._fields() };
         if (sub.position)
             fields.since = { epoch: sub.position.epoch, offset: sub.position.offset };
         else if (sub.options.snapshot)
             fields.snapshot = true;
+        if (this.info)
+            sub.presence.self = `${this.info.user}/${sub.presence.memberId}`;
         // The reply is applied synchronously: publications that follow it in the same frame (or the
         // same read) must find the subscription `subscribed` at the reply's position.
         this.command('subscribe', fields, undefined, (r) => {
@@ -1750,4 +2130,4 @@ class HeraldApi {
     }
 }
 
-export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError, Emitter, mergePatch, Subscription, LiveView, viewStore, HeraldClient, HeraldApi };
+export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError, Emitter, mergePatch, Presence, presenceStore, tabMemberId, Subscription, LiveView, viewStore, HeraldClient, HeraldApi };
