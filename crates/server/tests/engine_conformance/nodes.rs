@@ -52,8 +52,28 @@ impl Collect {
     }
 
     /// The volatile events of `channel` delivered so far.
+    #[allow(dead_code)]
     pub fn volatile_of(&self, channel: &str) -> Vec<Arc<str>> {
         self.volatiles.lock().iter().filter(|(c, _)| c == channel).map(|(_, f)| f.clone()).collect()
+    }
+
+    /// Waits until `count` volatile events of `channel` were delivered; then what
+    /// [`Collect::volatile_of`] answers.
+    pub async fn wait_volatile(&self, channel: &str, count: usize) -> Vec<Arc<str>> {
+        let deadline = tokio::time::Instant::now() + DELIVERY_WITHIN;
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            // Registered before the check, so a delivery in between still wakes it.
+            arrived.as_mut().enable();
+            let events = self.volatile_of(channel);
+            if events.len() >= count {
+                return events;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!("{channel}: {count} volatile events not delivered (got {events:?})");
+            }
+        }
     }
 
     /// How many times the node was told to resubscribe its subscribers.
@@ -163,6 +183,12 @@ impl Nodes {
     ) -> Recovery {
         self.reader.listen(channel).await.unwrap();
         recover(&self.reader, ns, channel, since, snapshot).await
+    }
+
+    /// Whether the nodes are separate engines over a shared store (Redis), which track
+    /// presence per node; the memory engine is one node and tracks nothing.
+    pub fn clustered(&self) -> bool {
+        !matches!(self.backend, Backend::Memory(_))
     }
 
     /// Panics when the store holds anything for a channel (reads must create nothing).
