@@ -59,6 +59,7 @@ impl Collect {
 
     /// Waits until `count` volatile events of `channel` were delivered; then what
     /// [`Collect::volatile_of`] answers.
+    #[allow(dead_code)]
     pub async fn wait_volatile(&self, channel: &str, count: usize) -> Vec<Arc<str>> {
         let deadline = tokio::time::Instant::now() + DELIVERY_WITHIN;
         loop {
@@ -187,6 +188,7 @@ impl Nodes {
 
     /// Whether the nodes are separate engines over a shared store (Redis), which track
     /// presence per node; the memory engine is one node and tracks nothing.
+    #[allow(dead_code)]
     pub fn clustered(&self) -> bool {
         !matches!(self.backend, Backend::Memory(_))
     }
