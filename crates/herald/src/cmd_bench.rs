@@ -1,5 +1,5 @@
 //! `herald bench`: a load generator with scenarios (`fanout`, `rooms`, `connect`, `idle`,
-//! `resume`, `views`), bounded in count and time, on 127.0.0.1 only.
+//! `resume`, `views`, `presence`), bounded in count and time, on 127.0.0.1 only.
 //!
 //! It starts this very binary as the server (`herald serve --listen 127.0.0.1:0` with a temporary
 //! configuration) or targets a running one (`--url`, `--server-pid`), measures publish-to-receive
@@ -12,6 +12,8 @@
 mod client;
 #[path = "bench/scenarios.rs"]
 mod scenarios;
+#[path = "bench/presence.rs"]
+mod presence;
 #[path = "bench/views.rs"]
 mod views;
 
@@ -37,6 +39,9 @@ pub enum Scenario {
     /// N view subscribers of one keyed channel, each with its own filter; writes move records
     /// from one view to another (issue 13).
     Views,
+    /// N members of one presence channel, all following its presence; a fraction of them
+    /// leaves and joins again each second (issue 14).
+    Presence,
 }
 
 /// Arguments of `herald bench`.
@@ -46,8 +51,8 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Clients (subscribers / connections). Defaults: fanout 1000, rooms 1000, connect 2000,
-    /// idle 2000, resume 200, views 1000.
-    #[arg(long, short = 'n', visible_alias = "subscribers")]
+    /// idle 2000, resume 200, views 1000, presence 1000 (members).
+    #[arg(long, short = 'n', visible_aliases = ["subscribers", "members"])]
     pub clients: Option<usize>,
     /// Publications (fanout, rooms, views: writes) or missed publications per client (resume).
     /// Defaults: fanout 2000, rooms 20000, resume 100, views 5000.
@@ -118,6 +123,10 @@ pub struct BenchArgs {
     /// evaluated on every write.
     #[arg(long)]
     pub unindexed: bool,
+    /// Presence: fraction of the members that disconnect and join again (as a new member) per
+    /// second during the measured phase.
+    #[arg(long, default_value_t = 0.05)]
+    pub churn: f64,
 }
 
 /// What a scenario measured.
@@ -210,6 +219,10 @@ fn start_server(args: &BenchArgs) -> anyhow::Result<Server> {
         spec_args.extend(["--spec".into(), spec.clone().into()]);
         files.push(spec);
     }
+    if args.scenario == Scenario::Presence {
+        config.push('\n');
+        config.push_str(presence::NAMESPACE_CONFIG);
+    }
     std::fs::write(&path, config)?;
     let mut child = Command::new(exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--api-key"])
@@ -284,14 +297,14 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 /// Runs the scenario and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let clients = args.clients.unwrap_or(match args.scenario {
-        Scenario::Fanout | Scenario::Rooms | Scenario::Views => 1000,
+        Scenario::Fanout | Scenario::Rooms | Scenario::Views | Scenario::Presence => 1000,
         Scenario::Connect | Scenario::Idle => 2000,
         Scenario::Resume => 200,
     });
     let events = args.events.unwrap_or(match args.scenario {
         Scenario::Fanout => 2000,
         Scenario::Rooms => 20_000,
-        Scenario::Connect | Scenario::Idle => 0,
+        Scenario::Connect | Scenario::Idle | Scenario::Presence => 0,
         Scenario::Resume => 100,
         Scenario::Views => 5000,
     });
@@ -345,6 +358,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 unindexed: args.unindexed,
             };
             views::views(&plan, &v).await?
+        }
+        Scenario::Presence => {
+            presence::presence(&plan, &presence::PresencePlan { churn: args.churn }).await?
         }
     };
     // Load generator CPU over setup and measurement (it shares the machine with the server).
@@ -412,6 +428,9 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
             "conns_per_sec": o.conns_per_sec,
             "recovered_ms": o.recovered_ms,
             "unindexed": args.scenario == Scenario::Views && args.unindexed,
+            "churn": (args.scenario == Scenario::Presence).then_some(args.churn),
+            // Presence: the new member's subscribe-to-list time at N members.
+            "list_ms": if args.scenario == Scenario::Presence { o.recovered_ms } else { None },
             "errors": o.errors,
         });
         println!("{v}");
