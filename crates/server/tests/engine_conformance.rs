@@ -26,6 +26,8 @@ mod keyed;
 mod nodes;
 #[path = "engine_conformance/positions.rs"]
 mod positions;
+#[path = "engine_conformance/presence.rs"]
+mod presence;
 #[path = "engine_conformance/publish.rs"]
 mod publish;
 #[cfg(feature = "redis")]
@@ -71,4 +73,7 @@ every_engine! {
     publish::idempotency_returns_the_first_result,
     publish::publish_time_is_rfc3339_milliseconds,
     publish::reads_create_nothing_and_the_first_publish_keeps_the_told_epoch,
+    presence::publish_if_checks_the_stored_record,
+    presence::volatile_events_take_no_position,
+    presence::presence_tracking_round_trip,
 }

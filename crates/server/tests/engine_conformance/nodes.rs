@@ -52,14 +52,12 @@ impl Collect {
     }
 
     /// The volatile events of `channel` delivered so far.
-    #[allow(dead_code)]
     pub fn volatile_of(&self, channel: &str) -> Vec<Arc<str>> {
         self.volatiles.lock().iter().filter(|(c, _)| c == channel).map(|(_, f)| f.clone()).collect()
     }
 
     /// Waits until `count` volatile events of `channel` were delivered; then what
     /// [`Collect::volatile_of`] answers.
-    #[allow(dead_code)]
     pub async fn wait_volatile(&self, channel: &str, count: usize) -> Vec<Arc<str>> {
         let deadline = tokio::time::Instant::now() + DELIVERY_WITHIN;
         loop {
@@ -188,7 +186,6 @@ impl Nodes {
 
     /// Whether the nodes are separate engines over a shared store (Redis), which track
     /// presence per node; the memory engine is one node and tracks nothing.
-    #[allow(dead_code)]
     pub fn clustered(&self) -> bool {
         !matches!(self.backend, Backend::Memory(_))
     }

@@ -122,3 +122,52 @@ async fn lost_data_gives_the_next_stream_another_epoch() {
     let r = recover(&n.reader, &ns, "fresh", Some(&at(&told.epoch, 1)), false).await;
     assert_eq!(r.reason, Some(NotRecovered::EpochChanged));
 }
+
+/// A conditional publish takes upserts and deletes only (presence needs no more): a merge is a
+/// bad request, and nothing is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_if_refuses_a_merge() {
+    let n = redis().await;
+    let ns = Namespace { keyed: true, ..Namespace::default() };
+    let merge = input("kv:m", r#"{"a":1}"#, Some("k"), Some(Op::Merge));
+    let err = n.writer.publish_if(&ns, merge, "-").await.expect_err("a merge is refused");
+    assert!(matches!(err, herald_server::engine::EngineError::BadRequest(_)), "{err:?}");
+    assert_eq!(state(&n.reader, &ns, "kv:m").await.offset, 0);
+}
+
+/// Volatile events reach only nodes that listen to the channel (pub/sub), in the order they
+/// were sent on one connection: once the event of a listened channel sent after one of an
+/// unlistened channel arrived, the unlistened one would have arrived before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volatile_events_reach_listening_nodes_only() {
+    let n = redis().await;
+    n.reader.listen("loud").await.unwrap();
+    n.writer.publish_volatile("quiet", "q".into()).await.unwrap();
+    n.writer.publish_volatile("loud", "l".into()).await.unwrap();
+    assert_eq!(
+        n.delivered.wait_volatile("loud", 1).await,
+        ["l".into()] as [std::sync::Arc<str>; 1]
+    );
+    assert!(n.delivered.volatile_of("quiet").is_empty());
+    n.reader.unlisten("loud").await;
+}
+
+/// What `presence_track` stores: a set per node holding the stream names byte for byte (with
+/// their control character), and the set of tracking nodes; `presence_forget` removes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_notes_are_sets_per_node() {
+    let n = redis().await;
+    let stream = "\u{1}presence:room:{1}";
+    n.writer.presence_track("node-a", stream).await.unwrap();
+    let mut conn = n.redis().await;
+    let smembers = async |conn: &mut redis::aio::MultiplexedConnection, key: &str| {
+        let members: Vec<String> = redis::cmd("SMEMBERS").arg(key).query_async(conn).await.unwrap();
+        members
+    };
+    assert_eq!(smembers(&mut conn, "herald:presence:node:node-a").await, [stream]);
+    assert_eq!(smembers(&mut conn, "herald:presence:nodes").await, ["node-a"]);
+    n.reader.presence_forget("node-a").await.unwrap();
+    let left: Vec<String> =
+        redis::cmd("KEYS").arg("herald:presence:*").query_async(&mut conn).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -40,12 +40,23 @@ impl Inner {
         pubsub_name.strip_prefix(&self.prefix).and_then(|s| s.strip_prefix(":pub:"))
     }
 
-    /// The registration of node `id` in the cluster view.
     /// The key of the lease `name` (bridges: one node at a time reads a source).
     pub(super) fn lease_key(&self, name: &str) -> String {
         format!("{}:lease:{}", self.prefix, name)
     }
 
+    /// The set of presence streams on which node `id` holds members, so that another node
+    /// removes them when `id` is gone. Members are stream names (binary safe in Redis).
+    pub(super) fn presence_node_key(&self, id: &str) -> String {
+        format!("{}:presence:node:{}", self.prefix, id)
+    }
+
+    /// The set of node ids with a [`Inner::presence_node_key`] set.
+    pub(super) fn presence_nodes_key(&self) -> String {
+        format!("{}:presence:nodes", self.prefix)
+    }
+
+    /// The registration of node `id` in the cluster view.
     pub(super) fn node_key(&self, id: &str) -> String {
         format!("{}:node:{}", self.prefix, id)
     }

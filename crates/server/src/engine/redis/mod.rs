@@ -23,7 +23,9 @@
 //! the hub-wide seed `P:epoch_seed` (rotated daily) and the channel, so a subscriber of an empty
 //! channel and its first publish agree on it across nodes (see `redis/common.lua`). A lease
 //! (`Engine::lease`, one node at a time runs a bridge's source) is the key `P:lease:NAME` holding
-//! the holder's node id with a TTL (`redis/lease.lua`).
+//! the holder's node id with a TTL (`redis/lease.lua`). Presence: `P:presence:node:ID` (SET of
+//! the presence streams on which node `ID` holds members) and `P:presence:nodes` (SET of the
+//! nodes that have one), so that a live node removes a gone node's members.
 //!
 //! # Fan-out
 //!
@@ -31,7 +33,9 @@
 //! reads it, so each channel's publications reach [`Delivery::deliver`] in Redis order. The task
 //! remembers the last position per channel; a gap or an epoch change resets that channel, a lost
 //! connection resets every channel ([`Delivery::reset`]), and the sessions ask their clients to
-//! resubscribe with `since`. `recover` waits until the channel's SUBSCRIBE is confirmed on the
+//! resubscribe with `since`. A volatile event (`Engine::publish_volatile`) is a plain `PUBLISH`
+//! on the same pub/sub channel, marked so it cannot read as a publication (`stored.rs`); it has
+//! no position and changes none. `recover` waits until the channel's SUBSCRIBE is confirmed on the
 //! current connection before it reads the position, so "subscribed means flowing" holds.
 //!
 //! # Cluster view
@@ -238,6 +242,208 @@ impl Inner {
             other => other,
         }
     }
+
+    /// One publication ([`Engine::publish`], and [`Engine::publish_if`] with `expected`):
+    /// `None` when the record is not stored as `expected`. Without `expected`, a merge that
+    /// met a concurrent write reads the record again and retries.
+    async fn publish(
+        &self,
+        ns: &Namespace,
+        input: PublishInput,
+        expected: Option<&str>,
+    ) -> Result<Option<PublishResult>, EngineError> {
+        let keyed = input.keyed(ns)?;
+        if expected.is_some() && matches!(keyed, Some((_, Op::Merge))) {
+            return Err(EngineError::BadRequest(
+                "a conditional publish takes upsert or delete, not merge".into(),
+            ));
+        }
+        // '' tells the script "no check": no stored record is empty, so it matches nothing.
+        if expected == Some("") && keyed.is_some() {
+            return Ok(None);
+        }
+        let keys = self.keys(&input.channel);
+        let (head, mid, tail) = publication_parts(&input, keyed.as_ref());
+        let idem = input.meta.idempotency_key.as_deref();
+        let idem_key = format!("{}{}", keys.idem, idem.unwrap_or(""));
+        let idem_window = if idem.is_some() { ms(ns.idempotency_window).max(1) } else { 0 };
+        let mut conn = self.conn.clone();
+        for _ in 0..MERGE_ATTEMPTS {
+            // Keyed state: the new value (merges read the record and write only if unchanged).
+            let (rkey, op, value, check) = match &keyed {
+                None => ("", "", String::new(), String::new()),
+                Some((key, Op::Upsert)) => {
+                    crate::keyed::check_write(ns, Op::Upsert, &input.data)?;
+                    let check = expected.unwrap_or_default().to_string();
+                    (key.as_str(), "upsert", input.data.get().to_string(), check)
+                }
+                Some((key, Op::Delete)) => {
+                    (key.as_str(), "delete", String::new(), expected.unwrap_or_default().into())
+                }
+                Some((key, Op::Merge)) => {
+                    let stored: Option<String> = self
+                        .run(redis::cmd("HGET").arg(&keys.state).arg(key).query_async(&mut conn))
+                        .await?;
+                    let current = match &stored {
+                        Some(s) => Some(
+                            split_record(s)
+                                .and_then(|(_, json)| RawValue::from_string(json.to_string()).ok())
+                                .ok_or_else(|| {
+                                    EngineError::Internal(format!("corrupt state record {key:?}"))
+                                })?,
+                        ),
+                        None => None,
+                    };
+                    let next = apply_op(ns, current.as_deref(), Op::Merge, &input.data)?
+                        .ok_or_else(|| EngineError::Internal("merge removed a record".into()))?;
+                    (
+                        key.as_str(),
+                        "merge",
+                        next.get().to_string(),
+                        stored.unwrap_or_else(|| "-".into()),
+                    )
+                }
+            };
+            let mut call = self.scripts.publish.prepare_invoke();
+            call.key(&keys.meta)
+                .key(&keys.hist)
+                .key(&keys.state)
+                .key(&idem_key)
+                .key(&keys.seed)
+                .arg(new_epoch())
+                .arg(self.pubsub_name(&input.channel))
+                .arg(&head)
+                .arg(&mid)
+                .arg(&tail)
+                .arg(ns.history_size)
+                .arg(ms(ns.history_ttl))
+                .arg(meta_ttl(ns))
+                .arg(idem_window)
+                .arg(rkey)
+                .arg(op)
+                .arg(&value)
+                .arg(&check)
+                .arg(ns.max_state_records)
+                .arg(ns.max_state_bytes)
+                .arg(if ns.views() { "1" } else { "0" });
+            let reply: Vec<String> = self.run(call.invoke_async(&mut conn)).await?;
+            match reply.first().map(String::as_str) {
+                Some("ok") if reply.len() == 4 => {
+                    let offset: u64 = reply[2]
+                        .parse()
+                        .map_err(|_| EngineError::Internal("bad offset from script".into()))?;
+                    return Ok(Some(PublishResult {
+                        channel: input.channel,
+                        id: format!("{}-{}", reply[1], offset),
+                        epoch: reply[1].clone(),
+                        offset,
+                        time: reply[3].clone(),
+                        duplicate: false,
+                    }));
+                }
+                Some("dup") if reply.len() == 2 => {
+                    let (epoch, offset, time) = split_message(&reply[1]).ok_or_else(|| {
+                        EngineError::Internal("corrupt idempotency record".into())
+                    })?;
+                    return Ok(Some(PublishResult {
+                        channel: input.channel,
+                        epoch: epoch.to_string(),
+                        offset,
+                        id: format!("{epoch}-{offset}"),
+                        time: time.to_string(),
+                        duplicate: true,
+                    }));
+                }
+                Some("records") => {
+                    return Err(EngineError::StateLimit(format!(
+                        "channel {:?} already holds {} records (max_state_records)",
+                        input.channel, ns.max_state_records
+                    )));
+                }
+                Some("bytes") => {
+                    return Err(EngineError::StateLimit(format!(
+                        "channel {:?} state would exceed {} bytes (max_state_bytes)",
+                        input.channel, ns.max_state_bytes
+                    )));
+                }
+                // The caller's precondition failed: nothing was published.
+                Some("retry") if expected.is_some() => return Ok(None),
+                Some("retry") => continue,
+                _ => {
+                    return Err(EngineError::Internal(format!(
+                        "unexpected script reply {reply:?}"
+                    )));
+                }
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "record {:?} of {:?} changed {MERGE_ATTEMPTS} times during a merge; retry",
+            input.key.unwrap_or_default(),
+            input.channel
+        )))
+    }
+
+    /// Notes that `node` holds presence members on `stream` ([`Engine::presence_track`]): the
+    /// stream joins the node's set and the node the set of tracking nodes, in one step.
+    async fn presence_track(&self, node: &str, stream: &str) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SADD")
+            .arg(self.presence_node_key(node))
+            .arg(stream)
+            .ignore()
+            .cmd("SADD")
+            .arg(self.presence_nodes_key())
+            .arg(node)
+            .ignore();
+        self.run(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Tracking nodes not in `alive`, with their presence streams ([`Engine::presence_orphans`]).
+    /// The tracking nodes are a set of their own, so this reads a few small sets rather than
+    /// scanning the keyspace.
+    async fn presence_orphans(
+        &self,
+        alive: &[String],
+    ) -> Result<Vec<(String, Vec<String>)>, EngineError> {
+        let key = self.presence_nodes_key();
+        let tracking: Vec<String> = self
+            .read(|mut conn| {
+                let key = key.clone();
+                async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut conn).await }
+            })
+            .await?;
+        let mut orphans = Vec::new();
+        for node in tracking.into_iter().filter(|n| !alive.contains(n)) {
+            let key = self.presence_node_key(&node);
+            let mut streams: Vec<String> = self
+                .read(|mut conn| {
+                    let key = key.clone();
+                    async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut conn).await }
+                })
+                .await?;
+            streams.sort();
+            orphans.push((node, streams));
+        }
+        orphans.sort();
+        Ok(orphans)
+    }
+
+    /// Forgets what `node` noted ([`Engine::presence_forget`]).
+    async fn presence_forget(&self, node: &str) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("DEL")
+            .arg(self.presence_node_key(node))
+            .ignore()
+            .cmd("SREM")
+            .arg(self.presence_nodes_key())
+            .arg(node)
+            .ignore();
+        self.run(pipe.query_async::<()>(&mut conn)).await
+    }
 }
 
 /// Maps a Redis failure: connection trouble and a full or loading Redis are `unavailable`
@@ -302,135 +508,44 @@ impl Engine for RedisEngine {
         ns: &Namespace,
         input: PublishInput,
     ) -> Result<PublishResult, EngineError> {
-        let inner = &self.inner;
-        let keyed = input.keyed(ns)?;
-        let keys = inner.keys(&input.channel);
-        let (head, mid, tail) = publication_parts(&input, keyed.as_ref());
-        let idem = input.meta.idempotency_key.as_deref();
-        let idem_key = format!("{}{}", keys.idem, idem.unwrap_or(""));
-        let idem_window = if idem.is_some() { ms(ns.idempotency_window).max(1) } else { 0 };
-        let mut conn = inner.conn.clone();
-        for _ in 0..MERGE_ATTEMPTS {
-            // Keyed state: the new value (merges read the record and write only if unchanged).
-            let (rkey, op, value, expected) = match &keyed {
-                None => ("", "", String::new(), String::new()),
-                Some((key, Op::Upsert)) => {
-                    crate::keyed::check_write(ns, Op::Upsert, &input.data)?;
-                    (key.as_str(), "upsert", input.data.get().to_string(), String::new())
-                }
-                Some((key, Op::Delete)) => (key.as_str(), "delete", String::new(), String::new()),
-                Some((key, Op::Merge)) => {
-                    let stored: Option<String> = inner
-                        .run(redis::cmd("HGET").arg(&keys.state).arg(key).query_async(&mut conn))
-                        .await?;
-                    let current = match &stored {
-                        Some(s) => Some(
-                            split_record(s)
-                                .and_then(|(_, json)| RawValue::from_string(json.to_string()).ok())
-                                .ok_or_else(|| {
-                                    EngineError::Internal(format!("corrupt state record {key:?}"))
-                                })?,
-                        ),
-                        None => None,
-                    };
-                    let next = apply_op(ns, current.as_deref(), Op::Merge, &input.data)?
-                        .ok_or_else(|| EngineError::Internal("merge removed a record".into()))?;
-                    (
-                        key.as_str(),
-                        "merge",
-                        next.get().to_string(),
-                        stored.unwrap_or_else(|| "-".into()),
-                    )
-                }
-            };
-            let mut call = inner.scripts.publish.prepare_invoke();
-            call.key(&keys.meta)
-                .key(&keys.hist)
-                .key(&keys.state)
-                .key(&idem_key)
-                .key(&keys.seed)
-                .arg(new_epoch())
-                .arg(inner.pubsub_name(&input.channel))
-                .arg(&head)
-                .arg(&mid)
-                .arg(&tail)
-                .arg(ns.history_size)
-                .arg(ms(ns.history_ttl))
-                .arg(meta_ttl(ns))
-                .arg(idem_window)
-                .arg(rkey)
-                .arg(op)
-                .arg(&value)
-                .arg(&expected)
-                .arg(ns.max_state_records)
-                .arg(ns.max_state_bytes)
-                .arg(if ns.views() { "1" } else { "0" });
-            let reply: Vec<String> = inner.run(call.invoke_async(&mut conn)).await?;
-            match reply.first().map(String::as_str) {
-                Some("ok") if reply.len() == 4 => {
-                    let offset: u64 = reply[2]
-                        .parse()
-                        .map_err(|_| EngineError::Internal("bad offset from script".into()))?;
-                    return Ok(PublishResult {
-                        channel: input.channel,
-                        id: format!("{}-{}", reply[1], offset),
-                        epoch: reply[1].clone(),
-                        offset,
-                        time: reply[3].clone(),
-                        duplicate: false,
-                    });
-                }
-                Some("dup") if reply.len() == 2 => {
-                    let (epoch, offset, time) = split_message(&reply[1]).ok_or_else(|| {
-                        EngineError::Internal("corrupt idempotency record".into())
-                    })?;
-                    return Ok(PublishResult {
-                        channel: input.channel,
-                        epoch: epoch.to_string(),
-                        offset,
-                        id: format!("{epoch}-{offset}"),
-                        time: time.to_string(),
-                        duplicate: true,
-                    });
-                }
-                Some("records") => {
-                    return Err(EngineError::StateLimit(format!(
-                        "channel {:?} already holds {} records (max_state_records)",
-                        input.channel, ns.max_state_records
-                    )));
-                }
-                Some("bytes") => {
-                    return Err(EngineError::StateLimit(format!(
-                        "channel {:?} state would exceed {} bytes (max_state_bytes)",
-                        input.channel, ns.max_state_bytes
-                    )));
-                }
-                Some("retry") => continue,
-                _ => {
-                    return Err(EngineError::Internal(format!(
-                        "unexpected script reply {reply:?}"
-                    )));
-                }
-            }
-        }
-        Err(EngineError::Unavailable(format!(
-            "record {:?} of {:?} changed {MERGE_ATTEMPTS} times during a merge; retry",
-            input.key.unwrap_or_default(),
-            input.channel
-        )))
+        let published = self.inner.publish(ns, input, None).await?;
+        published
+            .ok_or_else(|| EngineError::Internal("an unconditional publish was refused".into()))
     }
 
     async fn publish_if(
         &self,
-        _ns: &Namespace,
-        _input: PublishInput,
-        _expected: &str,
+        ns: &Namespace,
+        input: PublishInput,
+        expected: &str,
     ) -> Result<Option<PublishResult>, EngineError> {
-        Err(EngineError::Internal("publish_if: not yet on redis".into()))
+        self.inner.publish(ns, input, Some(expected)).await
     }
 
-    async fn publish_volatile(&self, _channel: &str, _frame: Arc<str>) -> Result<(), EngineError> {
-        Err(EngineError::Internal("publish_volatile: not yet on redis".into()))
+    async fn publish_volatile(&self, channel: &str, frame: Arc<str>) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        let cmd = redis::cmd("PUBLISH")
+            .arg(inner.pubsub_name(channel))
+            .arg(stored::volatile_message(&frame))
+            .to_owned();
+        inner.run(cmd.query_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn presence_track(&self, node: &str, channel: &str) -> Result<(), EngineError> {
+        self.inner.presence_track(node, channel).await
+    }
+
+    async fn presence_orphans(
+        &self,
+        alive: &[String],
+    ) -> Result<Vec<(String, Vec<String>)>, EngineError> {
+        self.inner.presence_orphans(alive).await
+    }
+
+    async fn presence_forget(&self, node: &str) -> Result<(), EngineError> {
+        self.inner.presence_forget(node).await
     }
 
     async fn listen(&self, channel: &str) -> Result<(), EngineError> {

@@ -1,7 +1,7 @@
 //! Fan-out across nodes: the one pub/sub connection of a node, the channels it listens to, and
 //! the check of each arriving publication's position (see the module docs' "Fan-out").
 
-use super::stored::{encoded, split_message};
+use super::stored::{encoded, split_message, split_volatile};
 use super::{Inner, LISTEN_TIMEOUT, OP_TIMEOUT, PUBSUB_PING_EVERY};
 use crate::engine::EngineError;
 use futures_util::StreamExt;
@@ -91,13 +91,23 @@ impl Inner {
         }
     }
 
-    /// A publication from the pub/sub connection: check its position, deliver it.
+    /// A message from the pub/sub connection: a publication (check its position, deliver it)
+    /// or a volatile event (deliver it).
     fn on_message(&self, msg: &redis::Msg) {
         let Some(channel) = self.channel_of(msg.get_channel_name()) else { return };
         let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
             tracing::warn!(channel, "non-UTF-8 message on a herald pub/sub channel");
             return;
         };
+        // A volatile event has no position: it goes out as it is, and touches no `last`.
+        if let Some(frame) = split_volatile(payload) {
+            if self.listened.lock().get(channel).is_some_and(|l| l.confirmed)
+                && let Some(fanout) = self.fanout()
+            {
+                fanout.deliver_volatile(channel, frame.into());
+            }
+            return;
+        }
         // The publication with its record change (views), parsed before any position check so
         // that a malformed message changes no position.
         let Some((epoch, offset, frame)) =

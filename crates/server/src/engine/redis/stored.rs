@@ -27,6 +27,21 @@ use herald_protocol::{Op, Record};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
+/// What starts a volatile event's pub/sub message: `!` never starts an epoch (epochs are
+/// alphanumeric, see [`crate::engine::new_epoch`] and `common.lua`), so no publication reads
+/// as one.
+const VOLATILE: &str = "!v:";
+
+/// The pub/sub message of a volatile event: the marker, then the frame.
+pub(super) fn volatile_message(frame: &str) -> String {
+    format!("{VOLATILE}{frame}")
+}
+
+/// The frame of a volatile event's pub/sub message; `None` for a publication.
+pub(super) fn split_volatile(message: &str) -> Option<&str> {
+    message.strip_prefix(VOLATILE)
+}
+
 /// Splits `epoch:offset:json` (pub/sub messages, idempotency records).
 pub(super) fn split_message(s: &str) -> Option<(&str, u64, &str)> {
     let (epoch, rest) = s.split_once(':')?;
@@ -153,6 +168,20 @@ mod tests {
         assert_eq!(split_message("nope"), None);
         let recs = records(vec!["b".into(), "2:2".into(), "a".into(), "1:{}".into()]).unwrap();
         assert_eq!(recs.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    /// A volatile message reads back as its frame, and no publication (of any epoch
+    /// `new_epoch` or the empty-epoch hash makes) reads as a volatile one.
+    #[test]
+    fn volatile_messages_are_not_publications() {
+        let frame = r#"{"volatile":{"channel":"c","data":"1:2:x"}}"#;
+        let msg = volatile_message(frame);
+        assert_eq!(split_volatile(&msg), Some(frame));
+        for _ in 0..200 {
+            let publication = format!("{}:3:{{}}", crate::engine::new_epoch());
+            assert_eq!(split_volatile(&publication), None);
+        }
+        assert_eq!(split_volatile("0123456789ab:1:{}"), None);
     }
 
     /// The change prefix exactly as `publish.lua` builds it: `string.format('R%d,%d,%d:', #rkey,
