@@ -10,10 +10,10 @@
 
 #[path = "bench/client.rs"]
 mod client;
-#[path = "bench/scenarios.rs"]
-mod scenarios;
 #[path = "bench/presence.rs"]
 mod presence;
+#[path = "bench/scenarios.rs"]
+mod scenarios;
 #[path = "bench/views.rs"]
 mod views;
 
