@@ -53,6 +53,8 @@ pub struct ClientBuilder {
     refresh_lead: Duration,
     /// The client name sent in `connect`.
     name: Option<String>,
+    /// The default presence member id; random when unset.
+    member: Option<String>,
 }
 
 impl Default for ClientBuilder {
@@ -66,6 +68,7 @@ impl Default for ClientBuilder {
             liveness_margin: Duration::from_secs(10),
             refresh_lead: Duration::from_secs(30),
             name: None,
+            member: None,
         }
     }
 }
@@ -146,6 +149,13 @@ impl ClientBuilder {
         self
     }
 
+    /// The presence member id (the `ID` of `USER/ID`) of subscriptions that set none. Default:
+    /// a random id per client, the same across its reconnects.
+    pub fn member(mut self, id: impl Into<String>) -> Self {
+        self.member = Some(id.into());
+        self
+    }
+
     /// Starts the client: spawns its background task (needs a Tokio runtime) and begins
     /// connecting at once.
     pub fn build(self) -> Result<Client, BuildError> {
@@ -167,6 +177,7 @@ impl ClientBuilder {
             }
         }
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let member = self.member.unwrap_or_else(random_member);
         let config = ConnectionConfig {
             urls: self.urls,
             token: self.token,
@@ -175,6 +186,7 @@ impl ClientBuilder {
             liveness_margin: self.liveness_margin,
             refresh_lead: self.refresh_lead,
             name: self.name,
+            member: member.clone(),
         };
         let handles = connection::spawn(config, cmd_rx);
         let client = Client {
@@ -185,6 +197,7 @@ impl ClientBuilder {
                 changes: handles.changes,
                 request_timeout: self.request_timeout,
                 next_sub: AtomicU64::new(1),
+                member,
             }),
         };
         Ok((client, handles.first_changes))
@@ -214,6 +227,14 @@ struct Inner {
     request_timeout: Duration,
     /// The id of the next subscription.
     next_sub: AtomicU64,
+    /// The default presence member id of this client's subscriptions.
+    member: String,
+}
+
+/// A fresh presence member id: 16 hex digits, random enough that two clients of one user never
+/// collide.
+fn random_member() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 impl Client {
@@ -266,10 +287,14 @@ impl Client {
     /// Subscribes to `channel`. The returned stream yields [`SubEvent`](crate::SubEvent)s:
     /// `Subscribed`, then publications in offset order exactly once across reconnects, `Resync`
     /// when continuity was lost, and `Ended` if the server refuses. Dropping it unsubscribes.
+    ///
+    /// On a presence namespace with [`SubscribeOptions::presence`], it also yields the member
+    /// list, then joins, updates and leaves (or counts), resumed after reconnects from the last
+    /// presence position; and volatile events of the channel (see [`Client::volatile`]).
     pub fn subscribe(&self, channel: impl Into<String>, opts: SubscribeOptions) -> Subscription {
         let channel = channel.into();
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        Subscription::start(&self.inner.cmd, id, channel, opts)
+        Subscription::start(&self.inner.cmd, id, channel, opts, self.inner.request_timeout)
     }
 
     /// Subscribes to a live view of the keyed `channel` (protocol §14): a spec view, an ad-hoc
@@ -284,6 +309,27 @@ impl Client {
     ) -> View<T> {
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
         View::start(&self.inner.cmd, id, channel.into(), opts.query)
+    }
+
+    /// The presence member id (the `ID` of `USER/ID`) this client's subscriptions use unless
+    /// they set their own.
+    pub fn member_id(&self) -> &str {
+        &self.inner.member
+    }
+
+    /// Sends a volatile event (protocol §16) to `channel`'s current subscribers: no offset, no
+    /// history, never replayed, rate-limited by the hub (`110 rate_limited`). For cursors and
+    /// typing indicators; anything that must arrive goes through [`Client::publish`].
+    pub async fn volatile(
+        &self,
+        channel: impl Into<String>,
+        kind: impl Into<String>,
+        data: &impl serde::Serialize,
+    ) -> Result<(), Error> {
+        let data =
+            serde_json::value::to_raw_value(data).map_err(|e| Error::Decode(e.to_string()))?;
+        let command = Command::Volatile { channel: channel.into(), kind: Some(kind.into()), data };
+        self.request(command).await.map(|_| ())
     }
 
     /// Sends any command and returns the raw `result` of its reply, within the request timeout.

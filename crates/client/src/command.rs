@@ -53,6 +53,18 @@ pub(crate) enum Cmd {
         /// Its name on the connection.
         name: String,
     },
+    /// A [`crate::Subscription`] changes its presence `info`: remember it for resubscribes and
+    /// send `presence_update` when subscribed.
+    SetPresence {
+        /// Which subscription, so that a stale handle does not change a newer one.
+        id: u64,
+        /// Its channel.
+        channel: String,
+        /// The new `info`.
+        info: serde_json::Value,
+        /// Where the outcome goes.
+        reply: ReplyTx,
+    },
     /// Send any command and route its reply back.
     Request {
         /// The command to send.

@@ -1,13 +1,15 @@
 //! The connection state machine: one background task owns the connection. It connects (through
 //! [`crate::transport`]), reconnects with the [`crate::backoff`] policy and rotates URLs, answers
 //! pings and detects silence, refreshes the token in-band, correlates requests with their
-//! replies, and resumes every subscription from its last delivered position. Handles reach it
-//! only through the [`crate::command`] channel.
+//! replies, and resumes every subscription from its last delivered position (and presence
+//! position, through [`crate::presence`]). Handles reach it only through the
+//! [`crate::command`] channel.
 
 use crate::backoff::{Backoff, BackoffPolicy, Next};
 use crate::command::{Cmd, ReplyTx};
 use crate::error::Error;
 use crate::event::{SubEvent, SubscribeOptions, ViewFeed};
+use crate::presence;
 use crate::raw::{RawError, RawReceiver, RawSender};
 use crate::state::{ConnectionState, OfflineReason};
 use crate::subscription::{Sub, SubStatus};
@@ -17,7 +19,8 @@ use crate::view::{EventFit, ViewSub};
 use herald_protocol::command::ViewQuery;
 use herald_protocol::reply::{ConnectResult, RefreshResult, SubscribeResult, ViewSubscribeResult};
 use herald_protocol::{
-    CloseCode, Command, Continuity, ErrorBody, ErrorCode, Position, Request, ServerMessage,
+    CloseCode, Command, Continuity, ErrorBody, ErrorCode, Position, PresenceQuery, Request,
+    ServerMessage,
 };
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -46,6 +49,8 @@ pub(crate) struct ConnectionConfig {
     pub refresh_lead: Duration,
     /// The client name sent in `connect`.
     pub name: Option<String>,
+    /// The presence member id of subscriptions that set none (the same on every connection).
+    pub member: String,
 }
 
 /// What the handles observe of a spawned connection task.
@@ -81,6 +86,7 @@ pub(crate) fn spawn(
         liveness_margin: config.liveness_margin,
         refresh_lead: config.refresh_lead,
         name: config.name,
+        member: config.member,
         cmd_rx: commands,
         state_tx,
         changes: changes.clone(),
@@ -184,6 +190,8 @@ struct Driver {
     refresh_lead: Duration,
     /// The client name sent in `connect`.
     name: Option<String>,
+    /// The presence member id of subscriptions that set none.
+    member: String,
     /// Commands from the handles.
     cmd_rx: mpsc::UnboundedReceiver<Cmd>,
     /// Publishes the latest state.
@@ -333,6 +341,11 @@ impl Driver {
                 if self.views.get(&name).is_some_and(|v| v.id == id) {
                     self.views.remove(&name);
                 }
+                None
+            }
+            Some(Cmd::SetPresence { id, channel, info, reply }) => {
+                // Remembered only: the next subscribe carries it.
+                let _ = reply.send(self.remember_info(id, &channel, info).map(|_| null()));
                 None
             }
             Some(Cmd::Request { command, reply }) => {
@@ -680,11 +693,46 @@ impl Driver {
                 }
                 None
             }
+            Some(Cmd::SetPresence { id, channel, info, reply }) => {
+                match self.remember_info(id, &channel, info) {
+                    Ok(Some(info)) => {
+                        conn.send(Command::PresenceUpdate { channel, info }, Pending::User(reply));
+                    }
+                    Ok(None) => {
+                        let _ = reply.send(Ok(null()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                None
+            }
             Some(Cmd::Request { command, reply }) => {
                 conn.send(command, Pending::User(reply));
                 None
             }
         }
+    }
+
+    /// Keeps a subscription's new presence `info` for its resubscribes. Returns it encoded when
+    /// its subscribe is in flight or done on this connection (so `presence_update` can follow
+    /// it), `None` when the next subscribe will carry it.
+    fn remember_info(
+        &mut self,
+        id: u64,
+        channel: &str,
+        info: serde_json::Value,
+    ) -> Result<Option<Box<RawValue>>, Error> {
+        let Some(sub) = self.subs.get_mut(channel).filter(|s| s.id == id) else {
+            return Err(Error::Server(
+                ErrorBody::new(ErrorCode::NotSubscribed, "the subscription has ended")
+                    .with_channel(channel),
+            ));
+        };
+        let raw =
+            serde_json::value::to_raw_value(&info).map_err(|e| Error::Decode(e.to_string()))?;
+        sub.opts.info = (!info.is_null()).then_some(info);
+        Ok(matches!(sub.status, SubStatus::Pending | SubStatus::Active).then_some(raw))
     }
 
     /// Sends `subscribe` for a registered channel, resuming from the last delivered position.
@@ -701,6 +749,15 @@ impl Driver {
             );
         }
         let (since, snapshot) = sub.resume_from();
+        let presence = PresenceQuery {
+            mode: sub.opts.presence,
+            since: sub.presence.on_subscribe(sub.opts.presence),
+            member: sub
+                .opts
+                .uses_presence()
+                .then(|| sub.opts.member.clone().unwrap_or_else(|| self.member.clone())),
+            info: sub.opts.info.as_ref().and_then(|i| serde_json::value::to_raw_value(i).ok()),
+        };
         let pending = Pending::Subscribe {
             channel: channel.to_string(),
             sub_id: sub.id,
@@ -712,7 +769,7 @@ impl Driver {
                 since,
                 snapshot,
                 view: Default::default(),
-                presence: Default::default(),
+                presence,
             },
             pending,
         );
@@ -807,10 +864,28 @@ impl Driver {
             ServerMessage::Disconnect { code, reason, .. } => *disconnect = Some((code, reason)),
             ServerMessage::Error(e) => tracing::warn!(error = %e, "herald server error push"),
             ServerMessage::View(event) => self.on_view_event(conn, *event),
-            // Presence and volatile pushes: not followed by this client yet.
-            ServerMessage::Event { .. } => {}
+            ServerMessage::Event { push, body } => self.on_event_push(conn, &push, &body),
         }
         None
+    }
+
+    /// A presence or volatile push: to its channel's subscription, through
+    /// [`crate::presence`]; a reset presence stream subscribes again.
+    fn on_event_push(&mut self, conn: &mut Conn, push: &str, body: &serde_json::Value) {
+        let Some(channel) = body["channel"].as_str() else { return };
+        let Some(sub) = self.subs.get_mut(channel) else { return };
+        if push == "volatile" {
+            let _ = sub.tx.send(presence::volatile_event(body));
+            return;
+        }
+        let outcome = sub.presence.on_push(push, body);
+        if let Some(event) = outcome.event {
+            let _ = sub.tx.send(event);
+        }
+        if outcome.resubscribe {
+            let channel = channel.to_string();
+            self.send_subscribe(conn, &channel, true);
+        }
     }
 
     fn on_subscribe_reply(
@@ -931,6 +1006,11 @@ impl Driver {
             }
         }
     }
+}
+
+/// A `null` result, for requests answered locally.
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is JSON")
 }
 
 /// Whether a refused subscribe is worth retrying after a delay.

@@ -1,11 +1,14 @@
 //! What the application hands to a subscribe and what a subscription stream yields: plain data,
 //! below both the handles and the connection task, so that each can name it without the other.
 //! For views, [`ViewOptions`] and the untyped [`ViewFeed`] the connection task sends to a
-//! [`crate::View`] handle, which decodes it into typed events.
+//! [`crate::View`] handle, which decodes it into typed events. For presence (protocol §15),
+//! [`Member`], the record of one member of a channel.
 
 use herald_protocol::command::ViewQuery;
 use herald_protocol::reply::{NotRecovered, ViewEvent};
-use herald_protocol::{ErrorBody, Position, Publication, Record};
+use herald_protocol::{ErrorBody, Position, PresenceMode, Publication, Record};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// How to start a subscription.
 #[derive(Debug, Clone, Default)]
@@ -15,6 +18,63 @@ pub struct SubscribeOptions {
     pub since: Option<Position>,
     /// On a keyed channel, start with a snapshot of every record (in [`SubEvent::Subscribed`]).
     pub snapshot: bool,
+    /// On a presence namespace, follow the channel's members ([`PresenceMode::Members`]: the
+    /// list, then joins, updates and leaves) or only their counts ([`PresenceMode::Counts`]).
+    pub presence: Option<PresenceMode>,
+    /// This member's `info` as it joins (name, colour, what it edits); kept up to date by
+    /// [`crate::Subscription::set_presence`] and sent again on every resubscribe.
+    pub info: Option<serde_json::Value>,
+    /// This member's id (the `ID` of `USER/ID`). Default: the [`crate::Client`]'s own random id,
+    /// the same across reconnects, so that a reconnect rejoins as the same member.
+    pub member: Option<String>,
+}
+
+impl SubscribeOptions {
+    /// Follows the channel's presence: the member list or only its counts.
+    pub fn presence(mut self, mode: PresenceMode) -> SubscribeOptions {
+        self.presence = Some(mode);
+        self
+    }
+
+    /// Sets this member's `info` (any JSON up to the namespace's `max_presence_info_bytes`).
+    pub fn info(mut self, info: serde_json::Value) -> SubscribeOptions {
+        self.info = Some(info);
+        self
+    }
+
+    /// Sets this member's id instead of the client's default one (for example a per-tab id the
+    /// application persists).
+    pub fn member(mut self, id: impl Into<String>) -> SubscribeOptions {
+        self.member = Some(id.into());
+        self
+    }
+
+    /// Whether the subscribe carries presence fields (and so the member id): only then, since
+    /// the hub refuses them on a namespace without presence.
+    pub(crate) fn uses_presence(&self) -> bool {
+        self.presence.is_some() || self.info.is_some() || self.member.is_some()
+    }
+}
+
+/// One member of a channel (protocol §15): a connection subscribed to it, as the hub lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its key, `USER/ID`: what joins, updates and leaves name.
+    pub member: String,
+    /// The connection's user id (empty when anonymous); several members of one user are its
+    /// tabs and devices.
+    #[serde(default)]
+    pub user: String,
+    /// The connection id (`NODE-N`), when known: the member list carries it, `presence` events
+    /// do not, so a member that joined (or changed) since the list has `None`.
+    #[serde(default)]
+    pub client: Option<String>,
+    /// The node holding the connection, when known (like `client`).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// What the member says about itself (`None` when it set nothing).
+    #[serde(default)]
+    pub info: Option<serde_json::Value>,
 }
 
 /// What a subscription stream yields.
@@ -38,6 +98,48 @@ pub enum SubEvent {
         position: Position,
         /// Fresh records of a keyed channel, replacing whatever the application held.
         snapshot: Option<Vec<Record>>,
+    },
+    /// The channel's whole member list (presence [`PresenceMode::Members`]), replacing any held
+    /// before: the first one, or after a resume the hub's presence history could not serve.
+    /// Joins, updates and leaves after it follow.
+    PresenceList {
+        /// Every member, by member id.
+        members: BTreeMap<String, Member>,
+    },
+    /// A member joined the channel.
+    Join {
+        /// The new member.
+        member: Member,
+    },
+    /// A member changed its `info` (or moved to another node).
+    Update {
+        /// The member as it is now.
+        member: Member,
+    },
+    /// A member left (unsubscribed, disconnected, or its node went away).
+    Leave {
+        /// The member as it was held (its last `info`), or as the event named it.
+        member: Member,
+    },
+    /// The channel's member and user counts (presence [`PresenceMode::Counts`]): first the
+    /// current ones, then after each join and leave.
+    PresenceCounts {
+        /// How many members.
+        members: u64,
+        /// How many distinct users they belong to.
+        users: u64,
+    },
+    /// A volatile event (protocol §16): delivered to the subscribers connected when it was sent,
+    /// kept nowhere, never replayed.
+    Volatile {
+        /// Its type (`cursor`, `typing`, ...; `message` when the sender gave none).
+        kind: String,
+        /// Its payload.
+        data: serde_json::Value,
+        /// The sender's user id.
+        user: String,
+        /// The sender's connection id.
+        client: String,
     },
     /// The server refused or ended the subscription for good (forbidden, unknown namespace, ...);
     /// the stream ends after this event.

@@ -25,12 +25,16 @@
 //! - `subscription`: one subscription: the [`Subscription`] handle (unsubscribes on drop), the
 //!   record the connection task keeps for it, and the ordering logic (positions, resume,
 //!   duplicate and gap filtering).
+//! - `presence`: presence and volatile pushes of one subscription: the presence position kept
+//!   across connections (`presence_since`), stale events dropped, and the member map a
+//!   [`Subscription`] keeps from the events it yields.
 //! - `view`: one live view: the [`View`] handle (typed events, the rows by key), and the record
 //!   the connection task keeps for it (position, resume, duplicate filtering).
 //! - `command`: the commands handles send to the connection task, the only link between them.
 //! - `transport`: the socket seam: handshake (WebSocket plus `connect` reply) and the writer
 //!   task that batches messages into frames; built on [`raw`], which splits batched frames.
-//! - `event`: [`SubscribeOptions`] and [`SubEvent`], the data a subscription takes and yields;
+//! - `event`: [`SubscribeOptions`] and [`SubEvent`], the data a subscription takes and yields
+//!   (with [`Member`], one member of a channel's presence);
 //!   [`ViewOptions`] and the untyped feed a view's handle decodes.
 //! - `backoff`: [`BackoffPolicy`] and the reconnect bookkeeping (delays, circuit breaker).
 //! - `state`: [`ConnectionState`] and [`OfflineReason`].
@@ -45,6 +49,7 @@ mod connection;
 mod error;
 mod event;
 mod http;
+mod presence;
 pub mod raw;
 mod state;
 mod subscription;
@@ -55,10 +60,10 @@ mod view;
 pub use backoff::BackoffPolicy;
 pub use client::{BuildError, Client, ClientBuilder};
 pub use error::Error;
-pub use event::{SubEvent, SubscribeOptions, ViewOptions};
+pub use event::{Member, SubEvent, SubscribeOptions, ViewOptions};
 pub use herald_protocol;
 pub use herald_protocol::reply::{LeaveReason, NotRecovered};
-pub use herald_protocol::{Position, Publication, Record};
+pub use herald_protocol::{Position, PresenceMode, Publication, Record};
 pub use http::{ApiClient, ApiError, http_base_from_ws, ws_url_from_http};
 pub use state::{ConnectionState, OfflineReason};
 pub use subscription::Subscription;

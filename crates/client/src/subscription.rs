@@ -1,28 +1,39 @@
 //! One subscription: the [`Subscription`] handle the application reads (a stream of
 //! [`SubEvent`]s that unsubscribes on drop), the record the connection task keeps for it across
 //! connections ([`Sub`]), and the ordering logic ([`Tracker`]) that turns subscribe replies and
-//! live publications into exactly-once, in-order delivery.
+//! live publications into exactly-once, in-order delivery. On a presence namespace the handle
+//! also keeps the channel's members from the presence events it yields (see
+//! [`crate::presence`]).
 //!
 //! It reaches the connection task only through the command channel of [`crate::command`].
 
 use crate::command::{Cmd, CommandTx};
-use crate::event::{SubEvent, SubscribeOptions};
+use crate::error::Error;
+use crate::event::{Member, SubEvent, SubscribeOptions};
+use crate::presence::{self, PresenceTracker};
 use futures_util::Stream;
 use herald_protocol::reply::{NotRecovered, SubscribeResult};
 use herald_protocol::{Continuity, Position, Publication};
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// A live subscription: a [`Stream`] of [`SubEvent`]s. Dropping it unsubscribes.
 ///
 /// The client buffers events without bound until the application reads them, so read promptly.
+/// The member map ([`Subscription::presence`]) changes only as events are read.
 pub struct Subscription {
     /// The subscribed channel, for [`Subscription::channel`].
     channel: String,
     /// Events from the connection task, in delivery order.
     events: mpsc::UnboundedReceiver<SubEvent>,
+    /// The channel's members as of the last event read (presence [`crate::PresenceMode::Members`]).
+    members: BTreeMap<String, Member>,
+    /// How long [`Subscription::set_presence`] waits for its reply.
+    request_timeout: Duration,
     /// Sends the unsubscribe when the handle is dropped.
     _guard: SubGuard,
 }
@@ -34,12 +45,15 @@ impl Subscription {
         id: u64,
         channel: String,
         opts: SubscribeOptions,
+        request_timeout: Duration,
     ) -> Subscription {
         let (tx, events) = mpsc::unbounded_channel();
         let _ = commands.send(Cmd::Subscribe { id, channel: channel.clone(), opts, tx });
         Subscription {
             channel: channel.clone(),
             events,
+            members: BTreeMap::new(),
+            request_timeout,
             _guard: SubGuard { commands: commands.clone(), channel, id },
         }
     }
@@ -51,14 +65,44 @@ impl Subscription {
 
     /// The next event, or `None` once the subscription ended or the client was closed.
     pub async fn next_event(&mut self) -> Option<SubEvent> {
-        self.events.recv().await
+        let mut event = self.events.recv().await?;
+        presence::apply(&mut self.members, &mut event);
+        Some(event)
+    }
+
+    /// The channel's members by member id (`USER/ID`), as of the last event read; empty unless
+    /// the subscription follows presence with [`crate::PresenceMode::Members`].
+    pub fn presence(&self) -> &BTreeMap<String, Member> {
+        &self.members
+    }
+
+    /// Changes this member's `info` (`presence_update`). The client remembers it and sends it
+    /// again with every resubscribe, so it survives reconnects; while not connected it is only
+    /// remembered, and the next subscribe carries it.
+    pub async fn set_presence(&self, info: serde_json::Value) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        let cmd =
+            Cmd::SetPresence { id: self._guard.id, channel: self.channel.clone(), info, reply };
+        self._guard.commands.send(cmd).map_err(|_| Error::Closed)?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Err(_) => Err(Error::Timeout),
+            Ok(Err(_)) => Err(Error::Closed),
+            Ok(Ok(result)) => result.map(|_| ()),
+        }
     }
 }
 
 impl Stream for Subscription {
     type Item = SubEvent;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SubEvent>> {
-        self.events.poll_recv(cx)
+        let this = &mut *self;
+        match this.events.poll_recv(cx) {
+            Poll::Ready(Some(mut event)) => {
+                presence::apply(&mut this.members, &mut event);
+                Poll::Ready(Some(event))
+            }
+            other => other,
+        }
     }
 }
 
@@ -91,6 +135,8 @@ pub(crate) struct Sub {
     pub opts: SubscribeOptions,
     /// The last delivered position and the rules that keep delivery in order.
     pub tracker: Tracker,
+    /// The last applied presence position, for `presence_since`.
+    pub presence: PresenceTracker,
     /// No reply accepted yet: the next one yields `Subscribed`.
     pub initial: bool,
     /// Where its subscribe stands on the current connection.
@@ -113,7 +159,15 @@ pub(crate) enum SubStatus {
 impl Sub {
     /// A subscription not subscribed on any connection yet.
     pub fn new(id: u64, tx: mpsc::UnboundedSender<SubEvent>, opts: SubscribeOptions) -> Sub {
-        Sub { id, tx, opts, tracker: Tracker::default(), initial: true, status: SubStatus::Idle }
+        Sub {
+            id,
+            tx,
+            opts,
+            tracker: Tracker::default(),
+            presence: PresenceTracker::default(),
+            initial: true,
+            status: SubStatus::Idle,
+        }
     }
 
     /// What the next subscribe asks for: `since` (the application's start before the first

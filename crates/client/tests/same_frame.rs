@@ -163,7 +163,7 @@ async fn publications_in_the_reply_frame_are_delivered_once_in_order_then_quiet(
     let client =
         Client::builder().url(fake.url()).token("t").backoff(fast_policy()).build().unwrap();
     let mut plain = client.subscribe("c", SubscribeOptions::default());
-    let mut keyed = client.subscribe("kv:b", SubscribeOptions { since: None, snapshot: true });
+    let mut keyed = client.subscribe("kv:b", SubscribeOptions { since: None, snapshot: true, ..Default::default() });
 
     // First connection: both replies and their live publications interleaved in one frame,
     // including a duplicate of the reply's own offset (the reply covers it) that must be dropped.
@@ -272,13 +272,13 @@ async fn race(hub: &Hub, client: &Client, start: Start, trial: u32) {
     };
     let opts = match start {
         Start::Fresh => SubscribeOptions::default(),
-        Start::Snapshot => SubscribeOptions { since: None, snapshot: true },
+        Start::Snapshot => SubscribeOptions { since: None, snapshot: true, ..Default::default() },
         Start::Since => {
             publish(100).await;
             let at = publish(101).await;
             // Resume from one before the end: the reply recovers one, live ones race it.
             let since = Position { epoch: at.epoch, offset: at.offset - 1 };
-            SubscribeOptions { since: Some(since), snapshot: false }
+            SubscribeOptions { since: Some(since), snapshot: false, ..Default::default() }
         }
     };
     let mut sub = client.subscribe(channel.clone(), opts.clone());

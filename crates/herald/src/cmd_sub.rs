@@ -87,7 +87,8 @@ impl Resume {
             SubEvent::Subscribed { position, .. } => since.unwrap_or(position).clone(),
             SubEvent::Publication(p) => p.position(),
             SubEvent::Resync { position, .. } => position.clone(),
-            SubEvent::Ended { .. } => return,
+            // Presence and volatile events move no channel position.
+            _ => return,
         };
         self.positions.insert(channel.to_string(), position);
     }
@@ -125,7 +126,7 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
         return result;
     }
 
-    let options = SubscribeOptions { since: args.since.clone(), snapshot: args.snapshot };
+    let options = SubscribeOptions { since: args.since.clone(), snapshot: args.snapshot, ..Default::default() };
     let mut events = futures_util::stream::select_all(args.channels.iter().map(|channel| {
         let channel = channel.clone();
         client
@@ -233,6 +234,8 @@ fn print_event(channel: &str, event: SubEvent) -> anyhow::Result<()> {
         SubEvent::Ended { error } => {
             eprintln!("herald sub: {channel}: subscription ended: {error}")
         }
+        // `herald sub` asks for no presence; volatile events of the channel are not printed.
+        _ => {}
     }
     Ok(())
 }
