@@ -38,7 +38,7 @@ async fn unknown_fields_get_107_naming_the_field(h: Arc<Ctx>) {
     let ch = h.channel("room");
     let (mut c, _) = h.client(&[&ch]).await;
     for (cmd, field) in [
-        (json!({"cmd": "subscribe", "channel": ch, "filter": "status != \"done\""}), "filter"),
+        (json!({"cmd": "subscribe", "channel": ch, "fliter": "status != \"done\""}), "fliter"),
         (json!({"cmd": "publish", "channel": ch, "data": 1, "user": "forged"}), "user"),
         (json!({"cmd": "ping", "extra": true}), "extra"),
     ] {
@@ -49,6 +49,10 @@ async fn unknown_fields_get_107_naming_the_field(h: Arc<Ctx>) {
             "107 names `{field}`: {e}"
         );
     }
+    // `filter` is a view field now (protocol §14): on a channel that is not keyed it is
+    // refused, never ignored.
+    let e = c.err(json!({"cmd": "subscribe", "channel": ch, "filter": "status != \"done\""})).await;
+    assert_code(&e, 116);
     let mut fresh = h.open().await;
     let e = fresh
         .err(json!({"cmd": "connect", "token": h.token(&h.unique("f"), &[]), "tokn": "typo"}))
