@@ -60,7 +60,10 @@ async fn publish_history_state_and_snapshot_over_websocket_with_url_rotation() {
         .unwrap();
     assert_eq!(history.publications.len(), 3);
 
-    let mut sub = client.subscribe("kv:board", SubscribeOptions { since: None, snapshot: true, ..Default::default() });
+    let mut sub = client.subscribe(
+        "kv:board",
+        SubscribeOptions { since: None, snapshot: true, ..Default::default() },
+    );
     match next_event(&mut sub, Duration::from_secs(10)).await {
         SubEvent::Subscribed { position, snapshot } => {
             assert_eq!(position.offset, c.offset);

@@ -163,7 +163,8 @@ async fn publications_in_the_reply_frame_are_delivered_once_in_order_then_quiet(
     let client =
         Client::builder().url(fake.url()).token("t").backoff(fast_policy()).build().unwrap();
     let mut plain = client.subscribe("c", SubscribeOptions::default());
-    let mut keyed = client.subscribe("kv:b", SubscribeOptions { since: None, snapshot: true, ..Default::default() });
+    let mut keyed = client
+        .subscribe("kv:b", SubscribeOptions { since: None, snapshot: true, ..Default::default() });
 
     // First connection: both replies and their live publications interleaved in one frame,
     // including a duplicate of the reply's own offset (the reply covers it) that must be dropped.

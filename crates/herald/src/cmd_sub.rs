@@ -126,7 +126,11 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
         return result;
     }
 
-    let options = SubscribeOptions { since: args.since.clone(), snapshot: args.snapshot, ..Default::default() };
+    let options = SubscribeOptions {
+        since: args.since.clone(),
+        snapshot: args.snapshot,
+        ..Default::default()
+    };
     let mut events = futures_util::stream::select_all(args.channels.iter().map(|channel| {
         let channel = channel.clone();
         client
