@@ -888,15 +888,15 @@ mod tests {
 
     #[test]
     fn unknown_and_foreign_fields_are_named() {
-        let e = err(r#"{"id":1,"cmd":"subscribe","channel":"c","filter":"status != 1"}"#);
+        let e = err(r#"{"id":1,"cmd":"subscribe","channel":"c","fliter":"status != 1"}"#);
         assert_eq!((e.id, e.code), (Some(1), ErrorCode::BadRequest));
-        assert!(e.message.starts_with(r#"unknown field "filter" in subscribe"#), "{}", e.message);
+        assert!(e.message.starts_with(r#"unknown field "fliter" in subscribe"#), "{}", e.message);
         let e = err(r#"{"id":2,"cmd":"publish","channel":"c","data":1,"user":"root"}"#);
         assert!(e.message.starts_with(r#"unknown field "user" in publish"#), "{}", e.message);
         // A field of another command is as unknown here.
         let e =
             err(r#"{"id":3,"cmd":"unsubscribe","channel":"c","since":{"epoch":"e","offset":1}}"#);
-        assert_eq!(e.message, r#"unknown field "since" in unsubscribe (it takes channel)"#);
+        assert_eq!(e.message, r#"unknown field "since" in unsubscribe (it takes channel, sub)"#);
         let e = err(r#"{"cmd":"pong","x":1}"#);
         assert_eq!(e.message, r#"unknown field "x" in pong (it takes no fields)"#);
         // Whatever the foreign field's value: it is not type-checked as another command's field.

@@ -72,16 +72,24 @@ struct Session {
     ip: IpAddr,
     /// Subscriptions by channel.
     subs: HashMap<Arc<str>, Sub>,
+    /// Views, presence and volatile limits, boxed: most connections use none of them, and an
+    /// idle connection's task carries every inline field (memory per connection).
+    extras: Box<Extras>,
+    /// Last time anything arrived.
+    last_seen: Instant,
+    /// Command rate limit.
+    rate: RateLimit,
+}
+
+/// What a session keeps for views, presence and volatile events.
+#[derive(Default)]
+struct Extras {
     /// View subscriptions: name → channel (their state lives in the fan-out, crate::views).
     views: HashMap<Arc<str>, Arc<str>>,
     /// Channels this connection is a presence member of (crate::presence).
     presence: HashMap<Arc<str>, cmd::Membership>,
     /// Volatile events allowed now, per namespace.
     volatile_rate: HashMap<String, rate::TokenBucket>,
-    /// Last time anything arrived.
-    last_seen: Instant,
-    /// Command rate limit.
-    rate: RateLimit,
 }
 
 /// Why the session ends: the close code and reason it sends.
@@ -104,9 +112,7 @@ where
         upgrade_token: upgrade.token.clone(),
         ip: upgrade.ip,
         subs: HashMap::new(),
-        views: HashMap::new(),
-        presence: HashMap::new(),
-        volatile_rate: HashMap::new(),
+        extras: Box::default(),
         last_seen: Instant::now(),
     };
     let close = if !upgrade.origin_allowed {
@@ -255,7 +261,7 @@ impl Session {
             self.hub.remove_subscriber(&channel, self.id).await;
             self.leave_presence(&channel).await;
         }
-        for (sub, channel) in std::mem::take(&mut self.views) {
+        for (sub, channel) in std::mem::take(&mut self.extras.views) {
             self.hub.remove_view(&channel, self.id, &sub).await;
         }
         if let Some((code, reason)) = &close {

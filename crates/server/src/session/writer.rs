@@ -155,7 +155,7 @@ impl Session {
                         if self.subs.remove(&of).is_some() {
                             out.gaps.push(of);
                         }
-                    } else if self.views.remove(&sub).is_some() {
+                    } else if self.extras.views.remove(&sub).is_some() {
                         out.view_resets.push((channel, sub));
                     }
                 }

@@ -109,7 +109,7 @@ impl Session {
         self.check_presence(ns, &channel, &presence)?;
         self.subscribe(id, principal, channel.clone(), since, snapshot).await?;
         if ns.presence
-            && !self.presence.contains_key(channel.as_str())
+            && !self.extras.presence.contains_key(channel.as_str())
             && let Err(e) = self.join_presence(principal, ns, &channel, presence).await
         {
             {

@@ -66,11 +66,13 @@ impl Session {
         let record = self.member_record(principal, &client, q.info.as_deref());
         self.hub.presence_change(ns, channel, member.clone(), Some(record));
         let follows = q.mode.is_some();
-        self.presence.insert(channel.into(), Membership { member, info: q.info, follows: false });
+        self.extras
+            .presence
+            .insert(channel.into(), Membership { member, info: q.info, follows: false });
         if let Some(mode) = q.mode {
             self.follow_presence(channel, mode, q.since.as_ref()).await?;
         }
-        if let Some(m) = self.presence.get_mut(channel) {
+        if let Some(m) = self.extras.presence.get_mut(channel) {
             m.follows = follows;
         }
         Ok(())
@@ -197,7 +199,7 @@ impl Session {
 
     /// The channel subscription ended: leave, stop following the member list.
     pub(in crate::session) async fn leave_presence(&mut self, channel: &str) {
-        let Some(m) = self.presence.remove(channel) else { return };
+        let Some(m) = self.extras.presence.remove(channel) else { return };
         if let Ok(ns) = self.hub.namespace(channel) {
             let ns = ns.clone();
             self.hub.presence_change(&ns, channel, m.member, None);
@@ -223,7 +225,7 @@ impl Session {
         }
         check_info(ns, &channel, &info)?;
         let client = self.client();
-        let Some(m) = self.presence.get_mut(channel.as_str()) else {
+        let Some(m) = self.extras.presence.get_mut(channel.as_str()) else {
             return Err(ErrorBody::new(
                 ErrorCode::NotSubscribed,
                 "not a member: subscribe to the channel first",
@@ -237,7 +239,7 @@ impl Session {
             user: &principal.user,
             client: &client,
             node: &hub.node_id,
-            info: self.presence[channel.as_str()].info.as_deref(),
+            info: self.extras.presence[channel.as_str()].info.as_deref(),
         };
         let record = serde_json::to_string(&record).expect("member records serialize");
         hub.presence_change(ns, &channel, member, Some(record));
@@ -319,6 +321,7 @@ impl Session {
         }
         let ns_name = crate::config::Config::namespace_of(&channel).to_string();
         let bucket = self
+            .extras
             .volatile_rate
             .entry(ns_name)
             .or_insert_with(|| TokenBucket::new(ns.volatile_per_second));

@@ -41,7 +41,7 @@ impl Session {
         let hub = self.hub.clone();
         let client = self.client();
         let mut ended_views = Vec::new();
-        for (sub, channel) in &self.views {
+        for (sub, channel) in &self.extras.views {
             let ns_name = crate::config::Config::namespace_of(channel);
             let allowed = match hub.namespace(channel) {
                 Ok(ns) => hub.authorize_view(principal, &client, channel, ns).await.is_ok(),
@@ -52,7 +52,7 @@ impl Session {
             }
         }
         for (sub, channel) in ended_views {
-            self.views.remove(&sub);
+            self.extras.views.remove(&sub);
             hub.remove_view(&channel, self.id, &sub).await;
             tracing::info!(target: "herald::audit", event = "subscription_revoked", client = %client, user = %principal.user, ip = %self.ip, channel = %channel, sub = %sub);
             let _ = self.outbox.push(Outgoing::Line(reply::push_unsubscribe_view(

@@ -154,14 +154,16 @@ impl Session {
         let selection =
             Arc::new(selection(&hub.config, ns, principal, hook_filter.as_deref(), &channel, &q)?);
         let name: Arc<str> = q.name(&channel).into();
-        if self.views.contains_key(&name) || self.subs.contains_key(&name) {
+        if self.extras.views.contains_key(&name) || self.subs.contains_key(&name) {
             return Err(ErrorBody::new(
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed as {name:?} (give another `sub`)"),
             )
             .with_channel(channel));
         }
-        if self.subs.len() + self.views.len() >= hub.config.limits.max_channels_per_connection {
+        if self.subs.len() + self.extras.views.len()
+            >= hub.config.limits.max_channels_per_connection
+        {
             return Err(ErrorBody::new(
                 ErrorCode::TooManyChannels,
                 format!(
@@ -192,7 +194,7 @@ impl Session {
             )
             .with_channel(channel));
         }
-        self.views.insert(name, channel.into());
+        self.extras.views.insert(name, channel.into());
         Ok(())
     }
 
@@ -287,9 +289,9 @@ impl Session {
         sub: String,
     ) -> Result<(), ErrorBody> {
         let sub: Arc<str> = sub.into();
-        match self.views.get(&sub) {
+        match self.extras.views.get(&sub) {
             Some(ch) if **ch == *channel => {
-                self.views.remove(&sub);
+                self.extras.views.remove(&sub);
                 self.hub.remove_view(&channel, self.id, &sub).await;
                 self.reply(id, &serde_json::json!({}));
                 Ok(())
