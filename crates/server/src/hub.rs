@@ -584,8 +584,8 @@ impl Hub {
         }
     }
 
-    /// Queues a presence change of `channel` (`record`: the member's record JSON; `None`: it
-    /// leaves) and schedules the channel's flush after its namespace's window. Leaves are not
+    /// Queues a presence change of `channel` by connection `client` (`record`: the member's
+    /// record JSON; `None`: it leaves) and schedules the channel's flush after its namespace's window. Leaves are not
     /// published while the node shuts down: members that reconnect elsewhere just move, the
     /// others are removed once the node is gone (crate::presence).
     pub fn presence_change(
@@ -593,13 +593,14 @@ impl Hub {
         ns: &Namespace,
         channel: &str,
         member: Arc<str>,
+        client: &str,
         record: Option<String>,
     ) {
         let stream = crate::presence::stream_of(channel);
         let fresh = match record {
             Some(record) => self.presence.join(&stream, member, record),
             None if self.shutting_down.load(Ordering::SeqCst) => return,
-            None => self.presence.leave(&stream, member),
+            None => self.presence.leave(&stream, member, client),
         };
         if fresh {
             let hub = Arc::downgrade(self);

@@ -97,8 +97,19 @@ enum Change {
     Join(String),
     /// Published before; publish this record.
     Update(String),
-    /// Published before; delete it.
-    Leave,
+    /// Published before; delete it, if it is still the record of this connection (a late
+    /// leave of an old connection must not remove the member its new connection rejoined).
+    Leave(String),
+}
+
+/// Whether a member record (JSON) is the one of connection `client`.
+fn held_by(record: &str, client: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Client<'a> {
+        #[serde(borrow, default)]
+        client: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Client>(record).is_ok_and(|c| c.client == client)
 }
 
 /// What a node will publish for one channel when its window closes.
@@ -116,12 +127,14 @@ impl Pending {
         use Change::*;
         let merged = match (self.changes.get(&member), next) {
             (None, next) => Some(next),
+            // A leave of another (older) connection than the pending record's: ignored.
+            (Some(Join(r) | Update(r)), Leave(c)) if !held_by(r, &c) => return,
             // Joined and left inside the window: nothing to say.
-            (Some(Join(_)), Leave) => None,
+            (Some(Join(_)), Leave(_)) => None,
             (Some(Join(_)), Update(r) | Join(r)) => Some(Join(r)),
-            (Some(Update(_)), Leave) => Some(Leave),
-            (Some(Update(_) | Leave), Update(r) | Join(r)) => Some(Update(r)),
-            (Some(Leave), Leave) => Some(Leave),
+            (Some(Update(_)), Leave(c)) => Some(Leave(c)),
+            (Some(Update(_) | Leave(_)), Update(r) | Join(r)) => Some(Update(r)),
+            (Some(Leave(_)), Leave(c)) => Some(Leave(c)),
         };
         match merged {
             Some(change) => {
@@ -193,9 +206,9 @@ impl Presence {
         self.join(stream, member, record)
     }
 
-    /// A member leaves.
-    pub fn leave(&self, stream: &str, member: Arc<str>) -> bool {
-        self.queue(stream, member, Change::Leave)
+    /// The member's connection `client` leaves.
+    pub fn leave(&self, stream: &str, member: Arc<str>, client: &str) -> bool {
+        self.queue(stream, member, Change::Leave(client.to_string()))
     }
 
     /// Takes what is pending for `stream` as writes; what changes nothing is dropped.
@@ -213,10 +226,14 @@ impl Presence {
                         }
                         Some(Write::Upsert { member, record })
                     }
-                    Change::Leave => last.map(|(offset, json)| Write::Delete {
-                        member: member.clone(),
-                        expected: format!("{offset}:{json}"),
-                    }),
+                    Change::Leave(client) => {
+                        last.filter(|(_, json)| held_by(json, &client)).map(|(offset, json)| {
+                            Write::Delete {
+                                member: member.clone(),
+                                expected: format!("{offset}:{json}"),
+                            }
+                        })
+                    }
                 }
             })
             .collect()
@@ -296,43 +313,69 @@ mod tests {
         s.into()
     }
 
-    #[test]
-    fn a_window_folds_changes_to_what_is_left() {
-        let p = Presence::default();
-        // Joined and left inside one window: nothing.
-        assert!(p.join("s", m("a"), "1".into()));
-        assert!(!p.leave("s", m("a")));
-        assert!(p.take("s").is_empty());
-        // Several updates keep the last; order is first change.
-        p.join("s", m("b"), "1".into());
-        p.join("s", m("c"), "1".into());
-        p.update("s", m("b"), "2".into());
-        p.update("s", m("b"), "3".into());
-        let writes = p.take("s");
-        let upserts: Vec<(String, String)> = writes
+    fn rec(client: &str, n: u32) -> String {
+        format!(r#"{{"user":"u","client":"{client}","node":"n","info":{n}}}"#)
+    }
+
+    fn upserts(writes: &[Write]) -> Vec<(String, String)> {
+        writes
             .iter()
             .map(|w| match w {
                 Write::Upsert { member, record } => (member.to_string(), record.clone()),
                 Write::Delete { .. } => panic!("no delete"),
             })
-            .collect();
-        assert_eq!(upserts, [("b".into(), "3".into()), ("c".into(), "1".into())]);
-        p.wrote("s", m("b"), 7, "3".into());
+            .collect()
+    }
+
+    #[test]
+    fn a_window_folds_changes_to_what_is_left() {
+        let p = Presence::default();
+        // Joined and left inside one window: nothing.
+        assert!(p.join("s", m("a"), rec("c1", 1)));
+        assert!(!p.leave("s", m("a"), "c1"));
+        assert!(p.take("s").is_empty());
+        // Several updates keep the last; order is first change.
+        p.join("s", m("b"), rec("c2", 1));
+        p.join("s", m("c"), rec("c3", 1));
+        p.update("s", m("b"), rec("c2", 2));
+        p.update("s", m("b"), rec("c2", 3));
+        let writes = p.take("s");
+        assert_eq!(upserts(&writes), [("b".into(), rec("c2", 3)), ("c".into(), rec("c3", 1))]);
+        p.wrote("s", m("b"), 7, rec("c2", 3));
         // Leave then join again with the same record (a quick reconnect): nothing.
-        p.leave("s", m("b"));
-        p.join("s", m("b"), "3".into());
+        p.leave("s", m("b"), "c2");
+        p.join("s", m("b"), rec("c2", 3));
         assert!(p.take("s").is_empty());
         // A leave of a published member deletes exactly what this node wrote.
-        p.leave("s", m("b"));
+        p.leave("s", m("b"), "c2");
         match p.take("s").as_slice() {
             [Write::Delete { member, expected }] => {
-                assert_eq!((&**member, expected.as_str()), ("b", "7:3"));
+                assert_eq!(
+                    (&**member, expected.as_str()),
+                    ("b", format!("7:{}", rec("c2", 3)).as_str())
+                );
             }
             _ => panic!("one delete"),
         }
         // A leave of a member this node never published: nothing.
-        p.leave("s", m("zz"));
+        p.leave("s", m("zz"), "c9");
         assert!(p.take("s").is_empty());
+    }
+
+    #[test]
+    fn a_late_leave_of_an_old_connection_keeps_the_member_its_new_one_rejoined() {
+        let p = Presence::default();
+        p.wrote("s", m("a"), 3, rec("old", 1));
+        // The same member rejoins on a new connection, then the old one's leave comes late:
+        // inside one window, and in the next one.
+        p.join("s", m("a"), rec("new", 1));
+        p.leave("s", m("a"), "old");
+        assert_eq!(upserts(&p.take("s")), [("a".into(), rec("new", 1))]);
+        p.wrote("s", m("a"), 4, rec("new", 1));
+        p.leave("s", m("a"), "old");
+        assert!(p.take("s").is_empty(), "the old connection's leave removes nothing");
+        p.leave("s", m("a"), "new");
+        assert!(matches!(p.take("s").as_slice(), [Write::Delete { .. }]));
     }
 
     #[test]

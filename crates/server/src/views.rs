@@ -242,7 +242,8 @@ pub fn presence_event(
     let field = |name: &str| record.and_then(|r| r.get(name)).cloned().unwrap_or(Value::Null);
     let mut event = serde_json::json!({
         "push": "presence", "channel": channel, "event": event, "member": change.key,
-        "user": field("user"), "epoch": &*p.epoch, "offset": p.offset,
+        "user": field("user"), "client": field("client"), "node": field("node"),
+        "epoch": &*p.epoch, "offset": p.offset,
     });
     if operation != ViewOperation::Delete {
         event["info"] = field("info");

@@ -64,7 +64,7 @@ impl Session {
         let member: Arc<str> =
             presence::member_id(&principal.user, q.member.as_deref(), &client).into();
         let record = self.member_record(principal, &client, q.info.as_deref());
-        self.hub.presence_change(ns, channel, member.clone(), Some(record));
+        self.hub.presence_change(ns, channel, member.clone(), &client, Some(record));
         let follows = q.mode.is_some();
         self.extras
             .presence
@@ -202,7 +202,7 @@ impl Session {
         let Some(m) = self.extras.presence.remove(channel) else { return };
         if let Ok(ns) = self.hub.namespace(channel) {
             let ns = ns.clone();
-            self.hub.presence_change(&ns, channel, m.member, None);
+            self.hub.presence_change(&ns, channel, m.member, &self.client(), None);
         }
         if m.follows {
             let stream = presence::stream_of(channel);
@@ -242,7 +242,7 @@ impl Session {
             info: self.extras.presence[channel.as_str()].info.as_deref(),
         };
         let record = serde_json::to_string(&record).expect("member records serialize");
-        hub.presence_change(ns, &channel, member, Some(record));
+        hub.presence_change(ns, &channel, member, &client, Some(record));
         self.reply(id, &serde_json::json!({}));
         Ok(())
     }
