@@ -323,6 +323,60 @@ test('demo page: users u1 and u2 see "my active tasks" (ActiveTasks and assignee
   for (const p of both) await p.context().close();
 });
 
+test('demo page: two windows see each other on the board (avatars, editing marker, live cursor) and see them go', async () => {
+  const u1 = await newPage('/demo?user=u1');
+  const u2 = await newPage('/demo?user=u2');
+  const both = [u1, u2];
+  for (const p of both) await p.waitForSelector('#board[data-ready="true"]', { timeout: T });
+  const names = (p) => p.getAttribute('#here', 'data-names');
+  // Each window shows both people, itself marked as "me".
+  for (const p of both) await p.waitForFunction(() => document.querySelector('#here').dataset.names === 'u1 u2', null, { timeout: T });
+  assert.equal(await u1.getAttribute('#here .avatar.me', 'data-name'), 'u1');
+  assert.equal(await u2.getAttribute('#here .avatar.me', 'data-name'), 'u2');
+
+  const key = `presence-${Date.now()}`;
+  await api(hub, 'POST', '/api/publish', { channel: 'task:demo', key, op: 'upsert', type: 'task.created', data: { title: 'Presence task', status: 'todo', assignee: 'u1' } });
+  const card = `#board .card[data-key="${key}"]`;
+  for (const p of both) await p.waitForSelector(card, { timeout: T });
+
+  // u1 opens the card: u2 sees "u1 editing" on it; u1 does not mark its own.
+  await u1.click(`${card} .title`);
+  await u1.waitForSelector('#editor:not([hidden])', { timeout: T });
+  await u2.waitForSelector(`${card} .editing[data-name="u1"]`, { timeout: T });
+  assert.equal(await u1.$(`${card} .editing`), null);
+  await u2.screenshot({ path: join(shots, 'demo-presence.png'), fullPage: true });
+  // u1 renames it from the editor and closes it: the marker goes, the new title shows in u2.
+  await u1.fill('#edit-title', 'Presence task, renamed');
+  await u1.click('#edit-save');
+  await u2.waitForSelector(`${card} .title:has-text("Presence task, renamed")`, { timeout: T });
+  await u2.waitForSelector(`${card} .editing`, { state: 'detached', timeout: T });
+
+  // u2 moves the pointer over the board: u1 sees u2's cursor, roughly where it is.
+  const box = await u2.locator('#board').boundingBox();
+  await u2.mouse.move(box.x + box.width * 0.25, box.y + box.height * 0.5);
+  await u2.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.5, { steps: 4 });
+  await u1.waitForSelector('#cursors .cursor[data-name="u2"]', { timeout: T });
+  await u1.waitForFunction(() => {
+    const left = parseFloat(document.querySelector('#cursors .cursor[data-name="u2"]').style.left);
+    return Math.abs(left - 50) < 5;
+  }, null, { timeout: T });
+  assert.equal(await u2.$('#cursors .cursor'), null, 'a window does not draw its own cursor');
+
+  // A second u2 window is one avatar with two windows; closing windows takes them off the board.
+  const u2b = await newPage('/demo?user=u2');
+  await u1.waitForSelector('#here .avatar[data-name="u2"][data-tabs="2"]', { timeout: T });
+  await u2b.context().close();
+  await u1.waitForSelector('#here .avatar[data-name="u2"][data-tabs="1"]', { timeout: T });
+  // u1 opens the card again and closes its window: its avatar and its marker leave u2's board.
+  await u1.click(`${card} .title`);
+  await u2.waitForSelector(`${card} .editing[data-name="u1"]`, { timeout: T });
+  await u1.context().close();
+  await u2.waitForFunction(() => document.querySelector('#here').dataset.names === 'u2', null, { timeout: T });
+  await u2.waitForSelector(`${card} .editing`, { state: 'detached', timeout: T });
+  assert.equal(await names(u2), 'u2');
+  await u2.context().close();
+});
+
 test('phone width (390 px): dashboard and demo fit the screen', async () => {
   const phone = { width: 390, height: 844 };
   const fits = (page) => page.evaluate(() => document.documentElement.scrollWidth);

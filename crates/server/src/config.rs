@@ -605,7 +605,7 @@ impl Config {
 
     /// The built-in configuration used by `herald serve` with no config file: the `default`,
     /// `session` and `campaign` namespaces (token claims decide, as in the README's tour) and the
-    /// `demo` namespace the demo page uses.
+    /// `demo` namespace the demo page uses (keyed, with presence).
     pub fn development() -> Config {
         let mut config = Config::default();
         for name in ["session", "campaign"] {
@@ -619,6 +619,8 @@ impl Config {
                 client_publish: true,
                 keyed: true,
                 max_state_records: 10_000,
+                // The demo board's avatars, editing markers and cursors (`demo:presence`).
+                presence: true,
                 ..Namespace::default()
             },
         );

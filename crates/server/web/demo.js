@@ -1,7 +1,10 @@
 // Demo page: a kanban board of the entity `Task` (the built-in spec `builtin:kanban`, served as
 // static/kanban.herald) on the keyed channel `task:demo`, shown as two live views, and a streamed
-// "agent run" on `demo:agent`. Anonymous: the development configuration lets anyone subscribe to
-// and publish on the `task` and `demo` namespaces, and allows ad-hoc filters on `task`.
+// "agent run" on `demo:agent`. Who is on the board (avatars, the card each one has open, live
+// cursors) is the presence and the volatile events of `demo:presence`: a view subscription is not a
+// presence member, so the board's people have a channel of their own. Anonymous: the development
+// configuration lets anyone subscribe to and publish on the `task` and `demo` namespaces, allows
+// ad-hoc filters on `task` and keeps presence on `demo`.
 import { HeraldClient } from './herald.js';
 import { backoffFromQuery, bindIndicator, h } from './ui.js';
 
@@ -9,6 +12,10 @@ const $ = (sel) => document.querySelector(sel);
 const COLUMNS = ['todo', 'doing', 'done'];
 const USERS = ['u1', 'u2', 'u3'];
 const CHANNEL = 'task:demo';
+const PRESENCE = 'demo:presence';
+const COLORS = { u1: '#f4a6a6', u2: '#8cc8ff', u3: '#a6e3a1' };
+let editingKey = null; // the card this page has open in the editor
+let people = null; // the `demo:presence` subscription (section "who is here")
 const params = new URLSearchParams(location.search);
 const client = new HeraldClient({ name: 'demo', backoff: backoffFromQuery(params) });
 window.heraldClient = client;
@@ -85,9 +92,11 @@ function assigneeSelect(key, v) {
 
 function cardEl(key, v, col) {
   const i = COLUMNS.indexOf(col);
-  return h('div', { class: 'card', draggable: 'true', dataset: { key, status: col, assignee: v.assignee ?? '' }, ondragstart: (e) => e.dataTransfer.setData('text/plain', key) },
+  const editors = editorsOf(key);
+  return h('div', { class: key === editingKey ? 'card open' : 'card', draggable: 'true', dataset: { key, status: col, assignee: v.assignee ?? '' }, ondragstart: (e) => e.dataTransfer.setData('text/plain', key) },
     h('button', { type: 'button', class: 'left', title: 'move left', disabled: i === 0, onclick: () => move(key, COLUMNS[i - 1]) }, '←'),
-    h('span', { class: 'title' }, v.title ?? key),
+    h('span', { class: 'title', title: 'open to edit', onclick: () => openEditor(key) }, v.title ?? key),
+    editors.map((name) => h('span', { class: 'editing', dataset: { name }, style: `background:${colorOf(name)}` }, `${name} editing`)),
     assigneeSelect(key, v),
     h('button', { type: 'button', class: 'right', title: 'move right', disabled: i === COLUMNS.length - 1, onclick: () => move(key, COLUMNS[i + 1]) }, '→'),
     h('button', { type: 'button', class: 'remove', title: 'delete', onclick: () => remove(key) }, '×'));
@@ -107,7 +116,10 @@ for (const col of document.querySelectorAll('.column')) {
   });
 }
 
-all.on('rows', renderBoard);
+all.on('rows', (rows) => {
+  if (editingKey && !rows.has(editingKey)) closeEditor();
+  renderBoard();
+});
 all.on('subscribed', (e) => {
   $('#board').dataset.ready = 'true';
   status(`at offset ${e.position.offset}${e.resumed ? (e.recovered ? ' · resumed, nothing missed' : ' · resynced') : ''}`);
@@ -198,8 +210,149 @@ $('#user').addEventListener('change', (e) => {
   url.searchParams.set('user', me);
   history.replaceState(null, '', url);
   subscribeMine();
+  sharePresence();
 });
 subscribeMine();
+
+// ------------------------------------------------------------------ who is here
+
+// Every page is a member of `demo:presence` with `info` {name, editing}: the avatars group the
+// members by name (two windows of one name are one avatar with "×2"), a card shows who else has it
+// open, and pointer moves over the board go out as volatile `cursor` events (no offset, no
+// history: a missed cursor position is simply superseded by the next).
+people = client.subscribe(PRESENCE, { presence: true, info: { name: me, editing: null } });
+const hereEl = $('#here');
+
+const colorOf = (name) => COLORS[name] ?? '#c9cbd1';
+const infoOf = (m) => (m.info && typeof m.info === 'object' ? m.info : {});
+
+/** Names of the other members that have card `key` open. */
+function editorsOf(key) {
+  const names = new Set();
+  if (!people) return [];
+  for (const m of people.presence.members.values()) {
+    if (m.member !== people.presence.self && infoOf(m).editing === key) names.add(String(infoOf(m).name ?? m.user));
+  }
+  return [...names].sort();
+}
+
+function renderHere() {
+  const byName = new Map();
+  for (const m of people.presence.members.values()) {
+    const name = String(infoOf(m).name ?? (m.user || 'anonymous'));
+    const entry = byName.get(name) ?? { tabs: 0, me: false };
+    entry.tabs++;
+    entry.me ||= m.member === people.presence.self;
+    byName.set(name, entry);
+  }
+  const names = [...byName.keys()].sort();
+  hereEl.replaceChildren(...names.map((name) => {
+    const { tabs, me: mine } = byName.get(name);
+    return h('span', { class: mine ? 'avatar me' : 'avatar', dataset: { name, tabs: String(tabs) }, title: mine ? `${name} (you)` : name, style: `background:${colorOf(name)}` },
+      name, tabs > 1 ? h('span', { class: 'tabs' }, `×${tabs}`) : null);
+  }));
+  hereEl.dataset.names = names.join(' ');
+  $('#here-count').textContent = people.presence.ready ? `${people.presence.counts.members} window${people.presence.counts.members === 1 ? '' : 's'}` : '';
+}
+
+people.presence.on('change', () => {
+  renderHere();
+  renderBoard();
+});
+people.presence.on('leave', (e) => dropCursor(e.member.client));
+people.on('error', (e) => status(`presence: ${e.message}`, true));
+
+function sharePresence() {
+  people.setPresence({ name: me, editing: editingKey }).catch((e) => status(`presence: ${e.message}`, true));
+}
+
+function openEditor(key) {
+  const v = all.rows.get(key);
+  if (!v) return;
+  editingKey = key;
+  $('#editor').hidden = false;
+  $('#editor').dataset.key = key;
+  $('#edit-title').value = v.title ?? '';
+  $('#edit-title').focus();
+  sharePresence();
+  renderBoard();
+}
+
+function closeEditor() {
+  if (editingKey === null) return;
+  editingKey = null;
+  $('#editor').hidden = true;
+  delete $('#editor').dataset.key;
+  sharePresence();
+  renderBoard();
+}
+
+$('#editor').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const key = editingKey;
+  const title = $('#edit-title').value.trim();
+  if (key && title && title !== all.rows.get(key)?.title) publish({ title }, key, 'merge', 'task.renamed');
+  closeEditor();
+});
+$('#edit-close').addEventListener('click', closeEditor);
+$('#edit-title').addEventListener('keydown', (e) => e.key === 'Escape' && closeEditor());
+
+// Cursors: positions as fractions of the board, at most one event per 50 ms (the namespace
+// allows 30 a second), the last position always sent.
+const boardEl = $('#board');
+const cursorsEl = $('#cursors');
+const cursors = new Map(); // connection id → { el, timer }
+const CURSOR_EVERY_MS = 50;
+let cursorAt = 0;
+let cursorNext = null;
+let cursorTimer = null;
+
+function sendCursor(pos) {
+  cursorNext = pos;
+  if (cursorTimer) return;
+  const wait = Math.max(0, cursorAt + CURSOR_EVERY_MS - Date.now());
+  cursorTimer = setTimeout(() => {
+    cursorTimer = null;
+    cursorAt = Date.now();
+    // Refused ones (rate_limited, offline) are dropped: the next move sends a newer position.
+    client.volatile(PRESENCE, 'cursor', { name: me, ...cursorNext }).catch(() => {});
+  }, wait);
+}
+
+boardEl.addEventListener('pointermove', (e) => {
+  const r = boardEl.getBoundingClientRect();
+  sendCursor({ x: (e.clientX - r.left) / r.width, y: (e.clientY - r.top) / r.height });
+});
+boardEl.addEventListener('pointerleave', () => sendCursor({ x: null, y: null }));
+
+function dropCursor(id) {
+  const c = cursors.get(id);
+  if (!c) return;
+  clearTimeout(c.timer);
+  c.el.remove();
+  cursors.delete(id);
+}
+
+people.on('volatile', (e) => {
+  if (e.type !== 'cursor' || e.client === client.info?.client) return;
+  const d = e.data ?? {};
+  if (typeof d.x !== 'number' || typeof d.y !== 'number') return dropCursor(e.client);
+  let c = cursors.get(e.client);
+  if (!c) {
+    c = { el: h('div', { class: 'cursor' }), timer: 0 };
+    cursorsEl.append(c.el);
+    cursors.set(e.client, c);
+  }
+  const name = String(d.name ?? e.user ?? '');
+  c.el.textContent = name;
+  c.el.dataset.name = name;
+  c.el.style.color = colorOf(name);
+  c.el.style.left = `${Math.min(Math.max(d.x, 0), 1) * 100}%`;
+  c.el.style.top = `${Math.min(Math.max(d.y, 0), 1) * 100}%`;
+  // A cursor that stops moving fades out; one of a window that leaves goes with its member.
+  clearTimeout(c.timer);
+  c.timer = setTimeout(() => dropCursor(e.client), 10000);
+});
 
 // ------------------------------------------------------------------ forms
 
