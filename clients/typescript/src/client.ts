@@ -904,8 +904,18 @@ export class HeraldClient extends Emitter<ClientEvents> {
     }
   }
 
-  /** A presence or volatile push: to the channel's subscription, if it is established. */
+  /**
+   * A presence or volatile push: to the channel's subscription, if it is established; a volatile
+   * event also to each established live view of the channel (the hub sends it once per
+   * connection, whether the connection subscribed to the channel, to views of it, or both).
+   */
   private onPresencePush(msg: PresencePush): void {
+    if (msg.push === 'volatile' && msg.channel) {
+      const event = { channel: msg.channel, type: msg.type, data: msg.data, user: msg.user, client: msg.client };
+      for (const view of this.views.values()) {
+        if (view.channel === msg.channel && view.status === 'subscribed') view._emit('volatile', event as VolatileEvent);
+      }
+    }
     const sub = msg.channel ? this.subs.get(msg.channel) : undefined;
     if (!sub || sub.status !== 'subscribed') return;
     switch (msg.push) {

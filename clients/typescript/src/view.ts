@@ -17,6 +17,7 @@ import type {
   ViewOptions,
   ViewSubscribedEvent,
   ViewSubscribeResult,
+  VolatileEvent,
 } from './types.js';
 
 export interface LiveViewEvents<T> {
@@ -35,6 +36,8 @@ export interface LiveViewEvents<T> {
   unsubscribed: UnsubscribedEvent;
   /** A refused subscribe (118 invalid_filter, 107, 116, ...) or a transient failure. */
   error: HeraldError;
+  /** A volatile event of the view's channel (protocol §16): not kept, not replayed, not filtered. */
+  volatile: VolatileEvent;
 }
 
 /** What a live view needs from its client. */

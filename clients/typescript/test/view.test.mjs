@@ -98,6 +98,28 @@ test('initial rows, then insert / update / delete (left) / delete (deleted) keep
   assert.equal(c.getView('task:b1#ActiveTasks'), undefined);
 });
 
+test('a volatile event of the channel reaches a connection that has only views of it, on each view', async () => {
+  const ch = 'task:b-volatile';
+  await write(ch, 't1', 'upsert', task('a', 'todo'));
+  const watcher = client();
+  const active = watcher.subscribeView(ch, { view: 'ActiveTasks' });
+  const mine = watcher.subscribeView(ch, { filter: 'assignee == "u1"' });
+  watcher.connect();
+  await Promise.all([active.ready, mine.ready]);
+  const sender = client();
+  sender.connect();
+  await nextEvent(sender, 'connected');
+  const got = [nextEvent(active, 'volatile'), nextEvent(mine, 'volatile')];
+  await sender.volatile(ch, 'cursor', { x: 1, y: 2 });
+  for (const e of await Promise.all(got)) {
+    assert.deepEqual({ channel: e.channel, type: e.type, data: e.data, user: e.user }, { channel: ch, type: 'cursor', data: { x: 1, y: 2 }, user: 'u1' });
+    assert.equal(e.client, sender.info.client);
+  }
+  // Not a write: the rows and the position are untouched.
+  assert.deepEqual([...active.rows.keys()], ['t1']);
+  assert.equal(active.stats.duplicatesDropped, 0);
+});
+
 test('update events carry the merged record, the previous row and the patch', async () => {
   const ch = 'task:b2';
   await write(ch, 't1', 'upsert', task('a', 'todo'));

@@ -1872,8 +1872,19 @@ class HeraldClient extends Emitter {
                 break;
         }
     }
-    /** A presence or volatile push: to the channel's subscription, if it is established. */
+    /**
+     * A presence or volatile push: to the channel's subscription, if it is established; a volatile
+     * event also to each established live view of the channel (the hub sends it once per
+     * connection, whether the connection subscribed to the channel, to views of it, or both).
+     */
     onPresencePush(msg) {
+        if (msg.push === 'volatile' && msg.channel) {
+            const event = { channel: msg.channel, type: msg.type, data: msg.data, user: msg.user, client: msg.client };
+            for (const view of this.views.values()) {
+                if (view.channel === msg.channel && view.status === 'subscribed')
+                    view._emit('volatile', event);
+            }
+        }
         const sub = msg.channel ? this.subs.get(msg.channel) : undefined;
         if (!sub || sub.status !== 'subscribed')
             return;
