@@ -870,9 +870,15 @@ impl Driver {
     }
 
     /// A presence or volatile push: to its channel's subscription, through
-    /// [`crate::presence`]; a reset presence stream subscribes again.
+    /// [`crate::presence`]; a reset presence stream subscribes again. A volatile event also goes
+    /// to each view of the channel (the hub sends it once per connection).
     fn on_event_push(&mut self, conn: &mut Conn, push: &str, body: &serde_json::Value) {
         let Some(channel) = body["channel"].as_str() else { return };
+        if push == "volatile" {
+            for view in self.views.values().filter(|v| v.channel == channel) {
+                let _ = view.tx.send(ViewFeed::Volatile(presence::volatile(body)));
+            }
+        }
         let Some(sub) = self.subs.get_mut(channel) else { return };
         if push == "volatile" {
             let _ = sub.tx.send(presence::volatile_event(body));

@@ -219,4 +219,6 @@ pub(crate) enum ViewFeed {
     Event(Box<ViewEvent>),
     /// The hub refused or ended the view for good; nothing follows.
     Ended(ErrorBody),
+    /// A volatile event of the viewed channel.
+    Volatile(crate::presence::Volatile),
 }

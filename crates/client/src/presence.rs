@@ -119,15 +119,35 @@ impl PresenceTracker {
     }
 }
 
-/// A `volatile` push as the application sees it.
-pub(crate) fn volatile_event(body: &Value) -> SubEvent {
+/// The fields of a `volatile` push (for a subscription's [`SubEvent::Volatile`] and a view's
+/// `ViewEvent::Volatile`).
+#[derive(Debug)]
+pub(crate) struct Volatile {
+    /// Its type (`message` when the sender gave none).
+    pub kind: String,
+    /// Its payload.
+    pub data: Value,
+    /// The sender's user id.
+    pub user: String,
+    /// The sender's connection id.
+    pub client: String,
+}
+
+/// Reads a `volatile` push.
+pub(crate) fn volatile(body: &Value) -> Volatile {
     let text = |name: &str| body[name].as_str().unwrap_or_default().to_string();
-    SubEvent::Volatile {
+    Volatile {
         kind: body["type"].as_str().unwrap_or("message").to_string(),
         data: body.get("data").cloned().unwrap_or(Value::Null),
         user: text("user"),
         client: text("client"),
     }
+}
+
+/// A `volatile` push as the application sees it.
+pub(crate) fn volatile_event(body: &Value) -> SubEvent {
+    let Volatile { kind, data, user, client } = volatile(body);
+    SubEvent::Volatile { kind, data, user, client }
 }
 
 /// Keeps a handle's member map up to date with an event it is about to yield. A leave yields

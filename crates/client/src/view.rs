@@ -124,6 +124,18 @@ pub enum ViewEvent<T> {
         /// Why.
         error: ViewError,
     },
+    /// A volatile event of the viewed channel (protocol §16): sent by a connection allowed to
+    /// publish, delivered to whoever is connected, in no history and not filtered by the view.
+    Volatile {
+        /// Its type (`cursor`, `typing`, ...; `message` when the sender gave none).
+        kind: String,
+        /// Its payload.
+        data: serde_json::Value,
+        /// The sender's user id.
+        user: String,
+        /// The sender's connection id.
+        client: String,
+    },
 }
 
 /// A live view of a keyed channel: a [`Stream`] of [`ViewEvent`]s that keeps the matching
@@ -264,6 +276,9 @@ impl<T: DeserializeOwned> View<T> {
             ViewFeed::Ended(error) => {
                 self.guard = None;
                 ViewEvent::Ended { error: ViewError::from_body(error) }
+            }
+            ViewFeed::Volatile(v) => {
+                ViewEvent::Volatile { kind: v.kind, data: v.data, user: v.user, client: v.client }
             }
         }
     }

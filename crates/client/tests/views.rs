@@ -50,7 +50,7 @@ enum Status {
 fn start_hub() -> herald_testkit::HeraldProcess {
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/kanban.herald");
     let config = "[limits]\ncommands_per_second = 0\n\n[namespaces.task]\nkeyed = true\n\
-                  filters = true\nhistory_size = 1000\nmax_recover = 1000\n";
+                  filters = true\nclient_publish = true\nhistory_size = 1000\nmax_recover = 1000\n";
     herald_testkit::HeraldProcess::start(
         &herald_testkit::herald_bin(),
         config,
@@ -130,6 +130,7 @@ fn kind<T>(event: &ViewEvent<T>) -> (&'static str, u64) {
             ("deleted", publication.offset)
         }
         ViewEvent::Ended { .. } => ("ended", 0),
+        ViewEvent::Volatile { .. } => ("volatile", 0),
     }
 }
 
@@ -346,4 +347,29 @@ async fn refusals_end_the_view_with_a_typed_error() {
     let mut good = client.subscribe_view::<Value>(CHANNEL, ViewOptions::view("ActiveTasks"));
     ready(&mut good).await;
     assert!(good.rows().is_empty());
+}
+
+#[tokio::test]
+async fn a_volatile_event_of_the_channel_reaches_a_view_and_changes_no_row() {
+    let hub = start_hub();
+    let api = api(&hub);
+    write(&api, "v1", Op::Upsert, task("a", "todo", "u1")).await;
+    let watcher = client(&hub.ws_url());
+    let mut view = watcher.subscribe_view::<Value>(CHANNEL, ViewOptions::view("ActiveTasks"));
+    ready(&mut view).await;
+    let sender = client(&hub.ws_url());
+    sender.wait_connected(WAIT).await.expect("sender connects");
+    sender.volatile(CHANNEL, "cursor", &json!({"x": 1})).await.expect("volatile");
+    match next(&mut view).await {
+        ViewEvent::Volatile { kind, data, user, client } => {
+            assert_eq!((kind.as_str(), user.as_str()), ("cursor", "u1"));
+            assert_eq!(data, json!({"x": 1}));
+            assert_eq!(client, sender.connect_info().expect("connected").client);
+        }
+        other => panic!("expected the volatile event, got {:?}", kind(&other)),
+    }
+    assert_eq!(view.rows().keys().collect::<Vec<_>>(), ["v1"]);
+    // The next write still comes in order after it.
+    let offset = write(&api, "v2", Op::Upsert, task("b", "todo", "u1")).await;
+    assert_eq!(kind(&next(&mut view).await), ("insert", offset));
 }

@@ -52,6 +52,8 @@ pub async fn run(
                 let line = match event {
                     None => anyhow::bail!("the view ended"),
                     Some(ViewEvent::Ended { error }) => anyhow::bail!("{channel}: view ended: {error}"),
+                    // Like `herald sub`: volatile events are not printed (not part of the view).
+                    Some(ViewEvent::Volatile { .. }) => continue,
                     Some(ViewEvent::Ready { position, resync }) => {
                         let rows: Vec<Value> = view
                             .rows()
