@@ -23,6 +23,7 @@ import {
   type WebSocketLike,
 } from './transport.js';
 import { LiveView, viewOptionsConflict, viewName, type ViewHost } from './view.js';
+import { defaultShareName, sharedSocket } from './shared.js';
 import type {
   ConnectionState,
   ConnectionStateName,
@@ -78,6 +79,15 @@ export interface ClientOptions {
    * member), else one per client instance. Give one per client when a tab has several clients.
    */
   member?: string;
+  /**
+   * Share one connection between the tabs of this browser (shared.ts, README "Many tabs, one
+   * connection"): a leader tab elected with the Web Locks API holds the WebSocket, the others
+   * relay over BroadcastChannel; the API stays the same. Without those APIs the client connects
+   * on its own. Live views and presence are not shared (refused with 107). Default false.
+   */
+  share?: boolean;
+  /** Which tabs share (default: the URLs and the static token's hash, or `provider` / `anonymous`). */
+  shareName?: string;
 }
 
 export interface ClientEvents {
@@ -176,7 +186,10 @@ export class HeraldClient extends Emitter<ClientEvents> {
     const u = options.url ?? defaultUrl();
     this.urls = Array.isArray(u) ? [...u] : [u];
     if (this.urls.length === 0) throw new Error('HeraldClient: empty url list');
-    this.WS = resolveWebSocket(options.WebSocket);
+    const shared = options.share
+      ? sharedSocket(options.shareName ?? defaultShareName(this.urls, options.token), () => new HeraldClient({ ...options, share: false }))
+      : undefined;
+    this.WS = shared ?? resolveWebSocket(options.WebSocket);
     this.policy = new ReconnectPolicy(options.backoff);
     this.memberId = options.member ?? tabMemberId();
   }
