@@ -8,7 +8,8 @@
 //! after `since` when all of them are still kept; otherwise it is told why not:
 //!
 //! - `epoch_changed`: another epoch, or a `since` ahead of the stream (the stream the client
-//!   knew is gone, e.g. Redis restored from an older snapshot);
+//!   knew is gone, e.g. Redis restored from an older snapshot; an engine that finds acknowledged
+//!   writes lost starts a new epoch for the channel, so that is read here as another epoch);
 //! - `too_many`: more than the namespace's `max_recover` publications to catch up;
 //! - `history_trimmed`: some of them are no longer kept.
 //!

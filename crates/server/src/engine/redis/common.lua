@@ -104,3 +104,34 @@ local function trim(hist, size, ttl, now)
   end
 end
 
+
+-- Lost writes. `w_epoch`/`w_offset` are what the node running the script witnessed of this
+-- channel (the epoch '' when nothing): a stored offset below it in the same epoch means Redis
+-- came back with older data (a restored copy, a promoted asynchronous replica, `everysec` and a
+-- crash), and the offsets after it would name publications a second time. Then a new epoch
+-- (`candidate`) starts here, in the same step as what follows it: the offset continues from the
+-- stored one (the kept records' offsets stay at or below it), the history goes (its entries carry
+-- the old epoch), the records stay (the restored state is self-consistent). A lost stream (no
+-- meta) whose empty epoch is the witnessed one is started at `candidate` instead, empty.
+-- Returns the stored offset when it started a new epoch, else nil.
+local function lost_writes(meta, hist, state, seed_key, candidate, w_epoch, w_offset)
+  if w_epoch == '' or w_offset <= 0 then
+    return nil
+  end
+  local m = redis.call('HMGET', meta, 'epoch', 'offset')
+  if not m[1] then
+    if empty_epoch(seed_key, meta, candidate) ~= w_epoch then
+      return nil
+    end
+    redis.call('DEL', hist, state)
+    redis.call('HSET', meta, 'epoch', candidate, 'offset', '0', 'bytes', '0')
+    return 0
+  end
+  local offset = tonumber(m[2])
+  if m[1] ~= w_epoch or offset >= w_offset then
+    return nil
+  end
+  redis.call('DEL', hist)
+  redis.call('HSET', meta, 'epoch', candidate)
+  return offset
+end

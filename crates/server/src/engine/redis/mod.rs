@@ -27,6 +27,19 @@
 //! the presence streams on which node `ID` holds members) and `P:presence:nodes` (SET of the
 //! nodes that have one), so that a live node removes a gone node's members.
 //!
+//! # Lost writes
+//!
+//! Redis that comes back with older data keeps a channel's epoch and reuses its offsets. Each node
+//! remembers the highest position it witnessed per channel (`witness.rs`: publish replies,
+//! pub/sub messages, reads) and hands it to the publish and read scripts: a stored offset below
+//! it in the same epoch starts a new epoch in the same atomic step (`lost_writes` in
+//! `common.lua`; the offset continues, the history goes, the records stay), which a resume then
+//! reads as `epoch_changed` ([`crate::rules`] decides nothing new). The pub/sub task treats a
+//! publication at or below what it delivered, or below what was witnessed before the connection's
+//! SUBSCRIBE, as a reused position: the channel's subscribers resync and the channel gets a new
+//! epoch (`lost.lua`). A pub/sub connection that reaches another Redis process (`run_id`) checks
+//! every witnessed channel. docs/operations.md, "Rollback and lost writes", has the windows.
+//!
 //! # Fan-out
 //!
 //! One pub/sub connection per node, subscribed only to channels with local subscribers. One task
@@ -55,11 +68,13 @@
 //! - `pubsub.rs`: the pub/sub task, the listened channels and the position check of arriving
 //!   publications.
 //! - `cluster.rs`: the heartbeat and the cluster view read from every node's registration.
+//! - `witness.rs`: the positions this node witnessed, bounded, and the lost-writes checks.
 
 mod cluster;
 mod keys;
 mod pubsub;
 mod stored;
+mod witness;
 
 use super::{
     Delivery, Engine, EngineError, NodeReport, NodeReporter, PublishInput, RoundTripSnapshot,
@@ -109,6 +124,8 @@ struct Scripts {
     read: redis::Script,
     /// Take or renew a lease (see `redis/lease.lua`).
     lease: redis::Script,
+    /// Check one witnessed position for lost writes (see `redis/lost.lua`).
+    lost: redis::Script,
 }
 
 impl Scripts {
@@ -123,6 +140,7 @@ impl Scripts {
             read: script!("read.lua"),
             // No prelude: the lease touches no stream.
             lease: redis::Script::new(include_str!("lease.lua")),
+            lost: script!("lost.lua"),
         }
     }
 }
@@ -139,8 +157,13 @@ struct Inner {
     scripts: Scripts,
     /// This node's subscribers.
     fanout: OnceLock<Arc<dyn Delivery>>,
-    /// Channels with local subscribers.
+    /// Channels with local subscribers. Locked before `witnesses` when both are.
     listened: Mutex<HashMap<String, Listened>>,
+    /// The highest position this node witnessed per channel, to notice lost writes.
+    witnesses: Mutex<witness::Witnesses>,
+    /// The `run_id` of the Redis the pub/sub connection last reached: another one (a restart,
+    /// a failover) has every witnessed channel checked.
+    run_id: Mutex<Option<String>>,
     /// Asks the pub/sub task to bring one channel's SUBSCRIBE in line with `listened`.
     sync: mpsc::UnboundedSender<String>,
     /// The pub/sub connection is up and every listened channel is subscribed.
@@ -184,6 +207,8 @@ impl RedisEngine {
             scripts: Scripts::new(),
             fanout: OnceLock::new(),
             listened: Mutex::new(HashMap::new()),
+            witnesses: Mutex::new(witness::Witnesses::new(witness::WITNESS_CAP)),
+            run_id: Mutex::new(None),
             sync,
             pubsub_up: AtomicBool::new(false),
             node: OnceLock::new(),
@@ -269,6 +294,7 @@ impl Inner {
         let idem_window = if idem.is_some() { ms(ns.idempotency_window).max(1) } else { 0 };
         let mut conn = self.conn.clone();
         for _ in 0..MERGE_ATTEMPTS {
+            let (w_epoch, w_offset) = self.witnessed(&input.channel);
             // Keyed state: the new value (merges read the record and write only if unchanged).
             let (rkey, op, value, check) = match &keyed {
                 None => ("", "", String::new(), String::new()),
@@ -325,13 +351,17 @@ impl Inner {
                 .arg(&check)
                 .arg(ns.max_state_records)
                 .arg(ns.max_state_bytes)
-                .arg(if ns.views() { "1" } else { "0" });
+                .arg(if ns.views() { "1" } else { "0" })
+                .arg(&w_epoch)
+                .arg(w_offset);
             let reply: Vec<String> = self.run(call.invoke_async(&mut conn)).await?;
             match reply.first().map(String::as_str) {
-                Some("ok") if reply.len() == 4 => {
+                Some("ok") if reply.len() == 5 => {
                     let offset: u64 = reply[2]
                         .parse()
                         .map_err(|_| EngineError::Internal("bad offset from script".into()))?;
+                    self.lost_reported(&input.channel, &w_epoch, w_offset, &reply[4], &reply[1]);
+                    self.witness(&input.channel, &reply[1], offset);
                     return Ok(Some(PublishResult {
                         channel: input.channel,
                         id: format!("{}-{}", reply[1], offset),
@@ -345,6 +375,7 @@ impl Inner {
                     let (epoch, offset, time) = split_message(&reply[1]).ok_or_else(|| {
                         EngineError::Internal("corrupt idempotency record".into())
                     })?;
+                    self.witness(&input.channel, epoch, offset);
                     return Ok(Some(PublishResult {
                         channel: input.channel,
                         epoch: epoch.to_string(),
@@ -569,6 +600,7 @@ impl Engine for RedisEngine {
     ) -> Result<StreamRead, EngineError> {
         let inner = &self.inner;
         let keys = inner.keys(channel);
+        let (w_epoch, w_offset) = inner.witnessed(channel);
         let (mode, bound, limit) = match window {
             Window::Nothing => ("nothing", 0, 0),
             Window::After { after, limit } => ("after", after, limit),
@@ -587,11 +619,16 @@ impl Engine for RedisEngine {
             .arg(mode)
             .arg(bound)
             .arg(limit)
-            .arg(if records { "1" } else { "0" });
-        let (epoch, offset, earliest, pubs, flat): (String, u64, u64, Vec<String>, Vec<String>) = {
+            .arg(if records { "1" } else { "0" })
+            .arg(&w_epoch)
+            .arg(w_offset);
+        type Reply = (String, u64, u64, Vec<String>, Vec<String>, String);
+        let (epoch, offset, earliest, pubs, flat, lost): Reply = {
             let call = &call;
             inner.read(|mut conn| async move { call.invoke_async(&mut conn).await }).await?
         };
+        inner.lost_reported(channel, &w_epoch, w_offset, &lost, &epoch);
+        inner.witness(channel, &epoch, offset);
         Ok(StreamRead {
             publications: encoded_entries(channel, &epoch, &pubs)?,
             records: if records { Some(stored::records(flat)?) } else { None },
@@ -608,6 +645,10 @@ impl Engine for RedisEngine {
         let mut conn = inner.conn.clone();
         let held: i64 = inner.run(call.invoke_async(&mut conn)).await?;
         Ok(held == 1)
+    }
+
+    async fn maintain(&self, _config: &crate::config::Config) {
+        self.inner.sweep_witnesses();
     }
 
     async fn ready(&self) -> bool {

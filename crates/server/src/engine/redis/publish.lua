@@ -4,14 +4,18 @@
 -- ARGV: new_epoch (seed candidate), pubsub channel, head, mid, tail, history_size, history_ttl_ms, meta_ttl_ms,
 --       idempotency_window_ms (0: no key), record key, op ('' | upsert | merge | delete),
 --       new value, expected stored record ('' no check, '-' absent), max_records, max_bytes,
---       views ('1': keep the record change with the publication, '0': not)
--- Returns {'ok', epoch, offset, time} | {'dup', 'epoch:offset:time'} | {'retry'} | {'records'}
---       | {'bytes'}
+--       views ('1': keep the record change with the publication, '0': not), witnessed epoch
+--       ('' none) and offset (see lost_writes)
+-- Returns {'ok', epoch, offset, time, lost} | {'dup', 'epoch:offset:time'} | {'retry'}
+--       | {'records'} | {'bytes'}; lost is the stored offset when this publish found writes lost
+--       and started a new epoch, else ''
 local hsize, httl, mttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local iwin = tonumber(ARGV[9])
 local rkey, op, value, expected = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local views = ARGV[16] == '1'
 local now = now_ms()
+-- Before anything reads the position: no publication may take a reused one.
+local lost = lost_writes(KEYS[1], KEYS[2], KEYS[3], KEYS[5], ARGV[1], ARGV[17], tonumber(ARGV[18]))
 local epoch, offset = ensure_meta(KEYS[1], KEYS[2], KEYS[3], KEYS[5], ARGV[1], mttl)
 if iwin > 0 then
   local prior = redis.call('GET', KEYS[4])
@@ -80,4 +84,4 @@ if iwin > 0 then
   redis.call('SET', KEYS[4], result, 'PX', iwin)
 end
 redis.call('PUBLISH', ARGV[2], epoch .. ':' .. off .. ':' .. change .. json)
-return { 'ok', epoch, off, time }
+return { 'ok', epoch, off, time, lost and string.format('%d', lost) or '' }

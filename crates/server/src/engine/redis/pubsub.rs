@@ -2,6 +2,7 @@
 //! the check of each arriving publication's position (see the module docs' "Fan-out").
 
 use super::stored::{encoded, split_message, split_volatile};
+use super::witness::POISONED;
 use super::{Inner, LISTEN_TIMEOUT, OP_TIMEOUT, PUBSUB_PING_EVERY};
 use crate::engine::EngineError;
 use futures_util::StreamExt;
@@ -22,6 +23,11 @@ pub(super) struct Listened {
     waiters: Vec<oneshot::Sender<()>>,
     /// Epoch and offset of the last publication delivered, to notice gaps.
     last: Option<(Arc<str>, u64)>,
+    /// For a channel subscribed when the connection opened: the position witnessed before its
+    /// SUBSCRIBE was sent. Whatever comes over the new connection was published later, so a
+    /// publication at or below it in its epoch is at a reused position (Redis lost writes).
+    /// [`POISONED`] once one was seen.
+    floor: Option<(Arc<str>, u64)>,
 }
 
 impl Listened {
@@ -91,9 +97,21 @@ impl Inner {
         }
     }
 
+    /// Notes the witnessed position of each of `channels` as its floor, before their SUBSCRIBE
+    /// is sent (see [`Listened::floor`]).
+    fn set_floors<'a>(&self, channels: impl IntoIterator<Item = &'a String>) {
+        let mut listened = self.listened.lock();
+        let witnesses = self.witnesses.lock();
+        for c in channels {
+            if let Some(l) = listened.get_mut(c.as_str()) {
+                l.floor = witnesses.get(c).map(|(e, o)| (Arc::from(e), o));
+            }
+        }
+    }
+
     /// A message from the pub/sub connection: a publication (check its position, deliver it)
     /// or a volatile event (deliver it).
-    fn on_message(&self, msg: &redis::Msg) {
+    fn on_message(self: &Arc<Self>, msg: &redis::Msg) {
         let Some(channel) = self.channel_of(msg.get_channel_name()) else { return };
         let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
             tracing::warn!(channel, "non-UTF-8 message on a herald pub/sub channel");
@@ -120,18 +138,32 @@ impl Inner {
         };
         let gap = {
             let mut listened = self.listened.lock();
+            // Whatever Redis sends is a position it held.
+            self.witnesses.lock().see(channel, epoch, offset);
             let Some(l) = listened.get_mut(channel) else { return };
             if !l.confirmed {
                 return;
             }
+            // Redis sends a message once per subscription, in order, and only ones published
+            // after the SUBSCRIBE: at or below the last one or the floor, the position names a
+            // second publication.
+            let at_or_below = |p: &Option<(Arc<str>, u64)>| {
+                p.as_ref().is_some_and(|(e, o)| **e == *epoch && offset <= *o)
+            };
+            if at_or_below(&l.floor) || at_or_below(&l.last) {
+                if l.floor.as_ref().is_some_and(|(e, o)| **e == *epoch && *o == POISONED) {
+                    return; // reported already
+                }
+                l.floor = Some((epoch.into(), POISONED));
+                l.last = None;
+                self.witnesses.lock().poison(channel, epoch);
+                drop(listened);
+                self.on_reused(channel, epoch, offset);
+                return;
+            }
             let gap = match &l.last {
                 None => false,
-                Some((e, o)) if **e == *epoch => {
-                    if offset <= *o {
-                        return; // already delivered
-                    }
-                    offset != o + 1
-                }
+                Some((e, o)) if **e == *epoch => offset != o + 1,
                 Some(_) => true,
             };
             let epoch: Arc<str> = match &l.last {
@@ -147,6 +179,29 @@ impl Inner {
             fanout.reset(Some(channel));
         }
         fanout.deliver(Arc::new(frame));
+    }
+
+    /// A publication came at a reused position of `epoch`: Redis lost writes and another node,
+    /// which had not witnessed them, published again from the older data. Every local
+    /// subscriber resyncs, and the channel gets a new epoch in Redis (its witness is poisoned,
+    /// so the resubscribes' reads would start it too) so that no one reuses positions further.
+    fn on_reused(self: &Arc<Self>, channel: &str, epoch: &str, offset: u64) {
+        tracing::warn!(
+            channel,
+            epoch,
+            offset,
+            "a publication at an already witnessed position: redis lost writes; resubscribing"
+        );
+        if let Some(fanout) = self.fanout() {
+            fanout.reset(Some(channel));
+        }
+        let (inner, channel, epoch) = (self.clone(), channel.to_string(), epoch.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = inner.check_lost(&channel, &epoch, POISONED).await {
+                // The resubscribes' reads start the new epoch then.
+                tracing::debug!(channel, error = %e, "lost-writes check failed");
+            }
+        });
     }
 
     /// The pub/sub connection is gone: nothing is confirmed any more, every subscriber resumes.
@@ -239,12 +294,15 @@ async fn serve_pubsub(
     };
     for chunk in wanted.chunks(500) {
         let names: Vec<String> = chunk.iter().map(|c| engine.pubsub_name(c)).collect();
+        engine.set_floors(chunk);
         timed("subscribe")(tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&names)).await)?;
         subscribed.extend(chunk.iter().cloned());
         engine.confirm(chunk);
     }
     engine.pubsub_up.store(true, Ordering::Release);
     tracing::info!(channels = subscribed.len(), "redis pub/sub connected");
+    let checking = engine.clone();
+    tokio::spawn(async move { checking.check_all_witnessed().await });
     let mut ping = tokio::time::interval(PUBSUB_PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -258,6 +316,8 @@ async fn serve_pubsub(
                 let want = engine.wanted(&channel);
                 let have = subscribed.contains(&channel);
                 if want && !have {
+                    // No floor: publications of an earlier subscription of this connection
+                    // may still be queued behind this SUBSCRIBE, below what was witnessed since.
                     let name = engine.pubsub_name(&channel);
                     timed("subscribe")(tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&name)).await)?;
                     subscribed.insert(channel.clone());
