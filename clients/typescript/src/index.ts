@@ -35,6 +35,9 @@
  *   gaps, keyed records); it reaches the client through the narrow `SubscriptionHost`.
  * - `view.ts`: live views (protocol §14): one view's rows, position and delivery rules, and a
  *   view as a store; it reaches the client through the narrow `ViewHost` / `ViewSource`.
+ * - `shared.ts`: many tabs, one connection (`share: true`): the Web Locks leader election, the
+ *   virtual socket over BroadcastChannel, and the leader multiplexing the tabs' subscriptions on
+ *   one real client, reached through the narrow `ShareLeaderClient`.
  * - `client.ts`: `HeraldClient`, the connection state machine (connect, reconnect, liveness,
  *   refresh, request/reply correlation, resubscribing).
  * - `http.ts`: `HeraldApi`, the hub's HTTP API.
@@ -100,5 +103,6 @@ export {
 } from './presence.js';
 export { Subscription, type SubscriptionEvents } from './subscription.js';
 export { LiveView, viewStore, type LiveViewEvents, type ViewSource, type ViewState, type ViewStore } from './view.js';
+export { defaultShareName } from './shared.js';
 export { HeraldClient, type ClientEvents, type ClientOptions } from './client.js';
 export { HeraldApi, type ApiPublishOptions, type HubInfo, type NodeInfo, type TokenRequest } from './http.js';

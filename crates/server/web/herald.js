@@ -38,6 +38,9 @@
  *   gaps, keyed records); it reaches the client through the narrow `SubscriptionHost`.
  * - `view.ts`: live views (protocol §14): one view's rows, position and delivery rules, and a
  *   view as a store; it reaches the client through the narrow `ViewHost` / `ViewSource`.
+ * - `shared.ts`: many tabs, one connection (`share: true`): the Web Locks leader election, the
+ *   virtual socket over BroadcastChannel, and the leader multiplexing the tabs' subscriptions on
+ *   one real client, reached through the narrow `ShareLeaderClient`.
  * - `client.ts`: `HeraldClient`, the connection state machine (connect, reconnect, liveness,
  *   refresh, request/reply correlation, resubscribing).
  * - `http.ts`: `HeraldApi`, the hub's HTTP API.
@@ -935,6 +938,770 @@ function viewStore(client, channel, options) {
     };
 }
 
+// fields.js
+/**
+ * The fields of commands (protocol §2), shared by the WebSocket client and the HTTP API: only
+ * documented fields are sent, and none that is undefined (the hub rejects unknown fields).
+ */
+/** The publish fields of protocol §2 (nothing else is sent: the hub rejects unknown fields). */
+function publishFields(o) {
+    return { type: o.type, key: o.key, op: o.op, idempotency_key: o.idempotency_key, correlation_id: o.correlation_id };
+}
+/** A copy of `o` without its undefined fields. */
+function stripUndefined(o) {
+    const out = {};
+    for (const [k, v] of Object.entries(o))
+        if (v !== undefined)
+            out[k] = v;
+    return out;
+}
+
+// transport.js
+/**
+ * The WebSocket seam: the subset of the WebSocket API the client uses, how it finds an
+ * implementation and a default URL, and how frames are encoded and split into messages.
+ */
+/**
+ * The implementation to use: the one given, else the global one. Throws when there is none, so a
+ * misconfigured client fails at construction rather than at the first connect.
+ */
+function resolveWebSocket(given) {
+    const WS = given ?? globalThis.WebSocket;
+    if (!WS) {
+        throw new Error('HeraldClient: no WebSocket implementation (use Node >= 22, node --experimental-websocket, or pass options.WebSocket)');
+    }
+    return WS;
+}
+/**
+ * In a page: `ws` beside the page, so a hub mounted under a prefix is found (`/live/` and
+ * `/live/demo` → `/live/ws`; `/` and `/demo` → `/ws`), `wss:` for an `https:` page. Resolved
+ * against `document.baseURI` (a `<base>` element moves it), else `location.href`.
+ */
+function defaultUrl() {
+    const page = globalThis;
+    const base = page.document?.baseURI ?? page.location?.href;
+    if (!base)
+        throw new Error('HeraldClient: no url given and no page location to derive it from');
+    const url = new URL('ws', base);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    return url.href;
+}
+/** The frame of command `cmd` with request id `id` (undefined fields are left out). */
+function encodeCommand(id, cmd, fields) {
+    return JSON.stringify({ id, cmd, ...stripUndefined(fields) });
+}
+/** The frame of a message that is not a request (`pong`). */
+function encodeMessage(msg) {
+    return JSON.stringify(msg);
+}
+/** The messages of a text frame, one per non-blank line (a frame may carry several). */
+function frameLines(data) {
+    return data.split('\n').filter((line) => line.trim() !== '');
+}
+/** One line of a frame as a message; undefined when it is not JSON (or a malformed array). */
+function decodeMessage(line) {
+    try {
+        const msg = JSON.parse(line);
+        if (Array.isArray(msg)) {
+            const [n, offset, time] = msg;
+            const ok = msg.length >= 4 && msg.length <= 5 && Number.isInteger(n) && Number.isInteger(offset) && (typeof time === 'number' || typeof time === 'string');
+            return ok && (msg[4] === undefined || (typeof msg[4] === 'object' && msg[4] !== null)) ? msg : undefined;
+        }
+        return msg;
+    }
+    catch {
+        return undefined;
+    }
+}
+/** The v1 publication a compact one stands for, given its subscription's channel and epoch. */
+function expandCompact(c, channel, epoch) {
+    const [, offset, time, data, extra] = c;
+    const p = {
+        channel,
+        epoch,
+        offset,
+        id: extra?.id ?? `${epoch}-${offset}`,
+        type: extra?.type ?? 'message',
+        data,
+        time: typeof time === 'number' ? new Date(time).toISOString() : time,
+    };
+    if (extra?.meta !== undefined)
+        p.meta = extra.meta;
+    if (extra?.key !== undefined)
+        p.key = extra.key;
+    if (extra?.op !== undefined)
+        p.op = extra.op;
+    return p;
+}
+
+// shared.js
+/**
+ * Many tabs, one connection (`share: true`). The tabs of one browser (same origin, same share
+ * name) elect a leader with the Web Locks API; the leader runs a real client (one WebSocket) and
+ * every tab's client, the leader's own included, talks to it through a virtual socket relayed over
+ * BroadcastChannel. The virtual socket speaks the wire protocol (docs/protocol.md), so each tab
+ * runs an unchanged `HeraldClient` with its own subscriptions, positions, states and delivery
+ * rules; the leader answers `connect` and `subscribe` itself and forwards the other commands.
+ *
+ * The leader keeps one hub subscription per channel (reference-counted over the tabs'
+ * connections). A tab's `subscribe` is answered from the leader's subscription: at its position,
+ * or from the tab's `since` with the missed publications (a ring of recent ones, else `history`)
+ * sent right after the reply, or as a resync (a `state` snapshot on keyed channels). When the
+ * leader's connection drops, or the leader tab goes (its lock is released and another tab takes
+ * it), every virtual socket closes and the tabs resume as after any reconnect: from their own
+ * positions, so each gets every offset once, in order.
+ *
+ * It reaches the client only through `ShareLeaderClient` (what the leader needs of a real client)
+ * and the `WebSocketLike` seam of transport.ts, so this module does not import the client.
+ */
+/** Recent publications the leader keeps per channel to answer a tab's `since` without `history`. */
+const SHARE_RING = 4096;
+/** A channel no tab holds is left this long after, so a reconnect of the tabs resumes it. */
+const SHARE_GRACE_MS = 30000;
+/** `history` pages read to catch a tab up before it is answered as a resync. */
+const SHARE_MAX_PAGES = 20;
+/** The page's environment, or undefined when the Web Locks API or BroadcastChannel is missing. */
+function browserShareEnv() {
+    const g = globalThis;
+    const locks = g.navigator?.locks;
+    const BC = g.BroadcastChannel;
+    if (!locks || typeof locks.request !== 'function' || typeof BC !== 'function')
+        return undefined;
+    return {
+        lock: (name, hold) => {
+            locks.request(name, hold).catch(() => { });
+        },
+        channel: (name) => new BC(name),
+        onPageHide: (fn) => g.addEventListener?.('pagehide', fn),
+    };
+}
+/** A short, stable hash (FNV-1a), so a token is not spelt out in lock and channel names. */
+function shareHash(s) {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < s.length; i++) {
+        h ^= s.charCodeAt(i);
+        h = Math.imul(h, 0x01000193) >>> 0;
+    }
+    return h.toString(36);
+}
+/** The default share name: the hub URLs and whose credentials (a static token, a provider, none). */
+function defaultShareName(urls, token) {
+    const who = typeof token === 'string' ? `token-${shareHash(token)}` : typeof token === 'function' ? 'provider' : 'anonymous';
+    return `${urls.join(',')}|${who}`;
+}
+/** The share tab of each name in this page (one leader election per name and page). */
+const shareTabs = new Map();
+/**
+ * The virtual WebSocket for a `share: true` client, or undefined (the caller then uses a real
+ * one) when the page has no Web Locks API or BroadcastChannel. The first client of a name in the
+ * page decides how its leader connects (`makeLeader`).
+ */
+function sharedSocket(name, makeLeader) {
+    let tab = shareTabs.get(name);
+    if (!tab) {
+        const env = browserShareEnv();
+        if (!env)
+            return undefined;
+        tab = new ShareTab(name, env, makeLeader);
+        shareTabs.set(name, tab);
+    }
+    return tab.WebSocket;
+}
+let shareSeq = 0;
+/** A random id for a tab. */
+function shareId() {
+    const c = globalThis.crypto;
+    return c?.randomUUID ? c.randomUUID().slice(0, 13) : `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+}
+/**
+ * One page's side of a share name: its place in the leader election, its virtual sockets, and
+ * the leader when it holds the lock.
+ */
+class ShareTab {
+    constructor(name, env, makeLeader) {
+        this.name = name;
+        this.makeLeader = makeLeader;
+        /** This tab's id on the share channel. */
+        this.id = shareId();
+        /** This tab's virtual sockets by key (`TAB/N`). */
+        this.conns = new Map();
+        /** Closed (tests; a page that goes only posts `bye`). */
+        this.closed = false;
+        this.bc = env.channel(`herald-share|${name}`);
+        this.bc.onmessage = (ev) => this.onMessage(ev.data);
+        // eslint-disable-next-line @typescript-eslint/no-this-alias
+        const tab = this;
+        this.WebSocket = class extends ShareSocket {
+            constructor(url) {
+                super(tab, url);
+            }
+        };
+        env.lock(`herald-share|${name}`, () => {
+            if (this.closed)
+                return Promise.resolve();
+            this.becomeLeader();
+            // Held for the tab's life: the browser releases it when the page goes.
+            return new Promise((resolve) => (this.release = resolve));
+        });
+        env.onPageHide(() => this.goAway());
+        this.post({ t: 'who' });
+    }
+    /** Leaves the election and closes everything (a page going away, or a test closing a tab). */
+    close() {
+        if (this.closed)
+            return;
+        this.goAway();
+        this.closed = true;
+        for (const c of [...this.conns.values()])
+            c._lost(1006, 'share closed');
+        this.bc.onmessage = null;
+        this.bc.close();
+        this.release?.();
+        if (shareTabs.get(this.name) === this)
+            shareTabs.delete(this.name);
+    }
+    /** The page goes: followers hear it now rather than when the lock is released. */
+    goAway() {
+        if (this.closed)
+            return;
+        if (this.leader) {
+            this.post({ t: 'bye', leader: this.id });
+            this.leader.close();
+            this.leader = undefined;
+        }
+        else {
+            this.post({ t: 'gone', tab: this.id });
+        }
+    }
+    becomeLeader() {
+        this.leader = new ShareLeader(this, this.makeLeader());
+        this.post({ t: 'leader', leader: this.id });
+        this.setLeader(this.id);
+    }
+    /** A new leader (or none): sockets of another leader close, waiting ones open. */
+    setLeader(id) {
+        if (id === this.leaderId)
+            return;
+        this.leaderId = id;
+        for (const c of [...this.conns.values()]) {
+            if (c.readyState === 1 && c.boundTo !== id)
+                c._lost(1006, 'share leader changed');
+            else if (c.readyState === 0 && id !== undefined)
+                c._open(id);
+        }
+    }
+    /** @internal */
+    post(msg) {
+        if (!this.closed)
+            this.bc.postMessage(msg);
+    }
+    onMessage(msg) {
+        if (this.closed || !msg || typeof msg !== 'object')
+            return;
+        switch (msg.t) {
+            case 'who':
+                if (this.leader)
+                    this.post({ t: 'leader', leader: this.id });
+                break;
+            case 'leader':
+                if (!this.leader)
+                    this.setLeader(msg.leader);
+                break;
+            case 'bye':
+                if (msg.leader === this.leaderId)
+                    this.setLeader(undefined);
+                break;
+            case 'gone':
+                this.leader?.tabGone(msg.tab);
+                break;
+            case 'up':
+                if (this.leader && msg.leader === this.id)
+                    this.leader.fromConn(msg.conn, msg.line);
+                break;
+            case 'close':
+                if (this.leader && msg.leader === this.id)
+                    this.leader.connClosed(msg.conn);
+                break;
+            case 'down':
+                for (const key of msg.to)
+                    this.conns.get(key)?._deliver(msg.line);
+                break;
+            case 'drop':
+                for (const key of msg.to)
+                    this.conns.get(key)?._lost(msg.code, msg.reason);
+                break;
+        }
+    }
+    /** @internal A frame from one of this tab's sockets to its leader. */
+    up(conn, line) {
+        if (conn.boundTo === this.id && this.leader) {
+            const leader = this.leader;
+            queueMicrotask(() => leader.fromConn(conn.key, line));
+        }
+        else if (conn.boundTo) {
+            this.post({ t: 'up', leader: conn.boundTo, conn: conn.key, line });
+        }
+    }
+    /** @internal One of this tab's sockets closed. */
+    closedConn(conn) {
+        this.conns.delete(conn.key);
+        if (!conn.boundTo)
+            return;
+        if (conn.boundTo === this.id)
+            this.leader?.connClosed(conn.key);
+        else
+            this.post({ t: 'close', leader: conn.boundTo, conn: conn.key });
+    }
+    /** @internal From the leader: frames to connections of any tab. */
+    down(keys, line) {
+        const remote = [];
+        for (const key of keys) {
+            const local = this.conns.get(key);
+            if (local)
+                queueMicrotask(() => local._deliver(line));
+            else
+                remote.push(key);
+        }
+        if (remote.length > 0)
+            this.post({ t: 'down', to: remote, line });
+    }
+    /** @internal From the leader: close connections of any tab. */
+    drop(keys, code, reason) {
+        const remote = [];
+        for (const key of keys) {
+            const local = this.conns.get(key);
+            if (local)
+                queueMicrotask(() => local._lost(code, reason));
+            else
+                remote.push(key);
+        }
+        if (remote.length > 0)
+            this.post({ t: 'drop', to: remote, code, reason });
+    }
+}
+/** A virtual WebSocket: frames go to the leader (over BroadcastChannel, or directly in its tab). */
+class ShareSocket {
+    constructor(tab, url) {
+        this.tab = tab;
+        this.url = url;
+        this.readyState = 0;
+        this.onopen = null;
+        this.onclose = null;
+        this.onerror = null;
+        this.onmessage = null;
+        this.key = `${tab.id}/${++shareSeq}`;
+        tab.conns.set(this.key, this);
+        // The client sets its handlers after the constructor returns.
+        const leader = tab.leaderId;
+        if (leader !== undefined)
+            queueMicrotask(() => this._open(leader));
+    }
+    send(data) {
+        if (this.readyState !== 1)
+            throw new Error('ShareSocket: not open');
+        this.tab.up(this, data);
+    }
+    close() {
+        if (this.readyState === 3)
+            return;
+        this.readyState = 3;
+        this.tab.closedConn(this);
+        const onclose = this.onclose;
+        if (onclose)
+            queueMicrotask(() => onclose({ code: 1000, reason: 'closed' }));
+    }
+    /** @internal */
+    _open(leader) {
+        if (this.readyState !== 0)
+            return;
+        this.boundTo = leader;
+        this.readyState = 1;
+        this.onopen?.({});
+    }
+    /** @internal */
+    _deliver(line) {
+        if (this.readyState === 1)
+            this.onmessage?.({ data: line });
+    }
+    /** @internal The leader went or dropped this connection. */
+    _lost(code, reason) {
+        if (this.readyState === 3)
+            return;
+        this.readyState = 3;
+        this.tab.conns.delete(this.key);
+        this.onclose?.({ code, reason });
+    }
+}
+let shareTicket = 0;
+/** The leader: one real client and the tabs' connections multiplexed on it. */
+class ShareLeader {
+    constructor(tab, client) {
+        this.tab = tab;
+        this.client = client;
+        this.conns = new Map();
+        this.channels = new Map();
+        this.wasUp = false;
+        this.offState = client.on('state', (s) => this.onState(s));
+        client.connect().catch(() => { });
+    }
+    close() {
+        this.offState();
+        if (this.pingTimer !== undefined)
+            clearInterval(this.pingTimer);
+        for (const ch of this.channels.values()) {
+            if (ch.release !== undefined)
+                clearTimeout(ch.release);
+            for (const off of ch.offs)
+                off();
+        }
+        this.channels.clear();
+        this.tab.drop([...this.conns.keys()], 1006, 'share leader closed');
+        this.conns.clear();
+        this.client.close();
+    }
+    get up() {
+        return this.client.state.state === 'connected';
+    }
+    /** The leader's connection state: tabs connect when it is up and are dropped when it goes. */
+    onState(s) {
+        if (s.state === 'connected') {
+            this.wasUp = true;
+            for (const c of this.conns.values()) {
+                if (c.connectId !== undefined)
+                    this.answerConnect(c, c.connectId);
+            }
+            if (this.pingTimer === undefined) {
+                // Tabs check liveness as against a hub: the leader pings them at the hub's interval.
+                const every = this.client.info?.ping_interval_ms || 25000;
+                this.pingTimer = setInterval(() => this.pingAll(), every);
+            }
+            return;
+        }
+        if (s.state === 'resyncing')
+            return;
+        if (this.pingTimer !== undefined)
+            clearInterval(this.pingTimer);
+        this.pingTimer = undefined;
+        const final = s.state === 'offline' && s.code !== undefined && s.code >= 4500;
+        const answered = [...this.conns.values()].filter((c) => c.connected || (final && c.connectId !== undefined));
+        if (!this.wasUp && !final)
+            return;
+        this.wasUp = false;
+        const code = final ? s.code : 1006;
+        const reason = s.state === 'offline' ? s.reason : s.state === 'reconnecting' && s.reason ? s.reason : 'leader connection lost';
+        for (const c of answered)
+            this.connClosed(c.key);
+        this.tab.drop(answered.map((c) => c.key), code, reason);
+    }
+    pingAll() {
+        const keys = [...this.conns.values()].filter((c) => c.connected).map((c) => c.key);
+        if (keys.length > 0)
+            this.tab.down(keys, encodeMessage({ push: 'ping' }));
+    }
+    send(key, msg) {
+        this.tab.down([key], JSON.stringify(msg));
+    }
+    reply(key, id, result) {
+        this.send(key, { id, result });
+    }
+    fail(key, id, code, name, message, channel) {
+        this.send(key, { id, error: { code, name, message, channel } });
+    }
+    answerConnect(c, id) {
+        const info = this.client.info;
+        c.connectId = undefined;
+        c.connected = true;
+        // No `expires_at`: the leader refreshes its own token; tabs have nothing to refresh.
+        this.reply(c.key, id, { ...info, expires_at: undefined });
+    }
+    /** A tab page went: its connections are closed. */
+    tabGone(tab) {
+        for (const key of [...this.conns.keys()])
+            if (key.startsWith(`${tab}/`))
+                this.connClosed(key);
+    }
+    /** A tab connection closed: it leaves its channels. */
+    connClosed(key) {
+        const c = this.conns.get(key);
+        if (!c)
+            return;
+        this.conns.delete(key);
+        for (const name of c.channels)
+            this.leave(name, key);
+    }
+    /** A frame from a tab connection. */
+    fromConn(key, frame) {
+        for (const line of frameLines(frame)) {
+            let msg;
+            try {
+                msg = JSON.parse(line);
+            }
+            catch {
+                continue;
+            }
+            this.onCommand(key, msg);
+        }
+    }
+    onCommand(key, msg) {
+        const { id, cmd, ...fields } = msg;
+        if (cmd === 'pong')
+            return;
+        let c = this.conns.get(key);
+        if (cmd === 'connect') {
+            if (!c) {
+                c = { key, connected: false, channels: new Set() };
+                this.conns.set(key, c);
+            }
+            if (this.up)
+                this.answerConnect(c, id);
+            else
+                c.connectId = id;
+            return;
+        }
+        if (!c || !c.connected)
+            return;
+        const channel = typeof fields.channel === 'string' ? fields.channel : undefined;
+        switch (cmd) {
+            case 'ping':
+                this.reply(key, id, {});
+                return;
+            case 'refresh':
+                this.reply(key, id, {});
+                return;
+            case 'subscribe':
+                if (!channel)
+                    return this.fail(key, id, 107, 'bad_request', 'subscribe: missing channel');
+                if (['sub', 'view', 'filter', 'key', 'presence', 'member'].some((f) => fields[f] !== undefined)) {
+                    return this.fail(key, id, 107, 'bad_request', 'live views and presence are not shared between tabs: use a client without `share`', channel);
+                }
+                this.subscribe(c, id, channel, fields);
+                return;
+            case 'unsubscribe':
+                if (channel === undefined || fields.sub !== undefined)
+                    return this.fail(key, id, 108, 'not_subscribed', 'not subscribed', channel);
+                if (!c.channels.has(channel))
+                    return this.fail(key, id, 108, 'not_subscribed', `${channel} is not subscribed`, channel);
+                c.channels.delete(channel);
+                this.leave(channel, key);
+                this.reply(key, id, { channel });
+                return;
+            default:
+                // publish, history, state, volatile, presence_update, ...: forwarded, the reply routed back.
+                this.client.request(cmd, fields).then((result) => this.reply(key, id, result), (err) => {
+                    const e = err instanceof HeraldError ? err : new HeraldError({ code: 0, name: 'error', message: String(err) });
+                    this.fail(key, id, e.code, e.errorName, e.message, e.channel);
+                });
+        }
+    }
+    subscribe(c, id, name, msg) {
+        let ch = this.channels.get(name);
+        if (!ch)
+            ch = this.openChannel(name, msg);
+        if (ch.release !== undefined)
+            clearTimeout(ch.release);
+        ch.release = undefined;
+        // A subscribe again (a resubscribe after a gap) replaces the earlier one.
+        ch.members.delete(c.key);
+        const ticket = ++shareTicket;
+        ch.holders.set(c.key, ticket);
+        c.channels.add(name);
+        if (ch.sub.status === 'subscribed')
+            this.serve(ch, c.key, id, msg, ticket);
+        else
+            ch.waiting.push({ key: c.key, id, msg, ticket });
+    }
+    /** The hub subscription of a channel, from the first tab's position. */
+    openChannel(name, msg) {
+        const since = msg.since;
+        const sub = this.client.subscribe(name, { since, snapshot: msg.snapshot === true ? true : undefined });
+        const ch = { name, sub, members: new Set(), holders: new Map(), waiting: [], recent: [], offs: [] };
+        this.channels.set(name, ch);
+        const live = () => this.channels.get(name) === ch;
+        ch.offs.push(sub.on('subscribed', (e) => {
+            if (!live())
+                return;
+            if (!e.resumed || e.recovered === false)
+                ch.recent = [];
+            for (const w of ch.waiting.splice(0)) {
+                if (ch.holders.get(w.key) === w.ticket)
+                    this.serve(ch, w.key, w.id, w.msg, w.ticket);
+            }
+        }), sub.on('publication', (pub) => {
+            if (!live())
+                return;
+            ch.recent.push(pub);
+            if (ch.recent.length > SHARE_RING)
+                ch.recent.splice(0, ch.recent.length - SHARE_RING);
+            if (ch.members.size > 0)
+                this.tab.down([...ch.members], JSON.stringify({ push: 'pub', pub }));
+        }), sub.on('resync', () => {
+            if (!live())
+                return;
+            // The tabs resubscribe and are told `resync` from their own positions.
+            const keys = [...ch.members];
+            ch.members.clear();
+            const line = JSON.stringify({ push: 'unsubscribe', channel: name, code: 117, name: 'resubscribe', resubscribe: true });
+            if (keys.length > 0)
+                this.tab.down(keys, line);
+        }), sub.on('volatile', (ev) => {
+            if (live() && ch.members.size > 0)
+                this.tab.down([...ch.members], JSON.stringify({ push: 'volatile', ...ev }));
+        }), sub.on('error', (err) => {
+            ch.lastError = err;
+        }), sub.on('unsubscribed', (e) => {
+            if (!live())
+                return;
+            // Refused or ended by the hub: every tab hears it.
+            this.dropChannel(ch);
+            const body = { code: e.code ?? ch.lastError?.code ?? 108, name: e.reason ?? 'unsubscribed', message: ch.lastError?.message ?? `${name} ended by the hub`, channel: name };
+            for (const w of ch.waiting)
+                this.send(w.key, { id: w.id, error: body });
+            const keys = [...ch.members];
+            if (keys.length > 0)
+                this.tab.down(keys, JSON.stringify({ push: 'unsubscribe', channel: name, code: body.code, reason: body.name }));
+            for (const key of ch.holders.keys())
+                this.conns.get(key)?.channels.delete(name);
+        }));
+        return ch;
+    }
+    dropChannel(ch) {
+        if (ch.release !== undefined)
+            clearTimeout(ch.release);
+        for (const off of ch.offs)
+            off();
+        this.channels.delete(ch.name);
+    }
+    /** A connection left a channel; the hub subscription ends a grace period after the last. */
+    leave(name, key) {
+        const ch = this.channels.get(name);
+        if (!ch)
+            return;
+        ch.holders.delete(key);
+        ch.members.delete(key);
+        ch.waiting = ch.waiting.filter((w) => w.key !== key);
+        if (ch.holders.size > 0 || ch.release !== undefined)
+            return;
+        ch.release = setTimeout(() => {
+            ch.release = undefined;
+            if (this.channels.get(name) !== ch || ch.holders.size > 0)
+                return;
+            this.dropChannel(ch);
+            ch.sub.unsubscribe();
+        }, SHARE_GRACE_MS);
+    }
+    /**
+     * Answers a tab's subscribe from the hub subscription (established): the reply, then the
+     * publications the tab misses up to the leader's position, then live ones (as a member).
+     */
+    async serve(ch, key, id, msg, ticket) {
+        const stale = () => ch.holders.get(key) !== ticket || this.channels.get(ch.name) !== ch || ch.sub.status !== 'subscribed';
+        const base = () => ({ channel: ch.name, epoch: ch.sub.position.epoch, offset: ch.sub.position.offset, keyed: ch.sub.keyed });
+        try {
+            let at = msg.since;
+            if (!at && msg.snapshot !== true) {
+                this.join(ch, key, id, base(), []);
+                return;
+            }
+            let head;
+            let pubs = [];
+            let reason;
+            for (let round = 0; round < 4; round++) {
+                if (!at) {
+                    // A snapshot (asked for, or a keyed resync): the records at some offset, then the rest.
+                    const st = (await this.client.request('state', { channel: ch.name }));
+                    if (stale())
+                        return;
+                    at = { epoch: st.epoch, offset: st.offset };
+                    head = { channel: ch.name, epoch: st.epoch, offset: st.offset, keyed: true, snapshot: st.records };
+                    if (reason)
+                        Object.assign(head, { recovered: false, reason });
+                    pubs = [];
+                }
+                head ?? (head = { channel: ch.name, epoch: at.epoch, offset: at.offset, keyed: ch.sub.keyed, recovered: true });
+                const got = await this.missed(ch, at);
+                if (stale())
+                    return;
+                if (got.reason !== undefined) {
+                    reason = got.reason;
+                    if (!ch.sub.keyed) {
+                        this.join(ch, key, id, { ...base(), recovered: false, reason }, []);
+                        return;
+                    }
+                    at = head = undefined;
+                    continue;
+                }
+                pubs.push(...got.pubs);
+                if (pubs.length > 0)
+                    at = { epoch: at.epoch, offset: pubs[pubs.length - 1].offset };
+                // Taken when the reply is sent, so no publication falls between the two.
+                const tail = this.ringAfter(ch, at);
+                if (tail) {
+                    this.join(ch, key, id, head, [...pubs, ...tail]);
+                    return;
+                }
+            }
+            this.join(ch, key, id, { ...base(), recovered: false, reason: reason ?? 'too_many' }, []);
+        }
+        catch (err) {
+            if (stale())
+                return;
+            // Not answered: the tab retries transient errors and ends on a refusal, as with a hub.
+            const e = err instanceof HeraldError ? err : new HeraldError({ code: 0, name: 'error', message: String(err) });
+            ch.holders.delete(key);
+            this.conns.get(key)?.channels.delete(ch.name);
+            this.fail(key, id, e.code, e.errorName, e.message, ch.name);
+        }
+    }
+    /** Sends the reply and the missed publications, and makes the connection a member. */
+    join(ch, key, id, head, pubs) {
+        const lines = [JSON.stringify({ id, result: head }), ...pubs.map((pub) => JSON.stringify({ push: 'pub', pub }))];
+        this.tab.down([key], lines.join('\n'));
+        ch.members.add(key);
+    }
+    /** The ring's publications after `at` up to the leader's position; undefined when it lacks some. */
+    ringAfter(ch, at) {
+        const now = ch.sub.position;
+        if (at.epoch !== now.epoch)
+            return undefined;
+        if (at.offset >= now.offset)
+            return [];
+        const first = ch.recent[0];
+        if (!first || first.epoch !== at.epoch || first.offset > at.offset + 1)
+            return undefined;
+        return ch.recent.filter((p) => p.offset > at.offset);
+    }
+    /**
+     * The publications after `from` that the ring lacks, read from `history` (possibly none, when
+     * the ring has them all); or why they cannot be had (another epoch, trimmed).
+     */
+    async missed(ch, from) {
+        if (from.epoch !== ch.sub.position.epoch)
+            return { pubs: [], reason: 'epoch_changed' };
+        const got = [];
+        let at = from.offset;
+        for (let page = 0; page < SHARE_MAX_PAGES; page++) {
+            if (this.ringAfter(ch, { epoch: from.epoch, offset: at }))
+                return { pubs: got };
+            const h = (await this.client.request('history', { channel: ch.name, since: { epoch: from.epoch, offset: at }, limit: 1000 }));
+            if (h.reason)
+                return { pubs: [], reason: h.reason };
+            let more = false;
+            for (const p of h.publications) {
+                if (p.offset !== at + 1)
+                    continue;
+                got.push(p);
+                at = p.offset;
+                more = true;
+            }
+            if (from.epoch !== ch.sub.position.epoch)
+                return { pubs: [], reason: 'epoch_changed' };
+            if (!more)
+                break;
+        }
+        return { pubs: got };
+    }
+}
+
 // backoff.js
 /**
  * The reconnect policy of docs/protocol.md §9, shared with the Rust client's `BackoffPolicy`:
@@ -1003,76 +1770,6 @@ class ReconnectPolicy {
     }
 }
 
-// fields.js
-/**
- * The fields of commands (protocol §2), shared by the WebSocket client and the HTTP API: only
- * documented fields are sent, and none that is undefined (the hub rejects unknown fields).
- */
-/** The publish fields of protocol §2 (nothing else is sent: the hub rejects unknown fields). */
-function publishFields(o) {
-    return { type: o.type, key: o.key, op: o.op, idempotency_key: o.idempotency_key, correlation_id: o.correlation_id };
-}
-/** A copy of `o` without its undefined fields. */
-function stripUndefined(o) {
-    const out = {};
-    for (const [k, v] of Object.entries(o))
-        if (v !== undefined)
-            out[k] = v;
-    return out;
-}
-
-// transport.js
-/**
- * The WebSocket seam: the subset of the WebSocket API the client uses, how it finds an
- * implementation and a default URL, and how frames are encoded and split into messages.
- */
-/**
- * The implementation to use: the one given, else the global one. Throws when there is none, so a
- * misconfigured client fails at construction rather than at the first connect.
- */
-function resolveWebSocket(given) {
-    const WS = given ?? globalThis.WebSocket;
-    if (!WS) {
-        throw new Error('HeraldClient: no WebSocket implementation (use Node >= 22, node --experimental-websocket, or pass options.WebSocket)');
-    }
-    return WS;
-}
-/**
- * In a page: `ws` beside the page, so a hub mounted under a prefix is found (`/live/` and
- * `/live/demo` → `/live/ws`; `/` and `/demo` → `/ws`), `wss:` for an `https:` page. Resolved
- * against `document.baseURI` (a `<base>` element moves it), else `location.href`.
- */
-function defaultUrl() {
-    const page = globalThis;
-    const base = page.document?.baseURI ?? page.location?.href;
-    if (!base)
-        throw new Error('HeraldClient: no url given and no page location to derive it from');
-    const url = new URL('ws', base);
-    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-    return url.href;
-}
-/** The frame of command `cmd` with request id `id` (undefined fields are left out). */
-function encodeCommand(id, cmd, fields) {
-    return JSON.stringify({ id, cmd, ...stripUndefined(fields) });
-}
-/** The frame of a message that is not a request (`pong`). */
-function encodeMessage(msg) {
-    return JSON.stringify(msg);
-}
-/** The messages of a text frame, one per non-blank line (a frame may carry several). */
-function frameLines(data) {
-    return data.split('\n').filter((line) => line.trim() !== '');
-}
-/** One line of a frame as a message; undefined when it is not JSON. */
-function decodeMessage(line) {
-    try {
-        return JSON.parse(line);
-    }
-    catch {
-        return undefined;
-    }
-}
-
 // client.js
 /**
  * The connection state machine: connect, reconnect with backoff, ping/pong and liveness, token
@@ -1105,6 +1802,10 @@ class HeraldClient extends Emitter {
         this.subs = new Map();
         /** Live views by their name on the connection (`sub`). */
         this.views = new Map();
+        /** Protocol v2: the subscription of each number the current connection's subscribe replies gave. */
+        this.numbers = new Map();
+        /** The number each subscription has in `numbers` (to drop it when a resubscribe replaces it). */
+        this.numberOf = new WeakMap();
         this._state = { state: 'offline', reason: 'not_started' };
         this.started = false;
         this.everConnected = false;
@@ -1134,7 +1835,10 @@ class HeraldClient extends Emitter {
         this.urls = Array.isArray(u) ? [...u] : [u];
         if (this.urls.length === 0)
             throw new Error('HeraldClient: empty url list');
-        this.WS = resolveWebSocket(options.WebSocket);
+        const shared = options.share
+            ? sharedSocket(options.shareName ?? defaultShareName(this.urls, options.token), () => new HeraldClient({ ...options, share: false }))
+            : undefined;
+        this.WS = shared ?? resolveWebSocket(options.WebSocket);
         this.policy = new ReconnectPolicy(options.backoff);
         this.memberId = options.member ?? tabMemberId();
     }
@@ -1483,7 +2187,8 @@ class HeraldClient extends Emitter {
             if (gen !== this.gen)
                 return;
             const id = this.nextId++;
-            const frame = encodeCommand(id, 'connect', { token, name: this.opts.name });
+            this.numbers.clear();
+            const frame = encodeCommand(id, 'connect', { token, name: this.opts.name, version: this.opts.protocol ?? 2 });
             // The connect timer bounds this request.
             this.pending.set(id, {
                 resolve: (r) => this.onConnected(gen, r),
@@ -1820,6 +2525,13 @@ class HeraldClient extends Emitter {
         }
     }
     onMessage(msg) {
+        if (Array.isArray(msg)) {
+            // A compact publication (v2): its subscription gives the channel and the epoch.
+            const sub = this.numbers.get(msg[0]);
+            if (sub?.position && this.subs.get(sub.channel) === sub)
+                sub._onPublication(expandCompact(msg, sub.channel, sub.position.epoch));
+            return;
+        }
         if (typeof msg.id === 'number') {
             const p = this.pending.get(msg.id);
             if (!p)
@@ -1931,7 +2643,15 @@ class HeraldClient extends Emitter {
         this.command('subscribe', fields, undefined, (r) => {
             if (gen !== sub.generation || sub.status === 'unsubscribed')
                 return;
-            sub._onSubscribeReply(r);
+            const res = r;
+            if (typeof res.n === 'number') {
+                const old = this.numberOf.get(sub);
+                if (old !== undefined && this.numbers.get(old) === sub)
+                    this.numbers.delete(old);
+                this.numbers.set(res.n, sub);
+                this.numberOf.set(sub, res.n);
+            }
+            sub._onSubscribeReply(res);
             this.resyncDone(sub.channel);
         }, (err) => {
             if (gen !== sub.generation || sub.status === 'unsubscribed')
@@ -2141,4 +2861,4 @@ class HeraldApi {
     }
 }
 
-export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError, Emitter, mergePatch, Presence, presenceStore, tabMemberId, Subscription, LiveView, viewStore, HeraldClient, HeraldApi };
+export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError, Emitter, mergePatch, Presence, presenceStore, tabMemberId, Subscription, LiveView, viewStore, defaultShareName, HeraldClient, HeraldApi };
