@@ -79,7 +79,10 @@ pub async fn presence(plan: &Plan, p: &PresencePlan) -> anyhow::Result<Outcome> 
             stop_rx.clone(),
         )));
     }
-    let setup_bound = Duration::from_secs(60).max(plan.duration);
+    // The setup delivers about N²/2 joins (each to every member already there): 50 million
+    // at 10,000, minutes on a small machine, so the bound grows with N² (50k deliveries/s).
+    let setup_bound = (Duration::from_secs(60) + Duration::from_secs((n * n / 100_000) as u64))
+        .max(plan.duration);
     if !settle(&shared, n, 0, setup_bound).await {
         bail!("the {n} members did not all see {n} members within {setup_bound:?}");
     }
