@@ -15,6 +15,8 @@ import {
   decodeMessage,
   defaultUrl,
   encodeCommand,
+  expandCompact,
+  type CompactPublication,
   encodeMessage,
   frameLines,
   resolveWebSocket,
@@ -71,6 +73,12 @@ export interface ClientOptions {
   refreshBeforeMs?: number;
   /** The WebSocket implementation (default: the global one). */
   WebSocket?: WebSocketConstructor;
+  /**
+   * The protocol version to ask for at `connect` (default 2: live publications come compact,
+   * protocol §17; 1: every publication is a full JSON object). The application sees the same
+   * publications either way.
+   */
+  protocol?: 1 | 2;
   /** React to the browser's `online` and `visibilitychange` events (default true). */
   browserEvents?: boolean;
   /**
@@ -144,6 +152,10 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private readonly subs = new Map<string, Subscription>();
   /** Live views by their name on the connection (`sub`). */
   private readonly views = new Map<string, LiveView<unknown>>();
+  /** Protocol v2: the subscription of each number the current connection's subscribe replies gave. */
+  private readonly numbers = new Map<number, Subscription>();
+  /** The number each subscription has in `numbers` (to drop it when a resubscribe replaces it). */
+  private readonly numberOf = new WeakMap<Subscription, number>();
   private _state: ConnectionState = { state: 'offline', reason: 'not_started' };
   private started = false;
   private everConnected = false;
@@ -550,7 +562,8 @@ export class HeraldClient extends Emitter<ClientEvents> {
       opened = true;
       if (gen !== this.gen) return;
       const id = this.nextId++;
-      const frame = encodeCommand(id, 'connect', { token, name: this.opts.name });
+      this.numbers.clear();
+      const frame = encodeCommand(id, 'connect', { token, name: this.opts.name, version: this.opts.protocol ?? 2 });
       // The connect timer bounds this request.
       this.pending.set(id, {
         resolve: (r) => this.onConnected(gen, r as ConnectResult),
@@ -869,7 +882,13 @@ export class HeraldClient extends Emitter<ClientEvents> {
     }
   }
 
-  private onMessage(msg: ServerMessage): void {
+  private onMessage(msg: ServerMessage | CompactPublication): void {
+    if (Array.isArray(msg)) {
+      // A compact publication (v2): its subscription gives the channel and the epoch.
+      const sub = this.numbers.get(msg[0]);
+      if (sub?.position && this.subs.get(sub.channel) === sub) sub._onPublication(expandCompact(msg, sub.channel, sub.position.epoch));
+      return;
+    }
     if (typeof msg.id === 'number') {
       const p = this.pending.get(msg.id);
       if (!p) return;
@@ -976,7 +995,14 @@ export class HeraldClient extends Emitter<ClientEvents> {
       undefined,
       (r) => {
         if (gen !== sub.generation || sub.status === 'unsubscribed') return;
-        sub._onSubscribeReply(r as SubscribeResult);
+        const res = r as SubscribeResult;
+        if (typeof res.n === 'number') {
+          const old = this.numberOf.get(sub);
+          if (old !== undefined && this.numbers.get(old) === sub) this.numbers.delete(old);
+          this.numbers.set(res.n, sub);
+          this.numberOf.set(sub, res.n);
+        }
+        sub._onSubscribeReply(res);
         this.resyncDone(sub.channel);
       },
       (err) => {

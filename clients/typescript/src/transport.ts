@@ -77,11 +77,51 @@ export function frameLines(data: string): string[] {
   return data.split('\n').filter((line) => line.trim() !== '');
 }
 
-/** One line of a frame as a message; undefined when it is not JSON. */
-export function decodeMessage(line: string): ServerMessage | undefined {
+/**
+ * Protocol v2's compact live publication (protocol §17): `[N, OFFSET, TIME_MS, DATA, EXTRA?]`,
+ * `EXTRA` holding the v1 fields that are not at their default (`type`, `key`, `op`, `meta`, and
+ * `id` or a text `time` when they are not derivable).
+ */
+export type CompactPublication = [number, number, number | string, unknown, CompactExtra?];
+
+/** The v1 fields a compact publication carries only when needed. */
+export interface CompactExtra {
+  type?: string;
+  key?: string;
+  op?: Publication['op'];
+  meta?: Publication['meta'];
+  id?: string;
+}
+
+/** One line of a frame as a message; undefined when it is not JSON (or a malformed array). */
+export function decodeMessage(line: string): ServerMessage | CompactPublication | undefined {
   try {
-    return JSON.parse(line);
+    const msg = JSON.parse(line);
+    if (Array.isArray(msg)) {
+      const [n, offset, time] = msg;
+      const ok = msg.length >= 4 && msg.length <= 5 && Number.isInteger(n) && Number.isInteger(offset) && (typeof time === 'number' || typeof time === 'string');
+      return ok && (msg[4] === undefined || (typeof msg[4] === 'object' && msg[4] !== null)) ? (msg as CompactPublication) : undefined;
+    }
+    return msg;
   } catch {
     return undefined;
   }
+}
+
+/** The v1 publication a compact one stands for, given its subscription's channel and epoch. */
+export function expandCompact(c: CompactPublication, channel: string, epoch: string): Publication {
+  const [, offset, time, data, extra] = c;
+  const p: Publication = {
+    channel,
+    epoch,
+    offset,
+    id: extra?.id ?? `${epoch}-${offset}`,
+    type: extra?.type ?? 'message',
+    data,
+    time: typeof time === 'number' ? new Date(time).toISOString() : time,
+  };
+  if (extra?.meta !== undefined) p.meta = extra.meta;
+  if (extra?.key !== undefined) p.key = extra.key;
+  if (extra?.op !== undefined) p.op = extra.op;
+  return p;
 }

@@ -66,6 +66,8 @@ export interface SubscribeResult {
   reason?: NotRecoveredReason;
   publications?: Publication[];
   snapshot?: KeyedRecord[];
+  /** Protocol v2: the number this subscription's compact publications carry (§17). */
+  n?: number;
 }
 
 export interface PublishResult {

@@ -32,7 +32,7 @@ test('connects anonymously, reports states, receives an HTTP publication', async
   const sub = c.subscribe('demo:t1');
   await c.connect();
   await sub.ready();
-  assert.equal(c.info.version, 1);
+  assert.equal(c.info.version, 2);
   assert.deepEqual(states, ['connecting', 'connected']);
   const got = nextEvent(sub, 'publication');
   const res = await api(hub, 'POST', '/api/publish', { channel: 'demo:t1', data: { hello: 'world' }, type: 'greeting' });
@@ -444,4 +444,44 @@ test('mergePatch follows RFC 7386; final close codes', () => {
   assert.equal(isFinalCloseCode(4500), true);
   assert.equal(isFinalCloseCode(4004), false);
   assert.equal(isFinalCloseCode(1006), false);
+});
+
+test('protocol 1 and 2 clients on one channel receive the same publications (2: compact frames)', async () => {
+  const frames = [];
+  class Recording extends WebSocket {
+    constructor(url) {
+      super(url);
+      this.addEventListener('message', (ev) => frames.push(ev.data));
+    }
+  }
+  const v1 = client({ protocol: 1 });
+  const v2 = client({ WebSocket: Recording });
+  const s1 = v1.subscribe('demo:compact');
+  const s2 = v2.subscribe('demo:compact');
+  await Promise.all([v1.connect(), v2.connect()]);
+  await Promise.all([s1.ready(), s2.ready()]);
+  assert.deepEqual([v1.info.version, v2.info.version], [1, 2]);
+  const got1 = [];
+  const got2 = [];
+  s1.on('publication', (p) => got1.push(p));
+  s2.on('publication', (p) => got2.push(p));
+  const bodies = [
+    { data: { text: 'x'.repeat(89) } },
+    { data: 42, type: 'count' },
+    { data: null, type: 'run.started', correlation_id: 'run-7' },
+    { data: ['é', '\u{1F600}', '"q"', 'a\nb'] },
+    { data: { title: 't' }, key: 'k1', op: 'upsert' },
+    { data: { done: true }, key: 'k1', op: 'merge', type: 'task.moved' },
+    { data: null, key: 'k1', op: 'delete' },
+  ];
+  for (const b of bodies) await api(hub, 'POST', '/api/publish', { channel: 'demo:compact', ...b });
+  await until(() => got1.length === bodies.length && got2.length === bodies.length, { what: 'both clients got every publication' });
+  assert.deepEqual(got2, got1);
+  assert.equal(s2.stats.duplicatesDropped, 0);
+  const live = frames.flatMap((f) => f.split('\n')).filter((l) => l.startsWith('[') || l.startsWith('{"push":"pub"'));
+  assert.equal(live.length, bodies.length);
+  assert.ok(live.every((l) => l.startsWith('[')), `live publications are compact on v2: ${live[0]}`);
+  // A 100-byte payload costs its size plus a small header (and the HTTP publish's meta.source),
+  // 146 bytes against 260+ in v1.
+  assert.ok(live[0].length <= 150, `${live[0].length} bytes: ${live[0]}`);
 });

@@ -356,7 +356,7 @@ test('only the fields protocol.md lists are sent', async () => {
   await c.ping();
   hub.sockets[0].push({ push: 'ping' });
   const allowed = {
-    connect: ['id', 'cmd', 'token', 'name'],
+    connect: ['id', 'cmd', 'token', 'name', 'version'],
     subscribe: ['id', 'cmd', 'channel', 'since', 'snapshot'],
     publish: ['id', 'cmd', 'channel', 'data', 'type', 'key', 'op', 'idempotency_key', 'correlation_id'],
     history: ['id', 'cmd', 'channel', 'limit', 'since', 'before'],

@@ -150,6 +150,9 @@ struct Conn {
     pending: HashMap<u64, Pending>,
     /// The id of the next request (1 is the handshake's `connect`).
     next_id: u64,
+    /// Protocol v2: the channel of each subscription number a subscribe reply gave (`n`), to
+    /// read compact publications. One entry per subscription: a resubscribe replaces it.
+    numbers: HashMap<u32, String>,
 }
 
 impl Conn {
@@ -488,7 +491,7 @@ impl Driver {
         info: ConnectResult,
     ) -> Ended {
         let (out, mut writer) = spawn_writer(sender);
-        let mut conn = Conn { out, pending: HashMap::new(), next_id: 2 };
+        let mut conn = Conn { out, pending: HashMap::new(), next_id: 2, numbers: HashMap::new() };
         let liveness = (info.ping_interval_ms > 0)
             .then(|| Duration::from_millis(info.ping_interval_ms) + self.liveness_margin);
         self.token_expires_at = info.expires_at;
@@ -800,6 +803,18 @@ impl Driver {
     ) -> Option<Ended> {
         match message {
             ServerMessage::Ping => conn.pong(),
+            ServerMessage::Compact(c) => {
+                let channel = conn.numbers.get(&c.n)?;
+                let sub = self.subs.get(channel)?;
+                let epoch = sub.tracker.last.as_ref()?.epoch.clone();
+                let p = c.into_publication(channel, &epoch);
+                return self.on_message(
+                    ServerMessage::Publication(p),
+                    conn,
+                    disconnect,
+                    refresh_at,
+                );
+            }
             ServerMessage::Publication(p) => {
                 let sub = self.subs.get_mut(&p.channel)?;
                 if sub.status != SubStatus::Active {
@@ -915,6 +930,16 @@ impl Driver {
         });
         match parsed {
             Ok(reply) => {
+                if let Some(n) = reply.n {
+                    // The old number, if it is of this connection (another connection's may
+                    // be taken by another channel here).
+                    if let Some(old) = sub.number.replace(n)
+                        && conn.numbers.get(&old) == Some(&channel)
+                    {
+                        conn.numbers.remove(&old);
+                    }
+                    conn.numbers.insert(n, channel.clone());
+                }
                 if sub.apply_reply(since.as_ref(), reply) {
                     tracing::warn!(%channel, "herald resume reply had a gap; resubscribing");
                     self.send_subscribe(conn, &channel, true);

@@ -220,5 +220,19 @@ pub(crate) enum ViewFeed {
     /// The hub refused or ended the view for good; nothing follows.
     Ended(ErrorBody),
     /// A volatile event of the viewed channel.
-    Volatile(crate::presence::Volatile),
+    Volatile(Volatile),
+}
+
+/// The fields of a `volatile` push (for a subscription's [`SubEvent::Volatile`] and a view's
+/// `ViewEvent::Volatile`).
+#[derive(Debug)]
+pub(crate) struct Volatile {
+    /// Its type (`message` when the sender gave none).
+    pub kind: String,
+    /// Its payload.
+    pub data: serde_json::Value,
+    /// The sender's user id.
+    pub user: String,
+    /// The sender's connection id.
+    pub client: String,
 }

@@ -4,7 +4,7 @@
 //! (stale and duplicate events dropped, a reset stream resubscribed), and how a handle keeps
 //! the member map from those events ([`apply`]).
 
-use crate::event::{Member, SubEvent};
+use crate::event::{Member, SubEvent, Volatile};
 use herald_protocol::{Position, PresenceMode};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -117,20 +117,6 @@ impl PresenceTracker {
             _ => PushOutcome::default(),
         }
     }
-}
-
-/// The fields of a `volatile` push (for a subscription's [`SubEvent::Volatile`] and a view's
-/// `ViewEvent::Volatile`).
-#[derive(Debug)]
-pub(crate) struct Volatile {
-    /// Its type (`message` when the sender gave none).
-    pub kind: String,
-    /// Its payload.
-    pub data: Value,
-    /// The sender's user id.
-    pub user: String,
-    /// The sender's connection id.
-    pub client: String,
 }
 
 /// Reads a `volatile` push.

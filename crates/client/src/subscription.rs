@@ -141,6 +141,8 @@ pub(crate) struct Sub {
     pub initial: bool,
     /// Where its subscribe stands on the current connection.
     pub status: SubStatus,
+    /// Protocol v2: its number on the current connection (the last reply's `n`).
+    pub number: Option<u32>,
 }
 
 /// Where a subscription's subscribe stands on the current connection.
@@ -167,6 +169,7 @@ impl Sub {
             presence: PresenceTracker::default(),
             initial: true,
             status: SubStatus::Idle,
+            number: None,
         }
     }
 
@@ -318,6 +321,7 @@ mod tests {
             reason: None,
             publications: pubs,
             snapshot: None,
+            n: None,
         }
     }
 

@@ -37,7 +37,12 @@ pub(crate) async fn handshake(
             .await
             .map_err(|e| HandshakeError::Retry(format!("{url}: {e}")))?;
         let (mut sender, mut receiver) = conn.split();
-        let connect = Request { id: Some(1), command: Command::Connect { token: None, name } };
+        // Version 2: live publications come compact (protocol §17); a hub that speaks only 1
+        // answers 1 and sends v1 objects, which the connection reads too.
+        let connect = Request {
+            id: Some(1),
+            command: Command::Connect { token: None, name, version: Some(2) },
+        };
         sender.send(&connect).await.map_err(|e| HandshakeError::Retry(format!("{url}: {e}")))?;
         let mut disconnect: Option<(u16, String)> = None;
         loop {

@@ -506,6 +506,7 @@ mod tests {
                 ViewFeed::Event(e) => out.push(e.publication.offset),
                 ViewFeed::Ready { position, .. } => out.push(1000 + position.offset),
                 ViewFeed::Ended(_) => out.push(u64::MAX),
+                ViewFeed::Volatile(_) => {}
             }
         }
         out

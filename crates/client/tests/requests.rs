@@ -150,9 +150,12 @@ async fn token_is_refreshed_in_band_before_it_expires() {
 async fn raw_layer_speaks_batched_frames() {
     let hub = Hub::start();
     let mut raw = RawConnection::connect(&hub.ws_url(), Some(&good_token())).await.unwrap();
-    raw.send(&Request { id: Some(1), command: Command::Connect { token: None, name: None } })
-        .await
-        .unwrap();
+    raw.send(&Request {
+        id: Some(1),
+        command: Command::Connect { token: None, name: None, version: None },
+    })
+    .await
+    .unwrap();
     let (mut tx, mut rx) = raw.split();
     tx.send_batch(&[
         Request {

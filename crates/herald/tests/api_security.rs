@@ -186,17 +186,25 @@ async fn minted_lifetimes_and_kicks_are_checked() {
     // The minted token works.
     let mut ws = Ws::open(&hub.ws_url()).await;
     let token = body["token"].as_str().unwrap().to_string();
-    ws.request(Command::Connect { token: Some(token), name: None }).await.expect("connect");
+    ws.request(Command::Connect { token: Some(token), name: None, version: None })
+        .await
+        .expect("connect");
 
     // An empty user would be every anonymous and not-yet-connected session.
     let mut anonymous = Ws::open(&hub.ws_url()).await;
     let mut waiting = Ws::open(&hub.ws_url()).await;
-    anonymous.request(Command::Connect { token: None, name: None }).await.expect("anonymous");
+    anonymous
+        .request(Command::Connect { token: None, name: None, version: None })
+        .await
+        .expect("anonymous");
     let (status, body) = hub.api("POST", "/api/disconnect", Some(json!({"user": ""}))).await;
     assert_error("empty user", (status, &body), (400, 107));
     // Both are still served.
     anonymous.subscribe("news").await;
-    waiting.request(Command::Connect { token: None, name: None }).await.expect("still open");
+    waiting
+        .request(Command::Connect { token: None, name: None, version: None })
+        .await
+        .expect("still open");
 }
 
 #[tokio::test]
@@ -251,12 +259,14 @@ async fn configured_audience_and_issuer_are_required_on_websocket() {
     let hub = Hub::start(AUD_ISS);
     let mut ws = Ws::open(&hub.ws_url()).await;
     let good = good_aud_iss_token();
-    ws.request(Command::Connect { token: Some(good), name: None }).await.expect("good token");
+    ws.request(Command::Connect { token: Some(good), name: None, version: None })
+        .await
+        .expect("good token");
     for (what, token) in aud_iss_tokens() {
         // In the connect command...
         let mut ws = Ws::open(&hub.ws_url()).await;
         let err = ws
-            .request(Command::Connect { token: Some(token.clone()), name: None })
+            .request(Command::Connect { token: Some(token.clone()), name: None, version: None })
             .await
             .expect_err(what);
         assert_eq!(code(&err), 101, "{what}: {err:?}");
@@ -315,7 +325,8 @@ async fn far_future_expiry_is_served() {
     for exp in [json!(u64::MAX), json!(10_000_000_000_000_000_000u64)] {
         let token = token_with(json!({"sub": "far", "exp": exp, "channels": ["*"]}));
         let mut ws = Ws::open(&hub.ws_url()).await;
-        let reply = ws.request(Command::Connect { token: Some(token), name: None }).await;
+        let reply =
+            ws.request(Command::Connect { token: Some(token), name: None, version: None }).await;
         assert!(reply.is_ok(), "exp {exp}: {reply:?}");
         ws.subscribe("far").await;
         hub.publish("far", json!(1)).await;
@@ -324,7 +335,10 @@ async fn far_future_expiry_is_served() {
     // Out of the u64 range: refused with 101, the socket closed properly.
     let token = token_with(json!({"sub": "far", "exp": 1e20}));
     let mut ws = Ws::open(&hub.ws_url()).await;
-    let err = ws.request(Command::Connect { token: Some(token), name: None }).await.unwrap_err();
+    let err = ws
+        .request(Command::Connect { token: Some(token), name: None, version: None })
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), 101);
     assert_eq!(ws.expect_close().await.0, 4500);
 }

@@ -28,9 +28,13 @@ fn aud_token(user: &str, channels: &[&str]) -> String {
 
 async fn client(hub: &Hub, user: &str, channels: &[&str]) -> Ws {
     let mut ws = Ws::open(&hub.ws_url()).await;
-    ws.request(Command::Connect { token: Some(aud_token(user, channels)), name: None })
-        .await
-        .expect("connect");
+    ws.request(Command::Connect {
+        token: Some(aud_token(user, channels)),
+        name: None,
+        version: None,
+    })
+    .await
+    .expect("connect");
     ws
 }
 
@@ -97,7 +101,10 @@ async fn bad_tokens_get_their_codes() {
     healthy.subscribe("session:h").await;
     for (what, token, reply_code, close_code) in cases {
         let mut ws = Ws::open(&hub.ws_url()).await;
-        let err = ws.request(Command::Connect { token, name: None }).await.expect_err(what);
+        let err = ws
+            .request(Command::Connect { token, name: None, version: None })
+            .await
+            .expect_err(what);
         assert_eq!(err.code, reply_code, "{what}: {err:?}");
         let (close, push) = ws.expect_close().await;
         assert_eq!((close, push), (close_code, Some(close_code)), "{what}");
@@ -164,7 +171,9 @@ async fn bad_requests_get_codes_and_the_connection_survives() {
 async fn anonymous_auth_timeout_and_binary_frames() {
     let hub = Hub::start_with(CONFIG, &["--auth-timeout", "300ms"]);
     let mut anon = Ws::open(&hub.ws_url()).await;
-    anon.request(Command::Connect { token: None, name: None }).await.expect("anonymous connect");
+    anon.request(Command::Connect { token: None, name: None, version: None })
+        .await
+        .expect("anonymous connect");
     anon.subscribe("open:lobby").await;
     let err = anon
         .request(Command::Subscribe {
@@ -369,8 +378,13 @@ async fn per_user_connection_limit_and_origin_check() {
     let hub = Hub::start(&config);
     let _first = client(&hub, "alice", &["session:*"]).await;
     let mut second = Ws::open(&hub.ws_url()).await;
-    let err =
-        second.request(Command::Connect { token: Some(aud_token("alice", &[])), name: None }).await;
+    let err = second
+        .request(Command::Connect {
+            token: Some(aud_token("alice", &[])),
+            name: None,
+            version: None,
+        })
+        .await;
     assert_eq!(err.unwrap_err().code, 119);
     assert_eq!(second.expect_close().await.0, 4005);
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -487,7 +501,9 @@ async fn audit_log_as_json_lines() {
         .await;
     assert_eq!(err.unwrap_err().code, 103);
     let mut bad = Ws::open(&hub.ws_url()).await;
-    let _ = bad.request(Command::Connect { token: Some("bad".into()), name: None }).await;
+    let _ = bad
+        .request(Command::Connect { token: Some("bad".into()), name: None, version: None })
+        .await;
     assert_eq!(bad.expect_close().await.0, 4500);
     drop(ws);
     // The disconnect line is written when the server notices the close; wait for it.

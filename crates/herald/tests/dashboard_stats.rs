@@ -20,7 +20,9 @@ fn admin_token() -> String {
 
 async fn connect(hub: &Hub, token: String) -> Ws {
     let mut ws = Ws::open(&hub.ws_url()).await;
-    ws.request(Command::Connect { token: Some(token), name: None }).await.expect("connect");
+    ws.request(Command::Connect { token: Some(token), name: None, version: None })
+        .await
+        .expect("connect");
     ws
 }
 

@@ -25,7 +25,9 @@ async fn trace_logs_hold_no_tokens_or_keys() {
     );
 
     let mut ws = Ws::open(&format!("{}?token={in_query}", hub.ws_url())).await;
-    ws.request(Command::Connect { token: None, name: None }).await.expect("query token");
+    ws.request(Command::Connect { token: None, name: None, version: None })
+        .await
+        .expect("query token");
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
         hub.ws_url(),
     )
@@ -38,7 +40,7 @@ async fn trace_logs_hold_no_tokens_or_keys() {
         with_header.send(connect.into()).await.unwrap();
     }
     let mut ws = Ws::open(&hub.ws_url()).await;
-    let connect = Command::Connect { token: Some(in_connect.clone()), name: None };
+    let connect = Command::Connect { token: Some(in_connect.clone()), name: None, version: None };
     ws.request(connect).await.expect("connect");
     ws.request(Command::Refresh { token: in_refresh.clone() }).await.expect("refresh");
     ws.subscribe("news").await;

@@ -211,7 +211,7 @@ async fn metrics_count_the_traffic_and_cover_the_dashboard() {
         "sub": "m", "exp": herald_server::auth::unix_now() + 600,
         "channels": ["chat:*"], "publish": ["chat:*"],
     });
-    ws.request(Command::Connect { token: Some(token_with(claims)), name: None })
+    ws.request(Command::Connect { token: Some(token_with(claims)), name: None, version: None })
         .await
         .expect("connect");
     ws.subscribe("chat:1").await;

@@ -48,7 +48,9 @@ async fn a_token_expiring_in_the_far_future_works_and_releases_its_connection() 
         for _ in 0..3 {
             let mut ws = Ws::open(&hub.ws_url()).await;
             let token = token_with(json!({"sub": "far", "exp": exp, "channels": ["feed:*"]}));
-            let connected = ws.request(Command::Connect { token: Some(token), name: None }).await;
+            let connected = ws
+                .request(Command::Connect { token: Some(token), name: None, version: None })
+                .await;
             connected.expect("a far-future exp is a valid token");
             ws.subscribe("feed:far").await;
             ws.request(Command::Ping { timestamp: None }).await.expect("the session keeps serving");
@@ -95,7 +97,9 @@ async fn refresh_to_a_narrower_token_ends_the_subscriptions_it_no_longer_grants(
 async fn an_anonymous_connection_is_told_to_log_in_not_forbidden() {
     let hub = Hub::start(CONFIG);
     let mut ws = Ws::open(&hub.ws_url()).await;
-    ws.request(Command::Connect { token: None, name: None }).await.expect("anonymous connect");
+    ws.request(Command::Connect { token: None, name: None, version: None })
+        .await
+        .expect("anonymous connect");
     ws.subscribe("open:lobby").await;
     let refused = ws
         .request(Command::Subscribe {

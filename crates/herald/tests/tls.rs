@@ -210,7 +210,7 @@ impl Wss {
             SECRET,
             &serde_json::json!({"sub": "u", "exp": herald_testkit::unix_now() + 3600, "channels": ["*"]}),
         );
-        ws.request(Command::Connect { token: Some(token), name: None }).await;
+        ws.request(Command::Connect { token: Some(token), name: None, version: None }).await;
         (ws, der)
     }
 

@@ -193,7 +193,7 @@ async fn a_token_filter_narrows_every_view_and_forbids_the_whole_channel() {
         "filters": {"task": "assignee == \"u1\""},
     }));
     let mut ws = Ws::open(&hub.ws_url()).await;
-    ws.request(Command::Connect { token: Some(token), name: None }).await.unwrap();
+    ws.request(Command::Connect { token: Some(token), name: None, version: None }).await.unwrap();
     let reply = subscribe(&mut ws, view(Some("ActiveTasks"), None)).await;
     assert_eq!(keys(&reply["initial"]), ["t1"], "{reply}");
     let e = ws

@@ -26,7 +26,8 @@ pub struct Request {
 #[derive(Debug, Clone)]
 pub enum Command {
     /// Authenticate (token optional when the header or query carried one, or anonymous is allowed).
-    Connect { token: Option<String>, name: Option<String> },
+    /// `version` asks for a protocol version (1 when absent; 2: compact live publications, §17).
+    Connect { token: Option<String>, name: Option<String>, version: Option<u32> },
     /// Start receiving a channel; optionally resume from `since` or start with a `snapshot`.
     /// With `view` set: a live view of the keyed channel's records (protocol §14). On a
     /// presence namespace the connection becomes a member; `presence` also follows the
@@ -212,11 +213,12 @@ enum Field {
     Member,
     Info,
     After,
+    Version,
 }
 
 impl Field {
     /// In bit order.
-    const ALL: [Field; 24] = [
+    const ALL: [Field; 25] = [
         Field::Id,
         Field::Cmd,
         Field::Channel,
@@ -241,6 +243,7 @@ impl Field {
         Field::Member,
         Field::Info,
         Field::After,
+        Field::Version,
     ];
 
     const fn bit(self) -> u32 {
@@ -273,6 +276,7 @@ impl Field {
             Field::Member => "member",
             Field::Info => "info",
             Field::After => "after",
+            Field::Version => "version",
         }
     }
 
@@ -285,7 +289,7 @@ impl Field {
     fn allowed(cmd: &str) -> Option<&'static [Field]> {
         use Field::*;
         Some(match cmd {
-            "connect" => &[Token, Name],
+            "connect" => &[Token, Name, Version],
             "subscribe" => &[
                 Channel,
                 Since,
@@ -327,6 +331,8 @@ struct Wire<'a> {
     token: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     since: Option<&'a Position>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -625,7 +631,15 @@ impl Request {
         let since = || Ok(w.get::<SinceWire>(Field::Since).map_err(bad)?.map(Position::from));
         let command = match cmd {
             "connect" => {
-                Command::Connect { token: get_str(Field::Token)?, name: get_str(Field::Name)? }
+                let version = w.get::<u32>(Field::Version).map_err(bad)?;
+                if version == Some(0) {
+                    return Err(bad("bad field `version`: versions start at 1".into()));
+                }
+                Command::Connect {
+                    token: get_str(Field::Token)?,
+                    name: get_str(Field::Name)?,
+                    version,
+                }
             }
             "subscribe" => Command::Subscribe {
                 channel: channel()?,
@@ -737,10 +751,11 @@ impl Request {
     pub fn to_json(&self) -> String {
         let mut w = Wire { id: self.id, ..Default::default() };
         match &self.command {
-            Command::Connect { token, name } => {
+            Command::Connect { token, name, version } => {
                 w.cmd = "connect";
                 w.token = token.as_deref();
                 w.name = name.as_deref();
+                w.version = *version;
             }
             Command::Subscribe { channel, since, snapshot, view, presence } => {
                 w.cmd = "subscribe";

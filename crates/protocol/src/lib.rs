@@ -1,4 +1,4 @@
-//! Herald wire protocol v1: the messages a client and the hub exchange, and their codes.
+//! Herald wire protocol (versions 1 and 2): the messages a client and the hub exchange, and their codes.
 //!
 //! This crate does no IO. `docs/protocol.md` is normative; these types follow it.
 //!
@@ -8,12 +8,14 @@
 //! - [`publication`]: what a channel carries: [`Publication`], [`Position`], [`Op`], [`Meta`].
 //! - [`command`]: client → server commands and their parser.
 //! - [`reply`]: server → client replies and pushes.
+//! - [`compact`]: version 2's compact live publication frame.
 //!
 //! A WebSocket text frame holds one or more messages separated by `\n` (JSON never contains a raw
 //! newline), so a busy sender can batch.
 
 pub mod codes;
 pub mod command;
+pub mod compact;
 pub mod publication;
 pub mod reply;
 
@@ -22,8 +24,9 @@ pub use command::{Command, ParseError, PresenceMode, PresenceQuery, Request, Sin
 pub use publication::{Continuity, Meta, Op, Position, Publication, Record};
 pub use reply::{ErrorBody, LeaveReason, ServerMessage, ViewEvent, ViewOperation};
 
-/// Protocol version announced in the connect reply.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version the hub speaks; a `connect` asks for one (default 1) and the
+/// reply says which is in use (docs/protocol.md §17).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Splits a frame into its messages (one per non-empty line).
 pub fn split_frame(frame: &str) -> impl Iterator<Item = &str> {

@@ -118,6 +118,9 @@ pub struct SubscribeResult {
     /// was not recovered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Vec<Record>>,
+    /// Protocol v2: the number this subscription's compact live publications carry (§17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
 }
 
 impl SubscribeResult {
@@ -229,6 +232,9 @@ pub struct SubscribeReply<'a, P> {
     /// The channel's records at `offset`, when sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<&'a [Record]>,
+    /// Protocol v2: the number the subscription's compact live publications carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
 }
 
 /// The `history` reply as the hub writes it: [`HistoryResult`] with the publications raw; also
@@ -288,6 +294,9 @@ pub enum ServerMessage {
     Reply { id: u64, result: Result<Box<RawValue>, ErrorBody> },
     /// A publication on a subscribed channel.
     Publication(Publication),
+    /// Protocol v2: a live publication in compact form; the subscription numbered `n` gives it
+    /// its channel and epoch ([`crate::compact::Compact::into_publication`]).
+    Compact(crate::compact::Compact),
     /// Heartbeat: answer with `{"cmd":"pong"}`.
     Ping,
     /// The server ended a subscription. `resubscribe` says whether to subscribe again (with
@@ -350,6 +359,9 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 impl ServerMessage {
     /// Decodes one message line.
     pub fn parse(line: &str) -> Result<ServerMessage, String> {
+        if line.starts_with('[') {
+            return crate::compact::Compact::parse(line).map(ServerMessage::Compact);
+        }
         let w: WireMessage<'_> = serde_json::from_str(line).map_err(|e| e.to_string())?;
         if let Some(push) = w.push {
             return match push.as_str() {
@@ -660,6 +672,7 @@ mod tests {
             reason: None,
             publications: RawPublications(&empty),
             snapshot: None,
+            n: None,
         };
         assert_eq!(
             serde_json::to_string(&subscribe).unwrap(),

@@ -189,8 +189,8 @@ fn timestamp() -> BoxedStrategy<Box<RawValue>> {
 /// A valid command of every kind.
 fn command() -> BoxedStrategy<Command> {
     prop_oneof![
-        (prop::option::of(text()), prop::option::of(text()))
-            .prop_map(|(token, name)| Command::Connect { token, name }),
+        (prop::option::of(text()), prop::option::of(text()), prop::option::of(1u32..))
+            .prop_map(|(token, name, version)| Command::Connect { token, name, version }),
         (text(), prop::option::of(position()), any::<bool>()).prop_map(
             |(channel, since, snapshot)| Command::Subscribe {
                 channel,

@@ -8,7 +8,7 @@ use axum::extract::ws::Utf8Bytes;
 use herald_protocol::Publication;
 use herald_protocol::reply::PUB_PREFIX;
 use serde_json::value::RawValue;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// What a keyed write did to its record: the value before and after (absent: no record). Kept
@@ -39,6 +39,9 @@ pub struct Encoded {
     pub accepted: Instant,
     /// The keyed write's old and new record, on namespaces with views.
     pub change: Option<Arc<RecordChange>>,
+    /// Protocol v2's compact form after `[N` (`herald_protocol::compact`), made by the first
+    /// v2 subscriber and shared by the others.
+    pub compact: OnceLock<Box<str>>,
 }
 
 impl Encoded {
@@ -63,6 +66,7 @@ impl Encoded {
             frame: frame.into(),
             accepted: Instant::now(),
             change: None,
+            compact: OnceLock::new(),
         }
     }
 
@@ -85,7 +89,17 @@ impl Encoded {
             frame: frame.into(),
             accepted: Instant::now(),
             change: None,
+            compact: OnceLock::new(),
         }
+    }
+
+    /// The compact tail of protocol v2 (`,OFFSET,TIME,DATA[,EXTRA]]`), encoded once.
+    pub fn compact_tail(&self) -> &str {
+        self.compact.get_or_init(|| {
+            let p: herald_protocol::Publication = serde_json::from_str(self.publication_json())
+                .expect("the hub's own publication JSON parses");
+            herald_protocol::compact::encode_tail(&p).into_boxed_str()
+        })
     }
 
     /// The publication object alone (to embed in replies).

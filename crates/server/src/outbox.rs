@@ -206,6 +206,7 @@ mod tests {
                 frame: "{}".into(),
                 accepted: std::time::Instant::now(),
                 change: None,
+                compact: Default::default(),
             }))
         };
         o.push(p()).unwrap();

@@ -279,8 +279,10 @@ impl Adapter {
                     self.subscribe();
                 }
                 ServerMessage::Unsubscribe { .. } => self.done = true,
-                // SSE streams subscribe to plain channels only.
-                ServerMessage::View(_) | ServerMessage::Event { .. } => {}
+                // SSE streams subscribe to plain channels only, on protocol version 1.
+                ServerMessage::View(_)
+                | ServerMessage::Event { .. }
+                | ServerMessage::Compact(_) => {}
                 ServerMessage::Disconnect { code, reason, reconnect } => {
                     let data = serde_json::json!({ "code": code, "reason": reason, "reconnect": reconnect });
                     out.push(Event::default().event("disconnect").data(data.to_string()));
@@ -328,7 +330,7 @@ pub async fn stream(
     tokio::spawn(session::run(hub.clone(), pipe, upgrade));
     let mut adapter =
         Adapter { commands, channel, position: since, next_id: 1, first_subscribe: 0, done: false };
-    adapter.send(Command::Connect { token, name: None });
+    adapter.send(Command::Connect { token, name: None, version: None });
     adapter.first_subscribe = adapter.subscribe();
     // The adapter task ends when the session ends (its frames channel closes), when the stream
     // is over, or when the HTTP client goes away (the body, holding the event receiver, is

@@ -144,7 +144,7 @@ impl Conn {
             }
         });
         let mut c = Conn { sink, rx, next_id: 1, reader };
-        let connect = Command::Connect { token: Some(token.into()), name: None };
+        let connect = Command::Connect { token: Some(token.into()), name: None, version: None };
         let mut ignore = |_: ServerMessage| {};
         c.request(connect, &mut ignore).await?.unwrap_or_else(|e| panic!("connect refused: {e}"));
         Ok(c)

@@ -114,8 +114,13 @@ impl Hub {
     /// Connects and authenticates as `user` allowed on `channels`.
     pub async fn client(&self, user: &str, channels: &[&str]) -> Ws {
         let mut ws = Ws::open(&self.ws_url()).await;
-        let reply =
-            ws.request(Command::Connect { token: Some(token(user, channels)), name: None }).await;
+        let reply = ws
+            .request(Command::Connect {
+                token: Some(token(user, channels)),
+                name: None,
+                version: None,
+            })
+            .await;
         reply.expect("connect");
         ws
     }

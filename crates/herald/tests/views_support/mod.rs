@@ -293,7 +293,7 @@ impl Conn {
             .map_err(|_| Closed)?
             .map_err(|_| Closed)?;
         let mut c = Conn { stream, pending: Default::default(), next_id: 1 };
-        let connect = Command::Connect { token: Some(token.into()), name: None };
+        let connect = Command::Connect { token: Some(token.into()), name: None, version: None };
         c.request(connect).await?.unwrap_or_else(|e| panic!("connect refused: {e}"));
         Ok(c)
     }

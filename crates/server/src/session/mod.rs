@@ -79,6 +79,9 @@ struct Session {
     last_seen: Instant,
     /// Command rate limit.
     rate: RateLimit,
+    /// Protocol v2 (asked at `connect`): the number the next subscription gets, for its compact
+    /// live publications (`herald_protocol::compact`). `None`: version 1.
+    compact: Option<u32>,
 }
 
 /// What a session keeps for views, presence and volatile events.
@@ -114,6 +117,7 @@ where
         subs: HashMap::new(),
         extras: Box::default(),
         last_seen: Instant::now(),
+        compact: None,
     };
     let close = if !upgrade.origin_allowed {
         tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %upgrade.ip, reason = "origin not allowed");

@@ -29,6 +29,8 @@ pub(super) struct Sub {
     /// While catching up: the offset the recovery reached. Live publications up to it are
     /// covered by the backlog; later ones wait in `held` until the backlog is delivered.
     pub(super) catchup_until: Option<u64>,
+    /// Protocol v2: the number its compact publications carry; `None` on a v1 connection.
+    pub(super) n: Option<u32>,
 }
 
 impl Sub {

@@ -40,17 +40,31 @@ impl Batch {
     }
 
     fn add(&mut self, line: &str) {
+        self.start_line(line.len());
+        self.current.push_str(line);
+    }
+
+    /// A protocol v2 publication: `[N` and the tail shared by its subscribers, written straight
+    /// into the frame being built.
+    fn add_compact(&mut self, n: u32, tail: &str) {
+        use std::fmt::Write;
+        self.start_line(11 + tail.len());
+        let _ = write!(self.current, "[{n}");
+        self.current.push_str(tail);
+    }
+
+    /// Makes room for a line of `len` bytes in `current`: after a `\n`, or in a new frame.
+    fn start_line(&mut self, len: usize) {
         if let Some(single) = self.single.take() {
             self.current.push_str(single.as_str());
         }
         if !self.current.is_empty() {
-            if self.current.len() + line.len() > MAX_BATCH_BYTES {
+            if self.current.len() + len > MAX_BATCH_BYTES {
                 self.cut();
             } else {
                 self.current.push('\n');
             }
         }
-        self.current.push_str(line);
     }
 
     fn cut(&mut self) {
@@ -89,7 +103,10 @@ impl Delivery {
     pub(super) fn deliver(&mut self, sub: &mut Sub, p: &Arc<Encoded>) -> bool {
         match sub.check(p) {
             Continuity::Next => {
-                self.batch.add_shared(&p.frame);
+                match sub.n {
+                    Some(n) => self.batch.add_compact(n, p.compact_tail()),
+                    None => self.batch.add_shared(&p.frame),
+                }
                 self.delivered += 1;
                 self.oldest = Some(self.oldest.map_or(p.accepted, |o| o.min(p.accepted)));
                 true

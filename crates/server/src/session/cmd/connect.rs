@@ -8,8 +8,14 @@ use herald_protocol::reply::ConnectResult;
 use herald_protocol::{CloseCode, ErrorBody, ErrorCode};
 
 impl Session {
-    /// Authenticates the connection; a refused token closes it.
-    pub(super) async fn connect(&mut self, id: u64, token: Option<String>) -> Option<Close> {
+    /// Authenticates the connection; a refused token closes it. `version` is the protocol
+    /// version asked (1 when absent); the hub answers with the one it speaks, at most that.
+    pub(super) async fn connect(
+        &mut self,
+        id: u64,
+        token: Option<String>,
+        version: Option<u32>,
+    ) -> Option<Close> {
         if self.principal.is_some() {
             self.reply_error(
                 Some(id),
@@ -43,6 +49,10 @@ impl Session {
             return Some((CloseCode::TooManyConnections, "per-user connection limit".into()));
         }
         tracing::info!(target: "herald::audit", event = "connect", client = %self.client(), user = %principal.user, ip = %self.ip);
+        let version = version.unwrap_or(1).min(herald_protocol::PROTOCOL_VERSION);
+        if version >= 2 {
+            self.compact = Some(1);
+        }
         let t = &self.hub.config.timeouts;
         let result = ConnectResult {
             client: self.client(),
@@ -52,7 +62,7 @@ impl Session {
             pong_timeout_ms: t.pong_timeout.as_millis() as u64,
             clients: self.hub.connection_count() as u64,
             node: self.hub.node_id.clone(),
-            version: herald_protocol::PROTOCOL_VERSION,
+            version,
             expires_at: principal.expires_at,
         };
         self.principal = Some(principal);

@@ -25,8 +25,8 @@ use std::sync::Arc;
 impl Session {
     /// Runs one command; returns a close when the connection must end.
     pub(super) async fn handle(&mut self, id: u64, command: Command) -> Option<Close> {
-        if let Command::Connect { token, name: _ } = command {
-            return self.connect(id, token).await;
+        if let Command::Connect { token, name: _, version } = command {
+            return self.connect(id, token, version).await;
         }
         if matches!(command, Command::Pong) {
             return None;

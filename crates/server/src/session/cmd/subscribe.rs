@@ -77,6 +77,12 @@ impl Session {
                 |p| p.offset,
             );
         }
+        // Protocol v2: a number per subscribe (a resubscribe gets a new one, so a late frame of
+        // the old subscription can never be read as the new one's).
+        let n = self.compact;
+        if let Some(next) = n {
+            self.compact = Some(next.wrapping_add(1).max(1));
+        }
         let line = reply::reply_ok(
             id,
             &SubscribeReply {
@@ -88,6 +94,7 @@ impl Session {
                 reason: recovery.reason,
                 publications: RawPublications(&recovery.publications),
                 snapshot: recovery.snapshot.as_deref(),
+                n,
             },
         );
         let channel: Arc<str> = channel.into();
@@ -100,6 +107,7 @@ impl Session {
                 held: Vec::new(),
                 backlog,
                 catchup_until,
+                n,
             },
         );
         let _ = self.outbox.push(Outgoing::Subscribed { channel, line });
