@@ -127,6 +127,8 @@ export class Presence extends Emitter<PresenceEvents> {
   readonly stats = { events: 0, duplicatesDropped: 0, lists: 0, replaced: 0, refetches: 0 };
   private readonly _members = new Map<string, Member>();
   private _counts: PresenceCounts = { members: 0, users: 0 };
+  /** The parts of a `presence_list` received so far (`more: true`), with their position. */
+  private _parts?: { epoch: string; offset: number; members: Member[] };
   private readonly host: PresenceHost;
 
   /** @internal */
@@ -194,6 +196,18 @@ export class Presence extends Emitter<PresenceEvents> {
    */
   _onList(msg: PresenceListMessage): void {
     if (this.follow !== 'members') return;
+    if (msg.more === true || this._parts) {
+      // A list in parts: collect them (all at one position), apply the whole list at the last.
+      const parts = this._parts;
+      const same = parts !== undefined && parts.epoch === msg.epoch && parts.offset === msg.offset;
+      const members = [...(same ? parts.members : []), ...(msg.members ?? [])];
+      if (msg.more === true) {
+        this._parts = { epoch: msg.epoch, offset: msg.offset, members };
+        return;
+      }
+      this._parts = undefined;
+      msg = { ...msg, members };
+    }
     this.stats.lists += 1;
     if (msg.recovered === true && this.position && msg.epoch === this.position.epoch) {
       // The replayed pushes that follow advance the position.

@@ -339,6 +339,8 @@ export interface PresenceListMessage {
   recovered?: boolean;
   reason?: NotRecoveredReason | string;
   members?: Member[];
+  /** More parts of this list follow (a large list comes in parts; apply it after the last). */
+  more?: boolean;
 }
 
 /** The `presence` push: one change of the member list. */

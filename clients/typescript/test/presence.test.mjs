@@ -353,3 +353,41 @@ test('delivery rules: duplicates dropped, a fresh list diffs, another epoch asks
   // A plain subscription sends nothing.
   assert.deepEqual(new Presence(host, 'room:x', {}, 'me')._fields(), {});
 });
+
+test('a large member list comes in parts and is applied once, whole', async () => {
+  const ch = 'room:big';
+  const members = [];
+  for (let i = 0; i < 20; i++) {
+    const c = client(`m${i}`, { member: 'tab' });
+    const s = c.subscribe(ch, { info: { name: `member ${i}`, bio: 'x'.repeat(900) } });
+    c.connect();
+    members.push(s);
+  }
+  await Promise.all(members.map((s) => s.ready()));
+  // Joins are batched: wait for the counts (an event), then a new follower reads the list.
+  const counter = client('counter', { member: 'c' });
+  const sc = counter.subscribe(ch, { presence: 'counts' });
+  counter.connect();
+  await until(() => sc.presence.counts.members >= 21, { what: 'all 20 members in the list' });
+  const frames = [];
+  class Recording extends WebSocket {
+    constructor(url) {
+      super(url);
+      this.addEventListener('message', (ev) => frames.push(ev.data));
+    }
+  }
+  const w = client('watcher', { member: 'w', WebSocket: Recording });
+  const sw = w.subscribe(ch, { presence: true });
+  const joins = [];
+  sw.presence.on('join', (e) => joins.push(e.member.member));
+  w.connect();
+  await until(() => sw.presence.ready, { what: 'the watcher has its list' });
+  const parts = frames.flatMap((f) => f.split('\n')).filter((l) => l.includes('"push":"presence_list"')).map((l) => JSON.parse(l));
+  assert.ok(parts.length >= 3, `${parts.length} parts`);
+  assert.deepEqual(parts.map((p) => p.more === true), [...parts.slice(1).map(() => true), false]);
+  assert.equal(sw.presence.stats.lists, 1, 'one list applied');
+  for (let i = 0; i < 20; i++) assert.ok(sw.presence.members.has(`m${i}/tab`), `m${i}/tab`);
+  assert.ok(sw.presence.members.has('counter/c'));
+  assert.ok(joins.length >= 21);
+  assert.equal(new Set(joins).size, joins.length, 'each member joined once');
+});

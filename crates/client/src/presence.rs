@@ -33,6 +33,9 @@ pub(crate) struct PresenceTracker {
     /// A subscribe was sent and its first presence push (list or counts) has not arrived:
     /// events until then belong to an older subscription and are dropped.
     awaiting: bool,
+    /// The parts of a `presence_list` received so far (`more: true`) and their position: a
+    /// large list comes in parts and is applied whole at the last.
+    parts: Option<(Position, BTreeMap<String, Member>)>,
 }
 
 impl PresenceTracker {
@@ -55,6 +58,27 @@ impl PresenceTracker {
         };
         match push {
             "presence_list" => {
+                let members = || {
+                    body["members"]
+                        .as_array()
+                        .map(|list| {
+                            list.iter().filter_map(member_of).map(|m| (m.member.clone(), m))
+                        })
+                        .into_iter()
+                        .flatten()
+                };
+                let earlier = self.parts.take().filter(|(at, _)| *at == position);
+                if body["more"] == true || earlier.is_some() {
+                    let mut all = earlier.map(|(_, m)| m).unwrap_or_default();
+                    all.extend(members());
+                    if body["more"] == true {
+                        self.parts = Some((position, all));
+                        return PushOutcome::default();
+                    }
+                    self.awaiting = false;
+                    self.last = Some(position);
+                    return PushOutcome::event(SubEvent::PresenceList { members: all });
+                }
                 self.awaiting = false;
                 if body["recovered"] == true {
                     // The missed changes follow as events after `presence_since`: `last` stays
@@ -66,14 +90,8 @@ impl PresenceTracker {
                     self.last = None;
                     return PushOutcome { event: None, resubscribe: true };
                 }
-                let members = body["members"]
-                    .as_array()
-                    .map(|list| list.iter().filter_map(member_of).map(|m| (m.member.clone(), m)))
-                    .into_iter()
-                    .flatten()
-                    .collect();
                 self.last = Some(position);
-                PushOutcome::event(SubEvent::PresenceList { members })
+                PushOutcome::event(SubEvent::PresenceList { members: members().collect() })
             }
             "presence" => {
                 if self.awaiting {
@@ -210,8 +228,39 @@ mod tests {
     }
 
     #[test]
+    fn a_list_in_parts_is_applied_whole_at_the_last_part() {
+        let mut t = PresenceTracker::default();
+        t.on_subscribe(Some(PresenceMode::Members));
+        let part = |members: &[&str], more: bool| {
+            let members: Vec<_> =
+                members.iter().map(|m| json!({"member": m, "user": "u"})).collect();
+            let mut body =
+                json!({"push": "presence_list", "epoch": "e", "offset": 9, "members": members});
+            if more {
+                body["more"] = true.into();
+            }
+            body
+        };
+        assert!(t.on_push("presence_list", &part(&["u/1", "u/2"], true)).event.is_none());
+        assert!(t.on_push("presence_list", &part(&["u/3"], true)).event.is_none());
+        assert_eq!(t.last, None, "no position before the whole list");
+        let out = t.on_push("presence_list", &part(&["u/4"], false));
+        let Some(SubEvent::PresenceList { members }) = out.event else { panic!("{out:?}") };
+        assert_eq!(members.keys().collect::<Vec<_>>(), ["u/1", "u/2", "u/3", "u/4"]);
+        assert_eq!(t.last, Some(pos("e", 9)));
+        // Parts of an older list (a reconnect cut it) do not leak into the next one.
+        assert!(t.on_push("presence_list", &part(&["u/1"], true)).event.is_none());
+        let fresh = json!({"push": "presence_list", "epoch": "e", "offset": 11, "members": [{"member": "u/9", "user": "u"}]});
+        let Some(SubEvent::PresenceList { members }) = t.on_push("presence_list", &fresh).event
+        else {
+            panic!()
+        };
+        assert_eq!(members.keys().collect::<Vec<_>>(), ["u/9"]);
+    }
+
+    #[test]
     fn a_recovered_list_keeps_the_position_for_the_replayed_events() {
-        let mut t = PresenceTracker { last: Some(pos("e", 5)), awaiting: false };
+        let mut t = PresenceTracker { last: Some(pos("e", 5)), awaiting: false, parts: None };
         t.on_subscribe(Some(PresenceMode::Members));
         let head = json!({"push": "presence_list", "epoch": "e", "offset": 8, "recovered": true});
         let out = t.on_push("presence_list", &head);
@@ -226,7 +275,7 @@ mod tests {
 
     #[test]
     fn counts_start_fresh_and_drop_stale_ones() {
-        let mut t = PresenceTracker { last: Some(pos("e", 5)), awaiting: false };
+        let mut t = PresenceTracker { last: Some(pos("e", 5)), awaiting: false, parts: None };
         assert_eq!(t.on_subscribe(Some(PresenceMode::Counts)), None);
         let stats = |offset: u64, members: u64| {
             json!({"push": "presence_stats", "members": members, "users": 1, "epoch": "e",

@@ -237,3 +237,51 @@ async fn volatile_events_reach_subscribers_are_kept_nowhere_and_are_rate_limited
         .unwrap_err();
     assert!(matches!(code(&e), 102 | 107), "{e}");
 }
+
+#[tokio::test]
+async fn a_large_member_list_comes_in_parts_that_add_up_to_every_member() {
+    let hub = Hub::start(CONFIG);
+    // 24 members with ~900 bytes of info each: ~22 KB of members, more than one 8 KiB part.
+    let mut members_ws = Vec::new();
+    for i in 0..24 {
+        let mut ws = hub.client(&format!("u{i}"), &["room:*"]).await;
+        let info = json!({"name": format!("member {i}"), "bio": "x".repeat(900)});
+        join(&mut ws, "room:big", presence(None, "tab", info)).await;
+        members_ws.push(ws);
+    }
+    // Joins are batched: wait (for the counts push, not for time) until all 24 are in the list.
+    let mut counter = hub.client("counter", &["room:*"]).await;
+    join(&mut counter, "room:big", presence(Some(PresenceMode::Counts), "c", json!(null))).await;
+    while next_push(&mut counter, "presence_stats").await["members"].as_u64() < Some(25) {}
+    let mut watcher = hub.client("watcher", &["room:*"]).await;
+    join(&mut watcher, "room:big", presence(Some(PresenceMode::Members), "w", json!(null))).await;
+    let mut parts = Vec::new();
+    loop {
+        let part = next_push(&mut watcher, "presence_list").await;
+        let more = part["more"] == true;
+        parts.push(part);
+        if !more {
+            break;
+        }
+    }
+    assert!(
+        parts.len() >= 3,
+        "{} parts: {} members, {} bytes",
+        parts.len(),
+        members(&parts[0]).len(),
+        parts[0].to_string().len()
+    );
+    let at = |p: &Value| (p["epoch"].clone(), p["offset"].clone());
+    assert!(parts.iter().all(|p| at(p) == at(&parts[0])), "every part at one position");
+    assert!(parts.iter().all(|p| p.to_string().len() < 10 * 1024), "parts stay small");
+    let mut all: Vec<String> = parts.iter().flat_map(members).collect();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(n, all.len(), "no member twice");
+    // The 24 members and the counter (the watcher's own join may not be flushed yet).
+    assert!(all.len() == 25 || all.len() == 26, "{} members: {all:?}", all.len());
+    for i in 0..24 {
+        assert!(all.contains(&format!("u{i}/tab")), "u{i}/tab missing");
+    }
+}

@@ -223,6 +223,7 @@ struct List {
     offset: u64,
     /// `presence` events that came in the same frames after it: (count change, offset).
     after: Vec<(i64, u64)>,
+    more: bool,
 }
 
 /// Reads until the subscribe reply and the `presence_list` arrived.
@@ -240,14 +241,21 @@ async fn wait_list(ws: &mut Ws) -> anyhow::Result<List> {
                 let v: serde_json::Value = serde_json::from_str(line)?;
                 let members = v["members"].as_array().map_or(0, Vec::len);
                 let offset = v["offset"].as_u64().unwrap_or(0);
-                list = Some(List { members, offset, after: Vec::new() });
+                let more = v["more"] == true;
+                match &mut list {
+                    Some(l) if l.more => {
+                        l.members += members;
+                        l.more = more;
+                    }
+                    _ => list = Some(List { members, offset, after: Vec::new(), more }),
+                }
             } else if let Some(l) = &mut list
                 && let Some(e) = event(line)
             {
                 l.after.push(e);
             }
         }
-        if let Some(l) = list {
+        if let Some(l) = list.take_if(|l| !l.more) {
             return Ok(l);
         }
     }

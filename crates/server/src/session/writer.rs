@@ -14,8 +14,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Largest frame the writer builds from batched messages.
-const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Largest frame the writer builds from batched messages. Small: each connection's socket keeps
+/// a write buffer the size of the largest frame it was ever sent for as long as it is open (a
+/// follower that fell behind during a burst would keep a 256 KiB buffer), and batching gains
+/// little past a few KiB per write.
+const MAX_BATCH_BYTES: usize = 16 * 1024;
 
 /// Builds outgoing frames: several messages joined by `\n`, one publication sent as-is.
 #[derive(Default)]
@@ -145,7 +148,8 @@ impl Session {
                         self.subs.remove(&*p.channel);
                     }
                 }
-                Outgoing::Line(line) => out.batch.add(&line),
+                // A reply of several messages (a member list in parts) may span frames.
+                Outgoing::Line(line) => line.split('\n').for_each(|l| out.batch.add(l)),
                 Outgoing::Subscribed { channel, line } => {
                     out.batch.add(&line);
                     if let Some(sub) = self.subs.get_mut(&channel)

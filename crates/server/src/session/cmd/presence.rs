@@ -173,10 +173,7 @@ impl Session {
                 hub.fanout.set_view_format(&stream, self.id, &sub, counts);
                 line
             }
-            (_, Some(records)) if head["recovered"] != true => {
-                head["members"] = records.iter().map(member_json).collect();
-                head.to_string()
-            }
+            (_, Some(records)) if head["recovered"] != true => list_parts(&mut head, records),
             _ => {
                 let mut text = head.to_string();
                 for line in lines {
@@ -359,4 +356,40 @@ fn check_info(ns: &Namespace, channel: &str, info: &RawValue) -> Result<(), Erro
         .with_channel(channel));
     }
     Ok(())
+}
+
+/// Largest `presence_list` part, in bytes of members: the list goes out as parts of about this
+/// size, so no frame a connection is sent is large (its socket's write buffer keeps the size of
+/// the largest one for as long as it is open: the whole list at 10,000 members is ~1 MB).
+const LIST_PART_BYTES: usize = 8 * 1024;
+
+/// The `presence_list` lines of `records` under `head`: parts of at most [`LIST_PART_BYTES`] of
+/// members (one member at least), `"more": true` on all but the last (protocol §15).
+fn list_parts(head: &mut serde_json::Value, records: &[herald_protocol::Record]) -> String {
+    let mut text = String::new();
+    let mut part: Vec<serde_json::Value> = Vec::new();
+    let mut bytes = 0;
+    let mut flush = |part: Vec<serde_json::Value>, more: bool, text: &mut String| {
+        head["members"] = serde_json::Value::Array(part);
+        if more {
+            head["more"] = true.into();
+        } else if let Some(h) = head.as_object_mut() {
+            h.remove("more");
+        }
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&head.to_string());
+    };
+    for r in records {
+        let size = r.key.len() + r.value.get().len() + 16;
+        if !part.is_empty() && bytes + size > LIST_PART_BYTES {
+            flush(std::mem::take(&mut part), true, &mut text);
+            bytes = 0;
+        }
+        bytes += size;
+        part.push(member_json(r));
+    }
+    flush(part, false, &mut text);
+    text
 }
