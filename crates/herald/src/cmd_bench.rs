@@ -127,6 +127,10 @@ pub struct BenchArgs {
     /// second during the measured phase.
     #[arg(long, default_value_t = 0.05)]
     pub churn: f64,
+    /// Protocol version the clients ask for at `connect` (2: compact live publications,
+    /// docs/protocol.md §17; 1: full JSON objects).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub protocol: u32,
 }
 
 /// What a scenario measured.
@@ -154,6 +158,8 @@ pub struct Outcome {
     pub rss: Option<u64>,
     /// CPU seconds of this load generator (setup included).
     pub client_cpu_s: Option<f64>,
+    /// Bytes of each delivered publication's message as received (fanout, rooms).
+    pub bytes_per_delivery: Option<f64>,
 }
 
 /// The server under test.
@@ -326,7 +332,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let token = herald_server::auth::mint_hs256(&args.token_secret, &claims)?;
-    let endpoint = client::Endpoint { addr: server.addr, token, sources };
+    let endpoint = client::Endpoint { addr: server.addr, token, sources, version: args.protocol };
     let plan = scenarios::Plan {
         endpoint,
         clients,
@@ -385,7 +391,9 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
     let name = format!("{:?}", args.scenario).to_lowercase();
     let publish = publish_label(args);
     // The table's scenario column names HTTP publishing; WebSocket rows read as before.
-    let label = if args.http {
+    let label = if args.protocol == 1 {
+        format!("{name} ({publish}, protocol 1)")
+    } else if args.http {
         format!("{name} ({publish})")
     } else if args.scenario == Scenario::Views && args.unindexed {
         format!("{name} (unindexed)")
@@ -425,6 +433,8 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
             "server_rss_bytes": o.rss,
             "client_cpu_s": o.client_cpu_s,
             "bytes_per_conn": o.bytes_per_conn,
+            "protocol": args.protocol,
+            "bytes_per_delivery": o.bytes_per_delivery,
             "conns_per_sec": o.conns_per_sec,
             "recovered_ms": o.recovered_ms,
             "unindexed": args.scenario == Scenario::Views && args.unindexed,

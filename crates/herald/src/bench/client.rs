@@ -23,6 +23,8 @@ pub struct Endpoint {
     pub token: String,
     /// Number of 127.0.0.x source addresses to spread connections over.
     pub sources: u8,
+    /// Protocol version asked at `connect`.
+    pub version: u32,
 }
 
 /// Process-wide time base for payload timestamps (publisher and subscribers share the process).
@@ -105,7 +107,10 @@ impl Endpoint {
         extra: &[String],
     ) -> anyhow::Result<(Ws, Vec<ReplyResult>)> {
         let mut ws = self.open(n).await?;
-        let mut frame = format!(r#"{{"id":1,"cmd":"connect","token":"{}"}}"#, self.token);
+        let mut frame = format!(
+            r#"{{"id":1,"cmd":"connect","token":"{}","version":{}}}"#,
+            self.token, self.version
+        );
         for line in extra {
             frame.push('\n');
             frame.push_str(line);

@@ -69,6 +69,8 @@ impl Plan {
 struct Shared {
     delivered: AtomicU64,
     errors: AtomicU64,
+    /// Bytes of the delivered publications' messages.
+    bytes: AtomicU64,
 }
 
 const PING: &str = r#"{"push":"ping"}"#;
@@ -135,9 +137,18 @@ async fn subscriber(
         };
         let now = now_ns();
         let mut n = 0;
+        let mut bytes = 0;
         for line in text.as_str().split('\n') {
-            if line.starts_with(r#"{"push":"pub""#) {
-                let offset = field_u64(line, r#""offset":"#);
+            // v1 `{"push":"pub",...,"offset":N,...}`, v2 `[n,N,time,data...]`.
+            let offset = if line.starts_with(r#"{"push":"pub""#) {
+                Some(field_u64(line, r#""offset":"#))
+            } else if line.starts_with('[') {
+                Some(line.split(',').nth(1).and_then(|o| o.parse().ok()))
+            } else {
+                None
+            };
+            if let Some(offset) = offset {
+                bytes += line.len() as u64;
                 if offset != Some(last + 1) {
                     errors += 1;
                 }
@@ -155,6 +166,7 @@ async fn subscriber(
             }
         }
         shared.delivered.fetch_add(n, Ordering::Relaxed);
+        shared.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
     if std::env::var_os("HERALD_BENCH_DEBUG").is_some() {
         eprintln!("subscriber: last offset {last}, errors {errors}");
@@ -386,7 +398,9 @@ async fn pubsub(plan: &Plan, channels: Vec<String>, fan: u64) -> anyhow::Result<
     }
     let delivered = shared.delivered.load(Ordering::Relaxed);
     errors += shared.errors.load(Ordering::Relaxed) + expected.saturating_sub(delivered);
+    let bytes = shared.bytes.load(Ordering::Relaxed);
     Ok(Outcome {
+        bytes_per_delivery: (delivered > 0).then(|| bytes as f64 / delivered as f64),
         events: published,
         deliveries: delivered,
         elapsed,
