@@ -39,9 +39,52 @@ pub struct Encoded {
     pub accepted: Instant,
     /// The keyed write's old and new record, on namespaces with views.
     pub change: Option<Arc<RecordChange>>,
-    /// Protocol v2's compact form after `[N` (`herald_protocol::compact`), made by the first
-    /// v2 subscriber and shared by the others.
-    pub compact: OnceLock<Box<str>>,
+    /// Protocol v2's compact form after `[N` (`herald_protocol::compact`), around the payload
+    /// bytes `frame` already holds; made with the frame when the publication is at hand, else
+    /// by the first v2 subscriber.
+    pub compact: OnceLock<CompactTail>,
+}
+
+/// A publication's compact tail (`,OFFSET,TIME,DATA[,EXTRA]]`) without a second copy of its
+/// payload: the text before and after `DATA`, and where `DATA` is in the v1 frame.
+#[derive(Debug)]
+pub struct CompactTail {
+    /// `,OFFSET,TIME,` followed by `[,EXTRA]]`.
+    text: Box<str>,
+    /// Where the first part of `text` ends.
+    split: u32,
+    /// The payload's bytes in the v1 frame (empty: the payload is in `text`, after `split`).
+    data: std::ops::Range<u32>,
+}
+
+impl CompactTail {
+    /// The tail of `p`, whose v1 frame is `frame`.
+    fn new(p: &Publication, frame: &str) -> CompactTail {
+        let (mut head, end) = herald_protocol::compact::tail_parts(p);
+        let data = p.data.get();
+        // The payload is the first `"data":` member: every field before it is a string, whose
+        // quotes are escaped. Checked, so a frame of another shape only costs a copy.
+        let at = frame
+            .find(",\"data\":")
+            .map(|i| i + 8)
+            .filter(|&i| frame.get(i..i + data.len()) == Some(data));
+        let range = match at {
+            Some(i) => i as u32..(i + data.len()) as u32,
+            None => {
+                head.push_str(data);
+                0..0
+            }
+        };
+        let split = head.len() as u32;
+        head.push_str(&end);
+        CompactTail { text: head.into_boxed_str(), split, data: range }
+    }
+
+    /// The three pieces to write after `[N`, in order.
+    pub fn pieces<'a>(&'a self, frame: &'a str) -> [&'a str; 3] {
+        let (head, end) = self.text.split_at(self.split as usize);
+        [head, &frame[self.data.start as usize..self.data.end as usize], end]
+    }
 }
 
 impl Encoded {
@@ -59,6 +102,8 @@ impl Encoded {
             buf.push(b'}');
             String::from_utf8(buf.as_slice().to_vec()).expect("serde_json writes UTF-8")
         });
+        let compact = OnceLock::new();
+        let _ = compact.set(CompactTail::new(publication, &frame));
         Encoded {
             channel,
             epoch,
@@ -66,7 +111,7 @@ impl Encoded {
             frame: frame.into(),
             accepted: Instant::now(),
             change: None,
-            compact: OnceLock::new(),
+            compact,
         }
     }
 
@@ -93,13 +138,14 @@ impl Encoded {
         }
     }
 
-    /// The compact tail of protocol v2 (`,OFFSET,TIME,DATA[,EXTRA]]`), encoded once.
-    pub fn compact_tail(&self) -> &str {
-        self.compact.get_or_init(|| {
+    /// The compact tail of protocol v2 (`,OFFSET,TIME,DATA[,EXTRA]]`) as three pieces.
+    pub fn compact_tail(&self) -> [&str; 3] {
+        let tail = self.compact.get_or_init(|| {
             let p: herald_protocol::Publication = serde_json::from_str(self.publication_json())
                 .expect("the hub's own publication JSON parses");
-            herald_protocol::compact::encode_tail(&p).into_boxed_str()
-        })
+            CompactTail::new(&p, self.frame.as_str())
+        });
+        tail.pieces(self.frame.as_str())
     }
 
     /// The publication object alone (to embed in replies).
@@ -142,5 +188,32 @@ mod tests {
             herald_protocol::ServerMessage::parse(enc.frame.as_str()).unwrap(),
             herald_protocol::ServerMessage::Publication(_)
         ));
+    }
+
+    #[test]
+    fn the_compact_tail_points_into_the_frame_for_new_and_stored_publications() {
+        for (kind, data) in
+            [("message", r#"{"x":",\"data\":1","time":"2"}"#), ("t", "null"), ("message", "[1,2]")]
+        {
+            let p = Publication {
+                channel: "c\"data\":".into(),
+                epoch: "e".into(),
+                offset: 3,
+                id: "e-3".into(),
+                kind: kind.into(),
+                data: RawValue::from_string(data.into()).unwrap(),
+                time: "2026-12-02T00:00:00.000Z".into(),
+                meta: Meta { source: Some("api".into()), ..Meta::default() },
+                key: None,
+                op: None,
+            };
+            let want = herald_protocol::compact::encode_tail(&p);
+            let made = Encoded::new(&p, "c".into(), "e".into());
+            assert_eq!(made.compact_tail().concat(), want);
+            assert!(!made.compact.get().unwrap().data.is_empty(), "the payload is not copied");
+            let stored = Encoded::from_json("c", "e", 3, made.publication_json());
+            assert!(stored.compact.get().is_none(), "made lazily");
+            assert_eq!(stored.compact_tail().concat(), want);
+        }
     }
 }

@@ -49,11 +49,13 @@ impl Batch {
 
     /// A protocol v2 publication: `[N` and the tail shared by its subscribers, written straight
     /// into the frame being built.
-    fn add_compact(&mut self, n: u32, tail: &str) {
+    fn add_compact(&mut self, n: u32, tail: [&str; 3]) {
         use std::fmt::Write;
-        self.start_line(11 + tail.len());
+        self.start_line(11 + tail.iter().map(|t| t.len()).sum::<usize>());
         let _ = write!(self.current, "[{n}");
-        self.current.push_str(tail);
+        for piece in tail {
+            self.current.push_str(piece);
+        }
     }
 
     /// Makes room for a line of `len` bytes in `current`: after a `\n`, or in a new frame.
