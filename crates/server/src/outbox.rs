@@ -26,8 +26,8 @@ pub enum Outgoing {
     Reset(Arc<str>),
     /// An event of a view subscription, encoded for it (crate::views).
     View {
-        /// The `{"push":"view",...}` frame.
-        frame: String,
+        /// The `{"push":"view",...}` frame (shared by the followers of a presence channel).
+        frame: Arc<str>,
         /// When the publication behind it was accepted, for the latency histogram.
         accepted: std::time::Instant,
     },

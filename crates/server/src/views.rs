@@ -444,7 +444,7 @@ impl ViewSet {
                 && let Some(change) = &p.change
             {
                 let parsed = Parsed::new(change);
-                Self::emit(entry, &parsed, change, &p);
+                Self::emit(entry, &parsed, change, &p, &mut None);
             }
         }
         true
@@ -475,21 +475,38 @@ impl ViewSet {
         candidates.sort_unstable();
         candidates.dedup();
         let mut sent = 0;
+        let mut presence = None;
         for slot in candidates {
             let Some(entry) = self.entries[slot].as_mut() else { continue };
             if matches!(entry.stage, Stage::Active { from } if p.offset > from) {
-                sent += usize::from(Self::emit(entry, &parsed, change, p));
+                sent += usize::from(Self::emit(entry, &parsed, change, p, &mut presence));
             }
         }
         sent
     }
 
     /// Queues the event a write makes for one view, if any; true when one was queued.
-    fn emit(entry: &mut Entry, parsed: &Parsed<'_>, change: &RecordChange, p: &Encoded) -> bool {
+    /// `presence` holds the presence event of this write once made: it is the same for every
+    /// follower of the channel, so N followers share one frame (N joins made N² frames).
+    fn emit(
+        entry: &mut Entry,
+        parsed: &Parsed<'_>,
+        change: &RecordChange,
+        p: &Encoded,
+        presence: &mut Option<(ViewOperation, Arc<str>)>,
+    ) -> bool {
         let Some((operation, reason)) = parsed.decide(&entry.selection) else { return false };
-        let frame = match &mut entry.format {
-            Format::View => event_push(&entry.sub, operation, reason, change, p),
-            Format::Presence { channel } => presence_event(channel, operation, parsed, change, p),
+        let frame: Arc<str> = match &mut entry.format {
+            Format::View => event_push(&entry.sub, operation, reason, change, p).into(),
+            Format::Presence { channel } => match presence {
+                Some((op, frame)) if *op == operation => frame.clone(),
+                _ => {
+                    let frame: Arc<str> =
+                        presence_event(channel, operation, parsed, change, p).into();
+                    *presence = Some((operation, frame.clone()));
+                    frame
+                }
+            },
             Format::Counts { channel, members, users } => {
                 let user = user_of(match operation {
                     ViewOperation::Delete => change.before.as_deref(),
@@ -517,6 +534,7 @@ impl ViewSet {
                     "users": users.len(), "epoch": &*p.epoch, "offset": p.offset,
                 })
                 .to_string()
+                .into()
             }
         };
         let _ = entry.outbox.push(Outgoing::View { frame, accepted: p.accepted });

@@ -223,11 +223,15 @@ impl Session {
             return Ok(close);
         }
         let bytes = batch.bytes;
+        // One frame at a time, each flushed: frames fed ahead of a full socket would pile up in
+        // its write buffer, which keeps that size for the connection's life (a follower that
+        // fell behind during a burst kept a buffer as large as the burst). Frames are up to
+        // MAX_BATCH_BYTES, so this costs no extra writes.
         let write = async {
             for frame in batch.frames {
-                socket.feed(Message::Text(frame)).await?;
+                socket.send(Message::Text(frame)).await?;
             }
-            socket.flush().await
+            Ok::<(), axum::Error>(())
         };
         let written = tokio::select! {
             r = write => r.is_ok(),
