@@ -10,7 +10,9 @@
 //! - [`ApiClient`]: the hub's HTTP API (publish, broadcast, history, state, channels, info).
 //! - [`raw`]: one bare WebSocket connection speaking protocol v1, for tools such as the benchmark.
 //!
-//! Wire types come from `herald_protocol`; docs/protocol.md is the contract.
+//! Wire types come from `herald_protocol`; docs/protocol.md is the contract. The client asks
+//! for protocol version 2 (compact live publications, §17) and rebuilds the same
+//! [`Publication`](herald_protocol::Publication) a version 1 hub sends.
 //!
 //! # Layout
 //!
