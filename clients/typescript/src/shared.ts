@@ -475,8 +475,9 @@ export class ShareLeader {
     const info = this.client.info!;
     c.connectId = undefined;
     c.connected = true;
-    // No `expires_at`: the leader refreshes its own token; tabs have nothing to refresh.
-    this.reply(c.key, id, { ...info, expires_at: undefined });
+    // No `expires_at`: the leader refreshes its own token; tabs have nothing to refresh. The
+    // leader speaks protocol version 1 to the tabs, whatever its own connection negotiated.
+    this.reply(c.key, id, { ...info, version: 1, expires_at: undefined });
   }
 
   /** A tab page went: its connections are closed. */

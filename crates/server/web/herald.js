@@ -321,6 +321,18 @@ class Presence extends Emitter {
     _onList(msg) {
         if (this.follow !== 'members')
             return;
+        if (msg.more === true || this._parts) {
+            // A list in parts: collect them (all at one position), apply the whole list at the last.
+            const parts = this._parts;
+            const same = parts !== undefined && parts.epoch === msg.epoch && parts.offset === msg.offset;
+            const members = [...(same ? parts.members : []), ...(msg.members ?? [])];
+            if (msg.more === true) {
+                this._parts = { epoch: msg.epoch, offset: msg.offset, members };
+                return;
+            }
+            this._parts = undefined;
+            msg = { ...msg, members };
+        }
         this.stats.lists += 1;
         if (msg.recovered === true && this.position && msg.epoch === this.position.epoch) {
             // The replayed pushes that follow advance the position.
@@ -1411,8 +1423,9 @@ class ShareLeader {
         const info = this.client.info;
         c.connectId = undefined;
         c.connected = true;
-        // No `expires_at`: the leader refreshes its own token; tabs have nothing to refresh.
-        this.reply(c.key, id, { ...info, expires_at: undefined });
+        // No `expires_at`: the leader refreshes its own token; tabs have nothing to refresh. The
+        // leader speaks protocol version 1 to the tabs, whatever its own connection negotiated.
+        this.reply(c.key, id, { ...info, version: 1, expires_at: undefined });
     }
     /** A tab page went: its connections are closed. */
     tabGone(tab) {
