@@ -249,6 +249,7 @@ impl Client {
             waiters: Vec::new(),
             seen: Snapshot::default(),
             recent: Default::default(),
+            more: false,
         };
         let task = tokio::spawn(actor.run(rx));
         Client { member: format!("{user}/tab"), info, cmds, task }
@@ -324,6 +325,9 @@ struct Actor {
     seen: Snapshot,
     /// The last pushes, for failure messages.
     recent: std::collections::VecDeque<String>,
+    /// A `presence_list` in parts is being read (the last part had `more: true`): the member
+    /// map is not whole yet.
+    more: bool,
 }
 
 /// The next message of `conn`, or never when there is no connection.
@@ -436,6 +440,7 @@ impl Actor {
     /// again when a member.
     async fn reconnect(&mut self) {
         self.conn = None;
+        self.more = false;
         let Some(url) = self.url.clone() else { return };
         let started = Instant::now();
         let conn = loop {
@@ -492,6 +497,14 @@ impl Actor {
                     let pos = self.pos.as_ref().unwrap();
                     assert_eq!(body["epoch"].as_str(), Some(pos.epoch.as_str()), "{who}: epoch");
                     assert!(body["offset"].as_u64().unwrap() >= pos.offset, "{who}: {body}");
+                } else if self.more {
+                    // The next part of a list: same position, more members.
+                    let pos = self.pos.as_ref().expect("a list part after the first");
+                    assert_eq!(body["epoch"].as_str(), Some(pos.epoch.as_str()), "{who}: part");
+                    assert_eq!(body["offset"].as_u64(), Some(pos.offset), "{who}: part offset");
+                    let part = body["members"].as_array().expect("members");
+                    self.seen.members.extend(part.iter().map(member_entry));
+                    self.more = body["more"] == true;
                 } else {
                     if self.pos.is_some() {
                         self.seen.fresh_lists += 1;
@@ -504,6 +517,7 @@ impl Actor {
                         .collect();
                     self.pos = None;
                     self.check_position(&body, false);
+                    self.more = body["more"] == true;
                 }
             }
             ServerMessage::Event { push, body } if push == "presence" => {
@@ -537,6 +551,9 @@ impl Actor {
     }
 
     fn answer_waiters(&mut self) {
+        if self.more {
+            return; // half a member list says nothing yet
+        }
         let members = &self.seen.members;
         let (ready, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.waiters).into_iter().partition(|(pred, _)| pred(members));

@@ -79,12 +79,9 @@ struct Session {
     last_seen: Instant,
     /// Command rate limit.
     rate: RateLimit,
-    /// Protocol v2 (asked at `connect`): the number the next subscription gets, for its compact
-    /// live publications (`herald_protocol::compact`). `None`: version 1.
-    compact: Option<u32>,
 }
 
-/// What a session keeps for views, presence and volatile events.
+/// What a session keeps for views, presence, volatile events and protocol v2.
 #[derive(Default)]
 struct Extras {
     /// View subscriptions: name → channel (their state lives in the fan-out, crate::views).
@@ -93,6 +90,10 @@ struct Extras {
     presence: HashMap<Arc<str>, cmd::Membership>,
     /// Volatile events allowed now, per namespace.
     volatile_rate: HashMap<String, rate::TokenBucket>,
+    /// Protocol v2 (asked at `connect`): the number the next subscription gets, for its compact
+    /// live publications (`herald_protocol::compact`). `None`: version 1. Here, not inline:
+    /// the idle session future stays under 1 KiB.
+    compact: Option<u32>,
 }
 
 /// Why the session ends: the close code and reason it sends.
@@ -117,7 +118,6 @@ where
         subs: HashMap::new(),
         extras: Box::default(),
         last_seen: Instant::now(),
-        compact: None,
     };
     let close = if !upgrade.origin_allowed {
         tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %upgrade.ip, reason = "origin not allowed");

@@ -79,9 +79,9 @@ impl Session {
         }
         // Protocol v2: a number per subscribe (a resubscribe gets a new one, so a late frame of
         // the old subscription can never be read as the new one's).
-        let n = self.compact;
+        let n = self.extras.compact;
         if let Some(next) = n {
-            self.compact = Some(next.wrapping_add(1).max(1));
+            self.extras.compact = Some(next.wrapping_add(1).max(1));
         }
         let line = reply::reply_ok(
             id,
