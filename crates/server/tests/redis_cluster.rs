@@ -153,6 +153,75 @@ async fn killed_node_clients_resume_elsewhere() {
     .await;
 }
 
+/// SIGTERM of a node while publications flow (issue 18, item 5): it leaves the cluster view
+/// before it exits (not a heartbeat expiry later), its clients move to the other nodes and
+/// resume, and every subscriber ends with every offset exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_node_deregisters_and_its_clients_resume_elsewhere() {
+    let redis = Redis::start();
+    let mut nodes: Vec<Node> =
+        (0..3).map(|i| Node::start(&redis.url(), &format!("term-{i}"))).collect();
+    let urls: Vec<String> = nodes.iter().map(Node::ws_url).collect();
+    let mut subs = Vec::new();
+    for i in 0..6 {
+        let mut list = urls.clone();
+        list.rotate_left(i % 3);
+        subs.push(Subscriber::start(sub_opts(list, "drain")).await);
+    }
+    let api = Api::default();
+    let base = nodes[1].http();
+    eventually(Duration::from_secs(15), "three nodes in /api/info", || {
+        let (api, base) = (api.clone(), base.clone());
+        async move {
+            let (_, info) = api.get(&base, "/api/info").await;
+            (info["nodes"].as_array()?.len() == 3).then_some(())
+        }
+    })
+    .await;
+    const TOTAL: u64 = 2000;
+    let publisher = {
+        let (api, base) = (api.clone(), nodes[2].http());
+        tokio::spawn(async move {
+            for i in 0..TOTAL {
+                let (status, body) =
+                    api.publish(&base, json!({"channel": "drain", "data": i})).await;
+                assert_eq!(status, 200, "{body}");
+            }
+        })
+    };
+    let watched = subs[0].log.clone();
+    eventually(Duration::from_secs(30), "500 publications delivered", || {
+        let n = watched.lock().pubs.len();
+        async move { (n >= 500).then_some(()) }
+    })
+    .await;
+    let status = nodes[0].terminate();
+    assert!(status.success(), "a drained node exits 0: {status:?}");
+    // Gone from the view at once: the registration was deleted before the process exited.
+    let (_, info) = api.get(&base, "/api/info").await;
+    let ids: Vec<&str> =
+        info["nodes"].as_array().unwrap().iter().filter_map(|n| n["id"].as_str()).collect();
+    assert!(!ids.contains(&"term-0"), "the terminated node is still listed: {ids:?}");
+    assert_eq!(ids.len(), 2, "the two others are: {ids:?}");
+    publisher.await.unwrap();
+    for s in &subs {
+        s.wait_offset(TOTAL, Duration::from_secs(60)).await;
+    }
+    for (i, s) in subs.iter().enumerate() {
+        let l = s.log.lock();
+        assert!(l.errors.is_empty(), "subscriber {i}: {:?}", l.errors);
+        assert_eq!(l.offsets(), (1..=TOTAL).collect::<Vec<_>>(), "subscriber {i}");
+        if i % 3 == 0 {
+            assert!(l.connections >= 2, "subscriber {i} on the terminated node reconnected");
+            assert!(
+                l.replies[1..].iter().all(|r| r["recovered"] == true),
+                "resumes after the drain recover: {:?}",
+                &l.replies[1..]
+            );
+        }
+    }
+}
+
 /// Restart redis-server (all data lost): nodes reconnect by themselves and their clients get
 /// `epoch_changed` resyncs (with a fresh snapshot on keyed channels), then the new stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

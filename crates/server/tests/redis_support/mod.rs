@@ -105,6 +105,11 @@ impl Node {
     pub fn kill9(&mut self) {
         self.process.kill();
     }
+
+    /// SIGTERM, and waits until the process is gone (graceful drain and deregistration).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.process.terminate()
+    }
 }
 
 /// A token for `sub` allowed every channel.
