@@ -7,8 +7,9 @@
 // plain asset of the hub, which opens no connection of its own.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { api, startHub, until } from '../../clients/typescript/test/helpers.mjs';
@@ -25,7 +26,12 @@ let context;
 const pageErrors = [];
 
 before(async () => {
-  hub = await startHub();
+  // History deeper than the stream: the leader tab's page may lag the hub by more than the
+  // default 1,000 publications (the hub then closes it as a slow consumer, 4001), and a resume
+  // must still find every publication it missed, or the test would be checking a resync.
+  const config = join(mkdtempSync(join(tmpdir(), 'herald-share-')), 'herald.toml');
+  writeFileSync(config, '[namespaces.share]\nsubscribe = "anyone"\nanonymous = true\nclient_publish = true\nhistory_size = 5000\nmax_recover = 5000\n');
+  hub = await startHub({ extra: ['--config', config] });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
   context = await browser.newContext();
   const bundle = readFileSync(bundlePath, 'utf8');
@@ -53,10 +59,10 @@ async function tab(channel, share) {
       const client = new HeraldClient({ url, share, backoff: { initialMs: 50, maxMs: 500, maxAttempts: 100 } });
       const sub = client.subscribe(channel);
       window.got = [];
-      window.resyncs = 0;
+      window.resyncs = [];
       window.states = [];
       sub.on('publication', (p) => window.got.push(p.offset));
-      sub.on('resync', () => window.resyncs++);
+      sub.on('resync', (r) => window.resyncs.push(r.reason));
       client.on('state', (s) => window.states.push(s.state));
       window.client = client;
       await client.connect();
@@ -70,7 +76,7 @@ async function tab(channel, share) {
 const got = (page) => page.evaluate(() => window.got);
 
 test('three tabs share one WebSocket; a publication reaches each once; the leader closes mid-stream', async () => {
-  const channel = 'demo:share-e2e';
+  const channel = 'share:e2e';
   assert.equal(await connections(), 0);
   // The first page takes the lock (it asked first), so it is the leader.
   const leader = await tab(channel, true);
@@ -92,12 +98,17 @@ test('three tabs share one WebSocket; a publication reaches each once; the leade
     if (i === 700) await leader.close();
   }
   const want = Array.from({ length: last - first.offset + 1 }, (_, i) => first.offset + i);
-  for (const p of followers) await p.waitForFunction((o) => window.got.at(-1) === o, last, { timeout: T });
+  for (const p of followers) {
+    await p.waitForFunction((o) => window.got.at(-1) === o, last, { timeout: T }).catch(async (err) => {
+      const seen = await p.evaluate(() => ({ count: window.got.length, last: window.got.at(-1), resyncs: window.resyncs, states: window.states }));
+      throw new Error(`a follower stopped short of offset ${last}: ${JSON.stringify(seen)}`, { cause: err });
+    });
+  }
   for (const p of followers) {
     const offsets = await got(p);
     assert.equal(offsets.length, want.length, 'every offset once');
     assert.deepEqual(offsets, want);
-    assert.equal(await p.evaluate(() => window.resyncs), 0);
+    assert.deepEqual(await p.evaluate(() => window.resyncs), []);
     // The takeover was seen as a reconnect of the tab's own (virtual) connection.
     assert.ok((await p.evaluate(() => window.states)).includes('reconnecting'));
   }
