@@ -773,9 +773,11 @@ impl Driver {
                 snapshot,
                 view: Default::default(),
                 presence,
+                preview: sub.opts.preview,
             },
             pending,
         );
+        sub.chunks.reset();
         sub.status = SubStatus::Pending;
     }
 
@@ -814,6 +816,32 @@ impl Driver {
                     disconnect,
                     refresh_at,
                 );
+            }
+            ServerMessage::Chunk(c) => {
+                use herald_protocol::chunk::Assembled;
+                let sub = self.subs.get_mut(&c.channel)?;
+                if sub.status != SubStatus::Active {
+                    return None;
+                }
+                let channel = c.channel.clone();
+                match sub.chunks.push(c) {
+                    Ok(Assembled::Progress { offset, received, bytes }) => {
+                        let _ = sub.tx.send(SubEvent::Progress { offset, received, bytes });
+                    }
+                    Ok(Assembled::Complete(p)) => {
+                        return self.on_message(
+                            ServerMessage::Publication(*p),
+                            conn,
+                            disconnect,
+                            refresh_at,
+                        );
+                    }
+                    Err(e) => {
+                        // A part missing: what was received cannot be completed.
+                        tracing::warn!(%channel, error = %e, "herald chunk out of order; resubscribing");
+                        self.send_subscribe(conn, &channel, true);
+                    }
+                }
             }
             ServerMessage::Publication(p) => {
                 let sub = self.subs.get_mut(&p.channel)?;

@@ -27,9 +27,19 @@ pub struct SubscribeOptions {
     /// This member's id (the `ID` of `USER/ID`). Default: the [`crate::Client`]'s own random id,
     /// the same across reconnects, so that a reconnect rejoins as the same member.
     pub member: Option<String>,
+    /// Publications whose `data` is longer than this many bytes come as a truncated preview:
+    /// `data` is a string of the payload's first bytes and `truncated` its full length; the
+    /// whole one can be read with `history` (protocol §18).
+    pub preview: Option<u32>,
 }
 
 impl SubscribeOptions {
+    /// Asks for a truncated preview of publications whose `data` is longer than `bytes`.
+    pub fn preview(mut self, bytes: u32) -> SubscribeOptions {
+        self.preview = Some(bytes.max(1));
+        self
+    }
+
     /// Follows the channel's presence: the member list or only its counts.
     pub fn presence(mut self, mode: PresenceMode) -> SubscribeOptions {
         self.presence = Some(mode);
@@ -89,6 +99,17 @@ pub enum SubEvent {
     },
     /// The next publication, in offset order, never twice.
     Publication(Publication),
+    /// Part of a large publication arrived (protocol §18): `received` of its `bytes` so far.
+    /// The publication itself follows as [`SubEvent::Publication`] once every part is in; a
+    /// connection lost in between starts it again.
+    Progress {
+        /// The publication's offset.
+        offset: u64,
+        /// Bytes of it received.
+        received: u64,
+        /// Its size in bytes.
+        bytes: u64,
+    },
     /// Continuity was lost (the hub's stream was reset, or what was missed left the history):
     /// reload application state. Publications after `position` follow.
     Resync {

@@ -143,6 +143,8 @@ pub(crate) struct Sub {
     pub status: SubStatus,
     /// Protocol v2: its number on the current connection (the last reply's `n`).
     pub number: Option<u32>,
+    /// A large publication being received in parts (protocol §18).
+    pub chunks: herald_protocol::chunk::Assembler,
 }
 
 /// Where a subscription's subscribe stands on the current connection.
@@ -170,6 +172,7 @@ impl Sub {
             initial: true,
             status: SubStatus::Idle,
             number: None,
+            chunks: Default::default(),
         }
     }
 
@@ -299,6 +302,7 @@ mod tests {
             meta: Default::default(),
             key: None,
             op: None,
+            truncated: None,
         }
     }
 

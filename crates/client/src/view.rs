@@ -367,6 +367,7 @@ impl ViewSub {
             snapshot: false,
             view: self.query.clone(),
             presence: Default::default(),
+            preview: None,
         }
     }
 
@@ -470,6 +471,7 @@ mod tests {
                 meta: Default::default(),
                 key: Some(key.into()),
                 op: None,
+                truncated: None,
             },
         }
     }

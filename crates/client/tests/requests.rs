@@ -166,6 +166,7 @@ async fn raw_layer_speaks_batched_frames() {
                 snapshot: false,
                 view: Default::default(),
                 presence: Default::default(),
+                preview: None,
             },
         },
         Request { id: Some(3), command: Command::Ping { timestamp: None } },

@@ -34,6 +34,7 @@ fn subscribe_cmd(channel: &str) -> Command {
         snapshot: false,
         view: Default::default(),
         presence: Default::default(),
+        preview: None,
     }
 }
 

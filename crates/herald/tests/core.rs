@@ -128,6 +128,7 @@ async fn bad_requests_get_codes_and_the_connection_survives() {
         snapshot: false,
         view: Default::default(),
         presence: Default::default(),
+        preview: None,
     };
     assert_eq!(ws.request(sub("session:2")).await.unwrap_err().code, 103, "forbidden channel");
     assert_eq!(ws.request(sub("nowhere:1")).await.unwrap_err().code, 102, "unknown namespace");
@@ -182,6 +183,7 @@ async fn anonymous_auth_timeout_and_binary_frames() {
             snapshot: false,
             view: Default::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .unwrap_err();
@@ -432,6 +434,7 @@ async fn subscribe_hook_decides_and_is_cached() {
         snapshot: false,
         view: Default::default(),
         presence: Default::default(),
+        preview: None,
     };
     assert_eq!(alice.request(sub("campaign:2")).await.unwrap_err().code, 103);
     let mut again = client(&hub, "alice", &[]).await;
@@ -459,6 +462,7 @@ async fn per_connection_limits_have_codes() {
             snapshot: false,
             view: Default::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await;
     assert_eq!(err.unwrap_err().code, 106);
@@ -497,6 +501,7 @@ async fn audit_log_as_json_lines() {
             snapshot: false,
             view: Default::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await;
     assert_eq!(err.unwrap_err().code, 103);

@@ -98,6 +98,7 @@ async fn other_tokens_may_not_subscribe_and_nobody_may_publish() {
             snapshot: false,
             view: Default::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .unwrap_err();

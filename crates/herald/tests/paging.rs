@@ -45,6 +45,7 @@ async fn a_resume_larger_than_the_queue_is_paged_in_order_with_live_publications
             snapshot: false,
             view: Default::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .expect("the resume is answered, not closed");
@@ -184,6 +185,7 @@ async fn a_slow_consumer_under_default_settings_resumes_recovered() {
             snapshot: false,
             view: Default::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .unwrap();

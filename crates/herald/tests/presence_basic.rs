@@ -28,6 +28,7 @@ async fn join(ws: &mut Ws, channel: &str, q: PresenceQuery) -> Value {
         snapshot: false,
         view: ViewQuery::default(),
         presence: q,
+        preview: None,
     })
     .await
     .expect("subscribe")
@@ -232,6 +233,7 @@ async fn volatile_events_reach_subscribers_are_kept_nowhere_and_are_rate_limited
             snapshot: false,
             view: ViewQuery::default(),
             presence: presence(Some(PresenceMode::Members), "x", json!(null)),
+            preview: None,
         })
         .await
         .unwrap_err();

@@ -284,6 +284,7 @@ async fn subscribe(ws: &mut Ws, channel: &str, presence: PresenceQuery) -> Value
         snapshot: false,
         view: ViewQuery::default(),
         presence,
+        preview: None,
     })
     .await
     .expect("subscribe")
@@ -402,6 +403,7 @@ async fn volatile_events_cross_nodes_and_are_kept_nowhere() {
             snapshot: false,
             view: ViewQuery::default(),
             presence: PresenceQuery::default(),
+            preview: None,
         })
         .await
         .expect("resume");

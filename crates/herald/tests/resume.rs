@@ -42,6 +42,7 @@ async fn resume(ws: &mut Ws, channel: &str, pos: Position, snapshot: bool) -> Va
         snapshot,
         view: Default::default(),
         presence: Default::default(),
+        preview: None,
     })
     .await
     .expect("resume")
@@ -162,6 +163,7 @@ async fn hammer_snapshots_plus_stream_equal_final_state() {
                     snapshot: true,
                     view: Default::default(),
                     presence: Default::default(),
+                    preview: None,
                 })
                 .await
                 .unwrap();

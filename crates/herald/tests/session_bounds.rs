@@ -88,6 +88,7 @@ async fn refresh_to_a_narrower_token_ends_the_subscriptions_it_no_longer_grants(
             snapshot: false,
             view: Default::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await;
     assert_eq!(code(&again.unwrap_err()), 103);
@@ -108,6 +109,7 @@ async fn an_anonymous_connection_is_told_to_log_in_not_forbidden() {
             snapshot: false,
             view: Default::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .unwrap_err();
@@ -121,6 +123,7 @@ async fn an_anonymous_connection_is_told_to_log_in_not_forbidden() {
             snapshot: false,
             view: Default::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .unwrap_err();

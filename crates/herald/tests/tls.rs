@@ -271,6 +271,7 @@ async fn https_and_wss_survive_a_certificate_reload_on_sighup() {
         snapshot: false,
         view: Default::default(),
         presence: Default::default(),
+        preview: None,
     })
     .await;
 

@@ -40,6 +40,7 @@ async fn subscribe(ws: &mut Ws, q: ViewQuery) -> Value {
         snapshot: false,
         view: q,
         presence: Default::default(),
+        preview: None,
     })
     .await
     .expect("view subscribe")
@@ -74,6 +75,7 @@ async fn a_view_reports_exactly_what_each_write_does_to_it() {
             snapshot: false,
             view: view(Some("ActiveTasks"), None),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .unwrap_err();
@@ -160,6 +162,7 @@ async fn bad_filters_and_unknown_views_are_invalid_filter_with_a_column() {
                 snapshot: false,
                 view: q,
                 presence: Default::default(),
+                preview: None,
             })
             .await
             .unwrap_err();
@@ -174,6 +177,7 @@ async fn bad_filters_and_unknown_views_are_invalid_filter_with_a_column() {
             snapshot: false,
             view: view(Some("TaskDetail"), None),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .unwrap_err();
@@ -203,6 +207,7 @@ async fn a_token_filter_narrows_every_view_and_forbids_the_whole_channel() {
             snapshot: true,
             view: ViewQuery::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .unwrap_err();
@@ -236,6 +241,7 @@ async fn a_resumed_view_gets_the_events_it_missed_and_nothing_else() {
             snapshot: false,
             view: view(Some("ActiveTasks"), None),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .unwrap();
@@ -283,6 +289,7 @@ async fn the_subscribe_hook_can_hold_a_user_to_a_filter() {
             snapshot: false,
             view: ViewQuery::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .unwrap_err();

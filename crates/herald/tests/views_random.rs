@@ -239,6 +239,7 @@ async fn a_record_that_moves_is_deleted_on_every_subscriber_of_its_view_and_no_o
                     snapshot: false,
                     view: q,
                     presence: Default::default(),
+                    preview: None,
                 })
                 .await
                 .expect("subscribe");

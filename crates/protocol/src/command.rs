@@ -38,6 +38,9 @@ pub enum Command {
         snapshot: bool,
         view: ViewQuery,
         presence: PresenceQuery,
+        /// Publications whose `data` is longer than this many bytes come as a truncated
+        /// preview (protocol §18).
+        preview: Option<u32>,
     },
     /// Stop receiving a channel (`sub` names a view subscription).
     Unsubscribe { channel: String, sub: Option<String> },
@@ -214,11 +217,12 @@ enum Field {
     Info,
     After,
     Version,
+    Preview,
 }
 
 impl Field {
     /// In bit order.
-    const ALL: [Field; 25] = [
+    const ALL: [Field; 26] = [
         Field::Id,
         Field::Cmd,
         Field::Channel,
@@ -244,6 +248,7 @@ impl Field {
         Field::Info,
         Field::After,
         Field::Version,
+        Field::Preview,
     ];
 
     const fn bit(self) -> u32 {
@@ -277,6 +282,7 @@ impl Field {
             Field::Info => "info",
             Field::After => "after",
             Field::Version => "version",
+            Field::Preview => "preview",
         }
     }
 
@@ -302,6 +308,7 @@ impl Field {
                 PresenceSince,
                 Member,
                 Info,
+                Preview,
             ],
             "presence_update" => &[Channel, Info],
             "presence" => &[Channel, Limit, After],
@@ -371,6 +378,8 @@ struct Wire<'a> {
     info: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     after: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preview: Option<u32>,
 }
 
 /// One message object as read: `id` and `cmd` decoded, every other field kept as raw JSON until
@@ -642,6 +651,12 @@ impl Request {
                 }
             }
             "subscribe" => Command::Subscribe {
+                preview: match w.get::<u32>(Field::Preview).map_err(bad)? {
+                    Some(0) => {
+                        return Err(bad("bad field `preview`: at least 1 byte".into()));
+                    }
+                    p => p,
+                },
                 channel: channel()?,
                 since: since()?,
                 snapshot: w.get::<bool>(Field::Snapshot).map_err(bad)?.unwrap_or(false),
@@ -757,8 +772,9 @@ impl Request {
                 w.name = name.as_deref();
                 w.version = *version;
             }
-            Command::Subscribe { channel, since, snapshot, view, presence } => {
+            Command::Subscribe { channel, since, snapshot, view, presence, preview } => {
                 w.cmd = "subscribe";
+                w.preview = *preview;
                 w.presence = presence.mode.map(|m| match m {
                     PresenceMode::Members => serde_json::Value::Bool(true),
                     PresenceMode::Counts => serde_json::Value::String("counts".into()),

@@ -244,6 +244,7 @@ impl Compact {
             meta: self.meta,
             key: self.key,
             op: self.op,
+            truncated: None,
         }
     }
 }
@@ -273,6 +274,7 @@ mod tests {
             meta,
             key,
             op,
+            truncated: None,
         }
     }
 

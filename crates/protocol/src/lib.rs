@@ -9,10 +9,12 @@
 //! - [`command`]: client → server commands and their parser.
 //! - [`reply`]: server → client replies and pushes.
 //! - [`compact`]: version 2's compact live publication frame.
+//! - [`chunk`]: version 2's large publications in parts, and truncated previews.
 //!
 //! A WebSocket text frame holds one or more messages separated by `\n` (JSON never contains a raw
 //! newline), so a busy sender can batch.
 
+pub mod chunk;
 pub mod codes;
 pub mod command;
 pub mod compact;

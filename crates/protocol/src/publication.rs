@@ -147,6 +147,10 @@ pub struct Publication {
     /// What the publication does to the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op: Option<Op>,
+    /// A truncated preview (subscribe `preview`): `data` is a string of the first bytes of the
+    /// payload's JSON text, which was this many bytes long (protocol §18).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<u64>,
 }
 
 impl Publication {

@@ -297,6 +297,8 @@ pub enum ServerMessage {
     /// Protocol v2: a live publication in compact form; the subscription numbered `n` gives it
     /// its channel and epoch ([`crate::compact::Compact::into_publication`]).
     Compact(crate::compact::Compact),
+    /// Protocol v2: one part of a large publication ([`crate::chunk`]).
+    Chunk(crate::chunk::Chunk),
     /// Heartbeat: answer with `{"cmd":"pong"}`.
     Ping,
     /// The server ended a subscription. `resubscribe` says whether to subscribe again (with
@@ -369,6 +371,9 @@ impl ServerMessage {
                     w.publication.map(ServerMessage::Publication).ok_or("pub without body".into())
                 }
                 "ping" => Ok(ServerMessage::Ping),
+                "chunk" => serde_json::from_str(line)
+                    .map(ServerMessage::Chunk)
+                    .map_err(|e| format!("bad chunk: {e}")),
                 "unsubscribe" => Ok(ServerMessage::Unsubscribe {
                     channel: w.channel.unwrap_or_default(),
                     code: w.code.unwrap_or(0),

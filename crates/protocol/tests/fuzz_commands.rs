@@ -197,7 +197,8 @@ fn command() -> BoxedStrategy<Command> {
                 since,
                 snapshot,
                 view: Default::default(),
-                presence: Default::default()
+                presence: Default::default(),
+                preview: None,
             }
         ),
         text().prop_map(|channel| Command::Unsubscribe { channel, sub: None }),

@@ -88,6 +88,7 @@ fn publication() -> BoxedStrategy<Publication> {
             meta,
             key,
             op,
+            truncated: None,
         })
         .boxed()
 }

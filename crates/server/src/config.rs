@@ -380,6 +380,10 @@ pub struct Namespace {
     /// Volatile events (`volatile`) one connection may send per second to this namespace
     /// (0: none); a connection allowed to publish here may send them.
     pub volatile_per_second: u32,
+    /// On protocol v2 connections, a publication whose frame is larger than this goes in parts
+    /// of at most this many bytes (protocol §18), so a large output never holds up the
+    /// connection's other channels and no socket keeps a write buffer its size (0: never).
+    pub chunk_bytes: usize,
 }
 
 impl Default for Namespace {
@@ -403,6 +407,7 @@ impl Default for Namespace {
             max_presence_info_bytes: 1024,
             presence_window: Duration::from_millis(100),
             volatile_per_second: 30,
+            chunk_bytes: 16 * 1024,
         }
     }
 }
@@ -544,6 +549,11 @@ impl Config {
             if ns.presence_window > Duration::from_secs(10) {
                 return Err(ConfigError::Invalid(format!(
                     "namespace {name:?}: presence_window must be at most 10s"
+                )));
+            }
+            if ns.chunk_bytes != 0 && ns.chunk_bytes < 1024 {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {name:?}: chunk_bytes must be 0 (never) or at least 1024"
                 )));
             }
             if ns.max_key_bytes == 0 || ns.max_key_bytes > ns.max_state_bytes {

@@ -180,6 +180,7 @@ mod tests {
             meta: Meta::default(),
             key: None,
             op: None,
+            truncated: None,
         };
         let enc = Encoded::new(&p, "c".into(), "e".into());
         let back: Publication = serde_json::from_str(enc.publication_json()).unwrap();
@@ -206,6 +207,7 @@ mod tests {
                 meta: Meta { source: Some("api".into()), ..Meta::default() },
                 key: None,
                 op: None,
+                truncated: None,
             };
             let want = herald_protocol::compact::encode_tail(&p);
             let made = Encoded::new(&p, "c".into(), "e".into());

@@ -207,6 +207,7 @@ impl Adapter {
             snapshot: false,
             view: Default::default(),
             presence: Default::default(),
+            preview: None,
         };
         self.send(command)
     }
@@ -282,7 +283,8 @@ impl Adapter {
                 // SSE streams subscribe to plain channels only, on protocol version 1.
                 ServerMessage::View(_)
                 | ServerMessage::Event { .. }
-                | ServerMessage::Compact(_) => {}
+                | ServerMessage::Compact(_)
+                | ServerMessage::Chunk(_) => {}
                 ServerMessage::Disconnect { code, reason, reconnect } => {
                     let data = serde_json::json!({ "code": code, "reason": reason, "reconnect": reconnect });
                     out.push(Event::default().event("disconnect").data(data.to_string()));

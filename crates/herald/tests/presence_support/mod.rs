@@ -430,6 +430,7 @@ impl Actor {
                 member: Some("tab".into()),
                 info: Some(info),
             },
+            preview: None,
         };
         if let Some(r) = Box::pin(self.request(command)).await {
             r.unwrap_or_else(|e| panic!("{}: subscribe refused: {e}", self.who));

@@ -250,6 +250,7 @@ impl Ws {
             snapshot: false,
             view: Default::default(),
             presence: Default::default(),
+            preview: None,
         })
         .await
         .unwrap_or_else(|e| panic!("subscribe {channel}: {e}"))

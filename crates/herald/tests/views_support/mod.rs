@@ -513,6 +513,7 @@ pub async fn run_client(
                 snapshot: false,
                 view: spec.query.clone(),
                 presence: Default::default(),
+                preview: None,
             };
             let reply = match conn.request(command).await {
                 Ok(r) => r.unwrap_or_else(|e| panic!("{who}: subscribe refused: {e}")),

@@ -421,6 +421,7 @@ impl MemoryEngine {
                 meta: input.meta,
                 key: keyed.as_ref().map(|(k, _)| k.clone()),
                 op: keyed.as_ref().map(|(_, op)| *op),
+                truncated: None,
             };
             let record_change = match &change {
                 Some((key, before, after, ..)) if ns.views() => Some(Arc::new(RecordChange {

@@ -31,6 +31,10 @@ pub(super) struct Sub {
     pub(super) catchup_until: Option<u64>,
     /// Protocol v2: the number its compact publications carry; `None` on a v1 connection.
     pub(super) n: Option<u32>,
+    /// Publications whose frame is larger go in parts of this many bytes (0: never; v1).
+    pub(super) chunk: u32,
+    /// Publications whose `data` is longer go as a truncated preview.
+    pub(super) preview: Option<u32>,
 }
 
 impl Sub {

@@ -108,10 +108,7 @@ impl Delivery {
     pub(super) fn deliver(&mut self, sub: &mut Sub, p: &Arc<Encoded>) -> bool {
         match sub.check(p) {
             Continuity::Next => {
-                match sub.n {
-                    Some(n) => self.batch.add_compact(n, p.compact_tail()),
-                    None => self.batch.add_shared(&p.frame),
-                }
+                self.add_publication(sub, p);
                 self.delivered += 1;
                 self.oldest = Some(self.oldest.map_or(p.accepted, |o| o.min(p.accepted)));
                 true
@@ -120,6 +117,40 @@ impl Delivery {
             Continuity::Gap => {
                 self.gaps.push(p.channel.clone());
                 false
+            }
+        }
+    }
+}
+
+impl Delivery {
+    /// Writes `p` as `sub` takes it: a truncated preview, in parts, compact, or the shared frame.
+    fn add_publication(&mut self, sub: &Sub, p: &Encoded) {
+        let len = p.frame.len();
+        // The frame is longer than its `data`: only a frame over the limit may need cutting.
+        if let Some(max) = sub.preview
+            && len > max as usize
+            && let Some(short) = herald_protocol::chunk::preview(p.publication_json(), max as usize)
+        {
+            let mut line = String::with_capacity(reply::PUB_PREFIX.len() + short.len() + 1);
+            line.push_str(reply::PUB_PREFIX);
+            line.push_str(&short);
+            line.push('}');
+            self.batch.add(&line);
+        } else if sub.chunk > 0 && len > sub.chunk as usize {
+            let json = p.publication_json();
+            for line in herald_protocol::chunk::chunk_lines(
+                &p.channel,
+                &p.epoch,
+                p.offset,
+                json,
+                sub.chunk as usize,
+            ) {
+                self.batch.add(&line);
+            }
+        } else {
+            match sub.n {
+                Some(n) => self.batch.add_compact(n, p.compact_tail()),
+                None => self.batch.add_shared(&p.frame),
             }
         }
     }

@@ -41,14 +41,17 @@ impl Session {
         let result = match command {
             Command::Connect { .. } | Command::Pong => Ok(()),
             Command::Ping { timestamp } => self.ping(id, timestamp),
-            Command::Subscribe { channel, since, snapshot, view, presence } if !view.is_empty() => {
+            Command::Subscribe { channel, since, snapshot, view, presence, preview }
+                if !view.is_empty() =>
+            {
                 match presence.mode.is_some()
                     || presence.member.is_some()
                     || presence.info.is_some()
+                    || preview.is_some()
                 {
                     true => Err(ErrorBody::new(
                         ErrorCode::BadRequest,
-                        "presence goes with a channel subscription, not a view",
+                        "presence and preview go with a channel subscription, not a view",
                     )
                     .with_channel(channel)),
                     false => {
@@ -56,8 +59,9 @@ impl Session {
                     }
                 }
             }
-            Command::Subscribe { channel, since, snapshot, view: _, presence } => {
-                self.subscribe_channel(id, &principal, channel, since, snapshot, presence).await
+            Command::Subscribe { channel, since, snapshot, view: _, presence, preview } => {
+                let opts = subscribe::SubscribeOpts { snapshot, preview };
+                self.subscribe_channel(id, &principal, channel, since, opts, presence).await
             }
             Command::PresenceUpdate { channel, info } => {
                 self.presence_update(id, &principal, channel, info)
@@ -100,14 +104,14 @@ impl Session {
         principal: &crate::auth::Principal,
         channel: String,
         since: Option<herald_protocol::Position>,
-        snapshot: bool,
+        opts: subscribe::SubscribeOpts,
         presence: herald_protocol::PresenceQuery,
     ) -> Result<(), ErrorBody> {
         whole_channel(principal, &channel)?;
         let hub = self.hub.clone();
         let ns = hub.namespace(&channel)?;
         self.check_presence(ns, &channel, &presence)?;
-        self.subscribe(id, principal, channel.clone(), since, snapshot).await?;
+        self.subscribe(id, principal, channel.clone(), since, opts).await?;
         if ns.presence
             && !self.extras.presence.contains_key(channel.as_str())
             && let Err(e) = self.join_presence(principal, ns, &channel, presence).await

@@ -12,6 +12,15 @@ use herald_protocol::{ErrorBody, ErrorCode, Position};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+/// How a subscription wants its publications.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SubscribeOpts {
+    /// Start with the keyed state's records.
+    pub(crate) snapshot: bool,
+    /// Publications whose `data` is longer come as a truncated preview (protocol §18).
+    pub(crate) preview: Option<u32>,
+}
+
 impl Session {
     /// Subscribes; recovered publications beyond the reply budget follow as a backlog.
     pub(super) async fn subscribe(
@@ -20,8 +29,9 @@ impl Session {
         principal: &Principal,
         channel: String,
         since: Option<Position>,
-        snapshot: bool,
+        opts: SubscribeOpts,
     ) -> Result<(), ErrorBody> {
+        let SubscribeOpts { snapshot, preview } = opts;
         let hub = self.hub.clone();
         let ns = hub.namespace(&channel)?;
         if let Err(e) = hub.authorize_subscribe(principal, &self.client(), &channel, ns).await {
@@ -68,7 +78,25 @@ impl Session {
         let mut backlog = VecDeque::new();
         let mut catchup_until = None;
         let mut offset = recovery.offset;
-        let fits = fitting_prefix(&recovery.publications, budget.saturating_sub(snapshot_bytes));
+        // Protocol v2 connections get large publications in parts (§18); a reply carries none
+        // of those, nor any that a preview would cut: they follow as the backlog.
+        let chunk = match self.extras.compact {
+            Some(_) => u32::try_from(ns.chunk_bytes).unwrap_or(u32::MAX),
+            None => 0,
+        };
+        let whole_max = [chunk, preview.unwrap_or(0)]
+            .into_iter()
+            .filter(|&m| m > 0)
+            .min()
+            .map_or(usize::MAX, |m| m as usize);
+        let fits = fitting_prefix(&recovery.publications, budget.saturating_sub(snapshot_bytes))
+            .min(
+                recovery
+                    .publications
+                    .iter()
+                    .position(|p| p.frame.len() > whole_max)
+                    .unwrap_or(usize::MAX),
+            );
         if fits < recovery.publications.len() {
             backlog = recovery.publications.split_off(fits).into();
             catchup_until = backlog.back().map(|p: &Arc<Encoded>| p.offset);
@@ -108,6 +136,8 @@ impl Session {
                 backlog,
                 catchup_until,
                 n,
+                chunk,
+                preview,
             },
         );
         let _ = self.outbox.push(Outgoing::Subscribed { channel, line });
