@@ -150,12 +150,21 @@ pub struct Ws {
     pub closed: Option<(u16, String)>,
     /// Answer protocol pings automatically.
     pub auto_pong: bool,
+    /// The longest text frame received, in bytes.
+    pub largest_frame: usize,
 }
 
 impl Ws {
     pub async fn open(url: &str) -> Ws {
         let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
-        Ws { stream, pending: VecDeque::new(), next_id: 1, closed: None, auto_pong: true }
+        Ws {
+            stream,
+            pending: VecDeque::new(),
+            next_id: 1,
+            closed: None,
+            auto_pong: true,
+            largest_frame: 0,
+        }
     }
 
     pub async fn send_raw(&mut self, text: &str) {
@@ -180,6 +189,7 @@ impl Ws {
             };
             match msg {
                 Message::Text(t) => {
+                    self.largest_frame = self.largest_frame.max(t.len());
                     for line in split_frame(t.as_str()) {
                         let m = ServerMessage::parse(line)
                             .unwrap_or_else(|e| panic!("bad line {line}: {e}"));

@@ -120,7 +120,9 @@ impl Session {
         for sub in self.subs.values_mut() {
             while let Some(p) = sub.backlog.front() {
                 let (len, bytes) = self.outbox.queued();
-                if len >= max_messages || bytes + p.frame.len() > max_bytes {
+                // Into an empty queue always: a publication larger than the share (a namespace
+                // with large messages) would otherwise never be fed.
+                if len > 0 && (len >= max_messages || bytes + p.frame.len() > max_bytes) {
                     return;
                 }
                 let p = sub.backlog.pop_front().expect("front exists");
