@@ -9,10 +9,13 @@ pub const API_KEY: &str = "testkey";
 pub const TOKEN_SECRET: &str = "testsecret";
 
 /// Config used by the tests: deep history so that resumes across cuts always recover, no
-/// command rate limit, client publishes allowed, and a keyed namespace `kv`.
+/// command rate limit, client publishes allowed, a keyed namespace `kv`, and `big` for
+/// publications of several MB (sent in parts, protocol §18).
 pub const TEST_CONFIG: &str = r#"
 [limits]
 commands_per_second = 0
+max_api_body_bytes = 8388608
+outbound_queue_bytes = 33554432
 
 [timeouts]
 token_grace = "200ms"
@@ -26,6 +29,11 @@ client_publish = true
 keyed = true
 client_publish = true
 history_size = 1000
+
+[namespaces.big]
+max_message_bytes = 6291456
+history_size = 100
+max_recover = 100
 "#;
 
 /// A running hub process; killed on drop.
