@@ -1,4 +1,5 @@
-//! The Server-Sent Events fallback: live publications, and resume with `Last-Event-ID`.
+//! The Server-Sent Events fallbacks: `/sse/{channel}` (live publications, and resume with
+//! `Last-Event-ID`) and the multiplexed `/sse` carrying the wire protocol.
 
 mod support;
 
@@ -49,14 +50,21 @@ impl Events {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
                 let mut e = Event::default();
+                let mut data = Vec::new();
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("event: ") {
                         e.event = v.into();
                     } else if let Some(v) = line.strip_prefix("id: ") {
                         e.id = v.into();
                     } else if let Some(v) = line.strip_prefix("data: ") {
-                        e.data.push_str(v);
+                        data.push(v);
                     }
+                }
+                // As an EventSource reads it: data lines joined with `\n`, type `message` when
+                // none is given.
+                e.data = data.join("\n");
+                if e.event.is_empty() && !data.is_empty() {
+                    e.event = "message".into();
                 }
                 if !e.event.is_empty() {
                     return Some(e);
@@ -353,4 +361,153 @@ async fn sse_slow_consumer_gets_a_disconnect_event_and_resumes() {
         next += 1;
     }
     assert_eq!(next, published + 1, "every publication after the resume");
+}
+
+/// A multiplexed SSE session (`GET /sse`): its id, and its stream of frames.
+struct Mux {
+    id: String,
+    events: Events,
+    /// Protocol messages read but not yet taken.
+    pending: std::collections::VecDeque<Value>,
+}
+
+impl Mux {
+    async fn open(hub: &Hub) -> Mux {
+        let resp = reqwest::get(hub.http("/sse")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let mut events = Events { resp, buf: String::new() };
+        let first = events.next().await;
+        assert_eq!(first.event, "session", "{first:?}");
+        let id = serde_json::from_str::<Value>(&first.data).unwrap()["session"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(id.len() >= 22 && id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        Mux { id, events, pending: Default::default() }
+    }
+
+    /// POSTs a body to the session; returns the status and the body.
+    async fn post(hub: &Hub, id: &str, body: String) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(hub.http(&format!("/sse/session/{id}")))
+            .header("content-type", "text/plain")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn send(&self, hub: &Hub, lines: &[Value]) {
+        let body = lines.iter().map(Value::to_string).collect::<Vec<_>>().join("\n");
+        let (status, r) = Mux::post(hub, &self.id, body).await;
+        assert_eq!(status, 204, "{r}");
+    }
+
+    /// The next protocol message (each `message` event is one frame, lines split by `\n`);
+    /// pings are answered as a WebSocket client would.
+    async fn next(&mut self, hub: &Hub) -> Value {
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                if m["push"] == "ping" {
+                    self.send(hub, &[json!({"cmd": "pong"})]).await;
+                    continue;
+                }
+                return m;
+            }
+            let e = self.events.next().await;
+            assert_eq!(e.event, "message", "{e:?}");
+            for line in e.data.split('\n') {
+                self.pending.push_back(serde_json::from_str(line).expect("a JSON line"));
+            }
+        }
+    }
+}
+
+/// Issue 16 item 5: `GET /sse` carries the wire protocol: `connect` and `subscribe` POSTed as
+/// NDJSON lines, replies and publications as `message` events whose data is the frame's text.
+#[tokio::test]
+async fn mux_sse_carries_the_wire_protocol() {
+    let hub = Hub::start(CONFIG);
+    let mut mux = Mux::open(&hub).await;
+    hub.publish("feed:m", json!({"n": 1})).await;
+    let connect = json!({"id": 1, "cmd": "connect", "token": token("mux", &["feed:*"])});
+    let subscribe = json!({"id": 2, "cmd": "subscribe", "channel": "feed:m", "since": null});
+    mux.send(&hub, &[connect, subscribe]).await;
+    let reply = mux.next(&hub).await;
+    assert_eq!(reply["id"], 1, "{reply}");
+    assert!(reply["result"]["client"].is_string(), "{reply}");
+    let reply = mux.next(&hub).await;
+    assert_eq!(reply["id"], 2, "{reply}");
+    assert_eq!(reply["result"]["offset"], 1, "{reply}");
+    // A burst, so that frames carry several lines (joined by `\n` across data lines).
+    let items: Vec<Value> =
+        (2..=200).map(|n| json!({"channel": "feed:m", "data": {"n": n}})).collect();
+    let (status, r) = hub.api("POST", "/api/publish/batch", Some(Value::Array(items))).await;
+    assert_eq!(status, 200, "{r}");
+    for offset in 2..=200 {
+        let p = mux.next(&hub).await;
+        let p = &p["pub"];
+        assert_eq!(
+            (&p["channel"], &p["offset"], &p["data"]["n"]),
+            (&json!("feed:m"), &json!(offset), &json!(offset)),
+            "{p}"
+        );
+    }
+    // A command error is a reply like any other; the session stays.
+    mux.send(&hub, &[json!({"id": 3, "cmd": "subscribe", "channel": "feed:m"})]).await;
+    let reply = mux.next(&hub).await;
+    assert_eq!((&reply["id"], &reply["error"]["code"]), (&json!(3), &json!(105)), "{reply}");
+}
+
+/// A POST to an id no session has is 404 with 121; a body over `limits.max_frame_bytes` (default
+/// 81920) is 413 with 111 and the session goes on.
+#[tokio::test]
+async fn mux_sse_unknown_session_and_oversized_body() {
+    let hub = Hub::start(CONFIG);
+    let (status, r) = Mux::post(&hub, "00000000000000000000000000000000", "{}".into()).await;
+    assert_eq!((status, &r["error"]["code"]), (404, &json!(121)), "{r}");
+    assert_eq!(r["error"]["name"], "unknown_session", "{r}");
+
+    let mut mux = Mux::open(&hub).await;
+    let big = json!({"id": 1, "cmd": "publish", "channel": "feed:x", "data": "x".repeat(100_000)});
+    let (status, r) = Mux::post(&hub, &mux.id, big.to_string()).await;
+    assert_eq!((status, &r["error"]["code"]), (413, &json!(111)), "{r}");
+    let connect = json!({"id": 2, "cmd": "connect", "token": token("mux", &["feed:*"])});
+    mux.send(&hub, &[connect]).await;
+    let reply = mux.next(&hub).await;
+    assert_eq!(reply["id"], 2, "the session outlives the refused body: {reply}");
+    assert!(reply["result"].is_object(), "{reply}");
+}
+
+/// When the GET stream closes, the session ends (its connection count released) and its id is
+/// forgotten: a POST to it is 404.
+#[tokio::test]
+async fn mux_sse_session_is_forgotten_after_the_stream_closes() {
+    let hub = Hub::start(CONFIG);
+    let mut mux = Mux::open(&hub).await;
+    let connect = json!({"id": 1, "cmd": "connect", "token": token("mux", &["feed:*"])});
+    mux.send(&hub, &[connect]).await;
+    assert_eq!(mux.next(&hub).await["id"], 1);
+    let (_, info) = hub.api("GET", "/api/info", None).await;
+    assert_eq!(info["nodes"][0]["connections"], 1, "{info}");
+    let id = mux.id.clone();
+    drop(mux);
+    // No push announces the end: poll until the id is gone, within the deadline.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, r) = Mux::post(&hub, &id, json!({"cmd": "pong"}).to_string()).await;
+        if status == 404 {
+            assert_eq!(r["error"]["code"], 121, "{r}");
+            break;
+        }
+        assert_eq!(status, 204, "{r}");
+        assert!(std::time::Instant::now() < deadline, "session {id} still open");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, info) = hub.api("GET", "/api/info", None).await;
+    assert_eq!(info["nodes"][0]["connections"], 0, "the session is gone too: {info}");
 }

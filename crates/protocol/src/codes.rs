@@ -100,6 +100,8 @@ codes! {
         /// A publication to an entity's channel does not fit the entity's schema (the message
         /// names the field); nothing was stored or delivered.
         InvalidRecord = 120, "invalid_record";
+        /// `POST /sse/session/{id}` names no open multiplexed SSE session (unknown, or ended).
+        UnknownSession = 121, "unknown_session";
     }
 }
 

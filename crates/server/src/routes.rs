@@ -22,7 +22,7 @@ pub struct Routes {
     hub: Arc<Hub>,
     /// `/ws`: the WebSocket endpoint.
     ws: bool,
-    /// `/sse/{channel}`: the Server-Sent Events fallback.
+    /// `/sse/{channel}`, `/sse` and `/sse/session/{id}`: the Server-Sent Events fallbacks.
     sse: bool,
     /// `/api/*`: the HTTP API (API key).
     api: bool,
@@ -62,7 +62,7 @@ impl Routes {
         self
     }
 
-    /// Mounts `/sse/{channel}`.
+    /// Mounts `/sse/{channel}` and the multiplexed `/sse` with `/sse/session/{id}`.
     pub fn sse(mut self) -> Routes {
         self.sse = true;
         self
@@ -114,7 +114,7 @@ impl Routes {
             router = router.route("/ws", get(ws::upgrade));
         }
         if self.sse {
-            router = router.route("/sse/{channel}", get(sse::stream));
+            router = router.route("/sse/{channel}", get(sse::stream)).merge(sse::mux::router());
         }
         if self.api {
             router = router.merge(api::router(self.hub.clone()));

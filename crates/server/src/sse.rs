@@ -6,6 +6,11 @@
 //! behalf, answers pings, resubscribes with `since` when the session asks, and turns each
 //! publication into an event whose `id` is `EPOCH:OFFSET` — so a browser's `EventSource`
 //! reconnects with `Last-Event-ID` and resumes without loss.
+//!
+//! [`mux`] is the other SSE way in: `GET /sse` carries the ordinary wire protocol (the client
+//! keeps its own protocol logic), commands arriving by `POST /sse/session/{id}`.
+
+pub mod mux;
 
 use crate::hub::Hub;
 use crate::session::{self, Upgrade};
@@ -30,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 /// Frames in flight between the session and the HTTP body before the session's flush waits;
 /// beyond this the session's own bounded queue takes over (and closes a slow reader with
@@ -51,23 +57,33 @@ struct Flow {
 /// `disconnect` push always gets queued behind what is in flight, even for a reader too slow to
 /// take anything; the wait (backpressure) is in `flush`, until at most [`BODY_BUFFER`] frames
 /// are in flight.
-struct Pipe {
-    inbound: mpsc::UnboundedReceiver<Result<Message, axum::Error>>,
+struct Pipe<I> {
+    /// Commands to the session.
+    inbound: I,
+    /// Frames from the session.
     outbound: mpsc::UnboundedSender<Message>,
+    /// Backpressure shared with the [`Frames`].
     flow: Arc<Flow>,
+}
+
+/// A session's socket and the adapter's end of it.
+fn pipe<I>(inbound: I) -> (Pipe<I>, Frames) {
+    let (outbound, rx) = mpsc::unbounded_channel();
+    let flow = Arc::new(Flow::default());
+    (Pipe { inbound, outbound, flow: flow.clone() }, Frames { rx, flow })
 }
 
 /// What a write to a [`Pipe`] whose adapter ended gets.
 const CLIENT_GONE: &str = "the SSE client is gone";
 
-impl Stream for Pipe {
+impl<I: Stream<Item = Result<Message, axum::Error>> + Unpin> Stream for Pipe<I> {
     type Item = Result<Message, axum::Error>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inbound.poll_recv(cx)
+        Pin::new(&mut self.inbound).poll_next(cx)
     }
 }
 
-impl Sink<Message> for Pipe {
+impl<I: Unpin> Sink<Message> for Pipe<I> {
     type Error = axum::Error;
     fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.outbound.is_closed() {
@@ -80,7 +96,7 @@ impl Sink<Message> for Pipe {
         self.outbound.send(item).map_err(|_| axum::Error::new(CLIENT_GONE))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let caught_up = |pipe: &Pipe| {
+        let caught_up = |pipe: &Pipe<I>| {
             if pipe.outbound.is_closed() {
                 Some(Err(axum::Error::new(CLIENT_GONE)))
             } else if pipe.flow.in_flight.load(Ordering::Acquire) <= BODY_BUFFER {
@@ -104,7 +120,7 @@ impl Sink<Message> for Pipe {
     }
 }
 
-impl Drop for Pipe {
+impl<I> Drop for Pipe<I> {
     fn drop(&mut self) {
         self.flow.ended.store(true, Ordering::Release);
     }
@@ -320,10 +336,7 @@ pub async fn stream(
         .or_else(|| query.get("since").cloned())
         .and_then(|s| s.parse::<Position>().ok());
     let (commands, inbound) = mpsc::unbounded_channel();
-    let (outbound, rx) = mpsc::unbounded_channel();
-    let flow = Arc::new(Flow::default());
-    let pipe = Pipe { inbound, outbound, flow: flow.clone() };
-    let mut frames = Frames { rx, flow };
+    let (pipe, mut frames) = pipe(UnboundedReceiverStream::new(inbound));
     let upgrade = Upgrade {
         token: None,
         origin_allowed: crate::ws::origin_allowed(&hub, &headers),
@@ -367,6 +380,11 @@ pub async fn stream(
             }
         }
     });
+    event_stream(&hub, events)
+}
+
+/// The `text/event-stream` response for a stream of events, with keep-alive comments.
+fn event_stream(hub: &Hub, events: mpsc::Receiver<Result<Event, Infallible>>) -> Response {
     let events = tokio_stream::wrappers::ReceiverStream::new(events);
     let keep_alive =
         KeepAlive::new().interval(hub.config.timeouts.ping_interval.min(Duration::from_secs(15)));
