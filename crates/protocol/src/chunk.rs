@@ -66,10 +66,10 @@ fn cut_points(s: &str, max: usize) -> Vec<usize> {
     let mut cuts = Vec::with_capacity(s.len() / max + 1);
     let mut at = 0;
     while at < s.len() {
-        let mut end = s.floor_char_boundary((at + max).min(s.len()));
+        let mut end = floor_char_boundary(s, (at + max).min(s.len()));
         if end == at {
             // A character longer than `max` (max ≥ 4, so never): take it whole.
-            end = s.ceil_char_boundary(at + 1);
+            end = (at + 1..=s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
         }
         cuts.push(end);
         at = end;
@@ -78,6 +78,15 @@ fn cut_points(s: &str, max: usize) -> Vec<usize> {
         cuts.push(0);
     }
     cuts
+}
+
+/// The largest character boundary of `s` at or before `i` (`str::floor_char_boundary` needs a
+/// newer Rust than this crate's minimum).
+fn floor_char_boundary(s: &str, i: usize) -> usize {
+    if i >= s.len() {
+        return s.len();
+    }
+    (0..=i).rev().find(|&b| s.is_char_boundary(b)).unwrap_or(0)
 }
 
 /// Appends `s` as a JSON string.
@@ -184,7 +193,7 @@ pub fn preview(json: &str, max: usize) -> Option<String> {
     if data.len() <= max {
         return None;
     }
-    let cut = data.floor_char_boundary(max);
+    let cut = floor_char_boundary(data, max);
     let mut short = String::with_capacity(cut + 16);
     push_json_string(&mut short, &data[..cut]);
     p.truncated = Some(data.len() as u64);
