@@ -20,6 +20,7 @@ import {
   encodeMessage,
   frameLines,
   resolveWebSocket,
+  type ChunkMessage,
   type ServerMessage,
   type WebSocketConstructor,
   type WebSocketLike,
@@ -902,6 +903,9 @@ export class HeraldClient extends Emitter<ClientEvents> {
       case 'pub':
         if (msg.pub) this.subs.get(msg.pub.channel)?._onPublication(msg.pub);
         break;
+      case 'chunk':
+        if (msg.channel) this.subs.get(msg.channel)?._onChunk(msg as unknown as ChunkMessage);
+        break;
       case 'view': {
         const m = msg as ViewPush;
         if (m.sub !== undefined && m.pub && m.operation && m.key !== undefined) {
@@ -986,6 +990,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
     const fields: Record<string, unknown> = { channel: sub.channel, ...sub.presence._fields() };
     if (sub.position) fields.since = { epoch: sub.position.epoch, offset: sub.position.offset };
     else if (sub.options.snapshot) fields.snapshot = true;
+    if (sub.options.preview) fields.preview = sub.options.preview;
     if (this.info) sub.presence.self = `${this.info.user}/${sub.presence.memberId}`;
     // The reply is applied synchronously: publications that follow it in the same frame (or the
     // same read) must find the subscription `subscribed` at the reply's position.

@@ -84,6 +84,7 @@ export type {
   ViewSubscribedEvent,
   ViewSubscribeResult,
   VolatileEvent,
+  ProgressEvent,
 } from './types.js';
 export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError } from './errors.js';
 export { Emitter } from './emitter.js';

@@ -530,8 +530,8 @@ export class ShareLeader {
         return;
       case 'subscribe':
         if (!channel) return this.fail(key, id, 107, 'bad_request', 'subscribe: missing channel');
-        if (['sub', 'view', 'filter', 'key', 'presence', 'member'].some((f) => fields[f] !== undefined)) {
-          return this.fail(key, id, 107, 'bad_request', 'live views and presence are not shared between tabs: use a client without `share`', channel);
+        if (['sub', 'view', 'filter', 'key', 'presence', 'member', 'preview'].some((f) => fields[f] !== undefined)) {
+          return this.fail(key, id, 107, 'bad_request', 'live views, presence and previews are not shared between tabs: use a client without `share`', channel);
         }
         this.subscribe(c, id, channel, fields);
         return;

@@ -9,8 +9,10 @@ import { Emitter } from './emitter.js';
 import { HeraldError, ListenerError } from './errors.js';
 import { mergePatch } from './merge-patch.js';
 import { Presence } from './presence.js';
+import type { ChunkMessage } from './transport.js';
 import type {
   KeyedRecord,
+  ProgressEvent,
   Position,
   Publication,
   ResyncEvent,
@@ -34,6 +36,8 @@ export interface SubscriptionEvents {
   records: ReadonlyMap<string, unknown>;
   /** A volatile event of the channel (protocol §16): not kept, not replayed. */
   volatile: VolatileEvent;
+  /** Part of a large publication arrived (protocol §18); `publication` follows once whole. */
+  progress: ProgressEvent;
 }
 
 /** What a subscription needs from its client. */
@@ -72,6 +76,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   readonly stats = { delivered: 0, duplicatesDropped: 0, gaps: 0, resyncs: 0, resubscribes: 0 };
   /** @internal */ refs = 1;
   /** @internal */ generation = 0;
+  /** A large publication being received in parts (protocol §18). */
+  private chunks?: { epoch: string; offset: number; next: number; parts: number; text: string[]; received: number };
   /** The client, seen through the seam. */
   private readonly host: SubscriptionHost;
 
@@ -107,6 +113,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
 
   /** @internal */
   _setStatus(status: SubscriptionStatus): void {
+    // Parts of a publication never span subscribes: the hub sends it again from its first.
+    if (status !== 'subscribed') this.chunks = undefined;
     if (this._status === status) return;
     this._status = status;
     this.emit('status', status);
@@ -212,6 +220,40 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     });
   }
 
+  /**
+   * @internal A `chunk` push: one part of a large publication. The parts come in order on one
+   * connection; the last completes the publication, delivered like any other.
+   */
+  _onChunk(c: ChunkMessage): void {
+    if (this.status !== 'subscribed' || !this.position) return;
+    if (c.part === 0) this.chunks = { epoch: c.epoch, offset: c.offset, next: 0, parts: c.parts, text: [], received: 0 };
+    const at = this.chunks;
+    if (!at || at.offset !== c.offset || at.epoch !== c.epoch || at.next !== c.part || at.parts !== c.parts || typeof c.text !== 'string') {
+      // A part is missing: what was received cannot be completed.
+      this.chunks = undefined;
+      this.stats.gaps += 1;
+      this.host.resubscribe(this, true);
+      return;
+    }
+    at.text.push(c.text);
+    at.next += 1;
+    at.received += utf8Length(c.text);
+    if (at.next < at.parts) {
+      this.emit('progress', { channel: this.channel, offset: c.offset, received: at.received, bytes: c.bytes });
+      return;
+    }
+    this.chunks = undefined;
+    let pub: Publication;
+    try {
+      pub = JSON.parse(at.text.join('')) as Publication;
+    } catch {
+      this.stats.gaps += 1;
+      this.host.resubscribe(this, true);
+      return;
+    }
+    this._onPublication(pub);
+  }
+
   /** @internal A `pub` push for this channel. */
   _onPublication(pub: Publication): void {
     if (this.status !== 'subscribed' || !this.position) return;
@@ -275,4 +317,19 @@ export function optionsConflict(have: SubscribeOptions, again: SubscribeOptions)
     return have.presence ? `presence: ${JSON.stringify(have.presence)}` : 'no presence';
   }
   return undefined;
+}
+
+/** Bytes of `s` in UTF-8 (the hub counts parts in bytes). */
+function utf8Length(s: string): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c < 0xdc00) {
+      n += 4;
+      i++;
+    } else n += 3;
+  }
+  return n;
 }

@@ -62,6 +62,17 @@ export type ServerMessage = {
   reconnect?: boolean;
 };
 
+/** A `chunk` push: one part of a large publication (protocol §18). */
+export interface ChunkMessage {
+  channel: string;
+  epoch: string;
+  offset: number;
+  part: number;
+  parts: number;
+  bytes: number;
+  text: string;
+}
+
 /** The frame of command `cmd` with request id `id` (undefined fields are left out). */
 export function encodeCommand(id: number, cmd: string, fields: Record<string, unknown>): string {
   return JSON.stringify({ id, cmd, ...stripUndefined(fields) });

@@ -34,6 +34,22 @@ export interface Publication<T = unknown> {
   };
   key?: string;
   op?: Op;
+  /**
+   * A truncated preview (subscribe `preview`, protocol §18): `data` is a string of the first
+   * bytes of the payload's JSON text, which was this many bytes long. Read the whole one with
+   * `history({ since: { epoch, offset: offset - 1 }, limit: 1 })`.
+   */
+  truncated?: number;
+}
+
+/** Part of a large publication arrived (protocol §18); the publication follows once whole. */
+export interface ProgressEvent {
+  channel: string;
+  offset: number;
+  /** Bytes of the publication received so far. */
+  received: number;
+  /** Its size in bytes. */
+  bytes: number;
 }
 
 /** One record of a keyed channel's state. */
@@ -200,6 +216,11 @@ export interface SubscribeOptions {
   presence?: boolean | 'counts';
   /** This connection's presence `info` (any JSON), kept and sent again on every resubscribe. */
   info?: unknown;
+  /**
+   * Publications whose `data` is longer than this many bytes come as a truncated preview
+   * (`truncated` set, `data` a string of the first bytes): protocol §18.
+   */
+  preview?: number;
 }
 
 /**

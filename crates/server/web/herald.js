@@ -530,6 +530,9 @@ class Subscription extends Emitter {
     }
     /** @internal */
     _setStatus(status) {
+        // Parts of a publication never span subscribes: the hub sends it again from its first.
+        if (status !== 'subscribed')
+            this.chunks = undefined;
         if (this._status === status)
             return;
         this._status = status;
@@ -635,6 +638,42 @@ class Subscription extends Emitter {
             snapshot: res.snapshot,
         });
     }
+    /**
+     * @internal A `chunk` push: one part of a large publication. The parts come in order on one
+     * connection; the last completes the publication, delivered like any other.
+     */
+    _onChunk(c) {
+        if (this.status !== 'subscribed' || !this.position)
+            return;
+        if (c.part === 0)
+            this.chunks = { epoch: c.epoch, offset: c.offset, next: 0, parts: c.parts, text: [], received: 0 };
+        const at = this.chunks;
+        if (!at || at.offset !== c.offset || at.epoch !== c.epoch || at.next !== c.part || at.parts !== c.parts || typeof c.text !== 'string') {
+            // A part is missing: what was received cannot be completed.
+            this.chunks = undefined;
+            this.stats.gaps += 1;
+            this.host.resubscribe(this, true);
+            return;
+        }
+        at.text.push(c.text);
+        at.next += 1;
+        at.received += utf8Length(c.text);
+        if (at.next < at.parts) {
+            this.emit('progress', { channel: this.channel, offset: c.offset, received: at.received, bytes: c.bytes });
+            return;
+        }
+        this.chunks = undefined;
+        let pub;
+        try {
+            pub = JSON.parse(at.text.join(''));
+        }
+        catch {
+            this.stats.gaps += 1;
+            this.host.resubscribe(this, true);
+            return;
+        }
+        this._onPublication(pub);
+    }
     /** @internal A `pub` push for this channel. */
     _onPublication(pub) {
         if (this.status !== 'subscribed' || !this.position)
@@ -702,6 +741,24 @@ function optionsConflict(have, again) {
         return have.presence ? `presence: ${JSON.stringify(have.presence)}` : 'no presence';
     }
     return undefined;
+}
+/** Bytes of `s` in UTF-8 (the hub counts parts in bytes). */
+function utf8Length(s) {
+    let n = 0;
+    for (let i = 0; i < s.length; i++) {
+        const c = s.charCodeAt(i);
+        if (c < 0x80)
+            n += 1;
+        else if (c < 0x800)
+            n += 2;
+        else if (c >= 0xd800 && c < 0xdc00) {
+            n += 4;
+            i++;
+        }
+        else
+            n += 3;
+    }
+    return n;
 }
 
 // view.js
@@ -2563,6 +2620,10 @@ class HeraldClient extends Emitter {
                 if (msg.pub)
                     this.subs.get(msg.pub.channel)?._onPublication(msg.pub);
                 break;
+            case 'chunk':
+                if (msg.channel)
+                    this.subs.get(msg.channel)?._onChunk(msg);
+                break;
             case 'view': {
                 const m = msg;
                 if (m.sub !== undefined && m.pub && m.operation && m.key !== undefined) {
@@ -2649,6 +2710,8 @@ class HeraldClient extends Emitter {
             fields.since = { epoch: sub.position.epoch, offset: sub.position.offset };
         else if (sub.options.snapshot)
             fields.snapshot = true;
+        if (sub.options.preview)
+            fields.preview = sub.options.preview;
         if (this.info)
             sub.presence.self = `${this.info.user}/${sub.presence.memberId}`;
         // The reply is applied synchronously: publications that follow it in the same frame (or the
