@@ -160,6 +160,9 @@ pub struct Outcome {
     pub client_cpu_s: Option<f64>,
     /// Bytes of each delivered publication's message as received (fanout, rooms).
     pub bytes_per_delivery: Option<f64>,
+    /// Server RSS growth over the measured phase per subscriber (fanout, rooms): what a
+    /// connection keeps after large publications (socket write buffers).
+    pub rss_growth_per_conn: Option<f64>,
 }
 
 /// The server under test.
@@ -203,9 +206,24 @@ pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
     Some((ticks as f64 / 100.0, rss_kb * 1024))
 }
 
-fn bench_config(namespace: &str) -> String {
+fn bench_config(namespace: &str, size: usize) -> String {
+    // Large events (`--size` above the default 64 KiB limit): limits that let them through.
+    let (limits, message) = if size > 60 * 1024 {
+        let max = size + 1024;
+        (
+            format!(
+                "max_frame_bytes = {}\nmax_api_body_bytes = {}\noutbound_queue_bytes = {}\n",
+                max + 64 * 1024,
+                max + 64 * 1024,
+                (64 * max).max(8 << 20)
+            ),
+            format!("max_message_bytes = {max}\n"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     format!(
-        "[limits]\ncommands_per_second = 0\noutbound_queue_messages = 4096\n\n[namespaces.{namespace}]\nsubscribe = \"authenticated\"\nclient_publish = true\nhistory_size = 1000\n"
+        "[limits]\ncommands_per_second = 0\noutbound_queue_messages = 4096\n{limits}\n[namespaces.{namespace}]\nsubscribe = \"authenticated\"\nclient_publish = true\nhistory_size = 1000\n{message}"
     )
 }
 
@@ -213,7 +231,7 @@ fn bench_config(namespace: &str) -> String {
 fn start_server(args: &BenchArgs) -> anyhow::Result<Server> {
     let exe = std::env::current_exe().context("locating the herald binary")?;
     let path = std::env::temp_dir().join(format!("herald-bench-{}.toml", std::process::id()));
-    let mut config = bench_config(&args.namespace);
+    let mut config = bench_config(&args.namespace, args.size);
     let mut files = vec![path.clone()];
     let mut spec_args: Vec<std::ffi::OsString> = Vec::new();
     if args.scenario == Scenario::Views {
@@ -435,6 +453,7 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
             "bytes_per_conn": o.bytes_per_conn,
             "protocol": args.protocol,
             "bytes_per_delivery": o.bytes_per_delivery,
+            "rss_growth_per_conn": o.rss_growth_per_conn,
             "conns_per_sec": o.conns_per_sec,
             "recovered_ms": o.recovered_ms,
             "unindexed": args.scenario == Scenario::Views && args.unindexed,

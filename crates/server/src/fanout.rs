@@ -277,9 +277,20 @@ impl Fanout {
     }
 }
 
+/// Publications with larger frames are delivered as a [`Encoded::live_copy`] (the smallest
+/// `chunk_bytes` a namespace may set).
+const LIVE_COPY_BYTES: usize = 1024;
+
 impl Delivery for Fanout {
     fn deliver(&self, publication: Arc<Encoded>) {
         let Some(set) = self.set(&publication.channel) else { return };
+        // A large one may go in parts (protocol §18): its subscribers share a copy whose cache
+        // of part frames goes when they have written it, not with the history's.
+        let publication = if publication.frame.len() > LIVE_COPY_BYTES {
+            Arc::new(publication.live_copy())
+        } else {
+            publication
+        };
         let pushed = {
             let mut members = set.members.lock();
             for (_, outbox) in &members.list {

@@ -43,11 +43,24 @@ pub struct Encoded {
     /// bytes `frame` already holds; made with the frame when the publication is at hand, else
     /// by the first v2 subscriber.
     pub compact: OnceLock<CompactTail>,
+    /// Protocol v2's `chunk` frames of a large publication (§18), made by its first subscriber
+    /// that takes it in parts and shared by the others. Only on the copy the fan-out delivers
+    /// ([`Encoded::live_copy`]), so the history never keeps them.
+    pub parts: OnceLock<Box<PartFrames>>,
+}
+
+/// A publication's `chunk` frames for one part size.
+#[derive(Debug)]
+pub struct PartFrames {
+    /// The part size they were cut for.
+    size: usize,
+    /// One `{"push":"chunk",...}` line per frame, in order.
+    frames: Box<[Utf8Bytes]>,
 }
 
 /// A publication's compact tail (`,OFFSET,TIME,DATA[,EXTRA]]`) without a second copy of its
 /// payload: the text before and after `DATA`, and where `DATA` is in the v1 frame.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CompactTail {
     /// `,OFFSET,TIME,` followed by `[,EXTRA]]`.
     text: Box<str>,
@@ -112,6 +125,7 @@ impl Encoded {
             accepted: Instant::now(),
             change: None,
             compact,
+            parts: OnceLock::new(),
         }
     }
 
@@ -135,6 +149,48 @@ impl Encoded {
             accepted: Instant::now(),
             change: None,
             compact: OnceLock::new(),
+            parts: OnceLock::new(),
+        }
+    }
+
+    /// The same publication for live delivery: shares the frame's bytes, with an empty cache of
+    /// `chunk` frames that lives only as long as the subscribers' queues hold it.
+    pub fn live_copy(&self) -> Encoded {
+        let compact = OnceLock::new();
+        if let Some(tail) = self.compact.get() {
+            let _ = compact.set(tail.clone());
+        }
+        Encoded {
+            channel: self.channel.clone(),
+            epoch: self.epoch.clone(),
+            offset: self.offset,
+            frame: self.frame.clone(),
+            accepted: self.accepted,
+            change: self.change.clone(),
+            compact,
+            parts: OnceLock::new(),
+        }
+    }
+
+    /// The `chunk` frames of this publication in parts of `size` bytes: cached on the first
+    /// call, built afresh for another size.
+    pub fn chunk_frames(&self, size: usize) -> std::borrow::Cow<'_, [Utf8Bytes]> {
+        let build = || -> Box<[Utf8Bytes]> {
+            herald_protocol::chunk::chunk_lines(
+                &self.channel,
+                &self.epoch,
+                self.offset,
+                self.publication_json(),
+                size,
+            )
+            .map(Utf8Bytes::from)
+            .collect()
+        };
+        let cached = self.parts.get_or_init(|| Box::new(PartFrames { size, frames: build() }));
+        if cached.size == size {
+            std::borrow::Cow::Borrowed(&cached.frames)
+        } else {
+            std::borrow::Cow::Owned(build().into_vec())
         }
     }
 

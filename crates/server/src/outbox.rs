@@ -207,6 +207,7 @@ mod tests {
                 accepted: std::time::Instant::now(),
                 change: None,
                 compact: Default::default(),
+                parts: Default::default(),
             }))
         };
         o.push(p()).unwrap();

@@ -142,6 +142,15 @@ async fn subscriber(
             // v1 `{"push":"pub",...,"offset":N,...}`, v2 `[n,N,time,data...]`.
             let offset = if line.starts_with(r#"{"push":"pub""#) {
                 Some(field_u64(line, r#""offset":"#))
+            } else if line.starts_with(r#"{"push":"chunk""#) {
+                // A part of a large publication (protocol §18): delivered with its last part.
+                bytes += line.len() as u64;
+                let (part, parts) = (field_u64(line, r#""part":"#), field_u64(line, r#""parts":"#));
+                if part.is_none() || part.map(|p| p + 1) != parts {
+                    continue;
+                }
+                bytes -= line.len() as u64;
+                Some(field_u64(line, r#""offset":"#))
             } else if line.starts_with('[') {
                 Some(line.split(',').nth(1).and_then(|o| o.parse().ok()))
             } else {
@@ -408,6 +417,9 @@ async fn pubsub(plan: &Plan, channels: Vec<String>, fan: u64) -> anyhow::Result<
         errors,
         cpu_s: before.zip(after).map(|(b, a)| a.0 - b.0),
         rss: after.map(|a| a.1),
+        rss_growth_per_conn: before
+            .zip(after)
+            .map(|(b, a)| (a.1 as f64 - b.1 as f64) / subscribed.max(1) as f64),
         ..Outcome::default()
     })
 }

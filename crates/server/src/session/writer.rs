@@ -42,6 +42,13 @@ impl Batch {
         }
     }
 
+    /// A frame of its own, shared (a `chunk` part): written as-is after what is batched.
+    fn add_frame(&mut self, frame: &Utf8Bytes) {
+        self.cut();
+        self.bytes += frame.len();
+        self.frames.push(frame.clone());
+    }
+
     fn add(&mut self, line: &str) {
         self.start_line(line.len());
         self.current.push_str(line);
@@ -137,15 +144,9 @@ impl Delivery {
             line.push('}');
             self.batch.add(&line);
         } else if sub.chunk > 0 && len > sub.chunk as usize {
-            let json = p.publication_json();
-            for line in herald_protocol::chunk::chunk_lines(
-                &p.channel,
-                &p.epoch,
-                p.offset,
-                json,
-                sub.chunk as usize,
-            ) {
-                self.batch.add(&line);
+            // Shared by the publication's subscribers, one part per frame.
+            for frame in p.chunk_frames(sub.chunk as usize).iter() {
+                self.batch.add_frame(frame);
             }
         } else {
             match sub.n {
