@@ -511,3 +511,21 @@ async fn mux_sse_session_is_forgotten_after_the_stream_closes() {
     let (_, info) = hub.api("GET", "/api/info", None).await;
     assert_eq!(info["nodes"][0]["connections"], 0, "the session is gone too: {info}");
 }
+
+/// A close reaches the client as the `disconnect` push, and the stream ends right after it: the
+/// session's close handshake (which waits up to 1 s for a WebSocket client's close frame) is not
+/// waited for, so a client on SSE reconnects at once.
+#[tokio::test]
+async fn mux_sse_stream_ends_with_the_disconnect_push() {
+    let hub = Hub::start(CONFIG);
+    let mut mux = Mux::open(&hub).await;
+    let connect = json!({"id": 1, "cmd": "connect", "token": token("mux-kicked", &["feed:*"])});
+    mux.send(&hub, &[connect]).await;
+    assert_eq!(mux.next(&hub).await["id"], 1);
+    let (status, r) = hub.api("POST", "/api/disconnect", Some(json!({"user": "mux-kicked"}))).await;
+    assert_eq!((status, &r["disconnected"]), (200, &json!(1)), "{r}");
+    let push = mux.next(&hub).await;
+    assert_eq!((&push["push"], &push["code"]), (&json!("disconnect"), &json!(4503)), "{push}");
+    let end = tokio::time::timeout(std::time::Duration::from_millis(500), mux.events.next_or_end());
+    assert!(matches!(end.await, Ok(None)), "the stream ends after the disconnect push");
+}

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use herald_protocol::ErrorCode;
 use herald_protocol::reply::ErrorBody;
+use herald_protocol::{ServerMessage, split_frame};
 use parking_lot::Mutex;
 use rand::RngCore;
 use serde_json::json;
@@ -138,9 +139,23 @@ async fn open(
             if events_tx.send(Ok(Event::default().data(text))).await.is_err() {
                 return;
             }
+            // The session's last words: end the stream now rather than when the session's close
+            // handshake times out waiting for a client that has no close frame to send.
+            if has_disconnect(text) {
+                return;
+            }
         }
     });
     event_stream(&hub, events)
+}
+
+/// Whether a frame carries the `disconnect` push (checked by parsing only the lines that may).
+fn has_disconnect(frame: &str) -> bool {
+    frame.contains(r#""disconnect""#)
+        && split_frame(frame).any(|line| {
+            line.contains(r#""disconnect""#)
+                && matches!(ServerMessage::parse(line), Ok(ServerMessage::Disconnect { .. }))
+        })
 }
 
 /// `POST /sse/session/{id}`: the body's command lines, as one frame, to the session's inbound.
