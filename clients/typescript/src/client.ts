@@ -27,6 +27,7 @@ import {
 } from './transport.js';
 import { LiveView, viewOptionsConflict, viewName, type ViewHost } from './view.js';
 import { defaultShareName, sharedSocket } from './shared.js';
+import { FallbackSocket, type ProbeOptions, type Transport } from './sse.js';
 import type {
   ConnectionState,
   ConnectionStateName,
@@ -97,6 +98,16 @@ export interface ClientOptions {
   share?: boolean;
   /** Which tabs share (default: the URLs and the static token's hash, or `provider` / `anonymous`). */
   shareName?: string;
+  /**
+   * The transports each attempt tries, in order (default `['websocket', 'sse']`; with a custom
+   * `WebSocket` option, `['websocket']`). A WebSocket refused before it opens (a proxy that blocks
+   * upgrades) gives way to the multiplexed SSE transport on the same hub (`ws://h/ws` →
+   * `http://h/sse`, protocol §13); while on SSE the client probes WebSocket in the background and
+   * reconnects on it once an upgrade succeeds, resuming as after any reconnect.
+   */
+  transports?: Transport[];
+  /** Intervals of the WebSocket probes while on SSE (default 2000 ms doubling up to 30000 ms). */
+  sseProbe?: ProbeOptions;
 }
 
 export interface ClientEvents {
@@ -145,6 +156,8 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private readonly urls: string[];
   private urlIndex = 0;
   private readonly WS: WebSocketConstructor;
+  /** The socket is a relay to the leader tab (`share`), whose own client picks the transport. */
+  private readonly viaLeader: boolean;
   private ws?: WebSocketLike;
   private gen = 0;
   private nextId = 1;
@@ -203,6 +216,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
       ? sharedSocket(options.shareName ?? defaultShareName(this.urls, options.token), () => new HeraldClient({ ...options, share: false }))
       : undefined;
     this.WS = shared ?? resolveWebSocket(options.WebSocket);
+    this.viaLeader = shared !== undefined;
     this.policy = new ReconnectPolicy(options.backoff);
     this.memberId = options.member ?? tabMemberId();
   }
@@ -215,6 +229,28 @@ export class HeraldClient extends Emitter<ClientEvents> {
   /** The URL currently used (or to be used next). */
   get url(): string {
     return this.urls[this.urlIndex];
+  }
+
+  /** The transport of the current socket once it opened (`websocket` or `sse`), else undefined. */
+  get transport(): Transport | undefined {
+    const ws = this.ws;
+    if (ws instanceof FallbackSocket) return ws.transport;
+    return ws && ws.readyState === 1 ? 'websocket' : undefined;
+  }
+
+  /** A new socket for an attempt: a plain WebSocket, or one that can fall back to SSE (sse.ts). */
+  private newSocket(): WebSocketLike {
+    const transports = this.opts.transports ?? (this.opts.WebSocket ? ['websocket'] : ['websocket', 'sse']);
+    if (this.viaLeader || !transports.includes('sse')) return new this.WS(this.url);
+    const sock: FallbackSocket = new FallbackSocket(this.url, {
+      WS: this.WS,
+      transports,
+      probe: this.opts.sseProbe,
+      onWebSocketBack: () => {
+        if (this.ws === sock && this.started) this.reconnect();
+      },
+    });
+    return sock;
   }
 
   /**
@@ -494,7 +530,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private enterConnected(): void {
     const info = this.info!;
     this.policy.reset();
-    this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
+    this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients, transport: this.transport ?? 'websocket' });
     this.emit('connected', info);
   }
 
@@ -544,7 +580,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
     if (gen !== this.gen || !this.started) return;
     let ws: WebSocketLike;
     try {
-      ws = new this.WS(this.url);
+      ws = this.newSocket();
     } catch (err) {
       this.emit('error', err instanceof Error ? err : new Error(String(err)));
       this.onFailure(0, 'socket_failed');

@@ -27,6 +27,8 @@
  * - `fields.ts`: the documented command fields, shared by the WebSocket client and the HTTP API.
  * - `transport.ts`: the WebSocket seam (the socket interface, finding an implementation, the
  *   default URL) and frame encoding/splitting.
+ * - `sse.ts`: the SSE fallback behind the same seam (protocol §13, multiplexed SSE): an SSE
+ *   session as a socket, and the per-attempt socket that falls back to it and probes WebSocket.
  * - `backoff.ts`: the reconnect policy: full-jitter backoff and the circuit breaker's counts.
  * - `presence.ts`: presence (protocol §15): one subscription's members or counts and their
  *   delivery rules, the per-tab member id, and presence as a store; it reaches its subscription
@@ -90,6 +92,7 @@ export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError } from './err
 export { Emitter } from './emitter.js';
 export { mergePatch } from './merge-patch.js';
 export type { WebSocketConstructor, WebSocketLike } from './transport.js';
+export { SseSocket, sseUrl, type ProbeOptions, type Transport } from './sse.js';
 export type { BackoffOptions } from './backoff.js';
 export {
   Presence,

@@ -168,7 +168,14 @@ export interface ErrorBody {
 
 export type ConnectionState =
   | { state: 'connecting'; attempt: number }
-  | { state: 'connected'; client: string; node: string; clients: number }
+  | {
+      state: 'connected';
+      client: string;
+      node: string;
+      clients: number;
+      /** The transport carrying the connection (`sse` after a fallback, protocol §13). */
+      transport: 'websocket' | 'sse';
+    }
   | {
       state: 'reconnecting';
       /** Retry number since the last established connection, 1-based (the backoff exponent). */

@@ -112,12 +112,16 @@ export function nextEvent(emitter, event, pred = () => true, timeoutMs = 10000) 
  * connection (RST) and refuses new ones until `pass()`; `blackhole()` keeps sockets open but drops
  * every byte both ways (a network that loses packets without FIN or RST). `flap(ms)` makes a
  * flapping network: every connection accepted from then on is cut (RST) `ms` after it was accepted
- * (`flap(0)` stops it); `cuts` counts those cuts.
+ * (`flap(0)` stops it); `cuts` counts those cuts. `refuseUpgrades(true)` answers every HTTP request
+ * carrying `Upgrade: websocket` with `HTTP/1.1 403` (a proxy that blocks WebSocket) and forwards
+ * everything else; `refused` counts those answers.
  */
 export async function startProxy(targetPort) {
   let mode = 'pass';
   let flapMs = 0;
   let cuts = 0;
+  let refusing = false;
+  let refused = 0;
   const conns = new Set();
   const server = net.createServer((client) => {
     if (mode === 'cut') {
@@ -140,10 +144,22 @@ export async function startProxy(targetPort) {
       client.destroy();
       upstream.destroy();
     };
+    // Request heads are looked at until the hub answered an upgrade (101): after it the bytes
+    // are WebSocket frames.
+    let upgraded = false;
     client.on('data', (d) => {
+      if (refusing && !upgraded && /\r\nupgrade:[ \t]*websocket/i.test(d.toString('latin1'))) {
+        refused += 1;
+        conns.delete(pair);
+        // Without its close handler, which would destroy the client before the answer is out.
+        upstream.removeAllListeners('close').on('error', () => {}).destroy();
+        client.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+        return;
+      }
       if (mode === 'pass') upstream.write(d);
     });
     upstream.on('data', (d) => {
+      if (!upgraded && d.subarray(0, 12).toString('latin1') === 'HTTP/1.1 101') upgraded = true;
       if (mode === 'pass') client.write(d);
     });
     client.on('error', drop).on('close', drop);
@@ -160,6 +176,12 @@ export async function startProxy(targetPort) {
     },
     get cuts() {
       return cuts;
+    },
+    get refused() {
+      return refused;
+    },
+    refuseUpgrades(on) {
+      refusing = on;
     },
     flap(ms) {
       flapMs = ms;

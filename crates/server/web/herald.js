@@ -30,6 +30,8 @@
  * - `fields.ts`: the documented command fields, shared by the WebSocket client and the HTTP API.
  * - `transport.ts`: the WebSocket seam (the socket interface, finding an implementation, the
  *   default URL) and frame encoding/splitting.
+ * - `sse.ts`: the SSE fallback behind the same seam (protocol §13, multiplexed SSE): an SSE
+ *   session as a socket, and the per-attempt socket that falls back to it and probes WebSocket.
  * - `backoff.ts`: the reconnect policy: full-jitter backoff and the circuit breaker's counts.
  * - `presence.ts`: presence (protocol §15): one subscription's members or counts and their
  *   delivery rules, the per-tab member id, and presence as a store; it reaches its subscription
@@ -170,6 +172,340 @@ function mergePatch(target, patch) {
 }
 function setOwn(o, k, v) {
     Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true });
+}
+
+// sse.js
+/**
+ * The SSE fallback (protocol §13, "Multiplexed SSE transport"): where a WebSocket upgrade is
+ * refused (a proxy, a firewall), the same wire protocol runs over `GET /sse` (frames in) and
+ * `POST /sse/session/{id}` (commands out). Both are behind the `WebSocketLike` seam of
+ * transport.ts, so the client's protocol logic (connect, resubscribe with `since`, exactly-once)
+ * does not change with the transport.
+ *
+ * The stream is read with `fetch` and a `ReadableStream` parser rather than `EventSource`: it works
+ * in browsers and in Node (which has no global `EventSource`), and a failed open is seen at once
+ * (an `EventSource` retries on its own).
+ */
+/** The multiplexed SSE URL of a hub's WebSocket URL: `ws://h/ws` → `http://h/sse`, `wss` → `https`. */
+function sseUrl(wsUrl) {
+    const url = new URL(wsUrl);
+    url.protocol = url.protocol === 'wss:' || url.protocol === 'https:' ? 'https:' : 'http:';
+    url.pathname = url.pathname.endsWith('/ws') ? `${url.pathname.slice(0, -3)}/sse` : `${url.pathname.replace(/\/$/, '')}/sse`;
+    // The token goes in `connect`, never in a URL.
+    url.search = '';
+    url.hash = '';
+    return url.href;
+}
+const CONNECTING = 0;
+const OPEN = 1;
+const CLOSED = 3;
+/**
+ * One multiplexed SSE session as a `WebSocketLike`: open once the `session` event names the
+ * session, each `message` event one frame, `send` a POST of the queued lines. At most one POST is
+ * in flight (the protocol's ordering rule); lines queued meanwhile go together in the next one.
+ */
+class SseSocket {
+    constructor(url) {
+        this.url = url;
+        this.readyState = CONNECTING;
+        this.onopen = null;
+        this.onclose = null;
+        this.onerror = null;
+        this.onmessage = null;
+        /** Ends the GET stream and any POST in flight. */
+        this.abort = new AbortController();
+        /** Lines waiting for the POST in flight to be answered. */
+        this.queue = [];
+        this.posting = false;
+        void this.read();
+    }
+    send(data) {
+        if (this.readyState === CLOSED)
+            return;
+        this.queue.push(data);
+        this.flush();
+    }
+    close(code = 1000, reason = '') {
+        this.end(code, reason);
+    }
+    flush() {
+        if (this.posting || !this.postUrl || this.queue.length === 0 || this.readyState !== OPEN)
+            return;
+        const body = this.queue.join('\n');
+        this.queue = [];
+        this.posting = true;
+        fetch(this.postUrl, {
+            method: 'POST',
+            // text/plain: a simple request, no CORS preflight.
+            headers: { 'content-type': 'text/plain' },
+            body,
+            signal: this.abort.signal,
+        }).then((res) => {
+            this.posting = false;
+            if (res.status !== 204) {
+                // 404 (the session ended) or 413: the session can no longer be trusted to have it all.
+                void res.body?.cancel();
+                this.end(1006, `SSE POST answered ${res.status}`);
+                return;
+            }
+            this.flush();
+        }, () => {
+            this.posting = false;
+            this.end(1006, 'SSE POST failed');
+        });
+    }
+    async read() {
+        let res;
+        try {
+            res = await fetch(this.url, { headers: { accept: 'text/event-stream' }, signal: this.abort.signal });
+        }
+        catch {
+            this.end(1006, 'SSE connection failed');
+            return;
+        }
+        if (!res.ok || !res.body) {
+            void res.body?.cancel();
+            this.end(1006, `SSE answered ${res.status}`);
+            return;
+        }
+        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = '';
+        try {
+            for (;;) {
+                const { value, done } = await reader.read();
+                if (done)
+                    break;
+                buf += value;
+                // Events end with a blank line; `\r\n` and `\r` end lines too (the SSE spec).
+                if (buf.includes('\r'))
+                    buf = buf.replace(/\r\n?/g, '\n');
+                let end;
+                while ((end = buf.indexOf('\n\n')) >= 0) {
+                    const block = buf.slice(0, end);
+                    buf = buf.slice(end + 2);
+                    this.event(block);
+                    if (this.readyState === CLOSED)
+                        return;
+                }
+            }
+        }
+        catch {
+            /* aborted or cut: ends below */
+        }
+        this.end(1006, 'SSE stream ended');
+    }
+    /** One event block: `session` opens, `message` is a frame; comments (keep-alive) are skipped. */
+    event(block) {
+        let type = 'message';
+        const data = [];
+        for (const line of block.split('\n')) {
+            if (line === '' || line.startsWith(':'))
+                continue;
+            const colon = line.indexOf(':');
+            const field = colon < 0 ? line : line.slice(0, colon);
+            let value = colon < 0 ? '' : line.slice(colon + 1);
+            if (value.startsWith(' '))
+                value = value.slice(1);
+            if (field === 'event')
+                type = value;
+            else if (field === 'data')
+                data.push(value);
+        }
+        if (data.length === 0)
+            return;
+        const text = data.join('\n');
+        if (type === 'session' && this.readyState === CONNECTING) {
+            let id;
+            try {
+                id = JSON.parse(text).session;
+            }
+            catch {
+                /* checked below */
+            }
+            if (typeof id !== 'string' || id === '') {
+                this.end(1006, 'SSE session event without a session');
+                return;
+            }
+            this.postUrl = `${this.url.replace(/\/$/, '')}/session/${encodeURIComponent(id)}`;
+            this.readyState = OPEN;
+            this.onopen?.({});
+            this.flush();
+        }
+        else if (type === 'message' && this.readyState === OPEN) {
+            this.onmessage?.({ data: text });
+        }
+    }
+    end(code, reason) {
+        if (this.readyState === CLOSED)
+            return;
+        const failed = this.readyState === CONNECTING;
+        this.readyState = CLOSED;
+        this.queue = [];
+        this.abort.abort();
+        if (failed)
+            this.onerror?.({});
+        this.onclose?.({ code, reason });
+    }
+}
+/**
+ * The socket of one connection attempt: the first transport of the list that opens. A WebSocket
+ * that fails before it opens (a refused upgrade: error or close before open) gives way to SSE on
+ * the same hub. While on SSE it probes WebSocket in the background (a real WebSocket open, at
+ * doubling intervals up to `probe.maxMs`, one at a time) and reports the first that opens.
+ */
+class FallbackSocket {
+    constructor(url, opts) {
+        this.url = url;
+        this.opts = opts;
+        this.onopen = null;
+        this.onclose = null;
+        this.onerror = null;
+        this.onmessage = null;
+        this.closed = false;
+        this.probeDelay = opts.probe?.initialMs ?? 2000;
+        this.attempt(0);
+    }
+    get readyState() {
+        return this.closed ? CLOSED : (this.inner?.readyState ?? CONNECTING);
+    }
+    send(data) {
+        this.inner?.send(data);
+    }
+    close(code, reason) {
+        this.closed = true;
+        this.stopProbe();
+        const inner = this.inner;
+        this.inner = undefined;
+        if (inner) {
+            inner.onopen = inner.onmessage = inner.onerror = inner.onclose = null;
+            try {
+                inner.close(code, reason);
+            }
+            catch {
+                /* never opened */
+            }
+        }
+        // As a WebSocket does: the close event follows.
+        const onclose = this.onclose;
+        if (onclose)
+            setTimeout(() => onclose({ code: code ?? 1005, reason: reason ?? '' }), 0);
+    }
+    /** Opens transport `i` of the list; a failure before open tries the next. */
+    attempt(i) {
+        const kind = this.opts.transports[i];
+        const last = i >= this.opts.transports.length - 1;
+        let sock;
+        try {
+            sock = kind === 'sse' ? new SseSocket(sseUrl(this.url)) : new this.opts.WS(this.url);
+        }
+        catch (err) {
+            if (!last)
+                return this.attempt(i + 1);
+            setTimeout(() => {
+                if (this.closed)
+                    return;
+                this.closed = true;
+                this.onerror?.(err);
+                this.onclose?.({ code: 1006, reason: 'connection failed' });
+            }, 0);
+            return;
+        }
+        this.inner = sock;
+        let opened = false;
+        const giveUp = () => {
+            if (this.inner !== sock)
+                return;
+            sock.onopen = sock.onmessage = sock.onerror = sock.onclose = null;
+            try {
+                sock.close();
+            }
+            catch {
+                /* never opened */
+            }
+            this.attempt(i + 1);
+        };
+        sock.onopen = (ev) => {
+            opened = true;
+            this.transport = kind;
+            if (kind === 'sse' && this.opts.transports.includes('websocket'))
+                this.scheduleProbe();
+            this.onopen?.(ev);
+        };
+        sock.onmessage = (ev) => this.onmessage?.(ev);
+        sock.onerror = (ev) => {
+            if (!opened && !last)
+                giveUp();
+            else
+                this.onerror?.(ev);
+        };
+        sock.onclose = (ev) => {
+            if (!opened && !last)
+                return giveUp();
+            this.stopProbe();
+            this.onclose?.(ev);
+        };
+    }
+    scheduleProbe() {
+        const max = this.opts.probe?.maxMs ?? 30000;
+        const delay = this.probeDelay / 2 + Math.random() * (this.probeDelay / 2);
+        this.probeDelay = Math.min(max, this.probeDelay * 2);
+        this.probeTimer = setTimeout(() => this.probe(), delay);
+    }
+    /** One background WebSocket open; closed at once either way. */
+    probe() {
+        this.probeTimer = undefined;
+        if (this.closed)
+            return;
+        let ws;
+        try {
+            ws = new this.opts.WS(this.url);
+        }
+        catch {
+            this.scheduleProbe();
+            return;
+        }
+        this.probeSocket = ws;
+        // A probe that hangs counts as failed (the next one waits longer).
+        const timeout = setTimeout(() => done(false), 10000);
+        const done = (ok) => {
+            if (this.probeSocket !== ws)
+                return;
+            clearTimeout(timeout);
+            this.probeSocket = undefined;
+            ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+            try {
+                ws.close(1000, 'probe');
+            }
+            catch {
+                /* never opened */
+            }
+            if (this.closed)
+                return;
+            if (ok)
+                this.opts.onWebSocketBack();
+            else
+                this.scheduleProbe();
+        };
+        ws.onopen = () => done(true);
+        ws.onerror = () => done(false);
+        ws.onclose = () => done(false);
+    }
+    stopProbe() {
+        if (this.probeTimer)
+            clearTimeout(this.probeTimer);
+        this.probeTimer = undefined;
+        const ws = this.probeSocket;
+        this.probeSocket = undefined;
+        if (ws) {
+            ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+            try {
+                ws.close(1000, 'probe');
+            }
+            catch {
+                /* never opened */
+            }
+        }
+    }
 }
 
 // presence.js
@@ -1541,8 +1877,8 @@ class ShareLeader {
             case 'subscribe':
                 if (!channel)
                     return this.fail(key, id, 107, 'bad_request', 'subscribe: missing channel');
-                if (['sub', 'view', 'filter', 'key', 'presence', 'member'].some((f) => fields[f] !== undefined)) {
-                    return this.fail(key, id, 107, 'bad_request', 'live views and presence are not shared between tabs: use a client without `share`', channel);
+                if (['sub', 'view', 'filter', 'key', 'presence', 'member', 'preview'].some((f) => fields[f] !== undefined)) {
+                    return this.fail(key, id, 107, 'bad_request', 'live views, presence and previews are not shared between tabs: use a client without `share`', channel);
                 }
                 this.subscribe(c, id, channel, fields);
                 return;
@@ -1909,6 +2245,7 @@ class HeraldClient extends Emitter {
             ? sharedSocket(options.shareName ?? defaultShareName(this.urls, options.token), () => new HeraldClient({ ...options, share: false }))
             : undefined;
         this.WS = shared ?? resolveWebSocket(options.WebSocket);
+        this.viaLeader = shared !== undefined;
         this.policy = new ReconnectPolicy(options.backoff);
         this.memberId = options.member ?? tabMemberId();
     }
@@ -1919,6 +2256,29 @@ class HeraldClient extends Emitter {
     /** The URL currently used (or to be used next). */
     get url() {
         return this.urls[this.urlIndex];
+    }
+    /** The transport of the current socket once it opened (`websocket` or `sse`), else undefined. */
+    get transport() {
+        const ws = this.ws;
+        if (ws instanceof FallbackSocket)
+            return ws.transport;
+        return ws && ws.readyState === 1 ? 'websocket' : undefined;
+    }
+    /** A new socket for an attempt: a plain WebSocket, or one that can fall back to SSE (sse.ts). */
+    newSocket() {
+        const transports = this.opts.transports ?? (this.opts.WebSocket ? ['websocket'] : ['websocket', 'sse']);
+        if (this.viaLeader || !transports.includes('sse'))
+            return new this.WS(this.url);
+        const sock = new FallbackSocket(this.url, {
+            WS: this.WS,
+            transports,
+            probe: this.opts.sseProbe,
+            onWebSocketBack: () => {
+                if (this.ws === sock && this.started)
+                    this.reconnect();
+            },
+        });
+        return sock;
     }
     /**
      * Starts connecting (and keeps the connection up until `close()`). The promise resolves at the
@@ -2187,7 +2547,7 @@ class HeraldClient extends Emitter {
     enterConnected() {
         const info = this.info;
         this.policy.reset();
-        this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients });
+        this.setState({ state: 'connected', client: info.client, node: info.node, clients: info.clients, transport: this.transport ?? 'websocket' });
         this.emit('connected', info);
     }
     reconnectingState(attempt, delay, code, reason) {
@@ -2236,7 +2596,7 @@ class HeraldClient extends Emitter {
             return;
         let ws;
         try {
-            ws = new this.WS(this.url);
+            ws = this.newSocket();
         }
         catch (err) {
             this.emit('error', err instanceof Error ? err : new Error(String(err)));
@@ -2937,4 +3297,4 @@ class HeraldApi {
     }
 }
 
-export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError, Emitter, mergePatch, Presence, presenceStore, tabMemberId, Subscription, LiveView, viewStore, defaultShareName, HeraldClient, HeraldApi };
+export { CLOSE_CODES, HeraldError, isFinalCloseCode, ListenerError, Emitter, mergePatch, SseSocket, sseUrl, Presence, presenceStore, tabMemberId, Subscription, LiveView, viewStore, defaultShareName, HeraldClient, HeraldApi };
