@@ -369,6 +369,8 @@ struct Mux {
     events: Events,
     /// Protocol messages read but not yet taken.
     pending: std::collections::VecDeque<Value>,
+    /// Events that carried a frame of several lines.
+    multi_line: usize,
 }
 
 impl Mux {
@@ -384,7 +386,7 @@ impl Mux {
             .unwrap()
             .to_string();
         assert!(id.len() >= 22 && id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
-        Mux { id, events, pending: Default::default() }
+        Mux { id, events, pending: Default::default(), multi_line: 0 }
     }
 
     /// POSTs a body to the session; returns the status and the body.
@@ -420,6 +422,7 @@ impl Mux {
             }
             let e = self.events.next().await;
             assert_eq!(e.event, "message", "{e:?}");
+            self.multi_line += usize::from(e.data.contains('\n'));
             for line in e.data.split('\n') {
                 self.pending.push_back(serde_json::from_str(line).expect("a JSON line"));
             }
@@ -457,6 +460,7 @@ async fn mux_sse_carries_the_wire_protocol() {
             "{p}"
         );
     }
+    assert!(mux.multi_line > 0, "a burst is batched into frames of several lines");
     // A command error is a reply like any other; the session stays.
     mux.send(&hub, &[json!({"id": 3, "cmd": "subscribe", "channel": "feed:m"})]).await;
     let reply = mux.next(&hub).await;
