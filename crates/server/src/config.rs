@@ -50,6 +50,8 @@ pub struct Config {
     pub subscribe_hook: Option<HookConfig>,
     /// HTTPS and `wss://` on the listener; plain HTTP when unset.
     pub tls: TlsConfig,
+    /// permessage-deflate on WebSocket connections whose client offers it.
+    pub compression: CompressionConfig,
     /// Namespaces by name; `default` holds channels without a `:`.
     pub namespaces: BTreeMap<String, Namespace>,
     /// Event-bus bridges (`[[bridge]]`), kept as tables: the `herald-bridge` crate checks and
@@ -81,6 +83,7 @@ impl Default for Config {
             log: LogConfig::default(),
             subscribe_hook: None,
             tls: TlsConfig::default(),
+            compression: CompressionConfig::default(),
             namespaces: BTreeMap::from([("default".to_string(), Namespace::default())]),
             bridge: Vec::new(),
             specs: Vec::new(),
@@ -274,6 +277,31 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// permessage-deflate (RFC 7692) on `/ws`: negotiated with clients that offer it (every browser
+/// does) when enabled; other connections are unchanged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// Negotiate permessage-deflate. Off by default: it costs CPU per message and, with
+    /// `context_takeover`, memory per connection; it pays on slow or metered links.
+    pub enabled: bool,
+    /// Frames shorter than this go uncompressed: deflate rarely shrinks a few dozen bytes and
+    /// always costs the CPU.
+    pub threshold_bytes: usize,
+    /// Deflate level, 1 (fastest) to 9 (smallest).
+    pub level: u32,
+    /// Keep each direction's dictionary between messages: better ratios for similar messages,
+    /// at about 300 KiB per compressed connection. Off: every message stands alone, and the
+    /// deflate state is borrowed from a pool shared by all connections.
+    pub context_takeover: bool,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig { enabled: false, threshold_bytes: 512, level: 1, context_takeover: false }
+    }
 }
 
 /// TLS of the listener: both files or neither. They are read again on SIGHUP (`herald serve`),
@@ -536,6 +564,9 @@ impl Config {
         }
         if self.engine.kind == EngineKind::Redis && self.engine.redis_url.is_empty() {
             return Err(ConfigError::Invalid("engine.redis_url is required for redis".into()));
+        }
+        if !(1..=9).contains(&self.compression.level) {
+            return Err(ConfigError::Invalid("compression.level must be between 1 and 9".into()));
         }
         for (name, ns) in &self.namespaces {
             if name.contains(':') || name.is_empty() {

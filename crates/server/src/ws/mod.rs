@@ -1,9 +1,13 @@
 //! The WebSocket way in: `GET /ws` is upgraded (after the per-IP attempt limit and the
-//! `Origin` check) and the socket handed to a [`crate::session`] task.
+//! `Origin` check) and the socket handed to a [`crate::session`] task: by tungstenite, or by
+//! yawc with permessage-deflate when the hub allows compression and the client offers it
+//! ([`deflate`]).
+
+mod deflate;
 
 use crate::hub::Hub;
 use crate::{api, session};
-use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use herald_protocol::ErrorCode;
@@ -18,7 +22,7 @@ pub async fn upgrade(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
     if !hub.admit_attempt(addr.ip()) {
         tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %addr.ip(), reason = "connection attempts per minute exceeded");
@@ -33,6 +37,32 @@ pub async fn upgrade(
         && (headers.contains_key(header::ORIGIN) || !hub.config.require_origin);
     let limits = &hub.config.limits;
     let upgrade = session::Upgrade { token, origin_allowed, ip: addr.ip() };
+    let (mut parts, _body) = request.into_parts();
+    if hub.config.compression.enabled && deflate::offered(&headers) {
+        let ws = match yawc::IncomingUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(ws) => ws,
+            Err(status) => return status.into_response(),
+        };
+        let options = deflate::options(limits, &hub.config.compression);
+        return match ws.upgrade(options) {
+            Ok((response, socket)) => {
+                tokio::spawn(async move {
+                    if let Ok(socket) = socket.await {
+                        session::run(hub, deflate::Deflated::new(socket), upgrade).await;
+                    }
+                });
+                response.map(axum::body::Body::new).into_response()
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade refused");
+                axum::http::StatusCode::BAD_REQUEST.into_response()
+            }
+        };
+    }
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
     ws.read_buffer_size(256)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(limits.outbound_queue_bytes.max(1 << 20))
