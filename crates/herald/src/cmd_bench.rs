@@ -131,6 +131,10 @@ pub struct BenchArgs {
     /// docs/protocol.md §17; 1: full JSON objects).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
     pub protocol: u32,
+    /// Clients offer permessage-deflate; a started server has `[compression] enabled` (a
+    /// `--url` server must have it on itself).
+    #[arg(long)]
+    pub compress: bool,
 }
 
 /// What a scenario measured.
@@ -163,6 +167,9 @@ pub struct Outcome {
     /// Server RSS growth over the measured phase per subscriber (fanout, rooms): what a
     /// connection keeps after large publications (socket write buffers).
     pub rss_growth_per_conn: Option<f64>,
+    /// Bytes the clients read from their sockets per delivery (WebSocket framing included,
+    /// compressed when deflate is on).
+    pub wire_bytes_per_delivery: Option<f64>,
 }
 
 /// The server under test.
@@ -232,6 +239,9 @@ fn start_server(args: &BenchArgs) -> anyhow::Result<Server> {
     let exe = std::env::current_exe().context("locating the herald binary")?;
     let path = std::env::temp_dir().join(format!("herald-bench-{}.toml", std::process::id()));
     let mut config = bench_config(&args.namespace, args.size);
+    if args.compress {
+        config.push_str("\n[compression]\nenabled = true\n");
+    }
     let mut files = vec![path.clone()];
     let mut spec_args: Vec<std::ffi::OsString> = Vec::new();
     if args.scenario == Scenario::Views {
@@ -350,7 +360,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let token = herald_server::auth::mint_hs256(&args.token_secret, &claims)?;
-    let endpoint = client::Endpoint { addr: server.addr, token, sources, version: args.protocol };
+    let endpoint = client::Endpoint {
+        addr: server.addr,
+        token,
+        sources,
+        version: args.protocol,
+        compress: args.compress,
+    };
     let plan = scenarios::Plan {
         endpoint,
         clients,
@@ -409,6 +425,7 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
     let name = format!("{:?}", args.scenario).to_lowercase();
     let publish = publish_label(args);
     // The table's scenario column names HTTP publishing; WebSocket rows read as before.
+    let deflate = if args.compress { "deflate" } else { "" };
     let label = if args.protocol == 1 {
         format!("{name} ({publish}, protocol 1)")
     } else if args.http {
@@ -418,6 +435,7 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
     } else {
         name.clone()
     };
+    let label = if deflate.is_empty() { label } else { format!("{label} (deflate)") };
     let per_sec = |n: u64| (n > 0).then(|| n as f64 / secs);
     let deliveries_per_sec = per_sec(o.deliveries);
     let events_per_sec = per_sec(o.events);
@@ -454,6 +472,8 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
             "protocol": args.protocol,
             "bytes_per_delivery": o.bytes_per_delivery,
             "rss_growth_per_conn": o.rss_growth_per_conn,
+            "compress": args.compress,
+            "wire_bytes_per_delivery": o.wire_bytes_per_delivery,
             "conns_per_sec": o.conns_per_sec,
             "recovered_ms": o.recovered_ms,
             "unindexed": args.scenario == Scenario::Views && args.unindexed,

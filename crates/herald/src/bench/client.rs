@@ -11,8 +11,155 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// A client WebSocket over a plain TCP stream.
-pub type Ws = WebSocketStream<TcpStream>;
+/// Bytes read from every bench connection's socket, as they came off the wire.
+static WIRE_READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes read off the wire by every connection so far.
+pub fn wire_bytes_read() -> u64 {
+    WIRE_READ.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A TCP stream that adds what it reads to [`WIRE_READ`].
+pub struct Counted(TcpStream);
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        WIRE_READ.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// A client WebSocket over a plain TCP stream: tungstenite, or yawc with permessage-deflate
+/// (`--compress`; tungstenite has no compression). Both read and write tungstenite messages.
+// The plain variant is the hot path of every other scenario: kept inline, not boxed.
+#[allow(clippy::large_enum_variant)]
+pub enum Ws {
+    /// Uncompressed.
+    Plain(WebSocketStream<Counted>),
+    /// permessage-deflate negotiated.
+    Deflate(Box<yawc::WebSocket<Counted>>),
+}
+
+impl Ws {
+    /// Sends a close frame and flushes.
+    pub async fn close(&mut self, _frame: Option<()>) -> Result<(), WsError> {
+        SinkExt::close(self).await
+    }
+}
+
+type WsError = tokio_tungstenite::tungstenite::Error;
+
+fn ws_error(e: yawc::WebSocketError) -> WsError {
+    WsError::Io(std::io::Error::other(e.to_string()))
+}
+
+impl futures_util::Stream for Ws {
+    type Item = Result<Message, WsError>;
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::{Poll, ready};
+        use yawc::frame::OpCode;
+        match self.get_mut() {
+            Ws::Plain(ws) => std::pin::Pin::new(ws).poll_next(cx),
+            Ws::Deflate(ws) => {
+                let Some(frame) = ready!(std::pin::Pin::new(&mut **ws).poll_next(cx)) else {
+                    return Poll::Ready(None);
+                };
+                let payload = frame.payload().clone();
+                Poll::Ready(Some(Ok(match frame.opcode() {
+                    OpCode::Text => match payload.try_into() {
+                        Ok(text) => Message::Text(text),
+                        Err(_) => return Poll::Ready(Some(Err(WsError::Utf8(String::new())))),
+                    },
+                    OpCode::Ping => Message::Ping(payload),
+                    OpCode::Pong => Message::Pong(payload),
+                    OpCode::Close => Message::Close(None),
+                    OpCode::Binary | OpCode::Continuation => Message::Binary(payload),
+                })))
+            }
+        }
+    }
+}
+
+impl futures_util::Sink<Message> for Ws {
+    type Error = WsError;
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            Ws::Plain(ws) => std::pin::Pin::new(ws).poll_ready(cx),
+            Ws::Deflate(ws) => std::pin::Pin::new(&mut **ws).poll_ready(cx).map_err(ws_error),
+        }
+    }
+    fn start_send(self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+        use yawc::frame::Frame;
+        match self.get_mut() {
+            Ws::Plain(ws) => std::pin::Pin::new(ws).start_send(item),
+            Ws::Deflate(ws) => {
+                let frame = match item {
+                    Message::Text(t) => Frame::text(bytes::Bytes::from(t)),
+                    Message::Binary(b) => Frame::binary(b),
+                    Message::Ping(b) => Frame::ping(b),
+                    Message::Pong(b) => Frame::pong(b),
+                    Message::Close(_) | Message::Frame(_) => {
+                        Frame::close(yawc::close::CloseCode::Normal, "")
+                    }
+                };
+                std::pin::Pin::new(&mut **ws).start_send(frame).map_err(ws_error)
+            }
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            Ws::Plain(ws) => std::pin::Pin::new(ws).poll_flush(cx),
+            Ws::Deflate(ws) => std::pin::Pin::new(&mut **ws).poll_flush(cx).map_err(ws_error),
+        }
+    }
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            Ws::Plain(ws) => std::pin::Pin::new(ws).poll_close(cx),
+            Ws::Deflate(ws) => std::pin::Pin::new(&mut **ws).poll_close(cx).map_err(ws_error),
+        }
+    }
+}
 
 /// Where to connect and as whom.
 #[derive(Clone)]
@@ -25,6 +172,8 @@ pub struct Endpoint {
     pub sources: u8,
     /// Protocol version asked at `connect`.
     pub version: u32,
+    /// Offer permessage-deflate (the server must have `[compression] enabled`).
+    pub compress: bool,
 }
 
 /// Process-wide time base for payload timestamps (publisher and subscribers share the process).
@@ -54,7 +203,19 @@ impl Endpoint {
         };
         PHASES[0].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         stream.set_nodelay(true)?;
+        let stream = Counted(stream);
         let url = format!("ws://{}/ws", self.addr);
+        if self.compress {
+            let options = yawc::Options::default()
+                .with_low_latency_compression()
+                .server_no_context_takeover()
+                .client_no_context_takeover()
+                .with_limits(64 << 20, 64 << 20);
+            let ws = yawc::WebSocket::handshake(url.parse()?, stream, options)
+                .await
+                .context("websocket handshake")?;
+            return Ok(Ws::Deflate(Box::new(ws)));
+        }
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
             .write_buffer_size(0)
@@ -64,7 +225,7 @@ impl Endpoint {
             .await
             .context("websocket handshake")?;
         PHASES[1].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(ws)
+        Ok(Ws::Plain(ws))
     }
 
     /// Connects from `127.0.0.x`. The port is chosen here, not by `bind(addr, 0)`: the kernel's

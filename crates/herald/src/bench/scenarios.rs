@@ -383,6 +383,7 @@ async fn pubsub(plan: &Plan, channels: Vec<String>, fan: u64) -> anyhow::Result<
     // Fan per publication: subscribers per channel.
     let fan = if channels.len() == 1 { subscribed.max(1) } else { fan };
     let before = plan.usage();
+    let read_before = super::client::wire_bytes_read();
     let start = Instant::now();
     let (published, publish_errors) = publisher(plan, &channels, fan, &shared).await?;
     errors += publish_errors;
@@ -398,6 +399,7 @@ async fn pubsub(plan: &Plan, channels: Vec<String>, fan: u64) -> anyhow::Result<
     }
     let elapsed = start.elapsed();
     let after = plan.usage();
+    let wire = super::client::wire_bytes_read() - read_before;
     let _ = stop_tx.send(true);
     let mut latency = Hist::default();
     for t in tasks {
@@ -410,6 +412,7 @@ async fn pubsub(plan: &Plan, channels: Vec<String>, fan: u64) -> anyhow::Result<
     let bytes = shared.bytes.load(Ordering::Relaxed);
     Ok(Outcome {
         bytes_per_delivery: (delivered > 0).then(|| bytes as f64 / delivered as f64),
+        wire_bytes_per_delivery: (delivered > 0).then(|| wire as f64 / delivered as f64),
         events: published,
         deliveries: delivered,
         elapsed,
