@@ -7,9 +7,11 @@ use crate::command::{Cmd, CommandTx};
 use crate::connection::{self, ConnectionConfig};
 use crate::error::Error;
 use crate::event::{SubscribeOptions, ViewOptions};
+use crate::sse::{ProbePolicy, Transport};
 use crate::state::ConnectionState;
 use crate::subscription::Subscription;
 use crate::token::TokenSource;
+use crate::transport::Transports;
 use crate::view::View;
 use herald_protocol::Command;
 use herald_protocol::command::{HistoryQuery, PublishCommand};
@@ -30,11 +32,14 @@ pub enum BuildError {
     /// A URL is not a `ws://` or `wss://` URL.
     #[error("invalid server url {0:?}: expected ws://HOST:PORT/ws")]
     BadUrl(String),
+    /// At least one transport is needed.
+    #[error("no transport given")]
+    NoTransports,
 }
 
 /// Configures a [`Client`]. Defaults: backoff 1 s doubling to 30 s with full jitter, reset by
 /// every established connection; breaker after 10 failed attempts, probing every 30 s; 10 s
-/// request and connect timeouts, 10 s liveness margin.
+/// request and connect timeouts, 10 s liveness margin; WebSocket, falling back to SSE.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     /// Server URLs, tried in turn.
@@ -55,6 +60,8 @@ pub struct ClientBuilder {
     name: Option<String>,
     /// The default presence member id; random when unset.
     member: Option<String>,
+    /// The transports each attempt tries, and the WebSocket probes while on SSE.
+    transports: Transports,
 }
 
 impl Default for ClientBuilder {
@@ -69,6 +76,7 @@ impl Default for ClientBuilder {
             refresh_lead: Duration::from_secs(30),
             name: None,
             member: None,
+            transports: Transports::default(),
         }
     }
 }
@@ -156,6 +164,25 @@ impl ClientBuilder {
         self
     }
 
+    /// The transports each connection attempt tries, in order (default WebSocket, then SSE).
+    /// The next is tried only when one is refused: a WebSocket upgrade answered with an HTTP
+    /// error status or closed before any answer (not a refused TCP connect, a reset, or a
+    /// refused `connect`). On SSE after a refused WebSocket, the client probes WebSocket in the
+    /// background ([`ClientBuilder::sse_probe`]) and reconnects over it once an upgrade works,
+    /// resuming every subscription as after any reconnect. `[Transport::WebSocket]` alone never
+    /// falls back.
+    pub fn transports(mut self, transports: impl IntoIterator<Item = Transport>) -> Self {
+        self.transports.order = transports.into_iter().collect();
+        self
+    }
+
+    /// How often a client on SSE tries a WebSocket upgrade again (default 2 s, doubling up to
+    /// 30 s).
+    pub fn sse_probe(mut self, policy: ProbePolicy) -> Self {
+        self.transports.probe = policy;
+        self
+    }
+
     /// Starts the client: spawns its background task (needs a Tokio runtime) and begins
     /// connecting at once.
     pub fn build(self) -> Result<Client, BuildError> {
@@ -169,6 +196,9 @@ impl ClientBuilder {
     ) -> Result<(Client, broadcast::Receiver<ConnectionState>), BuildError> {
         if self.urls.is_empty() {
             return Err(BuildError::NoUrls);
+        }
+        if self.transports.order.is_empty() {
+            return Err(BuildError::NoTransports);
         }
         for u in &self.urls {
             match url::Url::parse(u) {
@@ -187,6 +217,7 @@ impl ClientBuilder {
             refresh_lead: self.refresh_lead,
             name: self.name,
             member: member.clone(),
+            transports: self.transports,
         };
         let handles = connection::spawn(config, cmd_rx);
         let client = Client {
@@ -194,6 +225,7 @@ impl ClientBuilder {
                 cmd: cmd_tx,
                 state: handles.state,
                 info: handles.info,
+                transport: handles.transport,
                 changes: handles.changes,
                 request_timeout: self.request_timeout,
                 next_sub: AtomicU64::new(1),
@@ -221,6 +253,8 @@ struct Inner {
     state: watch::Receiver<ConnectionState>,
     /// The current connection's `connect` reply.
     info: watch::Receiver<Option<ConnectResult>>,
+    /// The current connection's transport.
+    transport: watch::Receiver<Option<Transport>>,
     /// Every state transition, for [`Client::state_changes`].
     changes: broadcast::Sender<ConnectionState>,
     /// How long a request waits for its reply.
@@ -263,6 +297,17 @@ impl Client {
     /// or `None` while not connected.
     pub fn connect_info(&self) -> Option<ConnectResult> {
         self.inner.info.borrow().clone()
+    }
+
+    /// The transport of the current connection (from its `connect` reply on), or `None` while
+    /// not connected.
+    pub fn transport(&self) -> Option<Transport> {
+        *self.inner.transport.borrow()
+    }
+
+    /// A `watch` receiver of [`Client::transport`], to wait for a move between transports.
+    pub fn watch_transport(&self) -> watch::Receiver<Option<Transport>> {
+        self.inner.transport.clone()
     }
 
     /// Waits until the state is [`ConnectionState::Connected`], or fails with the offline

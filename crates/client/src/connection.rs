@@ -11,10 +11,11 @@ use crate::error::Error;
 use crate::event::{SubEvent, SubscribeOptions, ViewFeed};
 use crate::presence;
 use crate::raw::{RawError, RawReceiver, RawSender};
+use crate::sse::Transport;
 use crate::state::{ConnectionState, OfflineReason};
 use crate::subscription::{Sub, SubStatus};
 use crate::token::TokenSource;
-use crate::transport::{HandshakeError, handshake, spawn_writer};
+use crate::transport::{HandshakeError, Transports, handshake, spawn_writer};
 use crate::view::{EventFit, ViewSub};
 use herald_protocol::command::ViewQuery;
 use herald_protocol::reply::{ConnectResult, RefreshResult, SubscribeResult, ViewSubscribeResult};
@@ -51,6 +52,8 @@ pub(crate) struct ConnectionConfig {
     pub name: Option<String>,
     /// The presence member id of subscriptions that set none (the same on every connection).
     pub member: String,
+    /// The transports each attempt tries, and the WebSocket probes while on SSE.
+    pub transports: Transports,
 }
 
 /// What the handles observe of a spawned connection task.
@@ -63,6 +66,8 @@ pub(crate) struct ConnectionHandles {
     pub first_changes: broadcast::Receiver<ConnectionState>,
     /// The current connection's `connect` reply.
     pub info: watch::Receiver<Option<ConnectResult>>,
+    /// The current connection's transport.
+    pub transport: watch::Receiver<Option<Transport>>,
 }
 
 /// Spawns the connection task (needs a Tokio runtime); it starts connecting at once and runs
@@ -74,6 +79,7 @@ pub(crate) fn spawn(
     let (state_tx, state) = watch::channel(ConnectionState::Connecting);
     let (changes, first_changes) = broadcast::channel(256);
     let (info_tx, info) = watch::channel(None);
+    let (transport_tx, transport) = watch::channel(None);
     let driver = Driver {
         urls: config.urls,
         url_idx: 0,
@@ -87,6 +93,8 @@ pub(crate) fn spawn(
         refresh_lead: config.refresh_lead,
         name: config.name,
         member: config.member,
+        transports: config.transports,
+        transport_tx,
         cmd_rx: commands,
         state_tx,
         changes: changes.clone(),
@@ -97,7 +105,7 @@ pub(crate) fn spawn(
         offline: None,
     };
     tokio::spawn(driver.run());
-    ConnectionHandles { state, changes, first_changes, info }
+    ConnectionHandles { state, changes, first_changes, info, transport }
 }
 
 /// A user request or a bookkeeping one, waiting for its reply.
@@ -138,6 +146,8 @@ enum Ended {
     Final(OfflineReason),
     /// The application asked for a fresh attempt now.
     Reconnect,
+    /// On SSE, a WebSocket upgrade works again: a fresh attempt now, over it.
+    Switch,
     /// The application closed the client.
     Close,
 }
@@ -195,6 +205,10 @@ struct Driver {
     name: Option<String>,
     /// The presence member id of subscriptions that set none.
     member: String,
+    /// The transports each attempt tries, and the WebSocket probes while on SSE.
+    transports: Transports,
+    /// Publishes the current connection's transport.
+    transport_tx: watch::Sender<Option<Transport>>,
     /// Commands from the handles.
     cmd_rx: mpsc::UnboundedReceiver<Cmd>,
     /// Publishes the latest state.
@@ -275,6 +289,7 @@ impl Driver {
                     }
                 }
                 Ended::Reconnect => self.leave_offline(),
+                Ended::Switch => {}
                 Ended::Close => return self.shutdown(),
             }
         }
@@ -440,7 +455,13 @@ impl Driver {
                 Err(_) => return Ended::Failed("token provider timed out".into()),
             }
         }
-        let handshake = handshake(url, self.token.clone(), self.name.clone(), self.connect_timeout);
+        let handshake = handshake(
+            url,
+            self.token.clone(),
+            self.name.clone(),
+            self.connect_timeout,
+            self.transports.clone(),
+        );
         tokio::pin!(handshake);
         let result = loop {
             tokio::select! {
@@ -497,6 +518,7 @@ impl Driver {
         self.token_expires_at = info.expires_at;
         let mut refresh_at = self.refresh_deadline(info.expires_at);
         self.info_tx.send_replace(Some(info));
+        self.transport_tx.send_replace(Some(rx.transport()));
 
         // Resyncing only when a subscription resumes; first subscribes are plain connecting.
         let resuming =
@@ -610,13 +632,14 @@ impl Driver {
                 _ = &mut writer => break Ended::Lost,
             }
         };
-        if matches!(end, Ended::Close | Ended::Reconnect) {
+        if matches!(end, Ended::Close | Ended::Reconnect | Ended::Switch) {
             // Deliberate: let the writer flush and send a close frame (briefly), then cut.
             conn.out = mpsc::unbounded_channel().0;
             let _ = tokio::time::timeout(Duration::from_millis(500), &mut writer).await;
         }
         writer.abort();
         self.info_tx.send_replace(None);
+        self.transport_tx.send_replace(None);
         for (_, pending) in conn.pending.drain() {
             if let Pending::User(reply) = pending {
                 let _ = reply.send(Err(Error::Disconnected));
@@ -634,6 +657,7 @@ impl Driver {
     /// Classifies the end of a connected session.
     fn closed(&mut self, e: RawError, disconnect: Option<(u16, String)>) -> Ended {
         let (mut code, mut reason) = match e {
+            RawError::WebSocketBack => return Ended::Switch,
             RawError::Closed { code, reason } => (code, reason),
             other => (None, other.to_string()),
         };

@@ -1,6 +1,8 @@
-//! The raw layer: one WebSocket connection speaking protocol v1, without reconnects, resume or
-//! bookkeeping. [`crate::Client`] is built on it, and the benchmark drives it directly.
+//! The raw layer: one connection speaking the wire protocol, without reconnects, resume or
+//! bookkeeping: a WebSocket, or the multiplexed SSE transport ([`crate::sse`]) behind the same
+//! halves. [`crate::Client`] is built on it, and the benchmark drives it directly.
 
+use crate::sse::{self, Probe, ProbePolicy, SseError, SsePoster, SseStream, Transport};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::{Request, ServerMessage, split_frame};
@@ -29,6 +31,13 @@ pub enum RawError {
     /// The TCP connect, the upgrade, or a read/write failed.
     #[error("websocket: {0}")]
     Ws(#[from] tungstenite::Error),
+    /// The SSE stream could not be opened, broke, or a command POST was refused.
+    #[error("sse: {0}")]
+    Sse(#[from] SseError),
+    /// On SSE, a background probe found that a WebSocket upgrade works again: the owner moves
+    /// back by reconnecting (the SSE session stays open until the receiver is dropped).
+    #[error("websocket upgrades work again")]
+    WebSocketBack,
     /// The connection is closed. `code` is the close frame's code when one arrived.
     #[error("connection closed (code {code:?}: {reason})")]
     Closed {
@@ -39,7 +48,7 @@ pub enum RawError {
     },
 }
 
-/// A connected WebSocket to a Herald hub: send [`Request`]s, read [`ServerMessage`]s.
+/// A connection to a Herald hub (WebSocket or SSE): send [`Request`]s, read [`ServerMessage`]s.
 pub struct RawConnection {
     sender: RawSender,
     receiver: RawReceiver,
@@ -47,12 +56,28 @@ pub struct RawConnection {
 
 /// The sending half of a [`RawConnection`], so a writer task can run beside a reader.
 pub struct RawSender {
-    sink: SplitSink<Ws, Message>,
+    sink: Sink,
+}
+
+/// Where a [`RawSender`] writes.
+enum Sink {
+    /// The WebSocket's write half.
+    Ws(SplitSink<Ws, Message>),
+    /// One POST per frame; the caller keeps one in flight.
+    Sse(SsePoster),
+}
+
+/// Where a [`RawReceiver`] reads.
+enum Source {
+    /// The WebSocket's read half.
+    Ws(SplitStream<Ws>),
+    /// The `GET /sse` stream, and the WebSocket probe once started.
+    Sse(SseStream, Option<Probe>),
 }
 
 /// The receiving half of a [`RawConnection`]. Splits frames into messages (`\n`-separated).
 pub struct RawReceiver {
-    stream: SplitStream<Ws>,
+    stream: Source,
     buffered: VecDeque<ServerMessage>,
 }
 
@@ -72,9 +97,25 @@ impl RawConnection {
             tokio_tungstenite::connect_async_with_config(request, None, true).await?;
         let (sink, stream) = ws.split();
         Ok(RawConnection {
-            sender: RawSender { sink },
-            receiver: RawReceiver { stream, buffered: VecDeque::new() },
+            sender: RawSender { sink: Sink::Ws(sink) },
+            receiver: RawReceiver { stream: Source::Ws(stream), buffered: VecDeque::new() },
         })
+    }
+
+    /// Opens the multiplexed SSE transport of the hub whose WebSocket URL is `ws_url`
+    /// (`ws://h/ws` → `GET http://h/sse`), up to its `session` event. It carries no token: send
+    /// it in `connect` (protocol §13).
+    pub async fn connect_sse(ws_url: &str) -> Result<RawConnection, RawError> {
+        let (poster, stream) = sse::open(sse::sse_url(ws_url)?).await?;
+        Ok(RawConnection {
+            sender: RawSender { sink: Sink::Sse(poster) },
+            receiver: RawReceiver { stream: Source::Sse(stream, None), buffered: VecDeque::new() },
+        })
+    }
+
+    /// The transport this connection runs on.
+    pub fn transport(&self) -> Transport {
+        self.receiver.transport()
     }
 
     /// Sends one request in its own frame.
@@ -105,16 +146,23 @@ impl RawSender {
         self.send_text(lines.join("\n")).await
     }
 
-    /// Sends a text frame as is (one or more `\n`-separated JSON messages).
+    /// Sends a text frame as is (one or more `\n`-separated JSON messages); on SSE one POST,
+    /// returning once the hub queued it.
     pub async fn send_text(&mut self, text: String) -> Result<(), RawError> {
-        self.sink.send(Message::text(text)).await?;
+        match &mut self.sink {
+            Sink::Ws(sink) => sink.send(Message::text(text)).await?,
+            Sink::Sse(poster) => poster.post(text).await?,
+        }
         Ok(())
     }
 
-    /// Sends a close frame with a normal (1000) code and flushes it.
+    /// Sends a close frame with a normal (1000) code and flushes it. On SSE nothing is sent:
+    /// the session ends when the receiver drops its stream.
     pub async fn close(&mut self) -> Result<(), RawError> {
-        let frame = CloseFrame { code: WsCloseCode::Normal, reason: "".into() };
-        self.sink.send(Message::Close(Some(frame))).await?;
+        if let Sink::Ws(sink) = &mut self.sink {
+            let frame = CloseFrame { code: WsCloseCode::Normal, reason: "".into() };
+            sink.send(Message::Close(Some(frame))).await?;
+        }
         Ok(())
     }
 }
@@ -124,27 +172,42 @@ impl RawReceiver {
     /// one by one; lines that do not parse are logged and skipped. A close frame or a dropped
     /// socket ends in [`RawError::Closed`].
     ///
+    /// On SSE the stream's end is [`RawError::Closed`] without a code, and a successful
+    /// WebSocket probe (see [`RawReceiver::probe_websocket`]) is [`RawError::WebSocketBack`].
+    ///
     /// Cancel-safe: dropping the future loses nothing, so it can sit in a `select!`.
     pub async fn recv(&mut self) -> Result<ServerMessage, RawError> {
         loop {
             if let Some(message) = self.buffered.pop_front() {
                 return Ok(message);
             }
-            match self.stream.next().await {
+            let stream = match &mut self.stream {
+                Source::Ws(stream) => stream,
+                Source::Sse(stream, probe) => {
+                    let found = async {
+                        match probe {
+                            Some(probe) => probe.found().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let frame = tokio::select! {
+                        frame = stream.next_frame() => frame?,
+                        () = found => return Err(RawError::WebSocketBack),
+                    };
+                    let Some(text) = frame else {
+                        let reason = "SSE stream ended".into();
+                        return Err(RawError::Closed { code: None, reason });
+                    };
+                    push_lines(&mut self.buffered, &text);
+                    continue;
+                }
+            };
+            match stream.next().await {
                 None => {
                     return Err(RawError::Closed { code: None, reason: "socket closed".into() });
                 }
                 Some(Err(e)) => return Err(classify(e)),
-                Some(Ok(Message::Text(text))) => {
-                    for line in split_frame(text.as_str()) {
-                        match ServerMessage::parse(line) {
-                            Ok(message) => self.buffered.push_back(message),
-                            Err(e) => {
-                                tracing::warn!(error = %e, line, "skipping unparseable server message")
-                            }
-                        }
-                    }
-                }
+                Some(Ok(Message::Text(text))) => push_lines(&mut self.buffered, text.as_str()),
                 Some(Ok(Message::Close(frame))) => {
                     let (code, reason) = match frame {
                         Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
@@ -157,6 +220,49 @@ impl RawReceiver {
                 Some(Ok(_)) => {}
             }
         }
+    }
+}
+
+impl RawReceiver {
+    /// The transport this half reads from.
+    pub fn transport(&self) -> Transport {
+        match self.stream {
+            Source::Ws(_) => Transport::WebSocket,
+            Source::Sse(..) => Transport::Sse,
+        }
+    }
+
+    /// On SSE, starts probing WebSocket upgrades to `ws_url` in the background; the first that
+    /// works ends [`RawReceiver::recv`] with [`RawError::WebSocketBack`]. Nothing on WebSocket.
+    pub fn probe_websocket(&mut self, ws_url: &str, policy: ProbePolicy) {
+        if let Source::Sse(_, probe) = &mut self.stream {
+            *probe = Some(Probe::spawn(ws_url.to_string(), policy));
+        }
+    }
+}
+
+/// Splits a frame into messages; lines that do not parse are logged and skipped.
+fn push_lines(buffered: &mut VecDeque<ServerMessage>, frame: &str) {
+    for line in split_frame(frame) {
+        match ServerMessage::parse(line) {
+            Ok(message) => buffered.push_back(message),
+            Err(e) => tracing::warn!(error = %e, line, "skipping unparseable server message"),
+        }
+    }
+}
+
+/// Whether a failed WebSocket open was a refused upgrade (worth the SSE fallback): an HTTP
+/// status other than 101 in answer to the upgrade, or the connection closed (FIN) before any
+/// answer. A reset is not: a hub that is down behind a TCP proxy or load balancer resets the
+/// same way, and SSE would only fail again. 429 is the hub's per-IP attempt limit, which the SSE
+/// stream counts against too.
+pub(crate) fn upgrade_refused(e: &RawError) -> bool {
+    use tungstenite::error::ProtocolError;
+    match e {
+        RawError::Ws(tungstenite::Error::Http(response)) => response.status().as_u16() != 429,
+        RawError::Ws(tungstenite::Error::Protocol(ProtocolError::HandshakeIncomplete)) => true,
+        RawError::Ws(tungstenite::Error::Io(io)) => io.kind() == std::io::ErrorKind::UnexpectedEof,
+        _ => false,
     }
 }
 

@@ -1,9 +1,10 @@
 //! The socket seam of [`crate::Client`]: opening a connection and getting its `connect` reply
-//! ([`handshake`]), and the writer task that batches queued messages into frames
+//! ([`handshake`], which falls back from a refused WebSocket upgrade to SSE), and the writer task that batches queued messages into frames
 //! ([`spawn_writer`]). Frames are read, and batched frames split into messages, by
 //! [`crate::raw::RawReceiver`]. No reconnects or bookkeeping here: that is [`crate::connection`].
 
-use crate::raw::{RawConnection, RawError, RawReceiver, RawSender};
+use crate::raw::{RawConnection, RawError, RawReceiver, RawSender, upgrade_refused};
+use crate::sse::{self, ProbePolicy, Transport};
 use crate::state::OfflineReason;
 use herald_protocol::reply::ConnectResult;
 use herald_protocol::{CloseCode, Command, ErrorCode, Request, ServerMessage};
@@ -25,24 +26,76 @@ pub(crate) enum HandshakeError {
     Final(OfflineReason),
 }
 
-/// Connects, sends `connect`, and waits for its reply, all within `timeout`.
+/// Which transports an attempt tries, and how a client on SSE probes WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Transports {
+    /// Tried in order; the next one only after a refused upgrade (or refused SSE stream).
+    pub order: Vec<Transport>,
+    /// Probe intervals while on SSE (only when WebSocket comes first in `order`).
+    pub probe: ProbePolicy,
+}
+
+impl Default for Transports {
+    fn default() -> Self {
+        Transports {
+            order: vec![Transport::WebSocket, Transport::Sse],
+            probe: ProbePolicy::default(),
+        }
+    }
+}
+
+/// Opens the first transport of `transports` that is not refused.
+async fn open(
+    url: &str,
+    token: Option<&str>,
+    transports: &Transports,
+) -> Result<RawConnection, String> {
+    let mut refused = Vec::new();
+    for (i, transport) in transports.order.iter().enumerate() {
+        let conn = match transport {
+            Transport::WebSocket => RawConnection::connect(url, token).await,
+            Transport::Sse => RawConnection::connect_sse(url).await,
+        };
+        let e = match conn {
+            Ok(conn) => return Ok(conn),
+            Err(e) => e,
+        };
+        let last = i + 1 == transports.order.len();
+        let sse_refused =
+            matches!(&e, RawError::Sse(sse::SseError::Status { status, .. }) if *status != 429);
+        if last || !(upgrade_refused(&e) || sse_refused) {
+            refused.push(format!("{transport}: {e}"));
+            return Err(format!("{url}: {}", refused.join("; ")));
+        }
+        tracing::debug!(%url, error = %e, "herald {transport} refused; trying the next transport");
+        refused.push(format!("{transport}: {e}"));
+    }
+    Err(format!("{url}: no transport"))
+}
+
+/// Connects (over the first transport that is not refused), sends `connect`, and waits for its
+/// reply, all within `timeout`. On SSE with WebSocket preferred, the receiver probes WebSocket.
 pub(crate) async fn handshake(
     url: String,
     token: Option<String>,
     name: Option<String>,
     timeout: Duration,
+    transports: Transports,
 ) -> Result<(RawSender, RawReceiver, ConnectResult), HandshakeError> {
     let attempt = async {
-        let conn = RawConnection::connect(&url, token.as_deref())
-            .await
-            .map_err(|e| HandshakeError::Retry(format!("{url}: {e}")))?;
+        let conn =
+            open(&url, token.as_deref(), &transports).await.map_err(HandshakeError::Retry)?;
+        let transport = conn.transport();
         let (mut sender, mut receiver) = conn.split();
+        // On WebSocket the token went in the upgrade's header; SSE's travels in `connect`.
+        let token = match transport {
+            Transport::WebSocket => None,
+            Transport::Sse => token.clone().or_else(|| sse::url_token(&url)),
+        };
         // Version 2: live publications come compact (protocol §17); a hub that speaks only 1
         // answers 1 and sends v1 objects, which the connection reads too.
-        let connect = Request {
-            id: Some(1),
-            command: Command::Connect { token: None, name, version: Some(2) },
-        };
+        let connect =
+            Request { id: Some(1), command: Command::Connect { token, name, version: Some(2) } };
         sender.send(&connect).await.map_err(|e| HandshakeError::Retry(format!("{url}: {e}")))?;
         let mut disconnect: Option<(u16, String)> = None;
         loop {
@@ -51,6 +104,10 @@ pub(crate) async fn handshake(
                     let info: ConnectResult = serde_json::from_str(raw.get()).map_err(|e| {
                         HandshakeError::Retry(format!("undecodable connect reply: {e}"))
                     })?;
+                    let ws_first = transports.order.first() == Some(&Transport::WebSocket);
+                    if transport == Transport::Sse && ws_first {
+                        receiver.probe_websocket(&url, transports.probe.clone());
+                    }
                     return Ok((sender, receiver, info));
                 }
                 Ok(ServerMessage::Reply { id: 1, result: Err(e) }) => {
