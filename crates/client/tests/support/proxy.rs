@@ -1,8 +1,8 @@
 //! A loopback TCP proxy that injects faults between the client and the hub: cut every connection
-//! (RST or FIN), blackhole traffic without closing, and delay it.
+//! (RST or FIN), blackhole traffic without closing, delay it, and refuse WebSocket upgrades.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,6 +34,10 @@ struct Shared {
     accepted: AtomicUsize,
     active: AtomicUsize,
     accept_times: Mutex<Vec<Instant>>,
+    /// Answer upgrade requests with 403 (see [`Proxy::refuse_upgrades`]).
+    refuse_upgrades: AtomicBool,
+    /// Upgrade requests answered with 403 so far (a watch, so tests can wait for the next).
+    refused: watch::Sender<usize>,
 }
 
 /// The proxy; stops accepting when dropped (open connections end at their next fault or EOF).
@@ -67,6 +71,8 @@ impl Proxy {
             accepted: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             accept_times: Mutex::new(Vec::new()),
+            refuse_upgrades: AtomicBool::new(false),
+            refused: watch::channel(0).0,
         });
         let accept_shared = shared.clone();
         let task = tokio::spawn(async move {
@@ -119,6 +125,32 @@ impl Proxy {
         self.shared.control.send_modify(|c| c.delay = delay);
     }
 
+    /// While on, a new connection whose first request carries `Upgrade: websocket` is answered
+    /// `HTTP/1.1 403 Forbidden` and closed (a proxy that blocks WebSocket); other requests are
+    /// forwarded. Only the first request of a connection is looked at: a WebSocket client opens
+    /// a connection for its upgrade, and after it the bytes are frames.
+    #[allow(dead_code)]
+    pub fn refuse_upgrades(&self, on: bool) {
+        self.shared.refuse_upgrades.store(on, Ordering::SeqCst);
+    }
+
+    /// Upgrade requests refused so far.
+    #[allow(dead_code)]
+    pub fn refused(&self) -> usize {
+        *self.shared.refused.borrow()
+    }
+
+    /// Waits until more than `n` upgrade requests were refused; panics after `timeout`.
+    #[allow(dead_code)]
+    pub async fn wait_refused_above(&self, n: usize, timeout: Duration) -> usize {
+        let mut rx = self.shared.refused.subscribe();
+        let wait = rx.wait_for(|&count| count > n);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(count)) => *count,
+            _ => panic!("no upgrade refused past {n} within {timeout:?}"),
+        }
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
@@ -141,9 +173,44 @@ fn abort(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
+/// Reads the first request head (up to the blank line, 64 KiB at most); `None` when the client
+/// closed first.
+async fn read_head(client: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+        let n = client.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Some(head)
+}
+
+/// Whether a request head asks for a WebSocket upgrade.
+fn is_upgrade(head: &[u8]) -> bool {
+    String::from_utf8_lossy(head).to_ascii_lowercase().lines().any(|line| {
+        line.split_once(':').is_some_and(|(k, v)| k.trim() == "upgrade" && v.trim() == "websocket")
+    })
+}
+
 async fn pipe(mut client: TcpStream, shared: &Shared) {
     let mut control = shared.control.subscribe();
     let generation = control.borrow().cut_generation;
+    // Bytes read to look at the first request, forwarded once upstream is connected.
+    let mut first = Vec::new();
+    if shared.refuse_upgrades.load(Ordering::SeqCst) {
+        let Some(head) = read_head(&mut client).await else { return };
+        if shared.refuse_upgrades.load(Ordering::SeqCst) && is_upgrade(&head) {
+            shared.refused.send_modify(|n| *n += 1);
+            let answer = "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            let _ = client.write_all(answer.as_bytes()).await;
+            let _ = client.shutdown().await;
+            return;
+        }
+        first = head;
+    }
     let upstream = *shared.upstream.lock().unwrap();
     let mut server = match TcpStream::connect(upstream).await {
         Ok(s) => s,
@@ -155,6 +222,9 @@ async fn pipe(mut client: TcpStream, shared: &Shared) {
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
+    if !first.is_empty() && server.write_all(&first).await.is_err() {
+        return;
+    }
     let mut up = vec![0u8; 16 * 1024];
     let mut down = vec![0u8; 16 * 1024];
     loop {
