@@ -8,7 +8,15 @@
 //! - [`View`]: a live view of a keyed channel (a spec view, a filter, or one key) that keeps the
 //!   matching records by key, typed with serde, from insert/update/delete events.
 //! - [`ApiClient`]: the hub's HTTP API (publish, broadcast, history, state, channels, info).
-//! - [`raw`]: one bare WebSocket connection speaking protocol v1, for tools such as the benchmark.
+//! - [`raw`]: one bare connection (WebSocket or SSE) speaking the protocol, for tools such as the
+//!   benchmark.
+//!
+//! Where a WebSocket upgrade is refused (an HTTP error status, or closed before any answer: a
+//! proxy that blocks WebSocket), a connection attempt falls back to the hub's multiplexed SSE
+//! transport on the same URL (`ws://h/ws` → `http://h/sse`, protocol §13) and keeps every
+//! guarantee; while on SSE it probes WebSocket in the background and moves back, resuming from
+//! its positions, once an upgrade works. [`ClientBuilder::transports`] and
+//! [`ClientBuilder::sse_probe`] configure it, [`Client::transport`] says which is in use.
 //!
 //! Wire types come from `herald_protocol`; docs/protocol.md is the contract. The client asks
 //! for protocol version 2 (compact live publications, §17) and rebuilds the same
@@ -33,8 +41,11 @@
 //! - `view`: one live view: the [`View`] handle (typed events, the rows by key), and the record
 //!   the connection task keeps for it (position, resume, duplicate filtering).
 //! - `command`: the commands handles send to the connection task, the only link between them.
-//! - `transport`: the socket seam: handshake (WebSocket plus `connect` reply) and the writer
-//!   task that batches messages into frames; built on [`raw`], which splits batched frames.
+//! - `transport`: the socket seam: handshake (the first transport not refused, plus the
+//!   `connect` reply) and the writer task that batches messages into frames; built on [`raw`],
+//!   which splits batched frames.
+//! - `sse`: the multiplexed SSE transport under [`raw`] (the `GET /sse` stream and its parser,
+//!   the command POSTs, the background WebSocket probe) and [`Transport`].
 //! - `event`: [`SubscribeOptions`] and [`SubEvent`], the data a subscription takes and yields
 //!   (with [`Member`], one member of a channel's presence);
 //!   [`ViewOptions`] and the untyped feed a view's handle decodes.
@@ -42,7 +53,7 @@
 //! - `state`: [`ConnectionState`] and [`OfflineReason`].
 //! - `token`: [`TokenSource`]. `error`: [`Error`].
 //! - `http`: [`ApiClient`], independent of the WebSocket side.
-//! - [`raw`]: one bare WebSocket connection (public, for tools).
+//! - [`raw`]: one bare connection, WebSocket or SSE (public, for tools).
 
 mod backoff;
 mod client;

@@ -1,5 +1,5 @@
 //! The raw layer: one connection speaking the wire protocol, without reconnects, resume or
-//! bookkeeping: a WebSocket, or the multiplexed SSE transport ([`crate::sse`]) behind the same
+//! bookkeeping: a WebSocket, or the multiplexed SSE transport (`sse`) behind the same
 //! halves. [`crate::Client`] is built on it, and the benchmark drives it directly.
 
 use crate::sse::{self, Probe, ProbePolicy, SseError, SsePoster, SseStream, Transport};
@@ -71,8 +71,9 @@ enum Sink {
 enum Source {
     /// The WebSocket's read half.
     Ws(SplitStream<Ws>),
-    /// The `GET /sse` stream, and the WebSocket probe once started.
-    Sse(SseStream, Option<Probe>),
+    /// The `GET /sse` stream, and the WebSocket probe once started (boxed: a response is
+    /// large beside the WebSocket half).
+    Sse(Box<SseStream>, Option<Probe>),
 }
 
 /// The receiving half of a [`RawConnection`]. Splits frames into messages (`\n`-separated).
@@ -109,7 +110,10 @@ impl RawConnection {
         let (poster, stream) = sse::open(sse::sse_url(ws_url)?).await?;
         Ok(RawConnection {
             sender: RawSender { sink: Sink::Sse(poster) },
-            receiver: RawReceiver { stream: Source::Sse(stream, None), buffered: VecDeque::new() },
+            receiver: RawReceiver {
+                stream: Source::Sse(Box::new(stream), None),
+                buffered: VecDeque::new(),
+            },
         })
     }
 

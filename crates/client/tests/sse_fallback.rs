@@ -9,13 +9,21 @@ use herald_client::{
     BackoffPolicy, Client, ConnectionState, OfflineReason, ProbePolicy, SubEvent, SubscribeOptions,
     Subscription, Transport,
 };
+use herald_testkit::HeraldProcess;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use support::hub::{API_KEY, Hub, good_token};
+use support::hub::{API_KEY, Hub, TEST_CONFIG, TOKEN_SECRET, good_token};
 use support::proxy::Proxy;
 use support::{next_event, wait_state};
 use tokio::sync::broadcast;
+
+/// The test hub with its default heartbeat (not [`Hub::start`]'s 1 s pong timeout), so that an
+/// SSE session the client failed to close would stay open for the length of this test.
+fn start_hub() -> HeraldProcess {
+    let args = ["--api-key", API_KEY, "--token-secret", TOKEN_SECRET];
+    HeraldProcess::start(&herald_testkit::herald_bin(), TEST_CONFIG, &args)
+}
 
 fn fast_policy() -> BackoffPolicy {
     BackoffPolicy {
@@ -99,7 +107,7 @@ async fn expect_through(sub: &mut Subscription, expected: &mut u64, last: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upgrades_fall_back_to_sse_and_move_back_to_websocket_without_loss() {
-    let hub = Hub::start();
+    let hub = start_hub();
     let proxy = Proxy::start(hub.addr).await;
     proxy.refuse_upgrades(true);
     let (client, mut states) = client(&proxy.ws_url());
@@ -152,7 +160,7 @@ async fn refused_upgrades_fall_back_to_sse_and_move_back_to_websocket_without_lo
     let total = published.load(Ordering::SeqCst);
     let (mut sub, mut expected) = reader.await.unwrap();
     expect_through(&mut sub, &mut expected, total).await;
-    wait_state(&mut states, Duration::from_secs(5), |s| *s == ConnectionState::Connected).await;
+    client.wait_connected(Duration::from_secs(5)).await.expect("connected");
     assert_eq!(client.transport(), Some(Transport::WebSocket));
     assert!(total > moved_at, "publications went on after the move back ({moved_at} → {total})");
     eprintln!("moved back to WebSocket at about offset {moved_at}; {total} publications in all");
@@ -166,8 +174,8 @@ async fn refused_upgrades_fall_back_to_sse_and_move_back_to_websocket_without_lo
 
 /// Waits until the hub reports `n` connections (`/api/info`). The hub ends an SSE session when
 /// it sees its stream closed, which nothing outside can wait on: checked every 20 ms for 5 s.
-async fn wait_connections(hub: &Hub, n: u64) {
-    let api = hub.api();
+async fn wait_connections(hub: &HeraldProcess, n: u64) {
+    let api = herald_client::ApiClient::new(&hub.http_url(), Some(API_KEY.into())).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
