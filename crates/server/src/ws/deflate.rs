@@ -35,7 +35,7 @@ pub(crate) fn options(limits: &Limits, compression: &CompressionConfig) -> Optio
         .with_limits(max, max)
         .with_utf8()
         .with_read_buffer_capacity(1024)
-        .with_write_buffer_capacity(16 * 1024)
+        .with_write_buffer_capacity(1024)
         .with_backpressure_boundary(16 * 1024)
         .with_compression_level(CompressionLevel::new(compression.level))
         .with_compression_threshold(compression.threshold_bytes);
