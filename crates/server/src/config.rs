@@ -293,14 +293,20 @@ pub struct CompressionConfig {
     /// Deflate level, 1 (fastest) to 9 (smallest).
     pub level: u32,
     /// Keep each direction's dictionary between messages: better ratios for similar messages,
-    /// at about 300 KiB per compressed connection. Off: every message stands alone, and the
-    /// deflate state is borrowed from a pool shared by all connections.
+    /// at about 320 KiB per compressed connection (measured, docs/operations.md). Off: every
+    /// message stands alone, and the deflate state is borrowed from a pool shared by all
+    /// connections.
     pub context_takeover: bool,
 }
 
 impl Default for CompressionConfig {
     fn default() -> Self {
-        CompressionConfig { enabled: false, threshold_bytes: 512, level: 1, context_takeover: false }
+        CompressionConfig {
+            enabled: false,
+            threshold_bytes: 512,
+            level: 1,
+            context_takeover: false,
+        }
     }
 }
 
