@@ -51,15 +51,27 @@ impl Numbers {
         n
     }
 
-    /// The next publication of a v2 connection (every live one is compact), decoded.
+    /// The next publication of a v2 connection (every live one is compact, or in parts when
+    /// larger than the namespace's `chunk_bytes`, protocol §18), decoded.
     async fn next_pub(&self, ws: &mut Ws) -> (u32, Publication) {
-        match ws.next().await {
-            Some(ServerMessage::Compact(c)) => {
-                let n = c.n;
-                let (channel, epoch) = self.0.get(&n).expect("a number of this connection");
-                (n, c.into_publication(channel, epoch))
+        let mut parts = herald_protocol::chunk::Assembler::default();
+        loop {
+            match ws.next().await {
+                Some(ServerMessage::Compact(c)) => {
+                    let n = c.n;
+                    let (channel, epoch) = self.0.get(&n).expect("a number of this connection");
+                    return (n, c.into_publication(channel, epoch));
+                }
+                Some(ServerMessage::Chunk(c)) => {
+                    if let herald_protocol::chunk::Assembled::Complete(p) =
+                        parts.push(c).expect("parts in order")
+                    {
+                        let n = self.0.iter().find(|(_, (ch, _))| *ch == p.channel).unwrap().0;
+                        return (*n, *p);
+                    }
+                }
+                other => panic!("expected a compact publication, got {other:?}"),
             }
-            other => panic!("expected a compact publication, got {other:?}"),
         }
     }
 }
