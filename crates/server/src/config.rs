@@ -225,6 +225,13 @@ pub struct EngineConfig {
     pub redis_url: String,
     /// Key prefix in Redis, so several hubs can share one Redis.
     pub redis_prefix: String,
+    /// Redis engine: after each publication, `WAIT` for this many replicas (0: no WAIT), so an
+    /// acknowledged publication survives the master's loss; too few within
+    /// `redis_wait_timeout` answers `unavailable` (113).
+    pub redis_wait_replicas: u32,
+    /// How long a publication waits for `redis_wait_replicas`.
+    #[serde(with = "humantime_serde")]
+    pub redis_wait_timeout: Duration,
     /// Memory engine: bytes that history and keyed state of every channel may hold together
     /// (0: unbounded). Per-channel bounds alone let many channels add up to any size; past this
     /// the oldest history of the hub is dropped first, and keyed publishes that would grow the
@@ -238,6 +245,8 @@ impl Default for EngineConfig {
             kind: EngineKind::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "herald".into(),
+            redis_wait_replicas: 0,
+            redis_wait_timeout: Duration::from_millis(100),
             memory_budget_bytes: 512 * 1024 * 1024,
         }
     }

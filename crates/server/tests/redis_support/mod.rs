@@ -425,3 +425,111 @@ pub fn apply(state: &mut BTreeMap<String, Value>, key: &str, op: &str, data: &Va
         other => panic!("unknown op {other}"),
     }
 }
+
+/// A `redis-server` on a free port with extra arguments (a replica's `--replicaof`, or a
+/// sentinel's config file and `--sentinel`), that can be killed and started again on its port.
+pub struct RedisServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Arguments after the port.
+    args: Vec<String>,
+    /// A config file that goes first (sentinels rewrite theirs).
+    conf: Option<std::path::PathBuf>,
+    /// The process, while it runs.
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// A plain server without persistence; `args` e.g. `["--replicaof", "127.0.0.1 PORT"]`.
+    pub fn start(args: &[&str]) -> RedisServer {
+        let mut r = RedisServer {
+            port: herald_testkit::free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            conf: None,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    /// A sentinel monitoring the master on `master_port` as `m` with quorum 1, quick to call
+    /// it down (500 ms) and to fail over.
+    pub fn sentinel(master_port: u16) -> RedisServer {
+        let port = herald_testkit::free_port();
+        let dir =
+            std::env::temp_dir().join(format!("herald-sentinel-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor m 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds m 500\nsentinel failover-timeout m 3000\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut r =
+            RedisServer { port, args: vec!["--sentinel".into()], conf: Some(conf), child: None };
+        r.spawn();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on its port.
+    pub fn spawn(&mut self) {
+        let mut cmd = std::process::Command::new("redis-server");
+        if let Some(conf) = &self.conf {
+            cmd.arg(conf);
+        } else {
+            cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        }
+        let child = cmd
+            .args(["--port", &self.port.to_string()])
+            .args(&self.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A command's reply, or `None` while the server does not answer.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let ask = async {
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            cmd.query_async(&mut conn).await.ok()
+        };
+        tokio::time::timeout(Duration::from_secs(1), ask).await.ok().flatten()
+    }
+
+    /// One field of `INFO replication`.
+    pub async fn replication(&self, field: &str) -> Option<String> {
+        let info: String = self.query(redis::cmd("INFO").arg("replication")).await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+            .map(|v| v.trim().to_string())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill9();
+        if let Some(dir) = self.conf.as_ref().and_then(|c| c.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

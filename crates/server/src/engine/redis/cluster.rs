@@ -31,7 +31,7 @@ impl Inner {
             task.abort();
             let _ = task.await;
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut pipe = redis::pipe();
         pipe.cmd("DEL")
             .arg(self.node_key(id))
@@ -87,7 +87,7 @@ impl Inner {
 
     /// Entries of every live node (registrations that have not expired).
     async fn live_nodes(&self) -> Result<Vec<NodeReport>, EngineError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let ids: Vec<String> =
             self.run(redis::cmd("SMEMBERS").arg(self.nodes_key()).query_async(&mut conn)).await?;
         if ids.is_empty() {
@@ -124,7 +124,7 @@ async fn heartbeat_task(inner: Weak<Inner>) {
         let Some(report) = engine.node_entry() else { return };
         let entry = json(&report);
         let id = report.id;
-        let mut conn = engine.conn.clone();
+        let mut conn = engine.conn();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(engine.node_key(&id))

@@ -73,6 +73,7 @@
 mod cluster;
 mod keys;
 mod pubsub;
+mod sentinel;
 mod stored;
 mod witness;
 
@@ -90,11 +91,11 @@ use pubsub::Listened;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use stored::{encoded_entries, publication_parts, split_message, split_record};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// How long `listen`/`recover` wait for a SUBSCRIBE to be confirmed before answering
 /// `unavailable`.
@@ -145,12 +146,50 @@ impl Scripts {
     }
 }
 
+/// The Redis every connection goes to: the URL's, or the master the sentinels named last.
+struct Target {
+    /// The `redis://` URL, to notice a new master.
+    url: String,
+    /// Connection parameters (the pub/sub connection opens from it).
+    client: redis::Client,
+    /// Commands and scripts (reconnects by itself, to this address only).
+    conn: ConnectionManager,
+}
+
+impl Target {
+    fn open(url: &str) -> Result<Target, EngineError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| EngineError::Internal(format!("bad redis_url: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(200))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(OP_TIMEOUT));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|e| EngineError::Internal(format!("redis connection manager: {e}")))?;
+        Ok(Target { url: url.to_string(), client, conn })
+    }
+}
+
+/// Where commands go before the sentinels named a master: nowhere (port 0 refuses), so they
+/// fail as `unavailable` like with a Redis that is down.
+const NO_MASTER_YET: &str = "redis://127.0.0.1:0";
+
 /// State shared by the engine and its pub/sub and heartbeat tasks.
 struct Inner {
-    /// Connection parameters.
-    client: redis::Client,
-    /// Commands and scripts (reconnects by itself).
-    conn: ConnectionManager,
+    /// The Redis all connections go to; replaced when Sentinel names a new master.
+    target: parking_lot::RwLock<Target>,
+    /// Bumped at each new master: the pub/sub task reconnects when it changed.
+    generation: AtomicU64,
+    /// `redis_url` is a `redis+sentinel://` URL (a follow task runs).
+    sentinel: bool,
+    /// Wakes the follow task before its next round (a command found Redis unavailable).
+    follow_now: Arc<Notify>,
+    /// `WAIT` for this many replicas after each publication (0: no WAIT).
+    wait_replicas: u32,
+    /// The `WAIT` timeout.
+    wait_timeout: Duration,
     /// Key prefix.
     prefix: String,
     /// The Lua scripts.
@@ -189,20 +228,25 @@ impl RedisEngine {
     /// Builds the engine and starts its pub/sub task. Redis need not be up: the engine connects
     /// (and reconnects) by itself, and answers `unavailable` meanwhile.
     pub fn new(config: &EngineConfig) -> Result<RedisEngine, EngineError> {
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| EngineError::Internal(format!("bad redis_url: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(200))
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(OP_TIMEOUT));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| EngineError::Internal(format!("redis connection manager: {e}")))?;
+        let sentinel = match sentinel::SentinelUrl::parse(&config.redis_url) {
+            None => None,
+            Some(parsed) => {
+                Some(parsed.map_err(|e| EngineError::Internal(format!("bad redis_url: {e}")))?)
+            }
+        };
+        let target = Target::open(if sentinel.is_some() {
+            NO_MASTER_YET
+        } else {
+            config.redis_url.as_str()
+        })?;
         let (sync, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            client,
-            conn,
+            target: parking_lot::RwLock::new(target),
+            generation: AtomicU64::new(0),
+            sentinel: sentinel.is_some(),
+            follow_now: Arc::new(Notify::new()),
+            wait_replicas: config.redis_wait_replicas,
+            wait_timeout: config.redis_wait_timeout,
             prefix: config.redis_prefix.clone(),
             scripts: Scripts::new(),
             fanout: OnceLock::new(),
@@ -217,6 +261,9 @@ impl RedisEngine {
             round_trips: RoundTrips::default(),
         });
         tokio::spawn(pubsub::pubsub_task(Arc::downgrade(&inner), rx));
+        if let Some(url) = sentinel {
+            tokio::spawn(sentinel::follow_task(Arc::downgrade(&inner), url));
+        }
         Ok(RedisEngine { inner })
     }
 
@@ -234,6 +281,16 @@ impl RedisEngine {
 }
 
 impl Inner {
+    /// The command connection to the current Redis.
+    fn conn(&self) -> ConnectionManager {
+        self.target.read().conn.clone()
+    }
+
+    /// Connection parameters of the current Redis.
+    fn client(&self) -> redis::Client {
+        self.target.read().client.clone()
+    }
+
     /// This node's subscribers, once the hub attached them.
     fn fanout(&self) -> Option<&Arc<dyn Delivery>> {
         self.fanout.get()
@@ -247,11 +304,16 @@ impl Inner {
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(OP_TIMEOUT, op).await;
         self.round_trips.record(started.elapsed());
-        match result {
+        let result = match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(map_error(e)),
             Err(_) => Err(EngineError::Unavailable("redis did not answer in time".into())),
+        };
+        if matches!(result, Err(EngineError::Unavailable(_))) {
+            // A dead connection or READONLY may be a failover: ask the sentinels now.
+            self.nudge_follow();
         }
+        result
     }
 
     /// Runs a read (safe to repeat) and tries once more when the connection turned out to be
@@ -262,8 +324,8 @@ impl Inner {
         F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        match self.run(op(self.conn.clone())).await {
-            Err(EngineError::Unavailable(_)) => self.run(op(self.conn.clone())).await,
+        match self.run(op(self.conn())).await {
+            Err(EngineError::Unavailable(_)) => self.run(op(self.conn())).await,
             other => other,
         }
     }
@@ -292,7 +354,7 @@ impl Inner {
         let idem = input.meta.idempotency_key.as_deref();
         let idem_key = format!("{}{}", keys.idem, idem.unwrap_or(""));
         let idem_window = if idem.is_some() { ms(ns.idempotency_window).max(1) } else { 0 };
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         for _ in 0..MERGE_ATTEMPTS {
             let (w_epoch, w_offset) = self.witnessed(&input.channel);
             // Keyed state: the new value (merges read the record and write only if unchanged).
@@ -362,6 +424,7 @@ impl Inner {
                         .map_err(|_| EngineError::Internal("bad offset from script".into()))?;
                     self.lost_reported(&input.channel, &w_epoch, w_offset, &reply[4], &reply[1]);
                     self.witness(&input.channel, &reply[1], offset);
+                    self.wait_replicas(&mut conn, &input.channel, offset).await?;
                     return Ok(Some(PublishResult {
                         channel: input.channel,
                         id: format!("{}-{}", reply[1], offset),
@@ -414,10 +477,36 @@ impl Inner {
         )))
     }
 
+    /// `WAIT` for `engine.redis_wait_replicas` replicas after a publication, on the connection
+    /// that wrote it (WAIT counts that connection's writes). Too few within the timeout is
+    /// `unavailable`: the publication is stored and may be delivered, but it is not as durable
+    /// as asked, so the publisher is not told it succeeded (a retry with its idempotency key
+    /// answers the stored one).
+    async fn wait_replicas(
+        &self,
+        conn: &mut ConnectionManager,
+        channel: &str,
+        offset: u64,
+    ) -> Result<(), EngineError> {
+        if self.wait_replicas == 0 {
+            return Ok(());
+        }
+        let cmd =
+            redis::cmd("WAIT").arg(self.wait_replicas).arg(ms(self.wait_timeout).max(1)).to_owned();
+        let acked: u32 = self.run(cmd.query_async(conn)).await?;
+        if acked < self.wait_replicas {
+            return Err(EngineError::Unavailable(format!(
+                "publication {offset} of {channel:?} reached {acked} of {} replicas within {:?} (engine.redis_wait_replicas)",
+                self.wait_replicas, self.wait_timeout
+            )));
+        }
+        Ok(())
+    }
+
     /// Notes that `node` holds presence members on `stream` ([`Engine::presence_track`]): the
     /// stream joins the node's set and the node the set of tracking nodes, in one step.
     async fn presence_track(&self, node: &str, stream: &str) -> Result<(), EngineError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("SADD")
@@ -463,7 +552,7 @@ impl Inner {
 
     /// Forgets what `node` noted ([`Engine::presence_forget`]).
     async fn presence_forget(&self, node: &str) -> Result<(), EngineError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("DEL")
@@ -555,7 +644,7 @@ impl Engine for RedisEngine {
 
     async fn publish_volatile(&self, channel: &str, frame: Arc<str>) -> Result<(), EngineError> {
         let inner = &self.inner;
-        let mut conn = inner.conn.clone();
+        let mut conn = inner.conn();
         let cmd = redis::cmd("PUBLISH")
             .arg(inner.pubsub_name(channel))
             .arg(stored::volatile_message(&frame))
@@ -642,7 +731,7 @@ impl Engine for RedisEngine {
         let inner = &self.inner;
         let mut call = inner.scripts.lease.prepare_invoke();
         call.key(inner.lease_key(name)).arg(holder).arg(ms(ttl).max(1));
-        let mut conn = inner.conn.clone();
+        let mut conn = inner.conn();
         let held: i64 = inner.run(call.invoke_async(&mut conn)).await?;
         Ok(held == 1)
     }
@@ -655,7 +744,7 @@ impl Engine for RedisEngine {
         if !self.inner.pubsub_up.load(Ordering::Acquire) {
             return false;
         }
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
         matches!(tokio::time::timeout(Duration::from_secs(1), ping).await, Ok(Ok(_)))

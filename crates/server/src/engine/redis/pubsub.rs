@@ -248,6 +248,7 @@ pub(super) async fn pubsub_task(inner: Weak<Inner>, mut sync: mpsc::UnboundedRec
             Err(e) => {
                 let was_up = engine.pubsub_up.load(Ordering::Acquire);
                 engine.on_down();
+                engine.nudge_follow();
                 if was_up {
                     tracing::warn!(error = %e, "redis pub/sub connection lost; every subscriber resumes");
                     backoff = Duration::from_millis(50);
@@ -258,7 +259,7 @@ pub(super) async fn pubsub_task(inner: Weak<Inner>, mut sync: mpsc::UnboundedRec
         }
         // Make the command connection notice a dead socket now rather than on the next
         // publish (which would then fail once).
-        let mut conn = engine.conn.clone();
+        let mut conn = engine.conn();
         tokio::spawn(async move {
             let cmd = redis::cmd("PING");
             let _ = tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<String>(&mut conn)).await;
@@ -281,7 +282,9 @@ async fn serve_pubsub(
             Err(_) => Err(format!("{what}: timed out")),
         }
     };
-    let pubsub = tokio::time::timeout(OP_TIMEOUT, engine.client.get_async_pubsub())
+    // Read before the client: a master that changes after this is noticed at the next ping.
+    let generation = engine.generation.load(Ordering::Acquire);
+    let pubsub = tokio::time::timeout(OP_TIMEOUT, engine.client().get_async_pubsub())
         .await
         .map_err(|_| "connect: timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
@@ -331,6 +334,9 @@ async fn serve_pubsub(
                 }
             }
             _ = ping.tick() => {
+                if engine.generation.load(Ordering::Acquire) != generation {
+                    return Err("the redis master changed (sentinel)".into());
+                }
                 let pong = tokio::time::timeout(OP_TIMEOUT, sink.ping::<redis::Value>()).await;
                 timed("ping")(pong.map(|r| r.map(|_| ())))?;
             }

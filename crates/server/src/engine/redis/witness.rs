@@ -229,7 +229,7 @@ impl Inner {
             .arg(new_epoch())
             .arg(epoch)
             .arg(offset);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let (now, lost): (String, String) = self.run(call.invoke_async(&mut conn)).await?;
         self.lost_reported(channel, epoch, offset, &lost, &now);
         if !lost.is_empty() {
@@ -243,7 +243,7 @@ impl Inner {
     /// its new epoch before a node that witnessed nothing publishes at a reused position.
     pub(super) async fn check_all_witnessed(&self) {
         let cmd = redis::cmd("INFO").arg("server").to_owned();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let Ok(info) = self.run(cmd.query_async::<String>(&mut conn)).await else { return };
         let Some(run_id) = info.lines().find_map(|l| l.strip_prefix("run_id:")) else { return };
         let run_id = run_id.trim().to_string();
