@@ -51,6 +51,16 @@
 //! no position and changes none. `recover` waits until the channel's SUBSCRIBE is confirmed on the
 //! current connection before it reads the position, so "subscribed means flowing" holds.
 //!
+//! # Sentinel and WAIT
+//!
+//! With a `redis+sentinel://` URL the engine's connections go to the `Target` the follow task
+//! (`sentinel.rs`) last resolved through the sentinels; a new master replaces the command
+//! connection and bumps a generation that makes the pub/sub task reconnect there (a lost
+//! pub/sub connection: every subscriber resumes; the new `run_id` has witnessed channels
+//! checked). `engine.redis_wait_replicas` adds `WAIT n timeout` after each publish script, on
+//! the connection that ran it; too few replicas is `unavailable`, though the publication is
+//! stored.
+//!
 //! # Cluster view
 //!
 //! Each node writes `P:node:ID` (JSON: id, address, connections, subscriptions, version, channel
@@ -69,6 +79,7 @@
 //!   publications.
 //! - `cluster.rs`: the heartbeat and the cluster view read from every node's registration.
 //! - `witness.rs`: the positions this node witnessed, bounded, and the lost-writes checks.
+//! - `sentinel.rs`: `redis+sentinel://` URLs, asking the sentinels, following the master.
 
 mod cluster;
 mod keys;
