@@ -485,7 +485,10 @@ impl RedisServer {
         if let Some(conf) = &self.conf {
             cmd.arg(conf);
         } else {
-            cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+            // A replica writes the master's RDB to its directory: a scratch one, not the cwd.
+            let dir = std::env::temp_dir().join(format!("herald-redis-{}", self.port));
+            std::fs::create_dir_all(&dir).unwrap();
+            cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"]).arg(dir);
         }
         let child = cmd
             .args(["--port", &self.port.to_string()])
@@ -528,8 +531,11 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill9();
-        if let Some(dir) = self.conf.as_ref().and_then(|c| c.parent()) {
-            let _ = std::fs::remove_dir_all(dir);
+        match self.conf.as_ref().and_then(|c| c.parent()) {
+            Some(dir) => drop(std::fs::remove_dir_all(dir)),
+            None => drop(std::fs::remove_dir_all(
+                std::env::temp_dir().join(format!("herald-redis-{}", self.port)),
+            )),
         }
     }
 }
