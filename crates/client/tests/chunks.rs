@@ -81,11 +81,9 @@ async fn five_mb_publications_arrive_whole_in_order_through_a_cut_mid_publicatio
         assert!(value == *data, "publication {} arrived intact", p.offset);
         assert_eq!(p.truncated, None);
     }
-    // Progress of the first large one restarted after the cut, from its beginning.
-    let first = sent[1].0;
-    let of_first: Vec<u64> =
-        progress.iter().filter(|(o, _)| *o == first).map(|(_, r)| *r).collect();
-    assert!(of_first.windows(2).any(|w| w[1] < w[0]), "progress started again: {of_first:?}");
+    // The cut may land after the client's connection task has already read the rest of that
+    // publication (the application sees its events later), so a restart of its progress is not
+    // asserted here; the TypeScript test, whose events come as the socket is read, asserts it.
     assert!(progress.iter().any(|(o, _)| *o == sent[3].0), "the second large one came in parts");
     assert!(proxy.accepted() >= 2, "the client reconnected");
 }
