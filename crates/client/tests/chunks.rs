@@ -1,6 +1,6 @@
 //! Large publications in parts (protocol §18) through the fault-injecting proxy: 5 MB payloads
 //! between small ones arrive whole, in order, once, with progress, though the connection is cut
-//! in the middle of one; and a preview subscription gets them cut, with their length. Needs
+//! while they stream; and a preview subscription gets them cut, with their length. Needs
 //! `cargo build --bins` first.
 
 mod support;
