@@ -135,6 +135,18 @@ pub struct BenchArgs {
     /// `--url` server must have it on itself).
     #[arg(long)]
     pub compress: bool,
+    /// Run the started servers on the Redis engine, on a `redis-server` the bench starts on a
+    /// free port (no persistence) and stops at the end.
+    #[arg(long, conflicts_with = "redis_url")]
+    pub redis: bool,
+    /// Run the started servers on the Redis engine at this URL (127.0.0.1 only; any form
+    /// `engine.redis_url` takes).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Herald nodes to start (more than 1 needs `--redis` or `--redis-url`); the clients are
+    /// spread over them and the publisher uses the first, so deliveries cross Redis pub/sub.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
 }
 
 /// What a scenario measured.
@@ -170,6 +182,9 @@ pub struct Outcome {
     /// Bytes the clients read from their sockets per delivery (WebSocket framing included,
     /// compressed when deflate is on).
     pub wire_bytes_per_delivery: Option<f64>,
+    /// CPU seconds of the bench's `redis-server` (`--redis`) over the measured phase (fanout,
+    /// rooms); the server CPU figures count the Herald nodes only.
+    pub redis_cpu_s: Option<f64>,
 }
 
 /// The server under test.
@@ -234,11 +249,71 @@ fn bench_config(namespace: &str, size: usize) -> String {
     )
 }
 
-/// Starts this binary as the server and waits for its `listening on` line.
-fn start_server(args: &BenchArgs) -> anyhow::Result<Server> {
+/// A `redis-server` started for the run (`--redis`), stopped with it.
+struct RedisProcess {
+    /// The server; killed on drop.
+    child: Child,
+    /// Its URL.
+    url: String,
+    /// Its scratch directory, removed on drop.
+    dir: std::path::PathBuf,
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts `redis-server` on a free port without persistence and waits until it answers.
+fn start_redis() -> anyhow::Result<RedisProcess> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dir = std::env::temp_dir().join(format!("herald-bench-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly"])
+        .args(["no", "--protected-mode", "no", "--dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server (is it installed?)")?;
+    let redis = RedisProcess { child, url: format!("redis://127.0.0.1:{port}"), dir };
+    // Answers PING within 10 s, or the run stops (bounded: 200 attempts).
+    for _ in 0..200 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 7];
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut buf).is_ok()
+                && &buf == b"+PONG\r\n"
+            {
+                return Ok(redis);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("redis-server on port {port} did not answer PING")
+}
+
+/// Starts this binary as server node `node` (on `redis` when given) and waits for its
+/// `listening on` line.
+fn start_server(args: &BenchArgs, node: usize, redis: Option<&str>) -> anyhow::Result<Server> {
     let exe = std::env::current_exe().context("locating the herald binary")?;
-    let path = std::env::temp_dir().join(format!("herald-bench-{}.toml", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("herald-bench-{}-{node}.toml", std::process::id()));
     let mut config = bench_config(&args.namespace, args.size);
+    if let Some(url) = redis {
+        // Prepended: the TOML tables that follow must not swallow these keys.
+        config = format!(
+            "[engine]\nkind = \"redis\"\nredis_url = {}\n\n{config}",
+            serde_json::to_string(url)?
+        );
+    }
     if args.compress {
         config.push_str("\n[compression]\nenabled = true\n");
     }
@@ -246,7 +321,8 @@ fn start_server(args: &BenchArgs) -> anyhow::Result<Server> {
     let mut spec_args: Vec<std::ffi::OsString> = Vec::new();
     if args.scenario == Scenario::Views {
         // The kanban spec and a `task` namespace with ad-hoc filters.
-        let spec = std::env::temp_dir().join(format!("herald-bench-{}.herald", std::process::id()));
+        let spec =
+            std::env::temp_dir().join(format!("herald-bench-{}-{node}.herald", std::process::id()));
         std::fs::write(&spec, views::KANBAN_SPEC)?;
         config.push('\n');
         config.push_str(views::NAMESPACE_CONFIG);
@@ -346,10 +422,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--http applies to the fanout and rooms scenarios");
     }
     raise_nofile(2 * clients as u64 + 4096);
-    let server = match &args.url {
-        Some(url) => target_server(url, args.server_pid)?,
-        None => start_server(&args)?,
+    if args.nodes == 0 || (args.nodes > 1 && !args.redis && args.redis_url.is_none()) {
+        bail!("--nodes {} needs --redis or --redis-url (nodes share the Redis engine)", args.nodes);
+    }
+    if args.url.is_some() && (args.redis || args.redis_url.is_some() || args.nodes > 1) {
+        bail!("--url targets a running server: --redis, --redis-url and --nodes start servers");
+    }
+    let redis = if args.redis { Some(start_redis()?) } else { None };
+    let redis_url = redis.as_ref().map(|r| r.url.clone()).or_else(|| args.redis_url.clone());
+    let servers = match &args.url {
+        Some(url) => vec![target_server(url, args.server_pid)?],
+        None => (0..args.nodes)
+            .map(|n| start_server(&args, n, redis_url.as_deref()))
+            .collect::<anyhow::Result<Vec<_>>>()?,
     };
+    let server = &servers[0];
     let sources =
         if args.sources == 0 { (clients / 25_000 + 1).clamp(8, 250) as u8 } else { args.sources };
     let claims = herald_server::auth::Claims {
@@ -366,6 +453,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         sources,
         version: args.protocol,
         compress: args.compress,
+        nodes: servers.iter().map(|s| s.addr).collect(),
     };
     let plan = scenarios::Plan {
         endpoint,
@@ -379,6 +467,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         duration: Duration::from_secs(args.duration.max(1)),
         namespace: args.namespace.clone(),
         pid: server.pid,
+        other_pids: servers[1..].iter().filter_map(|s| s.pid).collect(),
+        redis_pid: redis.as_ref().map(|r| r.child.id()),
         http: args.http.then(|| scenarios::HttpPublish {
             api_key: args.api_key.clone(),
             connections: args.http_connections.max(1),
@@ -406,7 +496,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Load generator CPU over setup and measurement (it shares the machine with the server).
     outcome.client_cpu_s =
         client_before.zip(proc_usage(std::process::id())).map(|(b, a)| a.0 - b.0);
-    drop(server);
+    drop(servers);
+    drop(redis);
     report(&args, clients, &outcome);
     Ok(())
 }
@@ -436,6 +527,12 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
         name.clone()
     };
     let label = if deflate.is_empty() { label } else { format!("{label} (deflate)") };
+    let engine = if args.redis || args.redis_url.is_some() { "redis" } else { "memory" };
+    let label = match (engine, args.nodes) {
+        ("memory", _) => label,
+        (_, 1) => format!("{label} (redis)"),
+        (_, n) => format!("{label} (redis, {n} nodes)"),
+    };
     let per_sec = |n: u64| (n > 0).then(|| n as f64 / secs);
     let deliveries_per_sec = per_sec(o.deliveries);
     let events_per_sec = per_sec(o.events);
@@ -480,6 +577,9 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
             "churn": (args.scenario == Scenario::Presence).then_some(args.churn),
             // Presence: the new member's subscribe-to-list time at N members.
             "list_ms": if args.scenario == Scenario::Presence { o.recovered_ms } else { None },
+            "engine": engine,
+            "nodes": args.nodes,
+            "redis_cpu_s": o.redis_cpu_s,
             "errors": o.errors,
         });
         println!("{v}");

@@ -174,6 +174,9 @@ pub struct Endpoint {
     pub version: u32,
     /// Offer permessage-deflate (the server must have `[compression] enabled`).
     pub compress: bool,
+    /// Every node's address (`--nodes`): connection `n` goes to node `n % len` (the first is
+    /// `addr`, where the publisher connects).
+    pub nodes: Vec<SocketAddr>,
 }
 
 /// Process-wide time base for payload timestamps (publisher and subscribers share the process).
@@ -196,15 +199,16 @@ impl Endpoint {
     /// and upgrades to WebSocket.
     pub async fn open(&self, n: usize) -> anyhow::Result<Ws> {
         let t0 = Instant::now();
+        let addr = self.node(n);
         let stream = if self.sources <= 1 {
-            TcpStream::connect(self.addr).await.context("tcp connect")?
+            TcpStream::connect(addr).await.context("tcp connect")?
         } else {
-            self.connect_from(n).await?
+            self.connect_from(n, addr).await?
         };
         PHASES[0].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         stream.set_nodelay(true)?;
         let stream = Counted(stream);
-        let url = format!("ws://{}/ws", self.addr);
+        let url = format!("ws://{addr}/ws");
         if self.compress {
             let options = yawc::Options::default()
                 .with_low_latency_compression()
@@ -228,10 +232,15 @@ impl Endpoint {
         Ok(Ws::Plain(ws))
     }
 
+    /// The node connection `n` goes to.
+    fn node(&self, n: usize) -> SocketAddr {
+        if self.nodes.is_empty() { self.addr } else { self.nodes[n % self.nodes.len()] }
+    }
+
     /// Connects from `127.0.0.x`. The port is chosen here, not by `bind(addr, 0)`: the kernel's
     /// search for a free port at bind time is linear in the ports in use (and in TIME_WAIT), and
     /// dominated the client's CPU at 10,000 connections.
-    async fn connect_from(&self, n: usize) -> anyhow::Result<TcpStream> {
+    async fn connect_from(&self, n: usize, addr: SocketAddr) -> anyhow::Result<TcpStream> {
         let sources = usize::from(self.sources);
         let host = 1 + (n % sources) as u32;
         let source = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + host));
@@ -245,7 +254,7 @@ impl Endpoint {
                 port = 20_000 + (port - 20_000 + 7919) % 40_000;
                 continue;
             }
-            match socket.connect(self.addr).await {
+            match socket.connect(addr).await {
                 Ok(s) => return Ok(s),
                 Err(e)
                     if e.kind() == std::io::ErrorKind::AddrNotAvailable

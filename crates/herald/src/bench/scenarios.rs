@@ -40,6 +40,10 @@ pub struct Plan {
     pub namespace: String,
     /// Server PID for /proc figures.
     pub pid: Option<u32>,
+    /// PIDs of the other nodes (`--nodes`), counted with `pid`.
+    pub other_pids: Vec<u32>,
+    /// PID of the bench's `redis-server` (`--redis`), counted apart.
+    pub redis_pid: Option<u32>,
     /// Publish through the HTTP API instead of a WebSocket (fanout, rooms).
     pub http: Option<HttpPublish>,
 }
@@ -56,7 +60,17 @@ pub struct HttpPublish {
 impl Plan {
     /// CPU seconds and RSS of the server, when its PID is known.
     pub(super) fn usage(&self) -> Option<(f64, u64)> {
-        self.pid.and_then(proc_usage)
+        let mut total = self.pid.and_then(proc_usage)?;
+        for pid in &self.other_pids {
+            let (cpu, rss) = proc_usage(*pid)?;
+            total = (total.0 + cpu, total.1 + rss);
+        }
+        Some(total)
+    }
+
+    /// CPU seconds of the bench's `redis-server`.
+    fn redis_cpu(&self) -> Option<f64> {
+        self.redis_pid.and_then(proc_usage).map(|u| u.0)
     }
 
     fn run_id(&self) -> String {
@@ -383,6 +397,7 @@ async fn pubsub(plan: &Plan, channels: Vec<String>, fan: u64) -> anyhow::Result<
     // Fan per publication: subscribers per channel.
     let fan = if channels.len() == 1 { subscribed.max(1) } else { fan };
     let before = plan.usage();
+    let redis_before = plan.redis_cpu();
     let read_before = super::client::wire_bytes_read();
     let start = Instant::now();
     let (published, publish_errors) = publisher(plan, &channels, fan, &shared).await?;
@@ -399,6 +414,7 @@ async fn pubsub(plan: &Plan, channels: Vec<String>, fan: u64) -> anyhow::Result<
     }
     let elapsed = start.elapsed();
     let after = plan.usage();
+    let redis_cpu_s = redis_before.zip(plan.redis_cpu()).map(|(b, a)| a - b);
     let wire = super::client::wire_bytes_read() - read_before;
     let _ = stop_tx.send(true);
     let mut latency = Hist::default();
@@ -423,6 +439,7 @@ async fn pubsub(plan: &Plan, channels: Vec<String>, fan: u64) -> anyhow::Result<
         rss_growth_per_conn: before
             .zip(after)
             .map(|(b, a)| (a.1 as f64 - b.1 as f64) / subscribed.max(1) as f64),
+        redis_cpu_s,
         ..Outcome::default()
     })
 }
@@ -495,6 +512,7 @@ pub async fn resume(plan: &Plan) -> anyhow::Result<Outcome> {
         window: u64::MAX,
         endpoint: plan.endpoint.clone(),
         namespace: plan.namespace.clone(),
+        other_pids: plan.other_pids.clone(),
         http: None,
         ..*plan
     };

@@ -42,11 +42,15 @@
 //!
 //! # Fan-out
 //!
-//! One pub/sub connection per node, subscribed only to channels with local subscribers. One task
-//! reads it, so each channel's publications reach [`Delivery::deliver`] in Redis order. The task
-//! remembers the last position per channel; a gap or an epoch change resets that channel, a lost
-//! connection resets every channel ([`Delivery::reset`]), and the sessions ask their clients to
-//! resubscribe with `since`. A volatile event (`Engine::publish_volatile`) is a plain `PUBLISH`
+//! One pub/sub connection per node, subscribed only to channels with local subscribers; the
+//! channels a burst of subscribes adds go out in one SUBSCRIBE. One task reads it and checks
+//! each publication's position; the delivery to local subscribers runs on a few lanes
+//! (`dispatch.rs`, one per core, a channel always on the same lane), so each channel's
+//! publications reach [`Delivery::deliver`] in Redis order while different channels fan out in
+//! parallel. The task remembers the last position per channel; a gap or an epoch change resets
+//! that channel (queued on its lane, after what came before), a lost connection resets every
+//! channel once the lanes are drained ([`Delivery::reset`]), and the sessions ask their clients
+//! to resubscribe with `since`. A volatile event (`Engine::publish_volatile`) is a plain `PUBLISH`
 //! on the same pub/sub channel, marked so it cannot read as a publication (`stored.rs`); it has
 //! no position and changes none. `recover` waits until the channel's SUBSCRIBE is confirmed on the
 //! current connection before it reads the position, so "subscribed means flowing" holds.
@@ -77,11 +81,13 @@
 //!   and the publication JSON the publish script assembles.
 //! - `pubsub.rs`: the pub/sub task, the listened channels and the position check of arriving
 //!   publications.
+//! - `dispatch.rs`: the lanes that hand arriving publications to the local subscribers.
 //! - `cluster.rs`: the heartbeat and the cluster view read from every node's registration.
 //! - `witness.rs`: the positions this node witnessed, bounded, and the lost-writes checks.
 //! - `sentinel.rs`: `redis+sentinel://` URLs, asking the sentinels, following the master.
 
 mod cluster;
+mod dispatch;
 mod keys;
 mod pubsub;
 mod sentinel;

@@ -1,6 +1,7 @@
 //! Fan-out across nodes: the one pub/sub connection of a node, the channels it listens to, and
 //! the check of each arriving publication's position (see the module docs' "Fan-out").
 
+use super::dispatch::{Dispatch, Job};
 use super::stored::{encoded, split_message, split_volatile};
 use super::witness::POISONED;
 use super::{Inner, LISTEN_TIMEOUT, OP_TIMEOUT, PUBSUB_PING_EVERY};
@@ -109,22 +110,25 @@ impl Inner {
         }
     }
 
-    /// A message from the pub/sub connection: a publication (check its position, deliver it)
-    /// or a volatile event (deliver it).
-    fn on_message(self: &Arc<Self>, msg: &redis::Msg) {
-        let Some(channel) = self.channel_of(msg.get_channel_name()) else { return };
-        let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+    /// A message from pub/sub channel `pubsub_name`: a publication (its position checked) or a
+    /// volatile event, as the work for the channel's local subscribers; `None` when there is
+    /// nothing to do. The caller hands the work to [`Dispatch`] in the order messages arrived.
+    pub(super) fn on_message(
+        self: &Arc<Self>,
+        pubsub_name: &str,
+        payload: &[u8],
+    ) -> Option<(String, Vec<Job>)> {
+        let channel = self.channel_of(pubsub_name)?;
+        let Ok(payload) = std::str::from_utf8(payload) else {
             tracing::warn!(channel, "non-UTF-8 message on a herald pub/sub channel");
-            return;
+            return None;
         };
         // A volatile event has no position: it goes out as it is, and touches no `last`.
         if let Some(frame) = split_volatile(payload) {
-            if self.listened.lock().get(channel).is_some_and(|l| l.confirmed)
-                && let Some(fanout) = self.fanout()
-            {
-                fanout.deliver_volatile(channel, frame.into());
+            if !self.listened.lock().get(channel).is_some_and(|l| l.confirmed) {
+                return None;
             }
-            return;
+            return Some((channel.into(), vec![Job::Volatile(channel.into(), frame.into())]));
         }
         // The publication with its record change (views), parsed before any position check so
         // that a malformed message changes no position.
@@ -134,15 +138,15 @@ impl Inner {
             })
         else {
             tracing::warn!(channel, "malformed message on a herald pub/sub channel");
-            return;
+            return None;
         };
         let gap = {
             let mut listened = self.listened.lock();
             // Whatever Redis sends is a position it held.
             self.witnesses.lock().see(channel, epoch, offset);
-            let Some(l) = listened.get_mut(channel) else { return };
+            let l = listened.get_mut(channel)?;
             if !l.confirmed {
-                return;
+                return None;
             }
             // Redis sends a message once per subscription, in order, and only ones published
             // after the SUBSCRIBE: at or below the last one or the floor, the position names a
@@ -152,14 +156,14 @@ impl Inner {
             };
             if at_or_below(&l.floor) || at_or_below(&l.last) {
                 if l.floor.as_ref().is_some_and(|(e, o)| **e == *epoch && *o == POISONED) {
-                    return; // reported already
+                    return None; // reported already
                 }
                 l.floor = Some((epoch.into(), POISONED));
                 l.last = None;
                 self.witnesses.lock().poison(channel, epoch);
                 drop(listened);
                 self.on_reused(channel, epoch, offset);
-                return;
+                return Some((channel.into(), vec![Job::Reset(channel.into())]));
             }
             let gap = match &l.last {
                 None => false,
@@ -173,18 +177,20 @@ impl Inner {
             l.last = Some((epoch, offset));
             gap
         };
-        let Some(fanout) = self.fanout() else { return };
+        let mut jobs = Vec::with_capacity(2);
         if gap {
             tracing::warn!(channel, offset, "position gap on the redis stream: resubscribing");
-            fanout.reset(Some(channel));
+            jobs.push(Job::Reset(channel.into()));
         }
-        fanout.deliver(Arc::new(frame));
+        jobs.push(Job::Deliver(Arc::new(frame)));
+        Some((channel.into(), jobs))
     }
 
     /// A publication came at a reused position of `epoch`: Redis lost writes and another node,
     /// which had not witnessed them, published again from the older data. Every local
-    /// subscriber resyncs, and the channel gets a new epoch in Redis (its witness is poisoned,
-    /// so the resubscribes' reads would start it too) so that no one reuses positions further.
+    /// subscriber resyncs (the caller queues the reset), and the channel gets a new epoch in
+    /// Redis (its witness is poisoned, so the resubscribes' reads would start it too) so that no
+    /// one reuses positions further.
     fn on_reused(self: &Arc<Self>, channel: &str, epoch: &str, offset: u64) {
         tracing::warn!(
             channel,
@@ -192,9 +198,6 @@ impl Inner {
             offset,
             "a publication at an already witnessed position: redis lost writes; resubscribing"
         );
-        if let Some(fanout) = self.fanout() {
-            fanout.reset(Some(channel));
-        }
         let (inner, channel, epoch) = (self.clone(), channel.to_string(), epoch.to_string());
         tokio::spawn(async move {
             if let Err(e) = inner.check_lost(&channel, &epoch, POISONED).await {
@@ -204,8 +207,9 @@ impl Inner {
         });
     }
 
-    /// The pub/sub connection is gone: nothing is confirmed any more, every subscriber resumes.
-    fn on_down(&self) {
+    /// The pub/sub connection is gone: nothing is confirmed any more, every subscriber resumes
+    /// once what the lanes still hold from the old connection is delivered.
+    async fn on_down(&self, dispatch: Option<&Dispatch>) {
         self.pubsub_up.store(false, Ordering::Release);
         {
             let mut listened = self.listened.lock();
@@ -214,9 +218,20 @@ impl Inner {
                 l.last = None;
             }
         }
+        if let Some(d) = dispatch {
+            d.settle().await;
+        }
         if let Some(f) = self.fanout() {
             f.reset(None);
         }
+    }
+
+    /// The lanes, started once the fan-out is attached (messages before that reach no one).
+    fn dispatch<'a>(&self, dispatch: &'a mut Option<Dispatch>) -> Option<&'a Dispatch> {
+        if dispatch.is_none() {
+            *dispatch = self.fanout().map(|f| Dispatch::start(f.clone()));
+        }
+        dispatch.as_ref()
     }
 
     /// Marks channels confirmed after their SUBSCRIBE succeeded.
@@ -237,17 +252,21 @@ impl Inner {
     }
 }
 
+/// Most channel changes sent in one SUBSCRIBE (or UNSUBSCRIBE).
+const SYNC_BATCH: usize = 500;
+
 /// Reads the pub/sub connection until it fails; reconnects with backoff, forever (until the
 /// engine is dropped).
 pub(super) async fn pubsub_task(inner: Weak<Inner>, mut sync: mpsc::UnboundedReceiver<String>) {
     let mut backoff = Duration::from_millis(50);
+    let mut dispatch = None;
     loop {
         let Some(engine) = inner.upgrade() else { return };
-        match serve_pubsub(&engine, &mut sync).await {
+        match serve_pubsub(&engine, &mut sync, &mut dispatch).await {
             Ok(()) => return,
             Err(e) => {
                 let was_up = engine.pubsub_up.load(Ordering::Acquire);
-                engine.on_down();
+                engine.on_down(dispatch.as_ref()).await;
                 engine.nudge_follow();
                 if was_up {
                     tracing::warn!(error = %e, "redis pub/sub connection lost; every subscriber resumes");
@@ -274,6 +293,7 @@ pub(super) async fn pubsub_task(inner: Weak<Inner>, mut sync: mpsc::UnboundedRec
 async fn serve_pubsub(
     engine: &Arc<Inner>,
     sync: &mut mpsc::UnboundedReceiver<String>,
+    dispatch: &mut Option<Dispatch>,
 ) -> Result<(), String> {
     let timed = |what: &'static str| {
         move |r: Result<redis::RedisResult<()>, tokio::time::error::Elapsed>| match r {
@@ -311,26 +331,54 @@ async fn serve_pubsub(
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(msg) => engine.on_message(&msg),
+                Some(msg) => {
+                    let work = engine.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+                    if let Some((channel, jobs)) = work
+                        && let Some(lanes) = engine.dispatch(dispatch)
+                    {
+                        for job in jobs {
+                            lanes.send(&channel, job).await;
+                        }
+                    }
+                }
                 None => return Err("connection closed".into()),
             },
             channel = sync.recv() => {
                 let Some(channel) = channel else { return Ok(()) };
-                let want = engine.wanted(&channel);
-                let have = subscribed.contains(&channel);
-                if want && !have {
+                // Every change queued by now goes out in one SUBSCRIBE and one UNSUBSCRIBE
+                // (a burst of new channels costs one round trip, not one each).
+                let mut changed = vec![channel];
+                while changed.len() < SYNC_BATCH {
+                    match sync.try_recv() {
+                        Ok(c) => changed.push(c),
+                        Err(_) => break,
+                    }
+                }
+                changed.sort_unstable();
+                changed.dedup();
+                let (mut add, mut drop) = (Vec::new(), Vec::new());
+                for channel in changed {
+                    match (engine.wanted(&channel), subscribed.contains(&channel)) {
+                        (true, false) => add.push(channel),
+                        (true, true) => engine.confirm([&channel]),
+                        (false, true) => drop.push(channel),
+                        (false, false) => {}
+                    }
+                }
+                if !add.is_empty() {
                     // No floor: publications of an earlier subscription of this connection
                     // may still be queued behind this SUBSCRIBE, below what was witnessed since.
-                    let name = engine.pubsub_name(&channel);
-                    timed("subscribe")(tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&name)).await)?;
-                    subscribed.insert(channel.clone());
-                    engine.confirm([&channel]);
-                } else if want {
-                    engine.confirm([&channel]);
-                } else if have {
-                    let name = engine.pubsub_name(&channel);
-                    timed("unsubscribe")(tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(&name)).await)?;
-                    subscribed.remove(&channel);
+                    let names: Vec<String> = add.iter().map(|c| engine.pubsub_name(c)).collect();
+                    timed("subscribe")(tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&names)).await)?;
+                    engine.confirm(&add);
+                    subscribed.extend(add);
+                }
+                if !drop.is_empty() {
+                    let names: Vec<String> = drop.iter().map(|c| engine.pubsub_name(c)).collect();
+                    timed("unsubscribe")(tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(&names)).await)?;
+                    for c in &drop {
+                        subscribed.remove(c);
+                    }
                 }
             }
             _ = ping.tick() => {
