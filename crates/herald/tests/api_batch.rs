@@ -160,3 +160,50 @@ async fn idempotency_keys_dedupe_within_and_across_batches() {
     let data: Vec<Value> = history(&hub, "a").await.iter().map(|p| p["data"].clone()).collect();
     assert_eq!(data, [json!(1), json!(3), json!(4)]);
 }
+
+/// On the Redis engine the channels of a batch are published concurrently: 40 channels, 25
+/// interleaved items each (some repeating an idempotency key of their channel), and every
+/// channel still gets its items in the order given with contiguous offsets, every result sits
+/// at its item's place, and a repeated key answers the first item's position.
+#[tokio::test]
+async fn on_redis_each_channel_keeps_its_order_and_its_keys() {
+    let redis = herald_testkit::RedisProcess::start();
+    let config = format!("[engine]\nkind = \"redis\"\nredis_url = \"{}\"\n{CONFIG}", redis.url());
+    let hub = Hub::start(&config);
+    const CHANNELS: usize = 40;
+    const PER: usize = 25;
+    let mut items = Vec::new();
+    for i in 0..CHANNELS * PER {
+        let (c, k) = (i % CHANNELS, i / CHANNELS);
+        let mut item = json!({"channel": format!("r-{c}"), "data": {"k": k}});
+        // Item k = 10 of each channel repeats the key of its item 3.
+        if k == 3 || k == 10 {
+            item["idempotency_key"] = json!(format!("key-{c}"));
+        }
+        items.push(item);
+    }
+    let results = batch(&hub, Value::Array(items)).await;
+    assert_eq!(results.len(), CHANNELS * PER);
+    for (i, r) in results.iter().enumerate() {
+        let (c, k) = (i % CHANNELS, i / CHANNELS);
+        assert!(r.get("error").is_none(), "item {i}: {r}");
+        assert_eq!(r["channel"], format!("r-{c}"), "results are in item order");
+        // Offsets 1..=10 for k 0..=9; k 10 is the duplicate of k 3; after it one fewer.
+        let want = match k {
+            10 => 4,
+            k if k < 10 => k as u64 + 1,
+            k => k as u64,
+        };
+        assert_eq!(r["offset"], want, "item {i} (channel {c}, k {k}): {r}");
+        assert_eq!(r.get("duplicate").is_some(), k == 10, "item {i}: {r}");
+    }
+    for c in 0..CHANNELS {
+        let pubs = history(&hub, &format!("r-{c}")).await;
+        let ks: Vec<u64> = pubs.iter().map(|p| p["data"]["k"].as_u64().unwrap()).collect();
+        let want: Vec<u64> = (0..PER as u64).filter(|k| *k != 10).collect();
+        assert_eq!(ks, want, "channel r-{c}: its items, in the order given, once");
+        for (n, p) in pubs.iter().enumerate() {
+            assert_eq!(p["offset"], n as u64 + 1, "r-{c}: contiguous offsets");
+        }
+    }
+}
