@@ -147,6 +147,10 @@ pub struct BenchArgs {
     /// spread over them and the publisher uses the first, so deliveries cross Redis pub/sub.
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
+    /// Start this herald binary as the server instead of the bench's own (another build, to
+    /// compare before and after a change with the same load generator).
+    #[arg(long)]
+    pub server_bin: Option<std::path::PathBuf>,
 }
 
 /// What a scenario measured.
@@ -303,7 +307,10 @@ fn start_redis() -> anyhow::Result<RedisProcess> {
 /// Starts this binary as server node `node` (on `redis` when given) and waits for its
 /// `listening on` line.
 fn start_server(args: &BenchArgs, node: usize, redis: Option<&str>) -> anyhow::Result<Server> {
-    let exe = std::env::current_exe().context("locating the herald binary")?;
+    let exe = match &args.server_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe().context("locating the herald binary")?,
+    };
     let path =
         std::env::temp_dir().join(format!("herald-bench-{}-{node}.toml", std::process::id()));
     let mut config = bench_config(&args.namespace, args.size);
