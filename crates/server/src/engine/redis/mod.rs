@@ -199,6 +199,9 @@ struct Inner {
     target: parking_lot::RwLock<Target>,
     /// Bumped at each new master: the pub/sub task reconnects when it changed.
     generation: AtomicU64,
+    /// Wakes the pub/sub task at a new master (a stored permit if it is not waiting), so it
+    /// reconnects there at once rather than at its next ping or backoff.
+    master_changed: Arc<Notify>,
     /// `redis_url` is a `redis+sentinel://` URL (a follow task runs).
     sentinel: bool,
     /// Wakes the follow task before its next round (a command found Redis unavailable).
@@ -260,6 +263,7 @@ impl RedisEngine {
         let inner = Arc::new(Inner {
             target: parking_lot::RwLock::new(target),
             generation: AtomicU64::new(0),
+            master_changed: Arc::new(Notify::new()),
             sentinel: sentinel.is_some(),
             follow_now: Arc::new(Notify::new()),
             wait_replicas: config.redis_wait_replicas,

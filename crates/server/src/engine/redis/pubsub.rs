@@ -283,8 +283,12 @@ pub(super) async fn pubsub_task(inner: Weak<Inner>, mut sync: mpsc::UnboundedRec
             let cmd = redis::cmd("PING");
             let _ = tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<String>(&mut conn)).await;
         });
+        let master_changed = engine.master_changed.clone();
         drop(engine);
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = master_changed.notified() => {}
+        }
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
@@ -379,6 +383,11 @@ async fn serve_pubsub(
                     for c in &drop {
                         subscribed.remove(c);
                     }
+                }
+            }
+            _ = engine.master_changed.notified() => {
+                if engine.generation.load(Ordering::Acquire) != generation {
+                    return Err("the redis master changed (sentinel)".into());
                 }
             }
             _ = ping.tick() => {

@@ -157,6 +157,7 @@ impl Inner {
                 tracing::warn!(from = %target.url, to = url, "redis master changed (sentinel)");
                 *target = t;
                 self.generation.fetch_add(1, Ordering::AcqRel);
+                self.master_changed.notify_one();
             }
             Err(e) => tracing::warn!(error = %e, url, "cannot open the new redis master"),
         }
