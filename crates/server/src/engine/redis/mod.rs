@@ -25,7 +25,9 @@
 //! (`Engine::lease`, one node at a time runs a bridge's source) is the key `P:lease:NAME` holding
 //! the holder's node id with a TTL (`redis/lease.lua`). Presence: `P:presence:node:ID` (SET of
 //! the presence streams on which node `ID` holds members) and `P:presence:nodes` (SET of the
-//! nodes that have one), so that a live node removes a gone node's members.
+//! nodes that have one), so that a live node removes a gone node's members. On a Redis Cluster
+//! every name carries a hash tag (`keys.rs`): a channel's keys, seed and shard channel that of
+//! its partition, `P:{pK}:N:C:meta` … `P:{pK}:pub:C`; the hub-wide keys `P:{g}:…`.
 //!
 //! # Lost writes
 //!
@@ -65,6 +67,16 @@
 //! the connection that ran it; too few replicas is `unavailable`, though the publication is
 //! stored.
 //!
+//! # Redis Cluster
+//!
+//! With a `redis+cluster://` URL the command connection is a cluster connection (routed by slot,
+//! following MOVED and failovers), the publish script and volatile events SPUBLISH, and instead
+//! of the one pub/sub connection the shards task (`shards.rs`) keeps one RESP3 connection per
+//! master and SSUBSCRIBEs each listened channel on the master of its partition. A connection
+//! that drops, or whose partitions moved (the slot map is read every second and at once after a
+//! drop or a server-side SUNSUBSCRIBE), is closed: its channels are reset on their lanes and
+//! confirmed again only once subscribed on their new master, with floors.
+//!
 //! # Cluster view
 //!
 //! Each node writes `P:node:ID` (JSON: id, address, connections, subscriptions, version, channel
@@ -79,18 +91,20 @@
 //! - `keys.rs`: the names of keys and pub/sub channels.
 //! - `stored.rs`: the stored forms (history entries, records, pub/sub messages, record changes)
 //!   and the publication JSON the publish script assembles.
-//! - `pubsub.rs`: the pub/sub task, the listened channels and the position check of arriving
-//!   publications.
+//! - `pubsub.rs`: the pub/sub task (one Redis), the listened channels and the position check of
+//!   arriving publications.
 //! - `dispatch.rs`: the lanes that hand arriving publications to the local subscribers.
 //! - `cluster.rs`: the heartbeat and the cluster view read from every node's registration.
 //! - `witness.rs`: the positions this node witnessed, bounded, and the lost-writes checks.
 //! - `sentinel.rs`: `redis+sentinel://` URLs, asking the sentinels, following the master.
+//! - `shards.rs`: `redis+cluster://` URLs, the slot map and the sharded pub/sub task.
 
 mod cluster;
 mod dispatch;
 mod keys;
 mod pubsub;
 mod sentinel;
+mod shards;
 mod stored;
 mod witness;
 
@@ -163,14 +177,57 @@ impl Scripts {
     }
 }
 
-/// The Redis every connection goes to: the URL's, or the master the sentinels named last.
+/// The Redis every connection goes to: the URL's, the master the sentinels named last, or a
+/// cluster.
 struct Target {
-    /// The `redis://` URL, to notice a new master.
+    /// The `redis://` URL, to notice a new master (a cluster: its `redis+cluster://` URL).
     url: String,
-    /// Connection parameters (the pub/sub connection opens from it).
+    /// Connection parameters the standalone pub/sub connection opens from (a cluster's shard
+    /// connections open from its slot map instead).
     client: redis::Client,
-    /// Commands and scripts (reconnects by itself, to this address only).
-    conn: ConnectionManager,
+    /// Commands and scripts (reconnects by itself).
+    conn: Conn,
+}
+
+/// The command connection: to one Redis, or to a cluster (each command routed to the master of
+/// its keys' slot, following MOVED and failovers by itself).
+#[derive(Clone)]
+enum Conn {
+    /// One Redis (reconnects by itself, to this address only).
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl Target {
@@ -185,7 +242,25 @@ impl Target {
             .set_response_timeout(Some(OP_TIMEOUT));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| EngineError::Internal(format!("redis connection manager: {e}")))?;
-        Ok(Target { url: url.to_string(), client, conn })
+        Ok(Target { url: url.to_string(), client, conn: Conn::Single(conn) })
+    }
+
+    /// The command connection to a cluster; it connects in the background (commands meanwhile
+    /// fail as `unavailable`).
+    fn open_cluster(url: &shards::ClusterUrl) -> Result<Target, EngineError> {
+        let bad = |e: redis::RedisError| EngineError::Internal(format!("bad redis_url: {e}"));
+        let seeds = url.seed_urls();
+        let client = redis::Client::open(seeds[0].as_str()).map_err(bad)?;
+        let cluster = redis::cluster::ClusterClientBuilder::new(seeds)
+            .retries(3)
+            .min_retry_wait(20)
+            .max_retry_wait(200)
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(OP_TIMEOUT)
+            .build()
+            .map_err(bad)?;
+        let conn = cluster.get_pending_async_connection_with_config(Default::default());
+        Ok(Target { url: url.to_string(), client, conn: Conn::Cluster(conn) })
     }
 }
 
@@ -204,6 +279,9 @@ struct Inner {
     master_changed: Arc<Notify>,
     /// `redis_url` is a `redis+sentinel://` URL (a follow task runs).
     sentinel: bool,
+    /// `redis_url` is a `redis+cluster://` URL: names carry partition tags (`keys.rs`), the
+    /// scripts SPUBLISH and the sharded pub/sub task (`shards.rs`) runs.
+    partitioned: bool,
     /// Wakes the follow task before its next round (a command found Redis unavailable).
     follow_now: Arc<Notify>,
     /// `WAIT` for this many replicas after each publication (0: no WAIT).
@@ -220,9 +298,9 @@ struct Inner {
     listened: Mutex<HashMap<String, Listened>>,
     /// The highest position this node witnessed per channel, to notice lost writes.
     witnesses: Mutex<witness::Witnesses>,
-    /// The `run_id` of the Redis the pub/sub connection last reached: another one (a restart,
-    /// a failover) has every witnessed channel checked.
-    run_id: Mutex<Option<String>>,
+    /// The `run_id` of each Redis (by address, `""` for the one Redis) a pub/sub connection last
+    /// reached: another one (a restart, a failover) has its witnessed channels checked.
+    run_id: Mutex<HashMap<String, String>>,
     /// Asks the pub/sub task to bring one channel's SUBSCRIBE in line with `listened`.
     sync: mpsc::UnboundedSender<String>,
     /// The pub/sub connection is up and every listened channel is subscribed.
@@ -254,17 +332,24 @@ impl RedisEngine {
                 Some(parsed.map_err(|e| EngineError::Internal(format!("bad redis_url: {e}")))?)
             }
         };
-        let target = Target::open(if sentinel.is_some() {
-            NO_MASTER_YET
-        } else {
-            config.redis_url.as_str()
-        })?;
+        let cluster = match shards::ClusterUrl::parse(&config.redis_url) {
+            None => None,
+            Some(parsed) => {
+                Some(parsed.map_err(|e| EngineError::Internal(format!("bad redis_url: {e}")))?)
+            }
+        };
+        let target = match &cluster {
+            Some(url) => Target::open_cluster(url)?,
+            None if sentinel.is_some() => Target::open(NO_MASTER_YET)?,
+            None => Target::open(&config.redis_url)?,
+        };
         let (sync, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             target: parking_lot::RwLock::new(target),
             generation: AtomicU64::new(0),
             master_changed: Arc::new(Notify::new()),
             sentinel: sentinel.is_some(),
+            partitioned: cluster.is_some(),
             follow_now: Arc::new(Notify::new()),
             wait_replicas: config.redis_wait_replicas,
             wait_timeout: config.redis_wait_timeout,
@@ -273,7 +358,7 @@ impl RedisEngine {
             fanout: OnceLock::new(),
             listened: Mutex::new(HashMap::new()),
             witnesses: Mutex::new(witness::Witnesses::new(witness::WITNESS_CAP)),
-            run_id: Mutex::new(None),
+            run_id: Mutex::new(HashMap::new()),
             sync,
             pubsub_up: AtomicBool::new(false),
             node: OnceLock::new(),
@@ -281,7 +366,10 @@ impl RedisEngine {
             heartbeat: Mutex::new(None),
             round_trips: RoundTrips::default(),
         });
-        tokio::spawn(pubsub::pubsub_task(Arc::downgrade(&inner), rx));
+        match cluster {
+            Some(url) => drop(tokio::spawn(shards::shards_task(Arc::downgrade(&inner), url, rx))),
+            None => drop(tokio::spawn(pubsub::pubsub_task(Arc::downgrade(&inner), rx))),
+        }
         if let Some(url) = sentinel {
             tokio::spawn(sentinel::follow_task(Arc::downgrade(&inner), url));
         }
@@ -303,13 +391,18 @@ impl RedisEngine {
 
 impl Inner {
     /// The command connection to the current Redis.
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.target.read().conn.clone()
     }
 
     /// Connection parameters of the current Redis.
     fn client(&self) -> redis::Client {
         self.target.read().client.clone()
+    }
+
+    /// How a publication goes out: `PUBLISH`, on a cluster `SPUBLISH` (to its shard only).
+    fn publish_command(&self) -> &'static str {
+        if self.partitioned { "SPUBLISH" } else { "PUBLISH" }
     }
 
     /// This node's subscribers, once the hub attached them.
@@ -342,7 +435,7 @@ impl Inner {
     /// connection manager has reconnected by the second.
     async fn read<T, F, Fut>(&self, mut op: F) -> Result<T, EngineError>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         match self.run(op(self.conn())).await {
@@ -436,7 +529,8 @@ impl Inner {
                 .arg(ns.max_state_bytes)
                 .arg(if ns.views() { "1" } else { "0" })
                 .arg(&w_epoch)
-                .arg(w_offset);
+                .arg(w_offset)
+                .arg(self.publish_command());
             let reply: Vec<String> = self.run(call.invoke_async(&mut conn)).await?;
             match reply.first().map(String::as_str) {
                 Some("ok") if reply.len() == 5 => {
@@ -505,7 +599,7 @@ impl Inner {
     /// answers the stored one).
     async fn wait_replicas(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         channel: &str,
         offset: u64,
     ) -> Result<(), EngineError> {
@@ -595,7 +689,11 @@ fn map_error(e: redis::RedisError) -> EngineError {
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_connection_dropped()
-        || matches!(code, "OOM" | "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN")
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || matches!(
+            code,
+            "OOM" | "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN"
+        )
     {
         EngineError::Unavailable(format!("redis: {e}"))
     } else {
@@ -666,7 +764,7 @@ impl Engine for RedisEngine {
     async fn publish_volatile(&self, channel: &str, frame: Arc<str>) -> Result<(), EngineError> {
         let inner = &self.inner;
         let mut conn = inner.conn();
-        let cmd = redis::cmd("PUBLISH")
+        let cmd = redis::cmd(inner.publish_command())
             .arg(inner.pubsub_name(channel))
             .arg(stored::volatile_message(&frame))
             .to_owned();

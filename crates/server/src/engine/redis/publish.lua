@@ -5,7 +5,7 @@
 --       idempotency_window_ms (0: no key), record key, op ('' | upsert | merge | delete),
 --       new value, expected stored record ('' no check, '-' absent), max_records, max_bytes,
 --       views ('1': keep the record change with the publication, '0': not), witnessed epoch
---       ('' none) and offset (see lost_writes)
+--       ('' none) and offset (see lost_writes), publish command (PUBLISH | SPUBLISH on a cluster)
 -- Returns {'ok', epoch, offset, time, lost} | {'dup', 'epoch:offset:time'} | {'retry'}
 --       | {'records'} | {'bytes'}; lost is the stored offset when this publish found writes lost
 --       and started a new epoch, else ''
@@ -83,5 +83,5 @@ local result = epoch .. ':' .. off .. ':' .. time
 if iwin > 0 then
   redis.call('SET', KEYS[4], result, 'PX', iwin)
 end
-redis.call('PUBLISH', ARGV[2], epoch .. ':' .. off .. ':' .. change .. json)
+redis.call(ARGV[19], ARGV[2], epoch .. ':' .. off .. ':' .. change .. json)
 return { 'ok', epoch, off, time, lost and string.format('%d', lost) or '' }

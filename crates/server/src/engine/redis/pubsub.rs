@@ -32,6 +32,11 @@ pub(super) struct Listened {
 }
 
 impl Listened {
+    /// Has local subscribers: its SUBSCRIBE should be in place.
+    pub(super) fn wanted(&self) -> bool {
+        self.refs > 0
+    }
+
     fn confirm(&mut self) {
         if !self.confirmed {
             self.confirmed = true;
@@ -100,7 +105,7 @@ impl Inner {
 
     /// Notes the witnessed position of each of `channels` as its floor, before their SUBSCRIBE
     /// is sent (see [`Listened::floor`]).
-    fn set_floors<'a>(&self, channels: impl IntoIterator<Item = &'a String>) {
+    pub(super) fn set_floors<'a>(&self, channels: impl IntoIterator<Item = &'a String>) {
         let mut listened = self.listened.lock();
         let witnesses = self.witnesses.lock();
         for c in channels {
@@ -227,7 +232,7 @@ impl Inner {
     }
 
     /// The lanes, started once the fan-out is attached (messages before that reach no one).
-    fn dispatch<'a>(&self, dispatch: &'a mut Option<Dispatch>) -> Option<&'a Dispatch> {
+    pub(super) fn dispatch<'a>(&self, dispatch: &'a mut Option<Dispatch>) -> Option<&'a Dispatch> {
         if dispatch.is_none() {
             *dispatch = self.fanout().map(|f| Dispatch::start(f.clone()));
         }
@@ -235,7 +240,7 @@ impl Inner {
     }
 
     /// Marks channels confirmed after their SUBSCRIBE succeeded.
-    fn confirm<'a>(&self, channels: impl IntoIterator<Item = &'a String>) {
+    pub(super) fn confirm<'a>(&self, channels: impl IntoIterator<Item = &'a String>) {
         let mut listened = self.listened.lock();
         for c in channels {
             if let Some(l) = listened.get_mut(c.as_str())
@@ -246,8 +251,18 @@ impl Inner {
         }
     }
 
+    /// `channel`'s subscription is gone (its shard connection, or its slot moved): nothing
+    /// flows until it is confirmed again. True when it was confirmed (its subscribers must then
+    /// resubscribe).
+    pub(super) fn unconfirm(&self, channel: &str) -> bool {
+        let mut listened = self.listened.lock();
+        let Some(l) = listened.get_mut(channel) else { return false };
+        l.last = None;
+        std::mem::replace(&mut l.confirmed, false)
+    }
+
     /// Whether `channel` still has local subscribers (its SUBSCRIBE should be in place).
-    fn wanted(&self, channel: &str) -> bool {
+    pub(super) fn wanted(&self, channel: &str) -> bool {
         self.listened.lock().get(channel).is_some_and(|l| l.refs > 0)
     }
 }

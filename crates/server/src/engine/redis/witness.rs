@@ -245,13 +245,24 @@ impl Inner {
         let cmd = redis::cmd("INFO").arg("server").to_owned();
         let mut conn = self.conn();
         let Ok(info) = self.run(cmd.query_async::<String>(&mut conn)).await else { return };
-        let Some(run_id) = info.lines().find_map(|l| l.strip_prefix("run_id:")) else { return };
-        let run_id = run_id.trim().to_string();
-        let before = self.run_id.lock().replace(run_id.clone());
+        let Some(run_id) = run_id_of(&info) else { return };
+        self.check_witnessed("", run_id, |_| true).await;
+    }
+
+    /// Checks the witnessed channels that `mine` selects when the Redis at `addr` (`""`: the
+    /// one Redis) has another `run_id` than when this node last reached it.
+    pub(super) async fn check_witnessed(
+        &self,
+        addr: &str,
+        run_id: String,
+        mine: impl Fn(&str) -> bool,
+    ) {
+        let before = self.run_id.lock().insert(addr.to_string(), run_id.clone());
         if before.as_deref() == Some(run_id.as_str()) {
             return;
         }
-        let all = self.witnesses.lock().all();
+        let all: Vec<_> =
+            self.witnesses.lock().all().into_iter().filter(|(c, ..)| mine(c)).collect();
         let count = all.len();
         let failed = futures_util::stream::iter(all)
             .map(|(channel, epoch, offset)| async move {
@@ -264,9 +275,15 @@ impl Inner {
         tracing::info!(
             channels = count,
             failed,
+            addr,
             "redis is another process: witnessed channels checked for lost writes"
         );
     }
+}
+
+/// The `run_id` field of an `INFO server` reply.
+pub(super) fn run_id_of(info: &str) -> Option<String> {
+    info.lines().find_map(|l| l.strip_prefix("run_id:")).map(|r| r.trim().to_string())
 }
 
 #[cfg(test)]
