@@ -137,8 +137,12 @@ pub struct BenchArgs {
     pub compress: bool,
     /// Run the started servers on the Redis engine, on a `redis-server` the bench starts on a
     /// free port (no persistence) and stops at the end.
-    #[arg(long, conflicts_with = "redis_url")]
+    #[arg(long, conflicts_with_all = ["redis_url", "redis_cluster"])]
     pub redis: bool,
+    /// Run the started servers on a Redis Cluster of this many masters (no replicas) that the
+    /// bench starts on free ports (`redis-cli --cluster create`) and stops at the end.
+    #[arg(long, conflicts_with = "redis_url", value_parser = clap::value_parser!(u16).range(3..=16))]
+    pub redis_cluster: Option<u16>,
     /// Run the started servers on the Redis engine at this URL (127.0.0.1 only; any form
     /// `engine.redis_url` takes).
     #[arg(long)]
@@ -253,40 +257,92 @@ fn bench_config(namespace: &str, size: usize) -> String {
     )
 }
 
-/// A `redis-server` started for the run (`--redis`), stopped with it.
+/// The `redis-server` processes started for the run (`--redis`: one; `--redis-cluster N`: a
+/// cluster of N masters), stopped with it.
 struct RedisProcess {
-    /// The server; killed on drop.
-    child: Child,
-    /// Its URL.
+    /// The servers; killed on drop.
+    children: Vec<Child>,
+    /// The URL the nodes take (`redis+cluster://…` for a cluster).
     url: String,
-    /// Its scratch directory, removed on drop.
+    /// Their scratch directory, removed on drop.
     dir: std::path::PathBuf,
 }
 
 impl Drop for RedisProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// Starts `redis-server` on a free port without persistence and waits until it answers.
-fn start_redis() -> anyhow::Result<RedisProcess> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+/// Starts `redis-server` on a free port without persistence (with `--redis-cluster`, `masters`
+/// of them, made a cluster) and waits until it answers.
+fn start_redis(masters: Option<u16>) -> anyhow::Result<RedisProcess> {
     let dir = std::env::temp_dir().join(format!("herald-bench-redis-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly"])
-        .args(["no", "--protected-mode", "no", "--dir"])
-        .arg(&dir)
+    let mut redis = RedisProcess { children: Vec::new(), url: String::new(), dir: dir.clone() };
+    let mut ports = Vec::new();
+    for _ in 0..masters.unwrap_or(1) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly"])
+            .args(["no", "--protected-mode", "no", "--dir"])
+            .arg(&dir);
+        if masters.is_some() {
+            let conf = dir.join(format!("nodes-{port}.conf"));
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"]).arg(conf);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (is it installed?)")?;
+        redis.children.push(child);
+        ports.push(port);
+    }
+    for port in &ports {
+        wait_pong(*port)?;
+    }
+    if masters.is_none() {
+        redis.url = format!("redis://127.0.0.1:{}", ports[0]);
+        return Ok(redis);
+    }
+    let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&nodes)
+        .args(["--cluster-yes"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .context("starting redis-server (is it installed?)")?;
-    let redis = RedisProcess { child, url: format!("redis://127.0.0.1:{port}"), dir };
-    // Answers PING within 10 s, or the run stops (bounded: 200 attempts).
+        .status()
+        .context("redis-cli --cluster create (is redis-cli installed?)")?;
+    if !created.success() {
+        bail!("redis-cli --cluster create failed");
+    }
+    // Every node agrees the cluster is up within 20 s (bounded: 400 attempts).
+    for _ in 0..400 {
+        let ok = ports.iter().all(|p| {
+            Command::new("redis-cli")
+                .args(["-p", &p.to_string(), "cluster", "info"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        });
+        if ok {
+            redis.url = format!("redis+cluster://{}", nodes.join(","));
+            return Ok(redis);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the redis cluster did not reach cluster_state:ok")
+}
+
+/// Waits until the `redis-server` on `port` answers PING (within 10 s: 200 attempts).
+fn wait_pong(port: u16) -> anyhow::Result<()> {
     for _ in 0..200 {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             use std::io::{Read, Write};
@@ -296,7 +352,7 @@ fn start_redis() -> anyhow::Result<RedisProcess> {
                 && s.read_exact(&mut buf).is_ok()
                 && &buf == b"+PONG\r\n"
             {
-                return Ok(redis);
+                return Ok(());
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -429,13 +485,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--http applies to the fanout and rooms scenarios");
     }
     raise_nofile(2 * clients as u64 + 4096);
-    if args.nodes == 0 || (args.nodes > 1 && !args.redis && args.redis_url.is_none()) {
-        bail!("--nodes {} needs --redis or --redis-url (nodes share the Redis engine)", args.nodes);
+    let on_redis = args.redis || args.redis_cluster.is_some() || args.redis_url.is_some();
+    if args.nodes == 0 || (args.nodes > 1 && !on_redis) {
+        bail!(
+            "--nodes {} needs --redis, --redis-cluster or --redis-url (nodes share the Redis engine)",
+            args.nodes
+        );
     }
-    if args.url.is_some() && (args.redis || args.redis_url.is_some() || args.nodes > 1) {
-        bail!("--url targets a running server: --redis, --redis-url and --nodes start servers");
+    if args.url.is_some() && (on_redis || args.nodes > 1) {
+        bail!(
+            "--url targets a running server: --redis, --redis-cluster, --redis-url and --nodes start servers"
+        );
     }
-    let redis = if args.redis { Some(start_redis()?) } else { None };
+    let redis = if args.redis || args.redis_cluster.is_some() {
+        Some(start_redis(args.redis_cluster)?)
+    } else {
+        None
+    };
     let redis_url = redis.as_ref().map(|r| r.url.clone()).or_else(|| args.redis_url.clone());
     let servers = match &args.url {
         Some(url) => vec![target_server(url, args.server_pid)?],
@@ -475,7 +541,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         pid: server.pid,
         other_pids: servers[1..].iter().filter_map(|s| s.pid).collect(),
-        redis_pid: redis.as_ref().map(|r| r.child.id()),
+        redis_pids: redis.as_ref().map(|r| r.children.iter().map(Child::id).collect()).unwrap_or_default(),
         http: args.http.then(|| scenarios::HttpPublish {
             api_key: args.api_key.clone(),
             connections: args.http_connections.max(1),
@@ -534,11 +600,22 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
         name.clone()
     };
     let label = if deflate.is_empty() { label } else { format!("{label} (deflate)") };
-    let engine = if args.redis || args.redis_url.is_some() { "redis" } else { "memory" };
+    let on_redis = args.redis || args.redis_cluster.is_some() || args.redis_url.is_some();
+    let cluster = args.redis_cluster.is_some()
+        || args.redis_url.as_deref().is_some_and(|u| u.contains("+cluster://"));
+    let engine = match (on_redis, cluster) {
+        (false, _) => "memory",
+        (true, false) => "redis",
+        (true, true) => "redis-cluster",
+    };
+    let engine_label = match args.redis_cluster {
+        Some(m) => format!("redis cluster of {m}"),
+        None => engine.replace('-', " "),
+    };
     let label = match (engine, args.nodes) {
         ("memory", _) => label,
-        (_, 1) => format!("{label} (redis)"),
-        (_, n) => format!("{label} (redis, {n} nodes)"),
+        (_, 1) => format!("{label} ({engine_label})"),
+        (_, n) => format!("{label} ({engine_label}, {n} nodes)"),
     };
     let per_sec = |n: u64| (n > 0).then(|| n as f64 / secs);
     let deliveries_per_sec = per_sec(o.deliveries);

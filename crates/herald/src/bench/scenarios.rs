@@ -42,8 +42,8 @@ pub struct Plan {
     pub pid: Option<u32>,
     /// PIDs of the other nodes (`--nodes`), counted with `pid`.
     pub other_pids: Vec<u32>,
-    /// PID of the bench's `redis-server` (`--redis`), counted apart.
-    pub redis_pid: Option<u32>,
+    /// PIDs of the bench's `redis-server`s (`--redis`, `--redis-cluster`), counted apart.
+    pub redis_pids: Vec<u32>,
     /// Publish through the HTTP API instead of a WebSocket (fanout, rooms).
     pub http: Option<HttpPublish>,
 }
@@ -68,9 +68,12 @@ impl Plan {
         Some(total)
     }
 
-    /// CPU seconds of the bench's `redis-server`.
+    /// CPU seconds of the bench's `redis-server`s, summed.
     fn redis_cpu(&self) -> Option<f64> {
-        self.redis_pid.and_then(proc_usage).map(|u| u.0)
+        if self.redis_pids.is_empty() {
+            return None;
+        }
+        self.redis_pids.iter().map(|p| proc_usage(*p).map(|u| u.0)).sum()
     }
 
     fn run_id(&self) -> String {
@@ -513,6 +516,7 @@ pub async fn resume(plan: &Plan) -> anyhow::Result<Outcome> {
         endpoint: plan.endpoint.clone(),
         namespace: plan.namespace.clone(),
         other_pids: plan.other_pids.clone(),
+        redis_pids: plan.redis_pids.clone(),
         http: None,
         ..*plan
     };
