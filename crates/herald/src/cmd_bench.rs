@@ -288,9 +288,17 @@ fn start_redis(masters: Option<u16>) -> anyhow::Result<RedisProcess> {
     for _ in 0..masters.unwrap_or(1) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly"])
-            .args(["no", "--protected-mode", "no", "--dir"])
-            .arg(&dir);
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+        ])
+        .args(["no", "--protected-mode", "no", "--dir"])
+        .arg(&dir);
         if masters.is_some() {
             let conf = dir.join(format!("nodes-{port}.conf"));
             cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"]).arg(conf);
@@ -541,7 +549,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         pid: server.pid,
         other_pids: servers[1..].iter().filter_map(|s| s.pid).collect(),
-        redis_pids: redis.as_ref().map(|r| r.children.iter().map(Child::id).collect()).unwrap_or_default(),
+        redis_pids: redis
+            .as_ref()
+            .map(|r| r.children.iter().map(Child::id).collect())
+            .unwrap_or_default(),
         http: args.http.then(|| scenarios::HttpPublish {
             api_key: args.api_key.clone(),
             connections: args.http_connections.max(1),

@@ -274,3 +274,37 @@ async fn wait_replicas_refuses_an_unreplicated_publish() {
     let r = e.publish(&ns, input("wait:c", 3)).await.expect("replicated again");
     assert_eq!(r.offset, 3, "the refused publication is stored all the same");
 }
+
+/// A publication blocked in `WAIT` (its replica gone) holds up later publications only: a read
+/// on the same node is answered while the WAIT is still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_do_not_queue_behind_a_blocked_wait() {
+    let master = RedisServer::start(&[]);
+    let mut replica = replica_of(&master).await;
+    let config = EngineConfig {
+        redis_wait_replicas: 1,
+        redis_wait_timeout: Duration::from_secs(30),
+        ..engine_config(&master.url())
+    };
+    let (e, _) = engine(config).await;
+    let ns = Namespace::default();
+    e.publish(&ns, input("wait:r", 1)).await.expect("replicated publish succeeds");
+    replica.kill9();
+    let blocked = tokio::spawn({
+        let (e, ns) = (e.clone(), ns.clone());
+        async move { e.publish(&ns, input("wait:r", 2)).await }
+    });
+    // The publish is stored (and its WAIT running) once the offset shows in Redis.
+    eventually(Duration::from_secs(10), "the blocked publication stored", || async {
+        let offset: Option<String> = master
+            .query(redis::cmd("HGET").arg("herald:{6:wait:r}:meta").arg("offset"))
+            .await
+            .flatten();
+        (offset.as_deref() == Some("2")).then_some(())
+    })
+    .await;
+    let read = e.read(&ns, "wait:r", Window::After { after: 0, limit: 10 }, false).await;
+    assert_eq!(read.expect("a read while WAIT blocks").offset, 2);
+    assert!(!blocked.is_finished(), "the WAIT was still running when the read was answered");
+    blocked.abort();
+}

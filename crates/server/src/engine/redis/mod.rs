@@ -64,8 +64,8 @@
 //! connection and bumps a generation that makes the pub/sub task reconnect there (a lost
 //! pub/sub connection: every subscriber resumes; the new `run_id` has witnessed channels
 //! checked). `engine.redis_wait_replicas` adds `WAIT n timeout` after each publish script, on
-//! the connection that ran it; too few replicas is `unavailable`, though the publication is
-//! stored.
+//! the connection that ran it (one kept for publications, so that nothing else waits behind a
+//! blocked WAIT); too few replicas is `unavailable`, though the publication is stored.
 //!
 //! # Redis Cluster
 //!
@@ -187,6 +187,10 @@ struct Target {
     client: redis::Client,
     /// Commands and scripts (reconnects by itself).
     conn: Conn,
+    /// Publications when `engine.redis_wait_replicas` is set: Redis blocks a connection during
+    /// `WAIT`, and WAIT counts the writes of the connection it runs on, so the publish script
+    /// and its WAIT share this one and reads, heartbeats and subscribes never queue behind it.
+    publish_conn: Option<Conn>,
 }
 
 /// The command connection: to one Redis, or to a cluster (each command routed to the master of
@@ -231,7 +235,7 @@ impl redis::aio::ConnectionLike for Conn {
 }
 
 impl Target {
-    fn open(url: &str) -> Result<Target, EngineError> {
+    fn open(url: &str, waits: bool) -> Result<Target, EngineError> {
         let client = redis::Client::open(url)
             .map_err(|e| EngineError::Internal(format!("bad redis_url: {e}")))?;
         let manager_config = ConnectionManagerConfig::new()
@@ -240,14 +244,19 @@ impl Target {
             .set_max_delay(Duration::from_millis(200))
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(OP_TIMEOUT));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| EngineError::Internal(format!("redis connection manager: {e}")))?;
-        Ok(Target { url: url.to_string(), client, conn: Conn::Single(conn) })
+        let manager = || {
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+                .map(Conn::Single)
+                .map_err(|e| EngineError::Internal(format!("redis connection manager: {e}")))
+        };
+        let conn = manager()?;
+        let publish_conn = if waits { Some(manager()?) } else { None };
+        Ok(Target { url: url.to_string(), client, conn, publish_conn })
     }
 
     /// The command connection to a cluster; it connects in the background (commands meanwhile
     /// fail as `unavailable`).
-    fn open_cluster(url: &shards::ClusterUrl) -> Result<Target, EngineError> {
+    fn open_cluster(url: &shards::ClusterUrl, waits: bool) -> Result<Target, EngineError> {
         let bad = |e: redis::RedisError| EngineError::Internal(format!("bad redis_url: {e}"));
         let seeds = url.seed_urls();
         let client = redis::Client::open(seeds[0].as_str()).map_err(bad)?;
@@ -259,8 +268,10 @@ impl Target {
             .response_timeout(OP_TIMEOUT)
             .build()
             .map_err(bad)?;
-        let conn = cluster.get_pending_async_connection_with_config(Default::default());
-        Ok(Target { url: url.to_string(), client, conn: Conn::Cluster(conn) })
+        let conn =
+            || Conn::Cluster(cluster.get_pending_async_connection_with_config(Default::default()));
+        let publish_conn = waits.then(conn);
+        Ok(Target { url: url.to_string(), client, conn: conn(), publish_conn })
     }
 }
 
@@ -338,10 +349,17 @@ impl RedisEngine {
                 Some(parsed.map_err(|e| EngineError::Internal(format!("bad redis_url: {e}")))?)
             }
         };
+        let waits = config.redis_wait_replicas > 0;
+        if cluster.is_some() && config.redis_prefix.contains(['{', '}']) {
+            // The prefix comes before the hash tag: a brace in it would move every key's slot.
+            return Err(EngineError::Internal(
+                "engine.redis_prefix must not contain '{' or '}' on a Redis Cluster".into(),
+            ));
+        }
         let target = match &cluster {
-            Some(url) => Target::open_cluster(url)?,
-            None if sentinel.is_some() => Target::open(NO_MASTER_YET)?,
-            None => Target::open(&config.redis_url)?,
+            Some(url) => Target::open_cluster(url, waits)?,
+            None if sentinel.is_some() => Target::open(NO_MASTER_YET, waits)?,
+            None => Target::open(&config.redis_url, waits)?,
         };
         let (sync, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -393,6 +411,13 @@ impl Inner {
     /// The command connection to the current Redis.
     fn conn(&self) -> Conn {
         self.target.read().conn.clone()
+    }
+
+    /// The connection publications go on: the command connection, or the one kept for
+    /// publications and their `WAIT` ([`Target::publish_conn`]).
+    fn publish_conn(&self) -> Conn {
+        let target = self.target.read();
+        target.publish_conn.as_ref().unwrap_or(&target.conn).clone()
     }
 
     /// Connection parameters of the current Redis.
@@ -469,6 +494,7 @@ impl Inner {
         let idem_key = format!("{}{}", keys.idem, idem.unwrap_or(""));
         let idem_window = if idem.is_some() { ms(ns.idempotency_window).max(1) } else { 0 };
         let mut conn = self.conn();
+        let mut publishing = self.publish_conn();
         for _ in 0..MERGE_ATTEMPTS {
             let (w_epoch, w_offset) = self.witnessed(&input.channel);
             // Keyed state: the new value (merges read the record and write only if unchanged).
@@ -531,7 +557,7 @@ impl Inner {
                 .arg(&w_epoch)
                 .arg(w_offset)
                 .arg(self.publish_command());
-            let reply: Vec<String> = self.run(call.invoke_async(&mut conn)).await?;
+            let reply: Vec<String> = self.run(call.invoke_async(&mut publishing)).await?;
             match reply.first().map(String::as_str) {
                 Some("ok") if reply.len() == 5 => {
                     let offset: u64 = reply[2]
@@ -539,7 +565,7 @@ impl Inner {
                         .map_err(|_| EngineError::Internal("bad offset from script".into()))?;
                     self.lost_reported(&input.channel, &w_epoch, w_offset, &reply[4], &reply[1]);
                     self.witness(&input.channel, &reply[1], offset);
-                    self.wait_replicas(&mut conn, &input.channel, offset).await?;
+                    self.wait_replicas(&mut publishing, &input.channel, offset).await?;
                     return Ok(Some(PublishResult {
                         channel: input.channel,
                         id: format!("{}-{}", reply[1], offset),

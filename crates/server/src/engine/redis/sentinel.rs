@@ -152,7 +152,7 @@ impl Inner {
         if target.url == url {
             return;
         }
-        match super::Target::open(url) {
+        match super::Target::open(url, self.wait_replicas > 0) {
             Ok(t) => {
                 tracing::warn!(from = %target.url, to = url, "redis master changed (sentinel)");
                 *target = t;
