@@ -9,8 +9,11 @@
 //! - this file: the `herald` and `redis-server` processes, free ports, tokens.
 //! - [`module_graph`]: a crate's module graph read from its sources, for the tests that keep
 //!   dependencies pointing one way.
+//! - [`proxy`]: a loopback TCP proxy that injects faults (cuts, blackholes, delays, refused
+//!   upgrades) between clients and a hub.
 
 pub mod module_graph;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

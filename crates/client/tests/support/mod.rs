@@ -4,7 +4,10 @@
 #![allow(dead_code)]
 
 pub mod hub;
-pub mod proxy;
+/// The fault-injecting proxy, shared with the server's tests (`herald_testkit::proxy`); not every
+/// test uses it.
+#[allow(unused_imports)]
+pub use herald_testkit::proxy;
 
 use herald_client::{ConnectionState, SubEvent, Subscription};
 use herald_protocol::command::PublishCommand;

@@ -254,11 +254,17 @@ impl Target {
         Ok(Target { url: url.to_string(), client, conn, publish_conn })
     }
 
-    /// The command connection to a cluster; it connects in the background (commands meanwhile
-    /// fail as `unavailable`).
-    fn open_cluster(url: &shards::ClusterUrl, waits: bool) -> Result<Target, EngineError> {
+    /// The command connection to a cluster, learning its layout from the URL's seed nodes and
+    /// `masters` (`host:port`); it connects in the background (commands meanwhile fail as
+    /// `unavailable`).
+    fn open_cluster(
+        url: &shards::ClusterUrl,
+        masters: &[String],
+        waits: bool,
+    ) -> Result<Target, EngineError> {
         let bad = |e: redis::RedisError| EngineError::Internal(format!("bad redis_url: {e}"));
-        let seeds = url.seed_urls();
+        let mut seeds = url.node_urls(masters);
+        seeds.extend(url.seed_urls());
         let client = redis::Client::open(seeds[0].as_str()).map_err(bad)?;
         let cluster = redis::cluster::ClusterClientBuilder::new(seeds)
             .retries(3)
@@ -293,6 +299,8 @@ struct Inner {
     /// `redis_url` is a `redis+cluster://` URL: names carry partition tags (`keys.rs`), the
     /// scripts SPUBLISH and the sharded pub/sub task (`shards.rs`) runs.
     partitioned: bool,
+    /// `engine.redis_wait_replicas` is set (a connection is kept for publications).
+    waits: bool,
     /// Wakes the follow task before its next round (a command found Redis unavailable).
     follow_now: Arc<Notify>,
     /// `WAIT` for this many replicas after each publication (0: no WAIT).
@@ -357,7 +365,7 @@ impl RedisEngine {
             ));
         }
         let target = match &cluster {
-            Some(url) => Target::open_cluster(url, waits)?,
+            Some(url) => Target::open_cluster(url, &[], waits)?,
             None if sentinel.is_some() => Target::open(NO_MASTER_YET, waits)?,
             None => Target::open(&config.redis_url, waits)?,
         };
@@ -368,6 +376,7 @@ impl RedisEngine {
             master_changed: Arc::new(Notify::new()),
             sentinel: sentinel.is_some(),
             partitioned: cluster.is_some(),
+            waits,
             follow_now: Arc::new(Notify::new()),
             wait_replicas: config.redis_wait_replicas,
             wait_timeout: config.redis_wait_timeout,
@@ -411,6 +420,17 @@ impl Inner {
     /// The command connection to the current Redis.
     fn conn(&self) -> Conn {
         self.target.read().conn.clone()
+    }
+
+    /// Replaces the cluster command connection with one that learns the layout from `masters`
+    /// first. The shards task calls it when the slot map changed: after a failover, redis-rs'
+    /// cluster connection was seen to stall every command (repairing the dead node's
+    /// connection and refreshing slots in a loop) while many were in flight.
+    fn reopen_cluster(&self, url: &shards::ClusterUrl, masters: &[String]) {
+        match Target::open_cluster(url, masters, self.waits) {
+            Ok(target) => *self.target.write() = target,
+            Err(e) => tracing::warn!(error = %e, "cannot reopen the redis cluster connection"),
+        }
     }
 
     /// The connection publications go on: the command connection, or the one kept for
@@ -718,7 +738,15 @@ fn map_error(e: redis::RedisError) -> EngineError {
         || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
         || matches!(
             code,
-            "OOM" | "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN"
+            "OOM"
+                | "LOADING"
+                | "BUSY"
+                | "MASTERDOWN"
+                | "READONLY"
+                | "TRYAGAIN"
+                | "CLUSTERDOWN"
+                | "MOVED"
+                | "ASK"
         )
     {
         EngineError::Unavailable(format!("redis: {e}"))

@@ -74,6 +74,11 @@ impl ClusterUrl {
         self.seeds.iter().map(|a| self.node_url(a)).collect()
     }
 
+    /// The URLs of the nodes at `addrs` (`host:port`).
+    pub(super) fn node_urls(&self, addrs: &[String]) -> Vec<String> {
+        addrs.iter().map(|a| self.node_url(a)).collect()
+    }
+
     /// The URL of the node at `addr` (`host:port`), with the credentials of the cluster URL.
     fn node_url(&self, addr: &str) -> String {
         format!("{}://{}{}", self.scheme, self.auth, addr)
@@ -129,6 +134,9 @@ struct Shard {
     conn: MultiplexedConnection,
     /// Channels SSUBSCRIBEd on it.
     subscribed: HashSet<String>,
+    /// Our SUNSUBSCRIBEs whose confirmation has not been read yet, per channel: a
+    /// confirmation beyond them is Redis dropping the subscription (its slot moved).
+    unsubscribing: HashMap<String, usize>,
 }
 
 /// What the task knows of the cluster.
@@ -253,11 +261,20 @@ impl Shards {
                 self.shard_down(engine, &addr, "connection lost").await;
                 true
             }
-            // Unasked (ours are removed from `subscribed` first): the slot moved away.
+            // Unasked (not one of ours): the slot moved away.
             PushKind::SUnsubscribe => {
-                let moved = name(0)
-                    .and_then(|n| engine.channel_of(n))
-                    .is_some_and(|c| self.shards[&addr].subscribed.contains(c));
+                let Some(channel) = name(0).and_then(|n| engine.channel_of(n)) else {
+                    return false;
+                };
+                let shard = self.shards.get_mut(&addr).expect("found above");
+                if let Some(n) = shard.unsubscribing.get_mut(channel) {
+                    *n -= 1;
+                    if *n == 0 {
+                        shard.unsubscribing.remove(channel);
+                    }
+                    return false;
+                }
+                let moved = shard.subscribed.contains(channel);
                 if moved {
                     self.shard_down(engine, &addr, "the server dropped a shard subscription").await;
                 }
@@ -312,6 +329,13 @@ impl Shards {
         }
         for addr in leaving {
             self.shard_down(engine, &addr, "its slots moved").await;
+        }
+        if !self.owners.is_empty() && self.owners != owners {
+            let mut masters: Vec<String> = owners.clone();
+            masters.sort_unstable();
+            masters.dedup();
+            tracing::warn!(?masters, "redis cluster layout changed: command connection reopened");
+            engine.reopen_cluster(&self.url, &masters);
         }
         self.owners = owners;
         // Live connections must answer.
@@ -391,7 +415,8 @@ impl Shards {
                 .map(|(c, _)| c.clone())
                 .collect()
         };
-        let mut shard = Shard { id, conn, subscribed: HashSet::new() };
+        let mut shard =
+            Shard { id, conn, subscribed: HashSet::new(), unsubscribing: HashMap::new() };
         for chunk in wanted.chunks(SYNC_BATCH) {
             engine.set_floors(chunk);
             shard_command(engine, &mut shard.conn, "SSUBSCRIBE", chunk).await?;
@@ -448,6 +473,7 @@ impl Shards {
             let Some(shard) = self.shards.get_mut(&addr) else { continue };
             for c in &channels {
                 shard.subscribed.remove(c);
+                *shard.unsubscribing.entry(c.clone()).or_default() += 1;
             }
             if let Err(e) = shard_command(engine, &mut shard.conn, "SUNSUBSCRIBE", &channels).await
             {

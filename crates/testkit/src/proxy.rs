@@ -99,7 +99,6 @@ impl Proxy {
     }
 
     /// Points new connections at another upstream.
-    #[allow(dead_code)]
     pub fn set_upstream(&self, upstream: SocketAddr) {
         *self.shared.upstream.lock().unwrap() = upstream;
     }
@@ -114,13 +113,11 @@ impl Proxy {
 
     /// Stops (or resumes) forwarding bytes in both directions without closing anything, for
     /// open and new connections alike.
-    #[allow(dead_code)]
     pub fn blackhole(&self, on: bool) {
         self.shared.control.send_modify(|c| c.blackhole = on);
     }
 
     /// Delays every forwarded chunk by `delay`.
-    #[allow(dead_code)]
     pub fn set_delay(&self, delay: Duration) {
         self.shared.control.send_modify(|c| c.delay = delay);
     }
@@ -129,19 +126,16 @@ impl Proxy {
     /// `HTTP/1.1 403 Forbidden` and closed (a proxy that blocks WebSocket); other requests are
     /// forwarded. Only the first request of a connection is looked at: a WebSocket client opens
     /// a connection for its upgrade, and after it the bytes are frames.
-    #[allow(dead_code)]
     pub fn refuse_upgrades(&self, on: bool) {
         self.shared.refuse_upgrades.store(on, Ordering::SeqCst);
     }
 
     /// Upgrade requests refused so far.
-    #[allow(dead_code)]
     pub fn refused(&self) -> usize {
         *self.shared.refused.borrow()
     }
 
     /// Waits until more than `n` upgrade requests were refused; panics after `timeout`.
-    #[allow(dead_code)]
     pub async fn wait_refused_above(&self, n: usize, timeout: Duration) -> usize {
         let mut rx = self.shared.refused.subscribe();
         let wait = rx.wait_for(|&count| count > n);
@@ -157,13 +151,11 @@ impl Proxy {
     }
 
     /// Connections currently open.
-    #[allow(dead_code)]
     pub fn active(&self) -> usize {
         self.shared.active.load(Ordering::SeqCst)
     }
 
     /// When each connection was accepted.
-    #[allow(dead_code)]
     pub fn accept_times(&self) -> Vec<Instant> {
         self.shared.accept_times.lock().unwrap().clone()
     }
