@@ -85,3 +85,19 @@ fn resume_recovers_everything() {
     assert_eq!(v["deliveries"], 10 * 20);
     assert!(v["recovered_ms"].is_number());
 }
+
+/// On a `redis-server` and on a Redis Cluster the bench starts itself, with two nodes: the
+/// deliveries cross Redis, and Redis CPU is reported apart.
+#[test]
+fn rooms_on_redis_and_on_a_cluster_deliver_everything() {
+    let v = bench(&["rooms", "-n", "20", "-e", "100", "--redis", "--nodes", "2"]);
+    check(&v, "rooms");
+    assert_eq!((v["engine"].as_str(), v["nodes"].as_u64()), (Some("redis"), Some(2)));
+    assert_eq!(v["deliveries"], 100);
+    assert!(v["redis_cpu_s"].is_number(), "{v}");
+    let v = bench(&["rooms", "-n", "20", "-e", "100", "--redis-cluster", "3", "--nodes", "2"]);
+    check(&v, "rooms");
+    assert_eq!((v["engine"].as_str(), v["nodes"].as_u64()), (Some("redis-cluster"), Some(2)));
+    assert_eq!(v["deliveries"], 100);
+    assert!(v["redis_cpu_s"].is_number(), "{v}");
+}
