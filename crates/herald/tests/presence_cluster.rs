@@ -5,17 +5,14 @@
 //! moved; a join and leave inside the window says nothing; volatile events cross nodes and are
 //! kept nowhere.
 
-// The cutting proxy of the client's fault tests, shared rather than copied.
 mod presence_support;
-#[path = "../../client/tests/support/proxy.rs"]
-mod proxy;
 mod support;
 
 use futures_util::future::join_all;
 use herald_protocol::command::Command;
 use herald_protocol::{PresenceMode, PresenceQuery, ServerMessage, ViewQuery};
+use herald_testkit::proxy::{Cut, Proxy};
 use presence_support::{CONFIG, Client, Cluster, Members, api_members, api_nodes};
-use proxy::{Cut, Proxy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};

@@ -5,12 +5,7 @@
 
 mod support;
 
-// The cutting proxy of the client's fault tests, shared rather than copied.
-#[allow(dead_code)]
-#[path = "../../client/tests/support/proxy.rs"]
-mod proxy;
-
-use proxy::{Cut, Proxy};
+use herald_testkit::proxy::{Cut, Proxy};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};

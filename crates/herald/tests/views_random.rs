@@ -5,15 +5,12 @@
 //! proxy that cuts every connection at random moments (resume with `since`), on the Redis
 //! engine with two nodes, and the exact fan-out of one move between views.
 
-// The cutting proxy of the client's fault tests, shared rather than copied.
-#[path = "../../client/tests/support/proxy.rs"]
-mod proxy;
 mod support;
 mod views_support;
 
 use herald_protocol::command::Command;
 use herald_protocol::{ServerMessage, ViewEvent, ViewQuery};
-use proxy::{Cut, Proxy};
+use herald_testkit::proxy::{Cut, Proxy};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
