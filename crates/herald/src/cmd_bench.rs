@@ -155,6 +155,11 @@ pub struct BenchArgs {
     /// compare before and after a change with the same load generator).
     #[arg(long)]
     pub server_bin: Option<std::path::PathBuf>,
+    /// Pin the load generator to CPU 0 and the started servers to CPU 1 (like `taskset`), so
+    /// they do not share a core's run queue: the latency figures then measure the hub, not the
+    /// scheduler. Needs at least 2 CPUs; not with `--url`.
+    #[arg(long)]
+    pub pin: bool,
 }
 
 /// What a scenario measured.
@@ -368,6 +373,29 @@ fn wait_pong(port: u16) -> anyhow::Result<()> {
     bail!("redis-server on port {port} did not answer PING")
 }
 
+/// `--pin`: the CPU of the load generator.
+const LOAD_CPU: usize = 0;
+/// `--pin`: the CPU of the started servers.
+const SERVER_CPU: usize = 1;
+
+/// Restricts every thread of this process to `cpu` (`taskset -a -p`: the runtime's workers
+/// are running already; threads started later inherit it).
+fn pin_process(cpu: usize) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus <= SERVER_CPU.max(cpu) {
+        bail!("needs at least {} CPUs, this process may use {cpus}", SERVER_CPU.max(cpu) + 1);
+    }
+    let pinned = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (util-linux)")?;
+    if !pinned.success() {
+        bail!("taskset could not pin the load generator to CPU {cpu}");
+    }
+    Ok(())
+}
+
 /// Starts this binary as server node `node` (on `redis` when given) and waits for its
 /// `listening on` line.
 fn start_server(args: &BenchArgs, node: usize, redis: Option<&str>) -> anyhow::Result<Server> {
@@ -405,7 +433,15 @@ fn start_server(args: &BenchArgs, node: usize, redis: Option<&str>) -> anyhow::R
         config.push_str(presence::NAMESPACE_CONFIG);
     }
     std::fs::write(&path, config)?;
-    let mut child = Command::new(exe)
+    // `taskset` runs the server in its own process (exec), so the PID is the server's.
+    let mut command = if args.pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", &SERVER_CPU.to_string()]).arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    };
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--api-key"])
         .arg(&args.api_key)
         .arg("--token-secret")
@@ -493,6 +529,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--http applies to the fanout and rooms scenarios");
     }
     raise_nofile(2 * clients as u64 + 4096);
+    if args.pin {
+        if args.url.is_some() {
+            bail!("--pin pins the servers the bench starts: not with --url (use taskset)");
+        }
+        pin_process(LOAD_CPU).context("--pin")?;
+    }
     let on_redis = args.redis || args.redis_cluster.is_some() || args.redis_url.is_some();
     if args.nodes == 0 || (args.nodes > 1 && !on_redis) {
         bail!(
@@ -611,6 +653,7 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
         name.clone()
     };
     let label = if deflate.is_empty() { label } else { format!("{label} (deflate)") };
+    let label = if args.pin { format!("{label} (pinned)") } else { label };
     let on_redis = args.redis || args.redis_cluster.is_some() || args.redis_url.is_some();
     let cluster = args.redis_cluster.is_some()
         || args.redis_url.as_deref().is_some_and(|u| u.contains("+cluster://"));
@@ -673,6 +716,7 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
             // Presence: the new member's subscribe-to-list time at N members.
             "list_ms": if args.scenario == Scenario::Presence { o.recovered_ms } else { None },
             "engine": engine,
+            "pin": args.pin,
             "nodes": args.nodes,
             "redis_cpu_s": o.redis_cpu_s,
             "errors": o.errors,
