@@ -75,7 +75,8 @@
 //! master and SSUBSCRIBEs each listened channel on the master of its partition. A connection
 //! that drops, or whose partitions moved (the slot map is read every second and at once after a
 //! drop or a server-side SUNSUBSCRIBE), is closed: its channels are reset on their lanes and
-//! confirmed again only once subscribed on their new master, with floors.
+//! confirmed again only once subscribed on their new master, with floors. A changed slot map
+//! also reopens the command connection from the current masters (`Inner::reopen_cluster`).
 //!
 //! # Cluster view
 //!
