@@ -554,6 +554,32 @@ impl RedisServer {
         self.child.is_some()
     }
 
+    /// A [`RedisServer::cluster_node`] that answers PING. A free port can be taken by another
+    /// test between `free_port` and the server's bind (tests run in parallel), which makes
+    /// `redis-server` exit: the node then starts again on other ports (5 attempts).
+    pub async fn cluster_node_up(dir: &std::path::Path) -> RedisServer {
+        for _ in 0..5 {
+            let mut node = RedisServer::cluster_node(dir);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if node.pings().await {
+                    return node;
+                }
+                if node.exited() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster node {} answers no PING", node.port);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("no cluster node could start in 5 attempts (ports taken?)");
+    }
+
+    /// The process was started and has exited.
+    fn exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// Whether it answers PING right now.
     pub async fn pings(&self) -> bool {
         self.query::<String>(&redis::cmd("PING")).await.as_deref() == Some("PONG")
@@ -700,14 +726,11 @@ impl RedisCluster {
         let dir =
             std::env::temp_dir().join(format!("herald-cluster-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let servers = (0..6).map(|_| RedisServer::cluster_node(&dir)).collect();
-        let cluster = RedisCluster { servers, dir };
-        for s in &cluster.servers {
-            eventually(Duration::from_secs(10), "cluster node answers PING", || async {
-                s.pings().await.then_some(())
-            })
-            .await;
+        let mut servers = Vec::new();
+        for _ in 0..6 {
+            servers.push(RedisServer::cluster_node_up(&dir).await);
         }
+        let cluster = RedisCluster { servers, dir };
         let addrs: Vec<String> =
             cluster.servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
         let create = tokio::process::Command::new("redis-cli")
