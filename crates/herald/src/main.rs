@@ -29,6 +29,12 @@ mod cmd_sub;
 mod cmd_sub_view;
 mod cmd_token;
 
+/// mimalloc rather than glibc malloc: frames and queues are allocated on one worker thread and
+/// freed on another, and glibc's arena locks then cost 15-35 % of a small-event workload
+/// (docs/benchmarks.md, "Per-event cost").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]

@@ -111,8 +111,9 @@ struct Extra<'a> {
     key: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     op: Option<Op>,
+    /// Borrowed when encoding: the tail is made once per publication, on the hot path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    meta: Option<Meta>,
+    meta: Option<std::borrow::Cow<'a, Meta>>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
 }
@@ -142,34 +143,49 @@ pub fn encode_tail(p: &Publication) -> String {
 /// The tail around the payload: `,OFFSET,TIME,` before `DATA` and `[,EXTRA]]` after it (so a
 /// sender that already holds the payload's bytes need not copy them again).
 pub fn tail_parts(p: &Publication) -> (String, String) {
-    use std::fmt::Write;
     let mut head = String::with_capacity(40);
-    let _ = write!(head, ",{},", p.offset);
+    write_tail_head(p, &mut head);
+    let mut end = String::new();
+    write_tail_end(p, &mut end);
+    (head, end)
+}
+
+/// Appends the tail's part before `DATA` (`,OFFSET,TIME,`) to `out`.
+pub fn write_tail_head(p: &Publication, out: &mut String) {
+    let mut digits = itoa::Buffer::new();
+    out.push(',');
+    out.push_str(digits.format(p.offset));
+    out.push(',');
     match time_ms(&p.time) {
-        Some(ms) => {
-            let _ = write!(head, "{ms}");
-        }
+        Some(ms) => out.push_str(digits.format(ms)),
         // Not Herald's format (no node writes one): the text itself.
-        None => head.push_str(&serde_json::to_string(&p.time).expect("a string serializes")),
+        None => out.push_str(&serde_json::to_string(&p.time).expect("a string serializes")),
     }
-    head.push(',');
+    out.push(',');
+}
+
+/// Appends the tail's part after `DATA` (`[,EXTRA]]`) to `out`.
+pub fn write_tail_end(p: &Publication, out: &mut String) {
+    let mut digits = itoa::Buffer::new();
     let derived_id =
         p.id.strip_prefix(p.epoch.as_str())
             .and_then(|rest| rest.strip_prefix('-'))
-            .is_some_and(|offset| offset == p.offset.to_string());
+            .is_some_and(|offset| offset == digits.format(p.offset));
     let extra = Extra {
         kind: (p.kind != "message").then_some(p.kind.as_str()),
         key: p.key.as_deref().map(Into::into),
         op: p.op,
-        meta: (!p.meta.is_empty()).then(|| p.meta.clone()),
+        meta: (!p.meta.is_empty()).then_some(std::borrow::Cow::Borrowed(&p.meta)),
         id: (!derived_id).then_some(p.id.as_str()),
     };
-    let end = if extra.is_empty() {
-        "]".to_string()
-    } else {
-        format!(",{}]", serde_json::to_string(&extra).expect("extras serialize"))
-    };
-    (head, end)
+    if !extra.is_empty() {
+        out.push(',');
+        // serde_json writes UTF-8 into a Vec; taking the String's bytes avoids a second buffer.
+        let mut bytes = std::mem::take(out).into_bytes();
+        serde_json::to_writer(&mut bytes, &extra).expect("extras serialize");
+        *out = String::from_utf8(bytes).expect("serde_json writes UTF-8");
+    }
+    out.push(']');
 }
 
 /// A compact live publication, decoded up to what needs the subscription: its channel and
@@ -226,7 +242,7 @@ impl Compact {
             kind: extra.kind.map(str::to_string),
             key: extra.key.map(|k| k.into_owned()),
             op: extra.op,
-            meta: extra.meta.unwrap_or_default(),
+            meta: extra.meta.map(|m| m.into_owned()).unwrap_or_default(),
             id: extra.id.map(str::to_string),
         })
     }

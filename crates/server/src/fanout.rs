@@ -12,6 +12,7 @@
 
 use crate::engine::Delivery;
 use crate::frame::Encoded;
+use crate::hash::FastMap;
 use crate::outbox::{Outbox, Outgoing};
 use crate::views::{Format, Selection, ViewSet};
 use parking_lot::{Mutex, RwLock};
@@ -100,7 +101,7 @@ pub type DeliveryObserver = Arc<dyn Fn(&str, usize) + Send + Sync>;
 #[derive(Default)]
 pub struct Fanout {
     /// Every channel with local subscribers.
-    channels: RwLock<HashMap<Arc<str>, Arc<ChannelSet>>>,
+    channels: RwLock<FastMap<Arc<str>, Arc<ChannelSet>>>,
     /// Counts what each fan-out pushed (the hub's metrics).
     observer: Option<DeliveryObserver>,
 }

@@ -73,7 +73,6 @@ pub struct CompactTail {
 impl CompactTail {
     /// The tail of `p`, whose v1 frame is `frame`.
     fn new(p: &Publication, frame: &str) -> CompactTail {
-        let (mut head, end) = herald_protocol::compact::tail_parts(p);
         let data = p.data.get();
         // The payload is the first `"data":` member: every field before it is a string, whose
         // quotes are escaped. Checked, so a frame of another shape only costs a copy.
@@ -81,16 +80,18 @@ impl CompactTail {
             .find(",\"data\":")
             .map(|i| i + 8)
             .filter(|&i| frame.get(i..i + data.len()) == Some(data));
+        let mut text = String::with_capacity(48);
+        herald_protocol::compact::write_tail_head(p, &mut text);
         let range = match at {
             Some(i) => i as u32..(i + data.len()) as u32,
             None => {
-                head.push_str(data);
+                text.push_str(data);
                 0..0
             }
         };
-        let split = head.len() as u32;
-        head.push_str(&end);
-        CompactTail { text: head.into_boxed_str(), split, data: range }
+        let split = text.len() as u32;
+        herald_protocol::compact::write_tail_end(p, &mut text);
+        CompactTail { text: text.into_boxed_str(), split, data: range }
     }
 
     /// The three pieces to write after `[N`, in order.

@@ -266,11 +266,12 @@ impl Hub {
         if allowed { Ok(None) } else { Err(forbidden()) }
     }
 
-    /// Decides whether `principal` may publish to `channel` from a client connection.
+    /// Decides whether `principal` may publish to `channel` from a client connection; `client`
+    /// names the connection for a subscribe hook (made only when one is asked).
     pub async fn authorize_publish(
         &self,
         principal: &Principal,
-        client: &str,
+        client: impl FnOnce() -> String,
         channel: &str,
         ns: &Namespace,
     ) -> Result<(), ErrorBody> {
@@ -278,7 +279,7 @@ impl Hub {
             return Ok(());
         }
         if ns.client_publish {
-            match self.authorize_subscribe(principal, client, channel, ns).await {
+            match self.authorize_subscribe(principal, &client(), channel, ns).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.code == ErrorCode::Unauthorized.code() => return Err(e),
                 Err(_) => {}

@@ -46,7 +46,8 @@
 //! - [`rules`]: the recover verdict, history paging and snapshots, decided once for every engine.
 //! - [`engine`]: storage and ordering: offsets, history, keyed state and cross-node delivery
 //!   ([`engine::memory`]; `engine::redis` with the `redis` feature). [`keyed`]: how a
-//!   publication changes a record. [`frame`]: a publication encoded once.
+//!   publication changes a record. [`frame`]: a publication encoded once. [`hash`]: the
+//!   hasher of the maps on the publish path.
 //! - [`fanout`]: this node's subscribers by channel; the engine delivers into it.
 //!   [`views`]: view subscriptions of a channel, the insert/update/delete each write makes for
 //!   them, and the index that routes a write to the few views it touches.
@@ -62,6 +63,7 @@ pub mod engine;
 pub mod error;
 pub mod fanout;
 pub mod frame;
+pub mod hash;
 pub mod hook;
 pub mod hub;
 pub mod keyed;

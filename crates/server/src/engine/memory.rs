@@ -26,6 +26,7 @@
 use super::{Delivery, Engine, EngineError, PublishInput, StreamRead, Window, now_rfc3339};
 use crate::config::Namespace;
 use crate::frame::{Encoded, RecordChange};
+use crate::hash::FastMap;
 use crate::keyed::{apply_op, record_bytes};
 use async_trait::async_trait;
 use herald_protocol::reply::PublishResult;
@@ -110,7 +111,7 @@ struct Listened {
 /// The memory engine.
 pub struct MemoryEngine {
     /// Every stream by channel name.
-    streams: RwLock<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
+    streams: RwLock<FastMap<Arc<str>, Arc<Mutex<Stream>>>>,
     /// Where publications go once stored.
     fanout: OnceLock<Arc<dyn Delivery>>,
     /// Channels with local subscribers, which are never swept. Lock order: `streams`, then this.
@@ -266,7 +267,7 @@ impl MemoryEngine {
     /// A new, empty engine whose history and state may hold `bytes` together (0: unbounded).
     pub fn with_budget(bytes: usize) -> MemoryEngine {
         MemoryEngine {
-            streams: RwLock::new(HashMap::new()),
+            streams: RwLock::new(FastMap::default()),
             fanout: OnceLock::new(),
             listened: Mutex::new(HashMap::new()),
             seed: Mutex::new(std::hash::RandomState::new()),

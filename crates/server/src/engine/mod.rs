@@ -321,10 +321,34 @@ pub fn new_epoch() -> String {
     (0..10).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
-/// Server time as RFC 3339 UTC with milliseconds.
+/// Server time as RFC 3339 UTC with milliseconds. Formatted once per millisecond per thread:
+/// every publication is stamped, and at tens of thousands per second most share a millisecond.
 pub fn now_rfc3339() -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::now_utc().format(&format).unwrap_or_default()
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    LAST.with_borrow_mut(|(at, text)| {
+        if *at != ms {
+            *at = ms;
+            *text = herald_protocol::compact::format_time_ms(ms).unwrap_or_default();
+        }
+        text.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_time_is_herald_format_and_current() {
+        let before = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let text = super::now_rfc3339();
+        let after = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let ms = i128::from(herald_protocol::compact::time_ms(&text).expect("Herald's format"));
+        assert!(before <= ms && ms <= after, "{before} <= {ms} <= {after}");
+        assert_eq!(text.len(), 24);
+        assert_eq!(super::now_rfc3339().len(), 24, "the cached text is whole");
+    }
 }

@@ -24,6 +24,7 @@ mod subscription;
 mod writer;
 
 use crate::auth::{AuthError, Principal};
+use crate::hash::FastMap;
 use crate::hub::Hub;
 use crate::metrics::CloseLabels;
 use crate::outbox::{Outbox, Outgoing};
@@ -71,7 +72,7 @@ struct Session {
     /// Peer address.
     ip: IpAddr,
     /// Subscriptions by channel.
-    subs: HashMap<Arc<str>, Sub>,
+    subs: FastMap<Arc<str>, Sub>,
     /// Views, presence and volatile limits, boxed: most connections use none of them, and an
     /// idle connection's task carries every inline field (memory per connection).
     extras: Box<Extras>,
@@ -115,7 +116,7 @@ where
         principal: None,
         upgrade_token: upgrade.token.clone(),
         ip: upgrade.ip,
-        subs: HashMap::new(),
+        subs: FastMap::default(),
         extras: Box::default(),
         last_seen: Instant::now(),
     };

@@ -57,26 +57,34 @@ impl Batch {
     /// A protocol v2 publication: `[N` and the tail shared by its subscribers, written straight
     /// into the frame being built.
     fn add_compact(&mut self, n: u32, tail: [&str; 3]) {
-        use std::fmt::Write;
-        self.start_line(11 + tail.iter().map(|t| t.len()).sum::<usize>());
-        let _ = write!(self.current, "[{n}");
+        let mut digits = itoa::Buffer::new();
+        let n = digits.format(n);
+        self.start_line(1 + n.len() + tail.iter().map(|t| t.len()).sum::<usize>());
+        self.current.push('[');
+        self.current.push_str(n);
         for piece in tail {
             self.current.push_str(piece);
         }
     }
 
-    /// Makes room for a line of `len` bytes in `current`: after a `\n`, or in a new frame.
+    /// Makes room for a line of `len` bytes in `current`: after a `\n`, or in a new frame. The
+    /// room is reserved at once, so that a frame of one line is allocated once and exactly (its
+    /// bytes then become the frame without another allocation).
     fn start_line(&mut self, len: usize) {
         if let Some(single) = self.single.take() {
+            self.current.reserve(single.len() + 1 + len);
             self.current.push_str(single.as_str());
         }
         if !self.current.is_empty() {
             if self.current.len() + len > MAX_BATCH_BYTES {
                 self.cut();
             } else {
+                self.current.reserve(1 + len);
                 self.current.push('\n');
+                return;
             }
         }
+        self.current.reserve_exact(len);
     }
 
     fn cut(&mut self) {

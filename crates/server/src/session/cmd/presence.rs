@@ -301,7 +301,7 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         let hub = self.hub.clone();
         let ns = hub.namespace(&channel)?;
-        hub.authorize_publish(principal, &self.client(), &channel, ns).await?;
+        hub.authorize_publish(principal, || self.client(), &channel, ns).await?;
         if ns.volatile_per_second == 0 {
             return Err(ErrorBody::new(
                 ErrorCode::Forbidden,

@@ -17,7 +17,7 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         let hub = self.hub.clone();
         let ns = hub.namespace(&cmd.channel)?;
-        hub.authorize_publish(principal, &self.client(), &cmd.channel, ns).await?;
+        hub.authorize_publish(principal, || self.client(), &cmd.channel, ns).await?;
         let input = PublishInput {
             channel: cmd.channel,
             kind: cmd.kind.unwrap_or_else(|| "message".into()),
