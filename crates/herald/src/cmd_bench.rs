@@ -10,6 +10,8 @@
 
 #[path = "bench/client.rs"]
 mod client;
+#[path = "bench/pipelined.rs"]
+mod pipelined;
 #[path = "bench/presence.rs"]
 mod presence;
 #[path = "bench/scenarios.rs"]
@@ -75,9 +77,14 @@ pub struct BenchArgs {
     /// (fanout, rooms).
     #[arg(long)]
     pub http: bool,
-    /// With `--http`: keep-alive connections, one request in flight on each.
+    /// With `--http`: keep-alive connections, one request in flight on each (or
+    /// `--http-pipeline`).
     #[arg(long, default_value_t = 8)]
     pub http_connections: usize,
+    /// With `--http`: requests written back to back on each connection before its answers are
+    /// read (HTTP/1.1 pipelining; 1: one at a time, by reqwest).
+    #[arg(long, default_value_t = 1)]
+    pub http_pipeline: usize,
     /// API key of the running server (`--http` with `--url`).
     #[arg(long, default_value = "bench-key")]
     pub api_key: String,
@@ -598,6 +605,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         http: args.http.then(|| scenarios::HttpPublish {
             api_key: args.api_key.clone(),
             connections: args.http_connections.max(1),
+            pipeline: args.http_pipeline.max(1),
         }),
     };
     let client_before = proc_usage(std::process::id());
@@ -628,12 +636,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How the publications were made: `ws`, `http` (one per request) or `http batch K`.
+/// How the publications were made: `ws`, `http` (one per request) or `http batch K`, with
+/// ` pipeline P` when requests were pipelined.
 fn publish_label(args: &BenchArgs) -> String {
-    match (args.http, args.batch.unwrap_or(1)) {
-        (false, _) => "ws".into(),
-        (true, 0 | 1) => "http".into(),
+    let mode = match (args.http, args.batch.unwrap_or(1)) {
+        (false, _) => return "ws".into(),
+        (true, 0 | 1) => "http".to_string(),
         (true, k) => format!("http batch {k}"),
+    };
+    match args.http_pipeline {
+        0 | 1 => mode,
+        p => format!("{mode} pipeline {p}"),
     }
 }
 

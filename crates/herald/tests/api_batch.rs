@@ -1,6 +1,7 @@
 //! `POST /api/publish/batch` against the real binary: many publications for many channels in one
 //! request (a JSON array or NDJSON), each item answered on its own, in order per channel, bounded
-//! by `limits.max_batch_items`.
+//! by `limits.max_batch_items`; and `POST /api/publish` requests pipelined on one connection
+//! (HTTP/1.1: written back to back, answered in order).
 
 mod support;
 
@@ -205,5 +206,70 @@ async fn on_redis_each_channel_keeps_its_order_and_its_keys() {
         for (n, p) in pubs.iter().enumerate() {
             assert_eq!(p["offset"], n as u64 + 1, "r-{c}: contiguous offsets");
         }
+    }
+}
+
+/// The first whole HTTP answer in `buf` (status, JSON body) and its length, if it is all there.
+fn parse_answer(buf: &[u8]) -> Option<((u16, Value), usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head) = response.parse(buf).expect("an HTTP answer") else {
+        return None;
+    };
+    let length: usize = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+        .expect("content-length");
+    let body = buf.get(head..head + length)?;
+    Some(((response.code.unwrap(), serde_json::from_slice(body).unwrap()), head + length))
+}
+
+#[tokio::test]
+async fn pipelined_publishes_on_one_connection_are_answered_and_delivered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = Hub::start(CONFIG);
+    let mut ws = hub.client("u", &["room"]).await;
+    ws.subscribe("room").await;
+    // 100 requests in one write, the 51st for a namespace that does not exist: it gets its
+    // error and the requests behind it are still served.
+    const BAD: usize = 50;
+    let mut out = String::new();
+    for i in 0..100 {
+        let channel = if i == BAD { "nope:x" } else { "room" };
+        let body = json!({"channel": channel, "data": {"seq": i}}).to_string();
+        out.push_str(&format!(
+            "POST /api/publish HTTP/1.1\r\nhost: hub\r\nx-api-key: {API_KEY}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    }
+    let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    tcp.write_all(out.as_bytes()).await.unwrap();
+    let mut answers = Vec::new();
+    let mut buf = Vec::new();
+    while answers.len() < 100 {
+        if let Some((answer, used)) = parse_answer(&buf) {
+            buf.drain(..used);
+            answers.push(answer);
+            continue;
+        }
+        let n = tokio::time::timeout(WAIT, tcp.read_buf(&mut buf)).await.expect("answers");
+        assert!(n.unwrap() > 0, "connection closed after {} answers", answers.len());
+    }
+    let mut offset = 0;
+    for (i, (status, body)) in answers.iter().enumerate() {
+        if i == BAD {
+            assert_eq!((*status, body["error"]["code"].as_u64()), (404, Some(102)), "{body}");
+            continue;
+        }
+        offset += 1;
+        assert_eq!((*status, body["offset"].as_u64()), (200, Some(offset)), "answer {i}: {body}");
+    }
+    for i in (0..100).filter(|i| *i != BAD) {
+        let p = ws.next_pub().await;
+        let data: Value = serde_json::from_str(p.data.get()).unwrap();
+        assert_eq!(data["seq"], i, "delivered in the order written");
     }
 }

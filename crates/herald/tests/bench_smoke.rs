@@ -66,6 +66,21 @@ fn rooms_over_http_delivers_everything() {
     check(&v, "rooms");
     assert_eq!(v["publish"], "http batch 10");
     assert_eq!(v["deliveries"], 105);
+    // Pipelined, one event and then three per request, with a last round shorter than the
+    // pipeline and a last request shorter than the batch.
+    let v = bench(&["rooms", "-n", "20", "-e", "101", "--http", "--http-pipeline", "8"]);
+    check(&v, "rooms");
+    assert_eq!(
+        (v["publish"].as_str(), v["deliveries"].as_u64()),
+        (Some("http pipeline 8"), Some(101))
+    );
+    let args = ["rooms", "-n", "20", "-e", "101", "--http", "--http-pipeline", "4", "--batch", "3"];
+    let v = bench(&args);
+    check(&v, "rooms");
+    assert_eq!(
+        (v["publish"].as_str(), v["deliveries"].as_u64()),
+        (Some("http batch 3 pipeline 4"), Some(101))
+    );
 }
 
 #[test]

@@ -246,6 +246,9 @@ async fn serve_connection<Io>(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // Pipelined requests (written back to back without waiting) are answered in order,
+        // one after another; their answers then leave in one write instead of one each.
+        .pipeline_flush(true)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -53,8 +53,11 @@ pub struct Plan {
 pub struct HttpPublish {
     /// The server's `x-api-key`.
     pub api_key: String,
-    /// Keep-alive connections, one request in flight on each.
+    /// Keep-alive connections, one request in flight on each (or `pipeline`).
     pub connections: usize,
+    /// Requests written back to back on a connection before its answers are read (1: one at a
+    /// time, by reqwest; more: [`super::pipelined`]).
+    pub pipeline: usize,
 }
 
 impl Plan {
@@ -210,6 +213,9 @@ async fn publisher(
     shared: &Shared,
 ) -> anyhow::Result<(u64, u64)> {
     if let Some(http) = &plan.http {
+        if http.pipeline > 1 {
+            return http_pipelined_publisher(plan, http, channels, fan, shared).await;
+        }
         return http_publisher(plan, http, channels, fan, shared).await;
     }
     let (ws, _) = plan.endpoint.session(usize::MAX / 2, &[]).await?;
@@ -326,23 +332,7 @@ async fn http_publisher(
             .min(plan.events - published)
             .min(plan.batch as u64);
         if more && n > 0 && in_flight.len() < connections {
-            let t = now_ns();
-            let mut body = String::with_capacity(2 + n as usize * (plan.size + 64));
-            if plan.batch > 1 {
-                body.push('[');
-            }
-            for k in 0..n {
-                if k > 0 {
-                    body.push(',');
-                }
-                let seq = published + k;
-                let channel = &channels[(seq % channels.len() as u64) as usize];
-                push_api_publish(&mut body, channel, plan.size, t);
-            }
-            if plan.batch > 1 {
-                body.push(']');
-            }
-            in_flight.push(send(body));
+            in_flight.push(send(api_body(plan, channels, published, n, now_ns())));
             published += n;
             continue;
         }
@@ -372,6 +362,115 @@ async fn http_publisher(
             }
             Some(Err(e)) => {
                 eprintln!("herald bench: publish request failed: {e:#}");
+                errors += 1;
+            }
+            None => {}
+        }
+    }
+    Ok((published, errors))
+}
+
+/// The body of one HTTP publish request: events `first..first + n` (a JSON array on the batch
+/// route), sent at `t`.
+fn api_body(plan: &Plan, channels: &[String], first: u64, n: u64, t: u64) -> String {
+    let mut body = String::with_capacity(2 + n as usize * (plan.size + 64));
+    if plan.batch > 1 {
+        body.push('[');
+    }
+    for k in 0..n {
+        if k > 0 {
+            body.push(',');
+        }
+        let seq = first + k;
+        let channel = &channels[(seq % channels.len() as u64) as usize];
+        push_api_publish(&mut body, channel, plan.size, t);
+    }
+    if plan.batch > 1 {
+        body.push(']');
+    }
+    body
+}
+
+/// [`http_publisher`] with HTTP/1.1 pipelining: on each connection up to `http.pipeline`
+/// requests (of `plan.batch` events each) are written at once, then their answers read.
+async fn http_pipelined_publisher(
+    plan: &Plan,
+    http: &HttpPublish,
+    channels: &[String],
+    fan: u64,
+    shared: &Shared,
+) -> anyhow::Result<(u64, u64)> {
+    use super::pipelined::Pipelined;
+    let addr = plan.endpoint.addr;
+    let host = addr.to_string();
+    let path = if plan.batch > 1 { "/api/publish/batch" } else { "/api/publish" };
+    let per_request = plan.batch.max(1) as u64;
+    let mut idle = Vec::with_capacity(http.connections);
+    for _ in 0..http.connections {
+        idle.push(Pipelined::connect(addr).await?);
+    }
+    let round = |mut conn: Pipelined, bodies: Vec<String>| {
+        let (host, key) = (host.as_str(), http.api_key.as_str());
+        async move {
+            let answers = conn.round(host, path, key, &bodies).await;
+            (conn, answers)
+        }
+    };
+    let start = Instant::now();
+    let deadline = start + plan.duration;
+    let mut published = 0u64;
+    let mut errors = 0u64;
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        let more = published < plan.events && Instant::now() < deadline;
+        let n = allowed(plan, start, published, fan, shared)
+            .min(plan.events - published)
+            .min(per_request * http.pipeline as u64);
+        if more && n > 0 && !idle.is_empty() {
+            let t = now_ns();
+            let bodies: Vec<String> = (0..n.div_ceil(per_request))
+                .map(|r| {
+                    let first = published + r * per_request;
+                    api_body(plan, channels, first, per_request.min(published + n - first), t)
+                })
+                .collect();
+            let conn = idle.pop().expect("checked");
+            in_flight.push(round(conn, bodies));
+            published += n;
+            continue;
+        }
+        if in_flight.is_empty() {
+            if !more || idle.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let answer = if more && !idle.is_empty() {
+            tokio::select! {
+                a = in_flight.next() => a,
+                _ = tokio::time::sleep(Duration::from_millis(1)) => None,
+            }
+        } else {
+            in_flight.next().await
+        };
+        match answer {
+            Some((conn, Ok(answers))) => {
+                idle.push(conn);
+                for (status, body) in answers {
+                    let text = String::from_utf8_lossy(&body);
+                    // A batch answers 200 with a per-item error inside.
+                    let refused =
+                        if status == 200 { text.matches(r#""error":"#).count() as u64 } else { 1 };
+                    if refused > 0 && errors == 0 {
+                        eprintln!("herald bench: publish refused ({status}): {text}");
+                    }
+                    errors += refused;
+                }
+            }
+            // The connection is dropped; its requests count as refused.
+            Some((_, Err(e))) => {
+                eprintln!("herald bench: pipelined requests failed: {e:#}");
                 errors += 1;
             }
             None => {}
