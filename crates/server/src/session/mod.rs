@@ -73,9 +73,12 @@ struct Session {
     ip: IpAddr,
     /// Subscriptions by channel.
     subs: FastMap<Arc<str>, Sub>,
-    /// Views, presence and volatile limits, boxed: most connections use none of them, and an
-    /// idle connection's task carries every inline field (memory per connection).
-    extras: Box<Extras>,
+    /// Views, presence and volatile limits, allocated at first use: most connections use none
+    /// of them, and an idle connection's task carries every inline field (memory per connection).
+    extras: LazyExtras,
+    /// Protocol v2 (asked at `connect`): the number the next subscription gets, for its compact
+    /// live publications (`herald_protocol::compact`). `None`: version 1.
+    compact: Option<u32>,
     /// Last time anything arrived.
     last_seen: Instant,
     /// Command rate limit.
@@ -91,59 +94,85 @@ struct Extras {
     presence: HashMap<Arc<str>, cmd::Membership>,
     /// Volatile events allowed now, per namespace.
     volatile_rate: HashMap<String, rate::TokenBucket>,
-    /// Protocol v2 (asked at `connect`): the number the next subscription gets, for its compact
-    /// live publications (`herald_protocol::compact`). `None`: version 1. Here, not inline:
-    /// the idle session future stays under 1 KiB.
-    compact: Option<u32>,
+}
+
+/// A session's [`Extras`], allocated when first changed: reading them before that sees empty
+/// maps, so an idle connection holds no allocation for features it never used.
+#[derive(Default)]
+struct LazyExtras(Option<Box<Extras>>);
+
+impl std::ops::Deref for LazyExtras {
+    type Target = Extras;
+    fn deref(&self) -> &Extras {
+        static EMPTY: std::sync::LazyLock<Extras> = std::sync::LazyLock::new(Extras::default);
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl std::ops::DerefMut for LazyExtras {
+    fn deref_mut(&mut self) -> &mut Extras {
+        self.0.get_or_insert_with(Box::default)
+    }
 }
 
 /// Why the session ends: the close code and reason it sends.
 type Close = (CloseCode, String);
 
 /// Runs a connection until it ends.
-pub async fn run<S>(hub: Arc<Hub>, mut socket: S, upgrade: Upgrade)
+///
+/// Not an `async fn`: an async fn keeps its arguments twice in its future (as arguments and as
+/// the locals they are moved into), and an idle connection's task carries that future, socket
+/// included, for its whole life (424 bytes per connection with tungstenite's socket). The block
+/// below uses the captured arguments in place.
+pub fn run<S>(hub: Arc<Hub>, mut socket: S, mut upgrade: Upgrade) -> impl Future<Output = ()>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    let limits = &hub.config.limits;
-    let outbox = Arc::new(Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes));
-    let id = hub.open_session(outbox.clone());
-    let mut session = Session {
-        rate: RateLimit::new(limits.commands_per_second),
-        hub: hub.clone(),
-        id,
-        outbox,
-        principal: None,
-        upgrade_token: upgrade.token.clone(),
-        ip: upgrade.ip,
-        subs: FastMap::default(),
-        extras: Box::default(),
-        last_seen: Instant::now(),
-    };
-    let close = if !upgrade.origin_allowed {
-        tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %upgrade.ip, reason = "origin not allowed");
-        Some((CloseCode::Forbidden, "origin not allowed".to_string()))
-    } else {
-        // A bug in command handling must not leave the connection counted (the per-user limit
-        // would lock the user out): the bookkeeping below runs on every exit, panics included.
-        let served = std::panic::AssertUnwindSafe(session.serve(&mut socket)).catch_unwind().await;
-        match served {
-            Ok(close) => close,
-            Err(_) => {
-                tracing::error!(client = %session.client(), "session panicked: closing it");
-                let _ = tokio::time::timeout(
-                    CLOSE_GRACE,
-                    socket.send(Message::Close(Some(CloseFrame {
-                        code: 1011,
-                        reason: "internal error".into(),
-                    }))),
-                )
-                .await;
-                None
+    async move {
+        let limits = &hub.config.limits;
+        let outbox =
+            Arc::new(Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes));
+        let id = hub.open_session(outbox.clone());
+        let mut session = Session {
+            rate: RateLimit::new(limits.commands_per_second),
+            hub: hub.clone(),
+            id,
+            outbox,
+            principal: None,
+            upgrade_token: upgrade.token.take(),
+            ip: upgrade.ip,
+            subs: FastMap::default(),
+            extras: LazyExtras::default(),
+            compact: None,
+            last_seen: Instant::now(),
+        };
+        let close = if !upgrade.origin_allowed {
+            tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %upgrade.ip, reason = "origin not allowed");
+            Some((CloseCode::Forbidden, "origin not allowed".to_string()))
+        } else {
+            // A bug in command handling must not leave the connection counted (the per-user
+            // limit would lock the user out): the bookkeeping below runs on every exit, panics
+            // included.
+            let served =
+                std::panic::AssertUnwindSafe(session.serve(&mut socket)).catch_unwind().await;
+            match served {
+                Ok(close) => close,
+                Err(_) => {
+                    tracing::error!(client = %session.client(), "session panicked: closing it");
+                    let _ = tokio::time::timeout(
+                        CLOSE_GRACE,
+                        socket.send(Message::Close(Some(CloseFrame {
+                            code: 1011,
+                            reason: "internal error".into(),
+                        }))),
+                    )
+                    .await;
+                    None
+                }
             }
-        }
-    };
-    Box::pin(session.finish(&mut socket, close)).await;
+        };
+        Box::pin(session.finish(&mut socket, close)).await;
+    }
 }
 
 impl Session {
@@ -266,7 +295,9 @@ impl Session {
             self.hub.remove_subscriber(&channel, self.id).await;
             self.leave_presence(&channel).await;
         }
-        for (sub, channel) in std::mem::take(&mut self.extras.views) {
+        for (sub, channel) in
+            self.extras.0.as_mut().map(|e| std::mem::take(&mut e.views)).unwrap_or_default()
+        {
             self.hub.remove_view(&channel, self.id, &sub).await;
         }
         if let Some((code, reason)) = &close {
@@ -414,9 +445,21 @@ fn deadline_for(exp: u64, grace: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + left.min(FAR_DEADLINE)
 }
 
+/// The error of Herald's own WebSocket framing behind `e`, if it is one.
+fn frame_error(e: &axum::Error) -> Option<crate::ws::plain::FrameError> {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref()).copied()
+}
+
 /// The RFC 6455 close code for a broken inbound frame, if it is one.
 fn violation_code(e: &axum::Error) -> Option<u16> {
-    // axum hides tungstenite's error type; its message names the kind.
+    use crate::ws::plain::FrameError;
+    match frame_error(e) {
+        Some(FrameError::Utf8) => return Some(1007),
+        Some(FrameError::Protocol(_)) => return Some(1002),
+        Some(FrameError::TooLarge(_)) => return None,
+        None => {}
+    }
+    // yawc's errors (permessage-deflate connections) are named by their message.
     let text = e.to_string();
     if text.contains("UTF-8") {
         Some(1007)
@@ -429,7 +472,10 @@ fn violation_code(e: &axum::Error) -> Option<u16> {
 
 /// Whether a read failed because the frame exceeded the size limit.
 fn too_large(e: &axum::Error) -> bool {
-    // axum hides tungstenite's error type; its message names the capacity error.
+    if let Some(e) = frame_error(e) {
+        return matches!(e, crate::ws::plain::FrameError::TooLarge(_));
+    }
+    // yawc's errors (permessage-deflate connections) are named by their message.
     let text = e.to_string();
     text.contains("Space limit exceeded")
         || text.contains("too long")

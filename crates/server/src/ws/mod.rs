@@ -1,14 +1,15 @@
 //! The WebSocket way in: `GET /ws` is upgraded (after the per-IP attempt limit and the
-//! `Origin` check) and the socket handed to a [`crate::session`] task: by tungstenite, or by
-//! yawc with permessage-deflate when the hub allows compression and the client offers it
-//! ([`deflate`]).
+//! `Origin` check) and the socket handed to a [`crate::session`] task: Herald's own framing
+//! ([`plain`]), or yawc with permessage-deflate when the hub allows compression and the client
+//! offers it ([`deflate`]).
 
 mod deflate;
+pub(crate) mod plain;
 
 use crate::hub::Hub;
 use crate::{api, session};
-use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, header};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_protocol::ErrorCode;
 use herald_protocol::reply::ErrorBody;
@@ -59,20 +60,60 @@ pub async fn upgrade(
             }
         };
     }
-    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+    let key = match opening_handshake(&parts.headers) {
+        Ok(key) => key,
+        Err(why) => {
+            return api::ApiError(ErrorBody::new(ErrorCode::BadRequest, why)).into_response();
+        }
     };
-    ws.read_buffer_size(256)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(limits.outbound_queue_bytes.max(1 << 20))
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
-        // The session runs in a task of its own so that the upgrade future's state is freed
-        // (about 600 bytes per idle connection, docs/benchmarks.md).
-        .on_upgrade(move |socket| async move {
-            tokio::spawn(session::run(hub, socket, upgrade));
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return (StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded")
+            .into_response();
+    };
+    let max_frame = limits.max_frame_bytes;
+    // The session runs in a task of its own so that the upgrade future's state is freed
+    // (about 600 bytes per idle connection, docs/benchmarks.md).
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => {
+                let socket = plain::PlainSocket::new(hyper_util::rt::TokioIo::new(io), max_frame);
+                tokio::spawn(session::run(hub, socket, upgrade));
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&plain::accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// Checks an opening handshake (RFC 6455 §4.2.1) and returns its `Sec-WebSocket-Key`, or why
+/// it is not one (answered `400` with error `107`).
+fn opening_handshake(headers: &HeaderMap) -> Result<&HeaderValue, &'static str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
         })
+    };
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err("not a WebSocket handshake: `Connection` does not include `upgrade`");
+    }
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err("not a WebSocket handshake: `Upgrade` is not `websocket`");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return Err("unsupported WebSocket version: `Sec-WebSocket-Version` must be 13");
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or("not a WebSocket handshake: no `Sec-WebSocket-Key`")
 }
 
 /// The token of an upgrade request: `Authorization: Bearer`, else `?token=`.

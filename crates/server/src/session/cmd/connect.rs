@@ -51,7 +51,7 @@ impl Session {
         tracing::info!(target: "herald::audit", event = "connect", client = %self.client(), user = %principal.user, ip = %self.ip);
         let version = version.unwrap_or(1).min(herald_protocol::PROTOCOL_VERSION);
         if version >= 2 {
-            self.extras.compact = Some(1);
+            self.compact = Some(1);
         }
         let t = &self.hub.config.timeouts;
         let result = ConnectResult {

@@ -196,7 +196,10 @@ impl Session {
 
     /// The channel subscription ended: leave, stop following the member list.
     pub(in crate::session) async fn leave_presence(&mut self, channel: &str) {
-        let Some(m) = self.extras.presence.remove(channel) else { return };
+        // Not through `DerefMut`: a connection without presence must not allocate its extras.
+        let Some(m) = self.extras.0.as_mut().and_then(|e| e.presence.remove(channel)) else {
+            return;
+        };
         if let Ok(ns) = self.hub.namespace(channel) {
             let ns = ns.clone();
             self.hub.presence_change(&ns, channel, m.member, &self.client(), None);

@@ -80,7 +80,7 @@ impl Session {
         let mut offset = recovery.offset;
         // Protocol v2 connections get large publications in parts (§18); a reply carries none
         // of those, nor any that a preview would cut: they follow as the backlog.
-        let chunk = match self.extras.compact {
+        let chunk = match self.compact {
             Some(_) => u32::try_from(ns.chunk_bytes).unwrap_or(u32::MAX),
             None => 0,
         };
@@ -107,9 +107,9 @@ impl Session {
         }
         // Protocol v2: a number per subscribe (a resubscribe gets a new one, so a late frame of
         // the old subscription can never be read as the new one's).
-        let n = self.extras.compact;
+        let n = self.compact;
         if let Some(next) = n {
-            self.extras.compact = Some(next.wrapping_add(1).max(1));
+            self.compact = Some(next.wrapping_add(1).max(1));
         }
         let line = reply::reply_ok(
             id,
