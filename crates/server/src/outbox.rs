@@ -64,7 +64,8 @@ struct Inner {
     /// command rate limit (a frame of 300 commands must not close its own connection).
     publications: usize,
     bytes: usize,
-    closed: Option<(CloseCode, String)>,
+    /// Set once, when the queue closes; boxed, since every open connection's outbox has none.
+    closed: Option<Box<(CloseCode, String)>>,
 }
 
 /// The queue.
@@ -118,13 +119,13 @@ impl Outbox {
             inner.queue = VecDeque::new();
             inner.publications = 0;
             inner.bytes = 0;
-            inner.closed = Some((
+            inner.closed = Some(Box::new((
                 CloseCode::SlowConsumer,
                 format!(
                     "outbound queue full ({} messages / {} bytes)",
                     self.max_messages, self.max_bytes
                 ),
-            ));
+            )));
             drop(inner);
             self.notify.notify_one();
             self.closing.notify_waiters();
@@ -145,7 +146,7 @@ impl Outbox {
     pub fn close(&self, code: CloseCode, reason: impl Into<String>) {
         let mut inner = self.inner.lock();
         if inner.closed.is_none() {
-            inner.closed = Some((code, reason.into()));
+            inner.closed = Some(Box::new((code, reason.into())));
         }
         drop(inner);
         self.notify.notify_one();
@@ -158,7 +159,7 @@ impl Outbox {
         std::mem::swap(&mut inner.queue, into);
         inner.publications = 0;
         inner.bytes = 0;
-        inner.closed.clone()
+        inner.closed.as_deref().cloned()
     }
 
     /// Publications and bytes queued now.

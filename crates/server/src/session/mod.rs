@@ -122,32 +122,33 @@ type Close = (CloseCode, String);
 ///
 /// Not an `async fn`: an async fn keeps its arguments twice in its future (as arguments and as
 /// the locals they are moved into), and an idle connection's task carries that future, socket
-/// included, for its whole life (424 bytes per connection with tungstenite's socket). The block
-/// below uses the captured arguments in place.
-pub fn run<S>(hub: Arc<Hub>, mut socket: S, mut upgrade: Upgrade) -> impl Future<Output = ()>
+/// included, for its whole life (424 bytes per connection with tungstenite's socket). The
+/// session is built here and the block below captures only it and the socket, in place.
+pub fn run<S>(hub: Arc<Hub>, mut socket: S, upgrade: Upgrade) -> impl Future<Output = ()>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
+    let limits = &hub.config.limits;
+    let Upgrade { token, origin_allowed, ip } = upgrade;
+    let mut session = Session {
+        rate: RateLimit::new(limits.commands_per_second),
+        outbox: Arc::new(Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes)),
+        hub,
+        // Registered in the hub when the task first runs, so that a future dropped unpolled
+        // leaves nothing behind.
+        id: 0,
+        principal: None,
+        upgrade_token: token,
+        ip,
+        subs: FastMap::default(),
+        extras: LazyExtras::default(),
+        compact: None,
+        last_seen: Instant::now(),
+    };
     async move {
-        let limits = &hub.config.limits;
-        let outbox =
-            Arc::new(Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes));
-        let id = hub.open_session(outbox.clone());
-        let mut session = Session {
-            rate: RateLimit::new(limits.commands_per_second),
-            hub: hub.clone(),
-            id,
-            outbox,
-            principal: None,
-            upgrade_token: upgrade.token.take(),
-            ip: upgrade.ip,
-            subs: FastMap::default(),
-            extras: LazyExtras::default(),
-            compact: None,
-            last_seen: Instant::now(),
-        };
-        let close = if !upgrade.origin_allowed {
-            tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %upgrade.ip, reason = "origin not allowed");
+        session.id = session.hub.open_session(session.outbox.clone());
+        let close = if !origin_allowed {
+            tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %ip, reason = "origin not allowed");
             Some((CloseCode::Forbidden, "origin not allowed".to_string()))
         } else {
             // A bug in command handling must not leave the connection counted (the per-user
@@ -237,7 +238,8 @@ impl Session {
                             if let Some(code) = violation_code(&e) {
                                 tracing::debug!(client = %self.client(), error = %e, "websocket protocol violation");
                                 let frame = CloseFrame { code, reason: close_reason(&e.to_string()).to_string().into() };
-                                let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame)))).await;
+                                // Boxed: a rare step whose future the idle task should not reserve room for.
+                                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame))))).await;
                             }
                             return None;
                         }

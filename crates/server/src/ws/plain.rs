@@ -315,17 +315,22 @@ impl Outgoing {
     }
 }
 
+/// Bytes read but not yet decoded.
+struct Pending {
+    bytes: Vec<u8>,
+    /// Where the undecoded part of `bytes` starts.
+    at: usize,
+}
+
 /// A server-side WebSocket over `S`, as the session's socket (a `Stream` and `Sink` of axum
 /// [`Message`]s). Pings are answered and a peer's close is echoed by the socket itself.
 pub(crate) struct PlainSocket<S> {
     io: S,
     inbound: Inbound,
-    /// Bytes read past the frames returned; empty, and not allocated, when none are.
-    pending: Vec<u8>,
-    /// Where the unread part of `pending` starts.
-    pending_at: usize,
-    /// The frame being written.
-    writing: Option<Outgoing>,
+    /// Bytes read past the frames returned; `None` when there are none.
+    pending: Option<Box<Pending>>,
+    /// The frame being written; boxed, like everything this socket holds only for a while.
+    writing: Option<Box<Outgoing>>,
     /// A pong or a close reply the reader queued: written after `writing`. Boxed, since an idle
     /// connection has none.
     reply: Option<Box<Outgoing>>,
@@ -341,8 +346,7 @@ impl<S> PlainSocket<S> {
         PlainSocket {
             io,
             inbound: Inbound { max: max_frame_bytes, fragments: None },
-            pending: Vec::new(),
-            pending_at: 0,
+            pending: None,
             writing: None,
             reply: None,
             read_done: false,
@@ -364,22 +368,35 @@ impl<S> PlainSocket<S> {
 
     /// Takes the message at the start of the pending bytes, if all of it is there.
     fn next_pending(&mut self) -> Result<Option<Message>, FrameError> {
-        while self.pending_at < self.pending.len() {
-            match self.inbound.decode(&self.pending[self.pending_at..])? {
+        let Some(p) = self.pending.as_mut() else { return Ok(None) };
+        while p.at < p.bytes.len() {
+            match self.inbound.decode(&p.bytes[p.at..])? {
                 Decoded::Incomplete => break,
-                Decoded::Fragment(used) => self.pending_at += used,
+                Decoded::Fragment(used) => p.at += used,
                 Decoded::Message(message, used) => {
-                    self.pending_at += used;
-                    if self.pending_at == self.pending.len() {
+                    p.at += used;
+                    if p.at == p.bytes.len() {
                         // All consumed: an idle connection keeps no buffer.
-                        self.pending = Vec::new();
-                        self.pending_at = 0;
+                        self.pending = None;
                     }
                     return Ok(Some(message));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// Keeps `bytes` (read, not yet decoded) after what is pending.
+    fn keep(&mut self, bytes: &[u8]) {
+        match self.pending.as_mut() {
+            Some(p) => {
+                p.bytes.drain(..p.at);
+                p.at = 0;
+                p.bytes.extend_from_slice(bytes);
+            }
+            None if bytes.is_empty() => {}
+            None => self.pending = Some(Box::new(Pending { bytes: bytes.to_vec(), at: 0 })),
+        }
     }
 
     /// Handles the socket's own part of a message: answers a ping, echoes a close.
@@ -402,7 +419,7 @@ impl<S: AsyncWrite + Unpin> PlainSocket<S> {
         loop {
             if self.writing.is_none() {
                 match self.reply.take() {
-                    Some(reply) => self.writing = Some(*reply),
+                    Some(reply) => self.writing = Some(reply),
                     None => return Poll::Ready(Ok(())),
                 }
             }
@@ -451,7 +468,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for PlainSocket<S> {
                 this.read_done = true;
                 return Poll::Ready(None);
             }
-            if this.pending.is_empty() {
+            if this.pending.is_none() {
                 // The common case: whole frames, decoded from the stack. Only what is left
                 // behind the first message goes to the heap.
                 let mut at = 0;
@@ -461,9 +478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for PlainSocket<S> {
                         Ok(Decoded::Fragment(used)) => at += used,
                         Ok(Decoded::Message(message, used)) => {
                             at += used;
-                            if at < got.len() {
-                                this.pending = got[at..].to_vec();
-                            }
+                            this.keep(&got[at..]);
                             this.on_message(&message);
                             return Poll::Ready(Some(Ok(message)));
                         }
@@ -473,9 +488,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for PlainSocket<S> {
                         }
                     }
                 }
-                this.pending = got[at..].to_vec();
+                this.keep(&got[at..]);
             } else {
-                this.pending.extend_from_slice(got);
+                this.keep(got);
             }
         }
     }
@@ -502,7 +517,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for PlainSocket<S> {
             return Err(axum::Error::new(io::Error::other("start_send without poll_ready")));
         }
         this.close_sent = matches!(message, Message::Close(_));
-        this.writing = Some(Outgoing::from_message(message));
+        this.writing = Some(Box::new(Outgoing::from_message(message)));
         Ok(())
     }
 
@@ -571,6 +586,14 @@ mod tests {
     fn socket(max: usize) -> (PlainSocket<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
         let (server, client) = tokio::io::duplex(1 << 20);
         (PlainSocket::new(server, max), client)
+    }
+
+    /// Every idle connection's task holds its socket (docs/benchmarks.md, idle memory).
+    #[test]
+    fn the_socket_stays_small() {
+        let size =
+            std::mem::size_of::<PlainSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>>();
+        assert!(size <= 96, "the socket grew to {size} bytes");
     }
 
     #[test]
@@ -655,7 +678,7 @@ mod tests {
         );
         let mut client = writer.await.unwrap();
         assert_eq!(server_frame(&mut client).await, (0x8A, b"p".to_vec()), "the ping was answered");
-        assert!(ws.pending.capacity() == 0, "nothing is kept once every frame is read");
+        assert!(ws.pending.is_none(), "nothing is kept once every frame is read");
     }
 
     #[tokio::test]
