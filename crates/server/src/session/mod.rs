@@ -37,6 +37,7 @@ use rate::{Admission, RateLimit};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subscription::Sub;
@@ -68,7 +69,7 @@ struct Session {
     /// Set by a successful `connect`.
     principal: Option<Principal>,
     /// Token from the upgrade request, used when `connect` carries none.
-    upgrade_token: Option<String>,
+    upgrade_token: Option<Box<str>>,
     /// Peer address.
     ip: IpAddr,
     /// Subscriptions by channel.
@@ -78,7 +79,7 @@ struct Session {
     extras: LazyExtras,
     /// Protocol v2 (asked at `connect`): the number the next subscription gets, for its compact
     /// live publications (`herald_protocol::compact`). `None`: version 1.
-    compact: Option<u32>,
+    compact: Option<std::num::NonZeroU32>,
     /// Last time anything arrived.
     last_seen: Instant,
     /// Command rate limit.
@@ -138,7 +139,7 @@ where
         // leaves nothing behind.
         id: 0,
         principal: None,
-        upgrade_token: token,
+        upgrade_token: token.map(String::into_boxed_str),
         ip,
         subs: FastMap::default(),
         extras: LazyExtras::default(),
@@ -148,7 +149,7 @@ where
     async move {
         session.id = session.hub.open_session(session.outbox.clone());
         let close = if !origin_allowed {
-            tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %ip, reason = "origin not allowed");
+            tracing::warn!(target: "herald::audit", event = "auth_failure", ip = %session.ip, reason = "origin not allowed");
             Some((CloseCode::Forbidden, "origin not allowed".to_string()))
         } else {
             // A bug in command handling must not leave the connection counted (the per-user
@@ -156,21 +157,21 @@ where
             // included.
             let served =
                 std::panic::AssertUnwindSafe(session.serve(&mut socket)).catch_unwind().await;
-            match served {
-                Ok(close) => close,
-                Err(_) => {
-                    tracing::error!(client = %session.client(), "session panicked: closing it");
-                    let _ = tokio::time::timeout(
-                        CLOSE_GRACE,
-                        socket.send(Message::Close(Some(CloseFrame {
-                            code: 1011,
-                            reason: "internal error".into(),
-                        }))),
-                    )
-                    .await;
-                    None
-                }
+            // Only the close is kept past here: what the task holds across an await costs
+            // every idle connection.
+            let (close, panicked) = match served {
+                Ok(close) => (close, false),
+                Err(_) => (None, true),
+            };
+            if panicked {
+                tracing::error!(client = %session.client(), "session panicked: closing it");
+                let internal = Message::Close(Some(CloseFrame {
+                    code: 1011,
+                    reason: "internal error".into(),
+                }));
+                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, socket.send(internal))).await;
             }
+            close
         };
         Box::pin(session.finish(&mut socket, close)).await;
     }
@@ -180,6 +181,12 @@ impl Session {
     /// Public connection id (`NODE-N`), made when needed rather than kept per connection.
     fn client(&self) -> String {
         format!("{}-{}", self.hub.node_id, self.id)
+    }
+
+    /// How long past its `exp` a token is tolerated: a token the verifier still accepts
+    /// (within its leeway) must not be closed as expired.
+    fn token_grace(&self) -> Duration {
+        self.hub.config.timeouts.token_grace + Duration::from_secs(self.hub.verifier.leeway_secs())
     }
 
     /// The session's loop: writes what the outbox holds, reads commands, and keeps the
@@ -197,8 +204,6 @@ impl Session {
         }
         let config = self.hub.config.clone();
         let t = &config.timeouts;
-        // A token the verifier still accepts (within its leeway) must not be closed as expired.
-        let grace = t.token_grace + Duration::from_secs(self.hub.verifier.leeway_secs());
         let started = tokio::time::Instant::now();
         let mut next_ping = started + t.ping_interval;
         // One timer for every deadline (ping, heartbeat, auth, token expiry): each costs memory
@@ -221,34 +226,10 @@ impl Session {
                     }
                 }
                 msg = socket.next() => {
-                    self.last_seen = Instant::now();
-                    let text = match msg {
-                        Some(Ok(Message::Text(text))) => text,
-                        Some(Ok(Message::Binary(_))) => {
-                            return Some((CloseCode::BadRequest, "binary frames are not part of the protocol".into()));
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Ok(Message::Close(_))) | None => return None,
-                        Some(Err(e)) => {
-                            if too_large(&e) {
-                                return Some((CloseCode::MessageTooLarge, format!("frame above {} bytes", config.limits.max_frame_bytes)));
-                            }
-                            // RFC 6455 §7.4.1: 1007 for invalid UTF-8, 1002 for a protocol
-                            // violation (RSV bits, bad opcode, unmasked frame…).
-                            if let Some(code) = violation_code(&e) {
-                                tracing::debug!(client = %self.client(), error = %e, "websocket protocol violation");
-                                let frame = CloseFrame { code, reason: close_reason(&e.to_string()).to_string().into() };
-                                // Boxed: a rare step whose future the idle task should not reserve room for.
-                                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame))))).await;
-                            }
-                            return None;
-                        }
-                    };
-                    self.hub.metrics.bytes_in.inc_by(text.len() as u64);
-                    // Boxed: command handling is a large future that an idle connection should
-                    // not carry in its task (memory per idle connection).
-                    if let Some(close) = Box::pin(self.handle_frame(text.as_str())).await {
-                        return Some(close);
+                    // Boxed, and given the message: command handling is a large future that an
+                    // idle connection should not carry in its task (memory per idle connection).
+                    if let ControlFlow::Break(close) = Box::pin(self.inbound(socket, msg)).await {
+                        return close;
                     }
                 }
                 _ = &mut timer => {
@@ -261,7 +242,7 @@ impl Session {
                         return Some((CloseCode::HeartbeatTimeout, format!("nothing received for {} ms", silent.as_millis())));
                     }
                     if let Some(exp) = self.principal.as_ref().and_then(|p| p.expires_at)
-                        && lapsed(exp, grace)
+                        && lapsed(exp, self.token_grace())
                     {
                         return Some((CloseCode::TokenExpired, "token expired without refresh".into()));
                     }
@@ -276,7 +257,7 @@ impl Session {
                 None => deadline = deadline.min(started + t.auth_timeout),
                 Some(p) => {
                     if let Some(exp) = p.expires_at {
-                        deadline = deadline.min(deadline_for(exp, grace));
+                        deadline = deadline.min(deadline_for(exp, self.token_grace()));
                     }
                 }
             }
@@ -284,6 +265,53 @@ impl Session {
                 armed = deadline;
                 timer.as_mut().reset(armed);
             }
+        }
+    }
+
+    /// Handles what the socket read: a frame of commands, a control frame, the end or an error.
+    /// `Break` ends the session, with the close to send if any.
+    async fn inbound<S>(
+        &mut self,
+        socket: &mut S,
+        msg: Option<Result<Message, axum::Error>>,
+    ) -> ControlFlow<Option<Close>>
+    where
+        S: Sink<Message, Error = axum::Error> + Unpin,
+    {
+        self.last_seen = Instant::now();
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => {
+                return ControlFlow::Break(Some((
+                    CloseCode::BadRequest,
+                    "binary frames are not part of the protocol".into(),
+                )));
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return ControlFlow::Continue(()),
+            Some(Ok(Message::Close(_))) | None => return ControlFlow::Break(None),
+            Some(Err(e)) => {
+                if too_large(&e) {
+                    let max = self.hub.config.limits.max_frame_bytes;
+                    return ControlFlow::Break(Some((
+                        CloseCode::MessageTooLarge,
+                        format!("frame above {max} bytes"),
+                    )));
+                }
+                // RFC 6455 §7.4.1: 1007 for invalid UTF-8, 1002 for a protocol violation (RSV
+                // bits, bad opcode, unmasked frame…).
+                if let Some(code) = violation_code(&e) {
+                    tracing::debug!(client = %self.client(), error = %e, "websocket protocol violation");
+                    let reason = close_reason(&e.to_string()).to_string().into();
+                    let close = Message::Close(Some(CloseFrame { code, reason }));
+                    let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(close)).await;
+                }
+                return ControlFlow::Break(None);
+            }
+        };
+        self.hub.metrics.bytes_in.inc_by(text.len() as u64);
+        match self.handle_frame(text.as_str()).await {
+            Some(close) => ControlFlow::Break(Some(close)),
+            None => ControlFlow::Continue(()),
         }
     }
 
@@ -482,4 +510,19 @@ fn too_large(e: &axum::Error) -> bool {
     text.contains("Space limit exceeded")
         || text.contains("too long")
         || text.contains("Message too big")
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle connection holds its session task for its whole life. tokio's task cell adds
+    /// 80 bytes to the future and rounds up to 128, so an 800-byte future takes 896 bytes
+    /// (docs/benchmarks.md, idle memory).
+    #[test]
+    fn the_session_task_of_a_websocket_stays_small() {
+        fn future_size<A, B, C, R>(_: impl Fn(A, B, C) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        let size = future_size(super::run::<crate::ws::plain::Socket>);
+        assert!(size <= 800, "the session future of a WebSocket grew to {size} bytes");
+    }
 }

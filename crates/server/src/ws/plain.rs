@@ -315,6 +315,9 @@ impl Outgoing {
     }
 }
 
+/// The socket of an upgraded HTTP connection.
+pub(crate) type Socket = PlainSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
 /// Bytes read but not yet decoded.
 struct Pending {
     bytes: Vec<u8>,
@@ -591,8 +594,7 @@ mod tests {
     /// Every idle connection's task holds its socket (docs/benchmarks.md, idle memory).
     #[test]
     fn the_socket_stays_small() {
-        let size =
-            std::mem::size_of::<PlainSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>>();
+        let size = std::mem::size_of::<Socket>();
         assert!(size <= 96, "the socket grew to {size} bytes");
     }
 

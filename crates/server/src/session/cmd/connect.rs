@@ -24,7 +24,7 @@ impl Session {
             return None;
         }
         // Taken: once connected the token is not needed (memory per idle connection).
-        let principal = match token.or_else(|| self.upgrade_token.take()) {
+        let principal = match token.or_else(|| self.upgrade_token.take().map(String::from)) {
             None if self.hub.anonymous_allowed() => Principal::anonymous(),
             None => {
                 let e = AuthError::Missing;
@@ -51,7 +51,7 @@ impl Session {
         tracing::info!(target: "herald::audit", event = "connect", client = %self.client(), user = %principal.user, ip = %self.ip);
         let version = version.unwrap_or(1).min(herald_protocol::PROTOCOL_VERSION);
         if version >= 2 {
-            self.compact = Some(1);
+            self.compact = Some(std::num::NonZeroU32::MIN);
         }
         let t = &self.hub.config.timeouts;
         let result = ConnectResult {

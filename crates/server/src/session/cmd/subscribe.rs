@@ -107,9 +107,10 @@ impl Session {
         }
         // Protocol v2: a number per subscribe (a resubscribe gets a new one, so a late frame of
         // the old subscription can never be read as the new one's).
-        let n = self.compact;
-        if let Some(next) = n {
-            self.compact = Some(next.wrapping_add(1).max(1));
+        let n = self.compact.map(std::num::NonZeroU32::get);
+        if let Some(next) = self.compact {
+            self.compact = std::num::NonZeroU32::new(next.get().wrapping_add(1))
+                .or(Some(std::num::NonZeroU32::MIN));
         }
         let line = reply::reply_ok(
             id,
