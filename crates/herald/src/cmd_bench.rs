@@ -182,8 +182,11 @@ pub struct Outcome {
     pub latency: client::Hist,
     /// Connections opened per second (connect, idle).
     pub conns_per_sec: Option<f64>,
-    /// Server RSS per connection (idle).
+    /// Server RSS per connection (idle): the growth over all of them.
     pub bytes_per_conn: Option<f64>,
+    /// Server RSS per connection over the second half of them (idle): what one more costs,
+    /// without the fixed cost of handshake buffers the allocator kept from the first half.
+    pub marginal_bytes_per_conn: Option<f64>,
     /// Time until every client had recovered (resume).
     pub recovered_ms: Option<f64>,
     /// Failures: lost or out-of-order deliveries, closed connections, refused commands.
@@ -717,6 +720,7 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
             "server_rss_bytes": o.rss,
             "client_cpu_s": o.client_cpu_s,
             "bytes_per_conn": o.bytes_per_conn,
+            "marginal_bytes_per_conn": o.marginal_bytes_per_conn,
             "protocol": args.protocol,
             "bytes_per_delivery": o.bytes_per_delivery,
             "rss_growth_per_conn": o.rss_growth_per_conn,
@@ -755,7 +759,10 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
         fmt_opt(o.cpu_s, 2),
         fmt_opt(per_cpu(o.deliveries), 0),
         fmt_opt(o.rss.map(|r| r as f64 / 1048576.0), 1),
-        fmt_opt(o.bytes_per_conn, 0),
+        match o.marginal_bytes_per_conn {
+            Some(m) => format!("{} ({m:.0} marginal)", fmt_opt(o.bytes_per_conn, 0)),
+            None => fmt_opt(o.bytes_per_conn, 0),
+        },
         fmt_opt(o.conns_per_sec, 0),
         fmt_opt(o.recovered_ms, 1),
         o.errors

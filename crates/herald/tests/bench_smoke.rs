@@ -91,6 +91,7 @@ fn connect_and_idle_open_every_connection() {
     let v = bench(&["idle", "-n", "50"]);
     check(&v, "idle");
     assert!(v["bytes_per_conn"].is_number());
+    assert!(v["marginal_bytes_per_conn"].is_number(), "idle measures the second half alone too");
 }
 
 #[test]

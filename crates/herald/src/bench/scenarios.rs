@@ -105,8 +105,23 @@ pub(super) async fn open_many<F>(
 where
     F: Fn(usize) -> Vec<String>,
 {
+    open_range(plan, 0..n, concurrency, extra).await
+}
+
+/// Like [`open_many`], for connections numbered `ids` (each number has its own source address
+/// and port).
+async fn open_range<F>(
+    plan: &Plan,
+    ids: std::ops::Range<usize>,
+    concurrency: usize,
+    extra: F,
+) -> (Vec<(usize, Ws, Vec<ReplyResult>)>, u64)
+where
+    F: Fn(usize) -> Vec<String>,
+{
     let endpoint = &plan.endpoint;
-    let results: Vec<_> = stream::iter(0..n)
+    let n = ids.len();
+    let results: Vec<_> = stream::iter(ids)
         .map(|i| {
             let cmds = extra(i);
             async move { (i, endpoint.session(i, &cmds).await) }
@@ -560,12 +575,32 @@ pub async fn rooms(plan: &Plan) -> anyhow::Result<Outcome> {
     pubsub(plan, channels, 1).await
 }
 
-/// Opens N authenticated connections; with `idle`, reports RSS per connection.
+/// Opens N authenticated connections; with `idle`, reports RSS per connection: over all N, and
+/// over the second half alone (what one more connection costs, without the fixed cost of the
+/// handshakes' buffers that the allocator keeps after the first ones).
 pub async fn connect(plan: &Plan, idle: bool) -> anyhow::Result<Outcome> {
+    // Let the server settle (allocator, pending handshakes), then sample.
+    async fn settled(plan: &Plan) -> Option<(f64, u64)> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        plan.usage()
+    }
     let before = plan.usage();
     let start = Instant::now();
-    let (opened, errors) = open_many(plan, plan.clients, plan.concurrency, |_| Vec::new()).await;
-    let elapsed = start.elapsed();
+    let half = if idle { plan.clients / 2 } else { plan.clients };
+    let (mut opened, mut errors) =
+        open_range(plan, 0..half, plan.concurrency, |_| Vec::new()).await;
+    let mut setup = start.elapsed();
+    let mut middle = None;
+    if half < plan.clients {
+        middle = settled(plan).await.map(|m| (m, opened.len()));
+        let again = Instant::now();
+        let (more, more_errors) =
+            open_range(plan, half..plan.clients, plan.concurrency, |_| Vec::new()).await;
+        setup += again.elapsed();
+        opened.extend(more);
+        errors += more_errors;
+    }
+    let elapsed = setup;
     let ok = opened.len();
     if std::env::var_os("HERALD_BENCH_DEBUG").is_some() {
         let p: Vec<u64> = super::client::PHASES
@@ -582,11 +617,13 @@ pub async fn connect(plan: &Plan, idle: bool) -> anyhow::Result<Outcome> {
     };
     let mut after = plan.usage();
     if idle {
-        // Let the server settle (allocator, pending handshakes), then sample.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        after = plan.usage();
+        after = settled(plan).await;
         if let (Some(b), Some(a)) = (before, after) {
             outcome.bytes_per_conn = Some((a.1 as f64 - b.1 as f64) / ok.max(1) as f64);
+        }
+        if let (Some((m, at)), Some(a)) = (middle, after) {
+            let added = ok.saturating_sub(at).max(1) as f64;
+            outcome.marginal_bytes_per_conn = Some((a.1 as f64 - m.1 as f64) / added);
         }
     }
     outcome.cpu_s = before.zip(after).map(|(b, a)| a.0 - b.0);
