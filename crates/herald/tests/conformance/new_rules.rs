@@ -20,6 +20,9 @@ pub fn all() -> Vec<Check> {
         invalid_utf8_text_frame_closes_1007,
         rsv_bits_close_1002,
         unknown_opcode_closes_1002,
+        not_a_websocket_handshake_is_400_107,
+        pings_are_answered_and_a_close_is_echoed,
+        fragmented_and_split_frames_are_read_whole,
         api_history_since_ahead_is_epoch_changed,
         api_token_with_empty_sub_is_107,
         tokens_without_configured_aud_or_iss_are_refused,
@@ -154,6 +157,12 @@ impl RawWs {
 
     /// Writes one masked frame with this first byte (FIN, RSV, opcode).
     async fn send(&mut self, first: u8, payload: &[u8]) {
+        let f = self.frame(first, payload);
+        self.0.write_all(&f).await.unwrap();
+    }
+
+    /// One masked frame with this first byte (FIN, RSV, opcode).
+    fn frame(&self, first: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [0x11u8, 0x22, 0x33, 0x44];
         let mut f = vec![first];
         match payload.len() {
@@ -165,7 +174,7 @@ impl RawWs {
         }
         f.extend_from_slice(&mask);
         f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.0.write_all(&f).await.unwrap();
+        f
     }
 
     /// One server frame: (opcode, payload); None when the socket ended.
@@ -239,6 +248,60 @@ async fn unknown_opcode_closes_1002(h: Arc<Ctx>) {
         Some(1002),
         "close code (None: the socket ended without a close frame)"
     );
+}
+
+/// §1 "A `GET /ws` that is not a WebSocket opening handshake … is answered with an HTTP `400`
+/// and the error object `107 bad_request` whose `message` names what is missing".
+async fn not_a_websocket_handshake_is_400_107(h: Arc<Ctx>) {
+    let got = h.api("GET", "/ws", None).await;
+    assert_http_error(&got, 400, 107);
+    let message = &got.1["error"]["message"];
+    assert!(message.as_str().is_some_and(|m| m.contains("Connection")), "{message}");
+    // A handshake of another WebSocket version.
+    let mut s = TcpStream::connect(h.hub.addr).await.expect("tcp");
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+        h.hub.addr
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(WAIT, s.read_exact(&mut head)).await.expect("an answer").unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400", "{}", String::from_utf8_lossy(&head));
+}
+
+/// §1 "The server answers every WebSocket ping with a pong … and echoes a client's close frame
+/// with the same code."
+async fn pings_are_answered_and_a_close_is_echoed(h: Arc<Ctx>) {
+    let mut ws = RawWs::open(&h).await;
+    ws.send(0x89, b"are you there").await;
+    assert_eq!(ws.read_frame().await, Some((0xA, b"are you there".to_vec())), "the pong");
+    let mut close = 4000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"bye");
+    ws.send(0x88, &close).await;
+    assert_eq!(ws.close_code().await, Some(4000), "the close echoed with its code");
+}
+
+/// §1 "fragmented messages are accepted": a command in three fragments, and a frame that
+/// arrives one byte per TCP segment, are each read as one message.
+async fn fragmented_and_split_frames_are_read_whole(h: Arc<Ctx>) {
+    let mut ws = RawWs::open(&h).await;
+    ws.send(0x01, br#"{"id":2,"#).await;
+    ws.send(0x89, b"between").await;
+    ws.send(0x00, br#""cmd":"#).await;
+    ws.send(0x80, br#""ping"}"#).await;
+    assert_eq!(ws.read_frame().await.map(|f| f.0), Some(0xA), "the ping inside is answered");
+    let (op, reply) = ws.read_frame().await.expect("the reply");
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!((op, reply["id"].as_u64()), (1, Some(2)), "{reply}");
+    let frame = ws.frame(0x81, br#"{"id":3,"cmd":"ping"}"#);
+    for b in frame {
+        ws.0.write_all(&[b]).await.unwrap();
+        ws.0.flush().await.unwrap();
+    }
+    let (_, reply) = ws.read_frame().await.expect("the reply");
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(reply["id"], 3, "{reply}");
 }
 
 /// Issue 11 item 9: "`POST /api/disconnect {"user":""}` kicks every anonymous and

@@ -367,6 +367,11 @@ impl Session {
             })
             .await;
         }
+        if close.is_none() {
+            // The peer closed, broke the protocol or went away: what the socket still holds (the
+            // echo of a close) goes out and the connection is shut down, within the grace.
+            let _ = tokio::time::timeout(CLOSE_GRACE, socket.close()).await;
+        }
         self.hub.close_session(self.id);
         let user = self.principal.as_ref().map_or("", |p| p.user.as_str());
         match close {

@@ -401,9 +401,13 @@ impl<S> PlainSocket<S> {
             None => self.pending = Some(Box::new(Pending { bytes: bytes.to_vec(), at: 0 })),
         }
     }
+}
 
-    /// Handles the socket's own part of a message: answers a ping, echoes a close.
-    fn on_message(&mut self, message: &Message) {
+impl<S: AsyncWrite + Unpin> PlainSocket<S> {
+    /// Handles the socket's own part of a message: answers a ping, echoes a close. The answer
+    /// is written at once if the socket takes it (a session that ends on a close does not
+    /// read again), else on the next poll or when the session flushes or closes the socket.
+    fn on_message(&mut self, message: &Message, cx: &mut Context<'_>) {
         match message {
             Message::Ping(payload) => self.queue_reply(Outgoing::new(0xA, payload.clone())),
             Message::Close(close) => {
@@ -413,10 +417,11 @@ impl<S> PlainSocket<S> {
             }
             _ => {}
         }
+        if self.reply.is_some() {
+            let _ = self.poll_write_out(cx);
+        }
     }
-}
 
-impl<S: AsyncWrite + Unpin> PlainSocket<S> {
     /// Writes the frame being written, then any queued reply.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
@@ -451,7 +456,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for PlainSocket<S> {
             }
             match this.next_pending() {
                 Ok(Some(message)) => {
-                    this.on_message(&message);
+                    this.on_message(&message, cx);
                     return Poll::Ready(Some(Ok(message)));
                 }
                 Ok(None) => {}
@@ -482,7 +487,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for PlainSocket<S> {
                         Ok(Decoded::Message(message, used)) => {
                             at += used;
                             this.keep(&got[at..]);
-                            this.on_message(&message);
+                            this.on_message(&message, cx);
                             return Poll::Ready(Some(Ok(message)));
                         }
                         Err(e) => {
@@ -698,8 +703,9 @@ mod tests {
             }
             other => panic!("expected close, got {other:?}"),
         }
-        assert!(ws.next().await.is_none(), "nothing is read after a close");
+        // Echoed at once: a session that ends on a close does not poll the socket again.
         assert_eq!(server_frame(&mut client).await, (0x88, vec![0x03, 0xe8]), "close echoed");
+        assert!(ws.next().await.is_none(), "nothing is read after a close");
         assert!(ws.send(Message::Text("late".into())).await.is_err(), "nothing sent after close");
     }
 
