@@ -741,4 +741,106 @@ mod tests {
             assert_eq!(server_frame(&mut client).await.0, 0x88);
         }
     }
+
+    /// Decodes `wire` fed in pieces of `piece` bytes as the socket does: returns the messages,
+    /// and the error that ended the stream, if any.
+    fn decode_all(wire: &[u8], piece: usize, max: usize) -> (Vec<Message>, Option<FrameError>) {
+        let mut inbound = Inbound { max, fragments: None };
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        for chunk in wire.chunks(piece.max(1)) {
+            buf.extend_from_slice(chunk);
+            loop {
+                match inbound.decode(&buf) {
+                    Ok(Decoded::Incomplete) => break,
+                    Ok(Decoded::Fragment(used)) => drop(buf.drain(..used)),
+                    Ok(Decoded::Message(m, used)) => {
+                        buf.drain(..used);
+                        out.push(m);
+                    }
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A message as a client may send it: text or binary, whole or in fragments, or a ping.
+        #[derive(Debug, Clone)]
+        enum Sent {
+            Text(String, usize),
+            Binary(Vec<u8>, usize),
+            Ping(Vec<u8>),
+        }
+
+        fn sent() -> impl Strategy<Value = Sent> {
+            prop_oneof![
+                ("\\PC{0,300}", 1usize..4).prop_map(|(t, f)| Sent::Text(t, f)),
+                (proptest::collection::vec(any::<u8>(), 0..300), 1usize..4)
+                    .prop_map(|(b, f)| Sent::Binary(b, f)),
+                proptest::collection::vec(any::<u8>(), 0..=125).prop_map(Sent::Ping),
+            ]
+        }
+
+        /// The frames of a message in `parts` fragments.
+        fn frames(opcode: u8, payload: &[u8], parts: usize) -> Vec<u8> {
+            let step = payload.len().div_ceil(parts).max(1);
+            let pieces: Vec<&[u8]> =
+                if payload.is_empty() { vec![&[][..]] } else { payload.chunks(step).collect() };
+            let last = pieces.len() - 1;
+            let mut wire = Vec::new();
+            for (i, p) in pieces.iter().enumerate() {
+                let op = if i == 0 { opcode } else { 0 };
+                let fin = if i == last { 0x80 } else { 0 };
+                wire.extend(frame(fin | op, p));
+            }
+            wire
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Any bytes, cut anywhere: no panic, and what decodes before an error stays decoded.
+            #[test]
+            fn any_bytes_are_decoded_or_refused(
+                wire in proptest::collection::vec(any::<u8>(), 0..4096),
+                piece in 1usize..100,
+            ) {
+                let (whole, whole_err) = decode_all(&wire, wire.len().max(1), 1 << 12);
+                let (cut, cut_err) = decode_all(&wire, piece, 1 << 12);
+                prop_assert_eq!(whole.len(), cut.len(), "the cut does not change what is read");
+                prop_assert_eq!(whole_err, cut_err);
+            }
+
+            /// Valid frames, cut anywhere: every message arrives whole, in order.
+            #[test]
+            fn valid_messages_arrive_whole_in_order(
+                sent in proptest::collection::vec(sent(), 0..20),
+                piece in 1usize..200,
+            ) {
+                let mut wire = Vec::new();
+                for m in &sent {
+                    match m {
+                        Sent::Text(t, f) => wire.extend(frames(0x1, t.as_bytes(), *f)),
+                        Sent::Binary(b, f) => wire.extend(frames(0x2, b, *f)),
+                        Sent::Ping(p) => wire.extend(frame(0x89, p)),
+                    }
+                }
+                let (got, err) = decode_all(&wire, piece, 1 << 16);
+                prop_assert_eq!(err, None);
+                prop_assert_eq!(got.len(), sent.len());
+                for (g, s) in got.iter().zip(&sent) {
+                    match (g, s) {
+                        (Message::Text(g), Sent::Text(t, _)) => prop_assert_eq!(g.as_str(), t.as_str()),
+                        (Message::Binary(g), Sent::Binary(b, _)) => prop_assert_eq!(&g[..], &b[..]),
+                        (Message::Ping(g), Sent::Ping(p)) => prop_assert_eq!(&g[..], &p[..]),
+                        (g, s) => prop_assert!(false, "got {:?} for {:?}", g, s),
+                    }
+                }
+            }
+        }
+    }
 }
