@@ -76,8 +76,7 @@ pub async fn upgrade(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(io) => {
-                let socket: plain::Socket =
-                    plain::PlainSocket::new(hyper_util::rt::TokioIo::new(io), max_frame);
+                let socket = plain::Socket::upgraded(io, max_frame);
                 tokio::spawn(session::run(hub, socket, upgrade));
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
