@@ -480,14 +480,29 @@ fn deadline_for(exp: u64, grace: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + left.min(FAR_DEADLINE)
 }
 
-/// The error of Herald's own WebSocket framing behind `e`, if it is one.
-fn frame_error(e: &axum::Error) -> Option<crate::ws::plain::FrameError> {
+/// Why a socket refused an inbound frame, carried inside the `axum::Error` its stream yields:
+/// the session closes with the code RFC 6455 gives it (1002, 1007) or with `4504`. Defined here,
+/// at the seam, so that sockets depend on the session and not the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// A violation of RFC 6455's framing: close 1002.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// A text message (or a close reason) that is not UTF-8: close 1007.
+    #[error("invalid UTF-8 in a text message")]
+    Utf8,
+    /// A frame, or a fragmented message, above the limit.
+    #[error("message too big: above {0} bytes")]
+    TooLarge(usize),
+}
+
+/// The [`FrameError`] behind `e`, if it is one.
+fn frame_error(e: &axum::Error) -> Option<FrameError> {
     std::error::Error::source(e).and_then(|s| s.downcast_ref()).copied()
 }
 
 /// The RFC 6455 close code for a broken inbound frame, if it is one.
 fn violation_code(e: &axum::Error) -> Option<u16> {
-    use crate::ws::plain::FrameError;
     match frame_error(e) {
         Some(FrameError::Utf8) => return Some(1007),
         Some(FrameError::Protocol(_)) => return Some(1002),
@@ -508,26 +523,11 @@ fn violation_code(e: &axum::Error) -> Option<u16> {
 /// Whether a read failed because the frame exceeded the size limit.
 fn too_large(e: &axum::Error) -> bool {
     if let Some(e) = frame_error(e) {
-        return matches!(e, crate::ws::plain::FrameError::TooLarge(_));
+        return matches!(e, FrameError::TooLarge(_));
     }
     // yawc's errors (permessage-deflate connections) are named by their message.
     let text = e.to_string();
     text.contains("Space limit exceeded")
         || text.contains("too long")
         || text.contains("Message too big")
-}
-
-#[cfg(test)]
-mod tests {
-    /// Every idle connection holds its session task for its whole life. tokio's task cell adds
-    /// 80 bytes to the future and rounds up to 128, so an 800-byte future takes 896 bytes
-    /// (docs/benchmarks.md, idle memory).
-    #[test]
-    fn the_session_task_of_a_websocket_stays_small() {
-        fn future_size<A, B, C, R>(_: impl Fn(A, B, C) -> R) -> usize {
-            std::mem::size_of::<R>()
-        }
-        let size = future_size(super::run::<crate::ws::plain::Socket>);
-        assert!(size <= 800, "the session future of a WebSocket grew to {size} bytes");
-    }
 }

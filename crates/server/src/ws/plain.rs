@@ -13,6 +13,7 @@
 //! Server side only: client frames must be masked, the server's are not (§5.1). The opening
 //! handshake is [`accept_key`] and `super::upgrade`.
 
+pub(crate) use crate::session::FrameError;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
@@ -35,20 +36,6 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
     sha.update(key);
     sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
-}
-
-/// Why an inbound frame was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum FrameError {
-    /// A violation of RFC 6455's framing: close 1002.
-    #[error("protocol error: {0}")]
-    Protocol(&'static str),
-    /// A text message (or a close reason) that is not UTF-8: close 1007.
-    #[error("invalid UTF-8 in a text message")]
-    Utf8,
-    /// A frame, or a fragmented message, above the limit.
-    #[error("message too big: above {0} bytes")]
-    TooLarge(usize),
 }
 
 /// An inbound frame's opcode (§5.2); reserved ones are refused when the header is read.
@@ -678,6 +665,18 @@ mod tests {
     fn socket(max: usize) -> (PlainSocket<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
         let (server, client) = tokio::io::duplex(1 << 20);
         (PlainSocket::new(server, max), client)
+    }
+
+    /// Every idle connection holds its session task for its whole life. tokio's task cell adds
+    /// 80 bytes to the future and rounds up to 128, so an 800-byte future takes 896 bytes
+    /// (docs/benchmarks.md, idle memory).
+    #[test]
+    fn the_session_task_of_a_websocket_stays_small() {
+        fn future_size<A, B, C, R>(_: impl Fn(A, B, C) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        let size = future_size(crate::session::run::<Socket>);
+        assert!(size <= 800, "the session future of a WebSocket grew to {size} bytes");
     }
 
     /// Every idle connection's task holds its socket (docs/benchmarks.md, idle memory).
