@@ -1,5 +1,6 @@
 //! `herald bench`: a load generator with scenarios (`fanout`, `rooms`, `connect`, `idle`,
-//! `resume`, `views`, `presence`), bounded in count and time, on 127.0.0.1 only.
+//! `resume`, `views`, `presence`, and `floor`, which needs no server), bounded in count and
+//! time, on 127.0.0.1 only.
 //!
 //! It starts this very binary as the server (`herald serve --listen 127.0.0.1:0` with a temporary
 //! configuration) or targets a running one (`--url`, `--server-pid`), measures publish-to-receive
@@ -10,6 +11,8 @@
 
 #[path = "bench/client.rs"]
 mod client;
+#[path = "bench/floor.rs"]
+mod floor;
 #[path = "bench/pipelined.rs"]
 mod pipelined;
 #[path = "bench/presence.rs"]
@@ -44,6 +47,9 @@ pub enum Scenario {
     /// N members of one presence channel, all following its presence; a fraction of them
     /// leaves and joins again each second (issue 14).
     Presence,
+    /// No server: one thread writes a rooms-sized frame to each of N loopback sockets in
+    /// turn; its CPU per write is the kernel's floor for one write per delivery.
+    Floor,
 }
 
 /// Arguments of `herald bench`.
@@ -388,8 +394,21 @@ const LOAD_CPU: usize = 0;
 /// `--pin`: the CPU of the started servers.
 const SERVER_CPU: usize = 1;
 
-/// Restricts every thread of this process to `cpu` (`taskset -a -p`: the runtime's workers
-/// are running already; threads started later inherit it).
+/// `--pin`, called by `main` before the runtime is built: the load generator then runs on
+/// CPU 0 with one worker thread. A runtime built first would keep a worker per CPU, and two
+/// workers time-sliced on one core hold each other's queued tasks for a scheduler tick
+/// (milliseconds), which the latency figures would count as the hub's.
+pub fn pin_before_runtime(args: &BenchArgs) -> anyhow::Result<()> {
+    if !args.pin {
+        return Ok(());
+    }
+    if args.url.is_some() {
+        bail!("--pin pins the servers the bench starts: not with --url (use taskset)");
+    }
+    pin_process(LOAD_CPU).context("--pin")
+}
+
+/// Restricts every thread of this process to `cpu` (`taskset -a -p`).
 fn pin_process(cpu: usize) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus <= SERVER_CPU.max(cpu) {
@@ -527,10 +546,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Fanout | Scenario::Rooms | Scenario::Views | Scenario::Presence => 1000,
         Scenario::Connect | Scenario::Idle => 2000,
         Scenario::Resume => 200,
+        Scenario::Floor => 5000,
     });
     let events = args.events.unwrap_or(match args.scenario {
         Scenario::Fanout => 2000,
         Scenario::Rooms => 20_000,
+        Scenario::Floor => 500_000,
         Scenario::Connect | Scenario::Idle | Scenario::Presence => 0,
         Scenario::Resume => 100,
         Scenario::Views => 5000,
@@ -539,11 +560,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--http applies to the fanout and rooms scenarios");
     }
     raise_nofile(2 * clients as u64 + 4096);
-    if args.pin {
-        if args.url.is_some() {
-            bail!("--pin pins the servers the bench starts: not with --url (use taskset)");
-        }
-        pin_process(LOAD_CPU).context("--pin")?;
+    if args.scenario == Scenario::Floor {
+        let cpu = args.pin.then_some(SERVER_CPU);
+        let deadline = Duration::from_secs(args.duration.max(1));
+        let client_before = proc_usage(std::process::id());
+        let mut outcome = floor::floor(clients, events, args.size, cpu, deadline).await?;
+        outcome.client_cpu_s =
+            client_before.zip(proc_usage(std::process::id())).map(|(b, a)| a.0 - b.0);
+        report(&args, clients, &outcome);
+        return Ok(());
     }
     let on_redis = args.redis || args.redis_cluster.is_some() || args.redis_url.is_some();
     if args.nodes == 0 || (args.nodes > 1 && !on_redis) {
@@ -629,6 +654,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Presence => {
             presence::presence(&plan, &presence::PresencePlan { churn: args.churn }).await?
         }
+        Scenario::Floor => unreachable!("floor runs without a server, above"),
     };
     // Load generator CPU over setup and measurement (it shares the machine with the server).
     outcome.client_cpu_s =
@@ -727,6 +753,9 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
             "compress": args.compress,
             "wire_bytes_per_delivery": o.wire_bytes_per_delivery,
             "conns_per_sec": o.conns_per_sec,
+            // Connections per server CPU-second (connect, idle): what one core of the hub
+            // accepts and authenticates, apart from the load generator sharing the machine.
+            "conns_per_cpu_s": o.conns_per_sec.zip(o.cpu_s).filter(|(_, c)| *c > 0.0).map(|(r, c)| r * secs / c),
             "recovered_ms": o.recovered_ms,
             "unindexed": args.scenario == Scenario::Views && args.unindexed,
             "churn": (args.scenario == Scenario::Presence).then_some(args.churn),
@@ -734,6 +763,8 @@ fn report(args: &BenchArgs, clients: usize, o: &Outcome) {
             "list_ms": if args.scenario == Scenario::Presence { o.recovered_ms } else { None },
             "engine": engine,
             "pin": args.pin,
+            // Worker threads of the load generator's runtime (one with `--pin`).
+            "load_workers": tokio::runtime::Handle::current().metrics().num_workers(),
             "nodes": args.nodes,
             "redis_cpu_s": o.redis_cpu_s,
             "errors": o.errors,

@@ -73,6 +73,12 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Bench(args) = &cli.command
+        && let Err(e) = cmd_bench::pin_before_runtime(args)
+    {
+        eprintln!("herald: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async move {

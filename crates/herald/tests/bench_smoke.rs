@@ -88,10 +88,35 @@ fn connect_and_idle_open_every_connection() {
     let v = bench(&["connect", "-n", "50"]);
     check(&v, "connect");
     assert!(v["conns_per_sec"].as_f64().unwrap_or(0.0) > 0.0);
+    assert!(v["conns_per_cpu_s"].as_f64().unwrap_or(0.0) > 0.0, "per server CPU-second: {v}");
     let v = bench(&["idle", "-n", "50"]);
     check(&v, "idle");
     assert!(v["bytes_per_conn"].is_number());
     assert!(v["marginal_bytes_per_conn"].is_number(), "idle measures the second half alone too");
+}
+
+#[test]
+fn floor_reads_back_every_write() {
+    let v = bench(&["floor", "-n", "20", "-e", "1000"]);
+    assert_eq!(v["scenario"], "floor");
+    assert_eq!((v["events"].as_u64(), v["deliveries"].as_u64()), (Some(1000), Some(1000)), "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert!(v["server_cpu_s"].as_f64().unwrap_or(0.0) > 0.0, "the writer's CPU: {v}");
+    assert_eq!(v["bytes_per_delivery"], 152.0, "a v2 rooms delivery of 100 bytes: {v}");
+}
+
+#[test]
+fn pin_gives_the_load_generator_one_worker() {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("--pin needs 2 CPUs; skipped");
+        return;
+    }
+    let v = bench(&["rooms", "-n", "20", "-e", "100", "--pin"]);
+    check(&v, "rooms");
+    assert_eq!((v["pin"].as_bool(), v["deliveries"].as_u64()), (Some(true), Some(100)));
+    assert_eq!(v["load_workers"], 1, "the runtime is built after pinning: {v}");
+    let v = bench(&["floor", "-n", "20", "-e", "200", "--pin"]);
+    assert_eq!((v["deliveries"].as_u64(), v["load_workers"].as_u64()), (Some(200), Some(1)));
 }
 
 #[test]
