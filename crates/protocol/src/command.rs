@@ -286,8 +286,16 @@ impl Field {
         }
     }
 
+    /// The field of a key, read for every key of every command: the few common ones are
+    /// matched first, without walking the whole table.
     fn from_name(name: &str) -> Option<Field> {
-        Field::ALL.into_iter().find(|f| f.name() == name)
+        match name {
+            "id" => Some(Field::Id),
+            "cmd" => Some(Field::Cmd),
+            "channel" => Some(Field::Channel),
+            "data" => Some(Field::Data),
+            _ => Field::ALL.into_iter().find(|f| f.name() == name),
+        }
     }
 
     /// The fields `cmd` takes besides `id` and `cmd` (the table of protocol §2); `None` for a
@@ -402,9 +410,38 @@ impl<'de> Fields<'de> {
         self.raw[f as usize].map_or(Ok(None), |raw| decode(raw, f))
     }
 
+    /// Decodes a string field: one without escapes is taken as it stands in the line (most are:
+    /// channels, types, keys), anything else goes through [`decode`].
+    fn get_string(&self, f: Field) -> Result<Option<String>, String> {
+        match self.raw[f as usize] {
+            Some(raw) => match plain_string(raw) {
+                Some(s) => Ok(Some(s.to_owned())),
+                None => decode(raw, f),
+            },
+            None => Ok(None),
+        }
+    }
+
     fn present(&self) -> impl Iterator<Item = Field> + '_ {
         Field::ALL.into_iter().filter(|f| self.raw[*f as usize].is_some())
     }
+}
+
+/// The text of a JSON string with no escape (`"abc"` → `abc`), read without a parser: `raw` is
+/// already validated JSON, so between its quotes there is no control character and no quote.
+/// `None` for anything else (escapes, other types), which goes through serde_json.
+fn plain_string(raw: &RawValue) -> Option<&str> {
+    let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
+/// A JSON number that is a small unsigned integer (the usual `id`), read without a parser.
+fn plain_u64(raw: &RawValue) -> Option<u64> {
+    let s = raw.get();
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// Decodes one field's raw value; `null` is `None`.
@@ -484,11 +521,19 @@ impl<'de> serde::de::Visitor<'de> for FieldsSeed<'_> {
             let raw: &'de RawValue = map.next_value()?;
             match f {
                 Field::Id => {
-                    w.id = decode(raw, f).map_err(A::Error::custom)?;
+                    w.id = match plain_u64(raw) {
+                        Some(id) => Some(id),
+                        None => decode(raw, f).map_err(A::Error::custom)?,
+                    };
                     self.0.id = w.id;
                 }
                 Field::Cmd => {
-                    w.cmd = decode::<Borrowed<'de>>(raw, f).map_err(A::Error::custom)?.map(|c| c.0)
+                    w.cmd = match plain_string(raw) {
+                        Some(cmd) => Some(cmd.into()),
+                        None => {
+                            decode::<Borrowed<'de>>(raw, f).map_err(A::Error::custom)?.map(|c| c.0)
+                        }
+                    }
                 }
                 _ => w.raw[f as usize] = Some(raw),
             }
@@ -554,6 +599,10 @@ pub fn lone_surrogate(json: &str) -> Option<u16> {
         let s = std::str::from_utf8(b.get(i..i + 4)?).ok()?;
         u16::from_str_radix(s, 16).ok()
     };
+    // Most payloads have no backslash at all: `str::contains` of a char is a memchr.
+    if !json.contains('\\') {
+        return None;
+    }
     let mut i = 0;
     while let Some(at) = b.get(i..).and_then(|rest| rest.iter().position(|&c| c == b'\\')) {
         i += at;
@@ -627,7 +676,7 @@ impl Request {
             let names = if names.is_empty() { "no fields".to_string() } else { names.join(", ") };
             return Err(bad(format!("unknown field {name:?} in {cmd} (it takes {names})")));
         }
-        let get_str = |f: Field| w.get::<String>(f).map_err(bad);
+        let get_str = |f: Field| w.get_string(f).map_err(bad);
         let channel =
             || get_str(Field::Channel)?.ok_or_else(|| bad("missing field `channel`".into()));
         let unicode = |f: Field, raw: &RawValue| match lone_surrogate(raw.get()) {
@@ -854,6 +903,32 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_field_is_found_by_its_name() {
+        for f in Field::ALL {
+            assert_eq!(Field::from_name(f.name()), Some(f));
+        }
+        assert_eq!(Field::from_name("ID"), None);
+    }
+
+    proptest::proptest! {
+        /// The parser-free readers agree with serde_json whenever they answer.
+        #[test]
+        fn plain_readers_agree_with_serde(s in proptest::prelude::any::<String>(), n in proptest::prelude::any::<u64>()) {
+            let raw = RawValue::from_string(serde_json::to_string(&s).unwrap()).unwrap();
+            if let Some(plain) = plain_string(&raw) {
+                proptest::prop_assert_eq!(plain, s.as_str());
+            }
+            let raw = RawValue::from_string(n.to_string()).unwrap();
+            proptest::prop_assert_eq!(plain_u64(&raw).unwrap_or(n), n);
+            for other in ["null", "1.5", "-1", "1e3", "true", "[]", "{}", "\"a\\\"b\""] {
+                let raw = RawValue::from_string(other.to_string()).unwrap();
+                proptest::prop_assert_eq!(plain_u64(&raw), None);
+                proptest::prop_assert!(other.starts_with('"') || plain_string(&raw).is_none());
+            }
+        }
+    }
 
     #[test]
     fn round_trip() {

@@ -119,6 +119,7 @@ struct Extra<'a> {
 }
 
 impl Extra<'_> {
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.kind.is_none()
             && self.key.is_none()
@@ -159,31 +160,51 @@ pub fn write_tail_head(p: &Publication, out: &mut String) {
     match time_ms(&p.time) {
         Some(ms) => out.push_str(digits.format(ms)),
         // Not Herald's format (no node writes one): the text itself.
-        None => out.push_str(&serde_json::to_string(&p.time).expect("a string serializes")),
+        None => crate::json::push_str(out, &p.time),
     }
     out.push(',');
 }
 
-/// Appends the tail's part after `DATA` (`[,EXTRA]]`) to `out`.
+/// Appends the tail's part after `DATA` (`[,EXTRA]]`) to `out`: the JSON serde writes for
+/// [`Extra`], written by hand, since it runs once per publication (crate::json).
 pub fn write_tail_end(p: &Publication, out: &mut String) {
     let mut digits = itoa::Buffer::new();
     let derived_id =
         p.id.strip_prefix(p.epoch.as_str())
             .and_then(|rest| rest.strip_prefix('-'))
             .is_some_and(|offset| offset == digits.format(p.offset));
-    let extra = Extra {
-        kind: (p.kind != "message").then_some(p.kind.as_str()),
-        key: p.key.as_deref().map(Into::into),
-        op: p.op,
-        meta: (!p.meta.is_empty()).then_some(std::borrow::Cow::Borrowed(&p.meta)),
-        id: (!derived_id).then_some(p.id.as_str()),
-    };
-    if !extra.is_empty() {
-        out.push(',');
-        // serde_json writes UTF-8 into a Vec; taking the String's bytes avoids a second buffer.
-        let mut bytes = std::mem::take(out).into_bytes();
-        serde_json::to_writer(&mut bytes, &extra).expect("extras serialize");
-        *out = String::from_utf8(bytes).expect("serde_json writes UTF-8");
+    let kind = (p.kind != "message").then_some(p.kind.as_str());
+    let id = (!derived_id).then_some(p.id.as_str());
+    if kind.is_some() || p.key.is_some() || p.op.is_some() || !p.meta.is_empty() || id.is_some() {
+        let mut open = ",{";
+        let mut field = |out: &mut String, name: &str| {
+            out.push_str(open);
+            open = ",";
+            out.push('"');
+            out.push_str(name);
+            out.push_str("\":");
+        };
+        if let Some(kind) = kind {
+            field(out, "type");
+            crate::json::push_str(out, kind);
+        }
+        if let Some(key) = &p.key {
+            field(out, "key");
+            crate::json::push_str(out, key);
+        }
+        if let Some(op) = p.op {
+            field(out, "op");
+            crate::json::push_str(out, op.as_str());
+        }
+        if !p.meta.is_empty() {
+            field(out, "meta");
+            p.meta.write_json(out);
+        }
+        if let Some(id) = id {
+            field(out, "id");
+            crate::json::push_str(out, id);
+        }
+        out.push('}');
     }
     out.push(']');
 }
@@ -384,6 +405,22 @@ mod tests {
             n in any::<u32>(),
         ) {
             let p = publication(offset, ms, &kind, &data, key, op, meta);
+            // The hand-written extras are what serde writes for them.
+            let extra = Extra {
+                kind: (p.kind != "message").then_some(p.kind.as_str()),
+                key: p.key.as_deref().map(Into::into),
+                op: p.op,
+                meta: (!p.meta.is_empty()).then_some(std::borrow::Cow::Borrowed(&p.meta)),
+                id: None,
+            };
+            let mut end = String::new();
+            write_tail_end(&p, &mut end);
+            let expected = if extra.is_empty() {
+                "]".to_string()
+            } else {
+                format!(",{}]", serde_json::to_string(&extra).unwrap())
+            };
+            prop_assert_eq!(end, expected);
             let frame = format!("[{n}{}", encode_tail(&p));
             let back = Compact::parse(&frame).unwrap();
             prop_assert_eq!(back.n, n);

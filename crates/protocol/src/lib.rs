@@ -10,6 +10,7 @@
 //! - [`reply`]: server → client replies and pushes.
 //! - [`compact`]: version 2's compact live publication frame.
 //! - [`chunk`]: version 2's large publications in parts, and truncated previews.
+//! - [`json`]: the hand-written JSON of the per-publication path (frames, tails, replies).
 //!
 //! A WebSocket text frame holds one or more messages separated by `\n` (JSON never contains a raw
 //! newline), so a busy sender can batch.
@@ -18,6 +19,7 @@ pub mod chunk;
 pub mod codes;
 pub mod command;
 pub mod compact;
+pub mod json;
 pub mod publication;
 pub mod reply;
 

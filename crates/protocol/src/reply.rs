@@ -148,6 +148,34 @@ pub struct PublishResult {
     pub duplicate: bool,
 }
 
+impl PublishResult {
+    /// Appends the JSON serde writes for this result, written by hand: it answers every
+    /// publish (crate::json).
+    pub fn write_json(&self, out: &mut String) {
+        use crate::json::{push_field, push_str, push_u64};
+        out.push_str("{\"channel\":");
+        push_str(out, &self.channel);
+        push_field(out, "epoch", &self.epoch);
+        out.push_str(",\"offset\":");
+        push_u64(out, self.offset);
+        push_field(out, "id", &self.id);
+        push_field(out, "time", &self.time);
+        if self.duplicate {
+            out.push_str(",\"duplicate\":true");
+        }
+        out.push('}');
+    }
+
+    /// The result as JSON text.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(
+            64 + self.channel.len() + self.epoch.len() + self.id.len() + self.time.len(),
+        );
+        self.write_json(&mut out);
+        out
+    }
+}
+
 /// Reply to `history`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryResult {
@@ -545,6 +573,19 @@ pub fn reply_ok<T: Serialize>(id: u64, result: &T) -> String {
     serde_json::to_string(&Ok { id, result }).expect("results serialize")
 }
 
+/// The reply line of a `publish`: [`reply_ok`] with its result, written by hand.
+pub fn reply_publish(id: u64, result: &PublishResult) -> String {
+    let mut out = String::with_capacity(
+        80 + result.channel.len() + result.epoch.len() + result.id.len() + result.time.len(),
+    );
+    out.push_str("{\"id\":");
+    crate::json::push_u64(&mut out, id);
+    out.push_str(",\"result\":");
+    result.write_json(&mut out);
+    out.push('}');
+    out
+}
+
 /// Builds a reply line with an error.
 pub fn reply_err(id: Option<u64>, error: &ErrorBody) -> String {
     #[derive(Serialize)]
@@ -602,6 +643,25 @@ pub const PUSH_PING: &str = r#"{"push":"ping"}"#;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The hand-written publish reply is serde's, byte for byte.
+        #[test]
+        fn the_publish_reply_is_what_serde_writes(
+            channel in any::<String>(),
+            epoch in "[a-zA-Z0-9]{0,12}",
+            offset in any::<u64>(),
+            id in any::<String>(),
+            time in any::<String>(),
+            duplicate in any::<bool>(),
+            request in any::<u64>(),
+        ) {
+            let r = PublishResult { channel, epoch, offset, id, time, duplicate };
+            prop_assert_eq!(r.to_json(), serde_json::to_string(&r).unwrap());
+            prop_assert_eq!(reply_publish(request, &r), reply_ok(request, &r));
+        }
+    }
 
     #[test]
     fn parses_pushes_and_replies() {

@@ -414,7 +414,8 @@ async fn publish(
 ) -> Result<Response, ApiError> {
     let b: PublishBody = body(&raw)?;
     let result = publish_one(&hub, &b).await?;
-    Ok(Json(result).into_response())
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], result.to_json())
+        .into_response())
 }
 
 /// One `/api/publish` body published: the single route and every batch item go through here.
@@ -458,19 +459,18 @@ async fn publish_batch(
         .collect();
     let results = publish_grouped(&hub, &bodies).await;
     // Written as it goes: no intermediate JSON value per result.
-    let mut out = Vec::with_capacity(16 + 96 * items.len());
-    out.extend_from_slice(b"{\"results\":[");
+    let mut out = String::with_capacity(16 + 160 * items.len());
+    out.push_str("{\"results\":[");
     for (i, result) in results.into_iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(',');
         }
-        let written = match result {
-            Ok(r) => serde_json::to_writer(&mut out, &r),
-            Err(e) => serde_json::to_writer(&mut out, &json!({ "error": e })),
-        };
-        written.map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
+        match result {
+            Ok(r) => r.write_json(&mut out),
+            Err(e) => out.push_str(&json!({ "error": e }).to_string()),
+        }
     }
-    out.extend_from_slice(b"]}");
+    out.push_str("]}");
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], out)
         .into_response())
 }

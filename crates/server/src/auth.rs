@@ -101,12 +101,12 @@ pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = channel.strip_prefix(first) else { return false };
-    let parts: Vec<&str> = parts.collect();
-    if parts.is_empty() {
+    let mut parts = parts.peekable();
+    if parts.peek().is_none() {
         return rest.is_empty();
     }
-    for (i, part) in parts.iter().enumerate() {
-        if i == parts.len() - 1 {
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
             return rest.ends_with(part);
         }
         match rest.find(part) {

@@ -71,14 +71,14 @@ pub struct CompactTail {
 }
 
 impl CompactTail {
-    /// The tail of `p`, whose v1 frame is `frame`.
-    fn new(p: &Publication, frame: &str) -> CompactTail {
+    /// The tail of `p`, whose v1 frame is `frame`, with `p`'s payload at `at` when known.
+    fn new(p: &Publication, frame: &str, at: Option<usize>) -> CompactTail {
         let data = p.data.get();
-        // The payload is the first `"data":` member: every field before it is a string, whose
-        // quotes are escaped. Checked, so a frame of another shape only costs a copy.
-        let at = frame
-            .find(",\"data\":")
-            .map(|i| i + 8)
+        // Otherwise the payload is the first `"data":` member: every field before it is a
+        // string, whose quotes are escaped. Checked, so a frame of another shape only costs a
+        // copy.
+        let at = at
+            .or_else(|| frame.find(",\"data\":").map(|i| i + 8))
             .filter(|&i| frame.get(i..i + data.len()) == Some(data));
         let mut text = String::with_capacity(48);
         herald_protocol::compact::write_tail_head(p, &mut text);
@@ -103,21 +103,21 @@ impl CompactTail {
 
 impl Encoded {
     /// Encodes a publication once. `channel` and `epoch` are the stream's shared names (no new
-    /// allocations for them); the frame is serialized into a per-thread buffer and copied once
+    /// allocations for them); the frame is written (by hand, herald_protocol::json) into a per-thread buffer and copied once
     /// into an exactly sized allocation, since it is kept in the history.
     pub fn new(publication: &Publication, channel: Arc<str>, epoch: Arc<str>) -> Encoded {
         thread_local! {
-            static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+            static SCRATCH: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
         }
-        let frame = SCRATCH.with_borrow_mut(|buf| {
+        let (frame, data) = SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
-            buf.extend_from_slice(PUB_PREFIX.as_bytes());
-            serde_json::to_writer(&mut *buf, publication).expect("publications serialize");
-            buf.push(b'}');
-            String::from_utf8(buf.as_slice().to_vec()).expect("serde_json writes UTF-8")
+            buf.push_str(PUB_PREFIX);
+            let data = publication.write_json(buf);
+            buf.push('}');
+            (String::from(buf.as_str()), data.start)
         });
         let compact = OnceLock::new();
-        let _ = compact.set(CompactTail::new(publication, &frame));
+        let _ = compact.set(CompactTail::new(publication, &frame, Some(data)));
         Encoded {
             channel,
             epoch,
@@ -200,7 +200,7 @@ impl Encoded {
         let tail = self.compact.get_or_init(|| {
             let p: herald_protocol::Publication = serde_json::from_str(self.publication_json())
                 .expect("the hub's own publication JSON parses");
-            CompactTail::new(&p, self.frame.as_str())
+            CompactTail::new(&p, self.frame.as_str(), None)
         });
         tail.pieces(self.frame.as_str())
     }

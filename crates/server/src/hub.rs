@@ -127,7 +127,9 @@ pub fn json_depth(json: &str) -> usize {
 pub fn valid_channel(channel: &str) -> bool {
     !channel.is_empty()
         && channel.len() <= 255
-        && !channel.chars().any(|c| c.is_whitespace() || c.is_control())
+        // Printable ASCII, the usual name, without decoding characters (twice per publish).
+        && (channel.bytes().all(|b| b.is_ascii_graphic())
+            || !channel.chars().any(|c| c.is_whitespace() || c.is_control()))
 }
 
 impl Hub {
@@ -202,7 +204,7 @@ impl Hub {
     pub async fn authorize_subscribe(
         &self,
         principal: &Principal,
-        client: &str,
+        client: impl FnOnce() -> String,
         channel: &str,
         ns: &Namespace,
     ) -> Result<(), ErrorBody> {
@@ -217,11 +219,12 @@ impl Hub {
     }
 
     /// Whether `principal` may follow `channel` through a view; `Some(filter)` when the
-    /// subscribe hook holds it to that filter there (ANDed with the view's).
+    /// subscribe hook holds it to that filter there (ANDed with the view's). `client` names the
+    /// connection for the hook, made only when it is asked.
     pub async fn authorize_view(
         &self,
         principal: &Principal,
-        client: &str,
+        client: impl FnOnce() -> String,
         channel: &str,
         ns: &Namespace,
     ) -> Result<Option<String>, ErrorBody> {
@@ -254,7 +257,7 @@ impl Hub {
             SubscribePolicy::Claims => false,
             SubscribePolicy::Hook => match &self.hook {
                 Some(hook) => {
-                    let answer = hook.answer(&principal.user, channel, client).await;
+                    let answer = hook.answer(&principal.user, channel, &client()).await;
                     if answer.allow {
                         return Ok(answer.filter);
                     }
@@ -279,7 +282,7 @@ impl Hub {
             return Ok(());
         }
         if ns.client_publish {
-            match self.authorize_subscribe(principal, &client(), channel, ns).await {
+            match self.authorize_subscribe(principal, client, channel, ns).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.code == ErrorCode::Unauthorized.code() => return Err(e),
                 Err(_) => {}
@@ -325,7 +328,11 @@ impl Hub {
         }
         // serde_json (the Rust client, this hub's own history reader) refuses JSON nested deeper
         // than 128 levels; data deeper than MAX_DATA_DEPTH would be stored but undecodable.
-        if json_depth(input.data.get()) > MAX_DATA_DEPTH {
+        // Counting opening brackets (in strings too) is a vectorized pass; only a payload with
+        // more of them than the limit can be nested deeper, and only then is it walked.
+        let data = input.data.get();
+        let opening = data.bytes().filter(|&b| b == b'[' || b == b'{').count();
+        if opening > MAX_DATA_DEPTH && json_depth(data) > MAX_DATA_DEPTH {
             return Err(ErrorBody::new(
                 ErrorCode::BadRequest,
                 format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),

@@ -415,7 +415,7 @@ impl MemoryEngine {
                 channel: input.channel,
                 epoch: s.epoch.to_string(),
                 offset: s.offset,
-                id: format!("{}-{}", s.epoch, s.offset),
+                id: herald_protocol::publication::publication_id(&s.epoch, s.offset),
                 kind: input.kind,
                 data: input.data,
                 time: now_rfc3339(),

@@ -67,7 +67,7 @@ struct Session {
     /// Outbound queue.
     outbox: Arc<Outbox>,
     /// Set by a successful `connect`.
-    principal: Option<Principal>,
+    principal: Option<Arc<Principal>>,
     /// Token from the upgrade request, used when `connect` carries none.
     upgrade_token: Option<Box<str>>,
     /// Peer address.
@@ -388,7 +388,12 @@ impl Session {
 
     /// Queues a command's result.
     fn reply<T: Serialize>(&self, id: u64, result: &T) {
-        let _ = self.outbox.push(Outgoing::Line(reply::reply_ok(id, result)));
+        self.reply_line(reply::reply_ok(id, result));
+    }
+
+    /// Queues a reply line already written (the publish reply, written by hand).
+    fn reply_line(&self, line: String) {
+        let _ = self.outbox.push(Outgoing::Line(line));
     }
 
     /// Queues a command's error (an `error` push when the command had no id).

@@ -589,7 +589,7 @@ impl Inner {
                     self.wait_replicas(&mut publishing, &input.channel, offset).await?;
                     return Ok(Some(PublishResult {
                         channel: input.channel,
-                        id: format!("{}-{}", reply[1], offset),
+                        id: herald_protocol::publication::publication_id(&reply[1], offset),
                         epoch: reply[1].clone(),
                         offset,
                         time: reply[3].clone(),
@@ -605,7 +605,7 @@ impl Inner {
                         channel: input.channel,
                         epoch: epoch.to_string(),
                         offset,
-                        id: format!("{epoch}-{offset}"),
+                        id: herald_protocol::publication::publication_id(epoch, offset),
                         time: time.to_string(),
                         duplicate: true,
                     }));

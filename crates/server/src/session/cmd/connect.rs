@@ -65,7 +65,7 @@ impl Session {
             version,
             expires_at: principal.expires_at,
         };
-        self.principal = Some(principal);
+        self.principal = Some(std::sync::Arc::new(principal));
         self.reply(id, &result);
         None
     }

@@ -17,7 +17,7 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         let hub = self.hub.clone();
         let ns = hub.namespace(&q.channel)?;
-        hub.authorize_subscribe(principal, &self.client(), &q.channel, ns).await?;
+        hub.authorize_subscribe(principal, || self.client(), &q.channel, ns).await?;
         let mut h = hub.history(ns, &q).await?;
         let fits = fitting_prefix(&h.publications, self.reply_budget());
         if fits < h.publications.len() {

@@ -261,7 +261,7 @@ impl Session {
         if !ns.presence {
             return Err(no_presence(&channel));
         }
-        hub.authorize_subscribe(principal, &self.client(), &channel, ns).await?;
+        hub.authorize_subscribe(principal, || self.client(), &channel, ns).await?;
         let state = hub.presence_members(&channel).await?;
         let page = presence_page(&state.records, limit, after.as_deref());
         let mut body = serde_json::json!({
@@ -287,7 +287,7 @@ impl Session {
         if !ns.presence {
             return Err(no_presence(&channel));
         }
-        hub.authorize_subscribe(principal, &self.client(), &channel, ns).await?;
+        hub.authorize_subscribe(principal, || self.client(), &channel, ns).await?;
         let state = hub.presence_members(&channel).await?;
         self.reply(id, &stats_json(&channel, &state));
         Ok(())

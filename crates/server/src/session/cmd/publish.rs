@@ -32,7 +32,7 @@ impl Session {
             },
         };
         let result = hub.publish(input).await?;
-        self.reply(id, &result);
+        self.reply_line(herald_protocol::reply::reply_publish(id, &result));
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ impl Session {
                 let result = RefreshResult { expires_at: p.expires_at };
                 self.reply(id, &result);
                 self.end_subscriptions_not_granted(current, &p).await;
-                self.principal = Some(p);
+                self.principal = Some(std::sync::Arc::new(p));
             }
             Ok(_) => self.reply_error(
                 Some(id),
@@ -44,7 +44,9 @@ impl Session {
         for (sub, channel) in &self.extras.views {
             let ns_name = crate::config::Config::namespace_of(channel);
             let allowed = match hub.namespace(channel) {
-                Ok(ns) => hub.authorize_view(principal, &client, channel, ns).await.is_ok(),
+                Ok(ns) => {
+                    hub.authorize_view(principal, || client.clone(), channel, ns).await.is_ok()
+                }
                 Err(_) => false,
             };
             if !allowed || old.filters.get(ns_name) != principal.filters.get(ns_name) {
@@ -69,9 +71,10 @@ impl Session {
                 !principal.filters.contains_key(crate::config::Config::namespace_of(channel));
             let allowed = whole
                 && match hub.namespace(channel) {
-                    Ok(ns) => {
-                        hub.authorize_subscribe(principal, &client, channel, ns).await.is_ok()
-                    }
+                    Ok(ns) => hub
+                        .authorize_subscribe(principal, || client.clone(), channel, ns)
+                        .await
+                        .is_ok(),
                     Err(_) => false,
                 };
             if !allowed {

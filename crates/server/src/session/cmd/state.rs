@@ -15,7 +15,7 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         let hub = self.hub.clone();
         let ns = hub.namespace(&channel)?;
-        hub.authorize_subscribe(principal, &self.client(), &channel, ns).await?;
+        hub.authorize_subscribe(principal, || self.client(), &channel, ns).await?;
         let st = hub.state(ns, &channel).await?;
         self.reply(
             id,

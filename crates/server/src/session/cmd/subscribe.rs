@@ -34,7 +34,7 @@ impl Session {
         let SubscribeOpts { snapshot, preview } = opts;
         let hub = self.hub.clone();
         let ns = hub.namespace(&channel)?;
-        if let Err(e) = hub.authorize_subscribe(principal, &self.client(), &channel, ns).await {
+        if let Err(e) = hub.authorize_subscribe(principal, || self.client(), &channel, ns).await {
             tracing::warn!(target: "herald::audit", event = "forbidden_subscribe", client = %self.client(), user = %principal.user, ip = %self.ip, channel = %channel, code = e.code);
             return Err(e);
         }

@@ -140,7 +140,8 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         let hub = self.hub.clone();
         let ns = hub.namespace(&channel)?;
-        let hook_filter = match hub.authorize_view(principal, &self.client(), &channel, ns).await {
+        let hook_filter = match hub.authorize_view(principal, || self.client(), &channel, ns).await
+        {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(target: "herald::audit", event = "forbidden_subscribe", client = %self.client(), user = %principal.user, ip = %self.ip, channel = %channel, code = e.code);
