@@ -91,6 +91,17 @@ struct Shared {
     errors: AtomicU64,
     /// Bytes of the delivered publications' messages.
     bytes: AtomicU64,
+    /// Publications each subscriber of a fan-out has received (empty for rooms): the window
+    /// counts from the slowest, so that one starved reader cannot fall further behind than the
+    /// window while the average keeps up (it would then be closed as a slow consumer, 4001).
+    progress: Box<[AtomicU64]>,
+}
+
+impl Shared {
+    /// Counters for `tracked` subscribers' own progress (0: only the totals).
+    fn tracking(tracked: usize) -> Shared {
+        Shared { progress: (0..tracked).map(|_| AtomicU64::new(0)).collect(), ..Shared::default() }
+    }
 }
 
 const PING: &str = r#"{"push":"ping"}"#;
@@ -151,6 +162,7 @@ where
 async fn subscriber(
     mut ws: Ws,
     mut last: u64,
+    index: usize,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> Hist {
@@ -211,6 +223,9 @@ async fn subscriber(
         }
         shared.delivered.fetch_add(n, Ordering::Relaxed);
         shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(progress) = shared.progress.get(index) {
+            progress.fetch_add(n, Ordering::Relaxed);
+        }
     }
     if std::env::var_os("HERALD_BENCH_DEBUG").is_some() {
         eprintln!("subscriber: last offset {last}, errors {errors}");
@@ -294,7 +309,8 @@ fn allowed(plan: &Plan, start: Instant, published: u64, fan: u64, shared: &Share
         let due = (start.elapsed().as_secs_f64() * plan.rate as f64) as u64;
         due.saturating_sub(published)
     } else {
-        let received = shared.delivered.load(Ordering::Relaxed) / fan;
+        let slowest = shared.progress.iter().map(|p| p.load(Ordering::Relaxed)).min();
+        let received = slowest.unwrap_or_else(|| shared.delivered.load(Ordering::Relaxed) / fan);
         plan.window.saturating_sub(published.saturating_sub(received))
     }
 }
@@ -501,13 +517,16 @@ async fn pubsub(plan: &Plan, channels: Vec<String>, fan: u64) -> anyhow::Result<
         vec![subscribe_cmd(2, &channels[i % channels.len()], None)]
     })
     .await;
-    let shared = Arc::new(Shared::default());
+    // One channel: the window follows its slowest subscriber.
+    let tracked = if channels.len() == 1 { opened.len() } else { 0 };
+    let shared = Arc::new(Shared::tracking(tracked));
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks: Vec<_> = opened
         .into_iter()
-        .map(|(_, ws, replies)| {
+        .enumerate()
+        .map(|(index, (_, ws, replies))| {
             let offset = replies[0].offset.unwrap_or(0);
-            tokio::spawn(subscriber(ws, offset, shared.clone(), stop_rx.clone()))
+            tokio::spawn(subscriber(ws, offset, index, shared.clone(), stop_rx.clone()))
         })
         .collect();
     let subscribed = tasks.len() as u64;
