@@ -120,9 +120,22 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError> {
     Ok(Some(Header { fin, opcode, mask, len: at + 4, payload: payload as usize }))
 }
 
-/// The payload of a masked frame, unmasked (§5.3).
+/// The payload of a masked frame, unmasked (§5.3). Eight bytes at a time: every publisher's
+/// command passes through here (a byte at a time was ~10 instructions per byte).
 fn unmask(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect()
+    let mut out = payload.to_vec();
+    let [a, b, c, d] = mask;
+    let key = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
+    let mut words = out.chunks_exact_mut(8);
+    for word in &mut words {
+        let x = u64::from_ne_bytes((&*word).try_into().expect("eight bytes")) ^ key;
+        word.copy_from_slice(&x.to_ne_bytes());
+    }
+    // The rest starts at a multiple of 8, so at the key's first byte.
+    for (i, byte) in words.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
+    out
 }
 
 /// Close codes a peer may send (§7.4.1 and the IANA registry): not 1004–1006, 1015 or the
@@ -677,6 +690,17 @@ mod tests {
         }
         let size = future_size(crate::session::run::<Socket>);
         assert!(size <= 800, "the session future of a WebSocket grew to {size} bytes");
+    }
+
+    #[test]
+    fn unmasking_by_words_is_the_bytewise_xor() {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        for len in 0..40 {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let expected: Vec<u8> =
+                payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect();
+            assert_eq!(unmask(&payload, mask), expected, "{len} bytes");
+        }
     }
 
     /// Every idle connection's task holds its socket (docs/benchmarks.md, idle memory).
