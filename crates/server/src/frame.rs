@@ -103,8 +103,9 @@ impl CompactTail {
 
 impl Encoded {
     /// Encodes a publication once. `channel` and `epoch` are the stream's shared names (no new
-    /// allocations for them); the frame is written (by hand, herald_protocol::json) into a per-thread buffer and copied once
-    /// into an exactly sized allocation, since it is kept in the history.
+    /// allocations for them); the frame is written by hand (`herald_protocol::json`) into a
+    /// per-thread buffer and copied once into an exactly sized allocation, since it is kept in
+    /// the history.
     pub fn new(publication: &Publication, channel: Arc<str>, epoch: Arc<str>) -> Encoded {
         thread_local! {
             static SCRATCH: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
