@@ -258,6 +258,16 @@ async fn metrics_count_the_traffic_and_cover_the_dashboard() {
     at_least(r#"herald_http_requests_total{route="/api/publish",status="400"}"#, 1.0);
     at_least(r#"herald_http_requests_total{route="/api/info",status="401"}"#, 1.0);
     assert!(!text.contains("chat:1"), "nothing is labelled by channel:\n{text}");
+    // The wait before a subscriber's flush is part of its delivery: observed for the same
+    // frames, never longer, so at every bound the queue histogram counts at least as many.
+    let count = at_least("herald_delivery_latency_seconds_count", 1.0);
+    assert_eq!(at_least("herald_delivery_queue_seconds_count", 1.0), count);
+    for le in ["0.0001", "0.001", "0.01", "0.1", "1.0", "+Inf"] {
+        let bucket = |name: &str| at_least(&format!(r#"{name}_bucket{{le="{le}"}}"#), 0.0);
+        let (queued, written) =
+            (bucket("herald_delivery_queue_seconds"), bucket("herald_delivery_latency_seconds"));
+        assert!(queued >= written, "le {le}: {queued} queued, {written} written");
+    }
     at_least("herald_connections", 1.0);
     at_least("herald_outbox_queued_publications", 0.0);
     at_least("herald_outbox_queued_bytes", 0.0);

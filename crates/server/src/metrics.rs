@@ -83,6 +83,10 @@ pub struct Metrics {
     pub closes: Family<CloseLabels, Counter>,
     /// Publish accepted → frame written, seconds (oldest publication of each written frame).
     pub delivery_latency: Histogram,
+    /// Publish accepted → the subscriber's flush begins, for the same publications: with
+    /// `delivery_latency`, it tells a delivery that waited for its session to run from one that
+    /// waited on its socket.
+    pub delivery_queue: Histogram,
     /// Bytes of history and state the memory engine holds (set when `/metrics` is read).
     pub engine_memory_bytes: Gauge,
     /// The memory engine's budget for them (0: unbounded).
@@ -93,6 +97,10 @@ pub struct Metrics {
     /// only reads a map.
     namespaces: HashMap<String, NamespaceCounters>,
 }
+
+/// Buckets of the delivery histograms, seconds.
+const LATENCY_BUCKETS: [f64; 12] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -116,9 +124,8 @@ impl Metrics {
             slow_consumer_closes: Counter::default(),
             auth_failures: Counter::default(),
             closes: Family::default(),
-            delivery_latency: Histogram::new([
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]),
+            delivery_latency: Histogram::new(LATENCY_BUCKETS),
+            delivery_queue: Histogram::new(LATENCY_BUCKETS),
             engine_memory_bytes: Gauge::default(),
             engine_memory_budget_bytes: Gauge::default(),
             http_requests: Family::default(),
@@ -142,6 +149,11 @@ impl Metrics {
             "delivery_latency_seconds",
             "Publish accepted to socket write",
             m.delivery_latency.clone(),
+        );
+        registry.register(
+            "delivery_queue_seconds",
+            "Publish accepted to the subscriber's flush starting",
+            m.delivery_queue.clone(),
         );
         registry.register(
             "engine_memory_bytes",

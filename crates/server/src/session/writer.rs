@@ -171,6 +171,7 @@ impl Session {
     where
         S: Sink<Message, Error = axum::Error> + Unpin,
     {
+        let began = Instant::now();
         // A fresh queue per flush: an idle connection then holds no drained capacity.
         let mut items = VecDeque::new();
         let close = self.outbox.drain(&mut items);
@@ -289,6 +290,7 @@ impl Session {
             m.deliveries.inc_by(delivered);
         }
         if let Some(t) = oldest {
+            m.delivery_queue.observe(began.saturating_duration_since(t).as_secs_f64());
             m.delivery_latency.observe(t.elapsed().as_secs_f64());
         }
         Ok(close)
