@@ -75,17 +75,25 @@ async fn a_bad_item_gets_its_error_and_the_others_are_published() {
         {"channel": "a", "data": 4, "colour": "red"},
         {"channel": "small:x", "data": "fits"},
         {"channel": "a", "data": 5},
+        // Objects inside an item that is no object are not items; a mistyped field fails its
+        // item alone, and the items after it are still read.
+        [{"channel": "a", "data": 6}],
+        {"channel": 7, "data": 7},
+        {"channel": "a", "data": 8},
     ]);
     let results = batch(&hub, items).await;
     let codes: Vec<Option<u64>> = results.iter().map(|r| r["error"]["code"].as_u64()).collect();
-    assert_eq!(codes, [None, Some(102), Some(111), Some(107), Some(107), Some(107), None, None]);
+    let bad = Some(107);
+    assert_eq!(codes, [None, Some(102), Some(111), bad, bad, bad, None, None, bad, bad, None]);
     for r in results.iter().filter(|r| r.get("error").is_some()) {
         assert!(r["error"]["name"].is_string() && r["error"]["message"].is_string(), "{r}");
     }
     assert!(results[5]["error"]["message"].as_str().unwrap().contains("colour"), "named field");
-    assert_eq!((results[0]["offset"].as_u64(), results[7]["offset"].as_u64()), (Some(1), Some(2)));
+    assert!(results[9]["error"]["message"].as_str().unwrap().contains("`channel`"), "named field");
+    let offsets = [0, 7, 10].map(|i| results[i]["offset"].as_u64());
+    assert_eq!(offsets, [Some(1), Some(2), Some(3)]);
     let data: Vec<Value> = history(&hub, "a").await.iter().map(|p| p["data"].clone()).collect();
-    assert_eq!(data, [json!(1), json!(5)]);
+    assert_eq!(data, [json!(1), json!(5), json!(8)]);
     assert_eq!(history(&hub, "small:x").await.len(), 1);
 }
 

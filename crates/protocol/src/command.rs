@@ -430,7 +430,7 @@ impl<'de> Fields<'de> {
 /// The text of a JSON string with no escape (`"abc"` → `abc`), read without a parser: `raw` is
 /// already validated JSON, so between its quotes there is no control character and no quote.
 /// `None` for anything else (escapes, other types), which goes through serde_json.
-fn plain_string(raw: &RawValue) -> Option<&str> {
+pub fn plain_string(raw: &RawValue) -> Option<&str> {
     let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
     (!inner.contains('\\')).then_some(inner)
 }
@@ -446,12 +446,21 @@ fn plain_u64(raw: &RawValue) -> Option<u64> {
 
 /// Decodes one field's raw value; `null` is `None`.
 fn decode<'de, T: Deserialize<'de>>(raw: &'de RawValue, f: Field) -> Result<Option<T>, String> {
+    decode_field(raw, f.name())
+}
+
+/// Decodes the raw value of the field `name` of an object; `null` is `None`. The error names
+/// the field and leaves out serde_json's position, which would be inside the value, not the
+/// message. (The HTTP API's publish objects are read with it too.)
+pub fn decode_field<'de, T: Deserialize<'de>>(
+    raw: &'de RawValue,
+    name: &str,
+) -> Result<Option<T>, String> {
     serde_json::from_str::<Option<T>>(raw.get()).map_err(|e| {
-        // The position would be inside the value, not the line: leave it out.
         let msg = e.to_string();
         let at = format!(" at line {} column {}", e.line(), e.column());
         let msg = msg.strip_suffix(&at).unwrap_or(&msg);
-        format!("bad field `{}`: {msg}", f.name())
+        format!("bad field `{name}`: {msg}")
     })
 }
 

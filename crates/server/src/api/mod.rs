@@ -1,8 +1,9 @@
 //! The server HTTP API under `/api`, authorized by the `x-api-key` header; plus `/health`,
 //! `/ready` and `/metrics`. docs/openapi.json describes it and a test keeps the two in step.
 
+mod publish;
+
 use crate::auth::{Claims, MAX_TOKEN_TTL_SECS, expiry_after, mint_hs256};
-use crate::engine::PublishInput;
 use crate::hub::Hub;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,13 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_protocol::command::HistoryQuery;
-use herald_protocol::reply::{
-    ErrorBody, HistoryReply, PublishResult, RawPublications, StateResult,
-};
-use herald_protocol::{ErrorCode, Meta, Op, Position};
+use herald_protocol::reply::{ErrorBody, HistoryReply, RawPublications, StateResult};
+use herald_protocol::{ErrorCode, Position};
 use serde::Deserialize;
 use serde_json::json;
-use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -83,8 +81,12 @@ fn error_response(status: StatusCode, e: ErrorBody) -> Response {
 
 /// Parses a JSON body into `T` with a protocol error on failure.
 fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError(ErrorBody::new(ErrorCode::BadRequest, format!("bad JSON body: {e}"))))
+    serde_json::from_slice(bytes).map_err(bad_body)
+}
+
+/// The 107 for a body (or a batch item) that is not what the route takes.
+fn bad_body(fault: impl std::fmt::Display) -> ApiError {
+    ApiError(ErrorBody::new(ErrorCode::BadRequest, format!("bad JSON body: {fault}")))
 }
 
 /// The `/api/*` routes (the caller adds state).
@@ -98,9 +100,9 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
     // costs a boxed future per request, and the HTTP publish path is hot (docs/benchmarks.md).
     let check = ApiCheck { hub: hub.clone(), throttle, max_body: limits.max_api_body_bytes };
     Router::new()
-        .route("/api/publish", post(publish).fallback(|| not_allowed("POST")))
-        .route("/api/publish/batch", post(publish_batch).fallback(|| not_allowed("POST")))
-        .route("/api/broadcast", post(broadcast).fallback(|| not_allowed("POST")))
+        .route("/api/publish", post(publish::publish).fallback(|| not_allowed("POST")))
+        .route("/api/publish/batch", post(publish::publish_batch).fallback(|| not_allowed("POST")))
+        .route("/api/broadcast", post(publish::broadcast).fallback(|| not_allowed("POST")))
         .route("/api/channels", get(channels).fallback(|| not_allowed("GET")))
         .route("/api/info", get(info).fallback(|| not_allowed("GET")))
         .route("/api/disconnect", post(disconnect).fallback(|| not_allowed("POST")))
@@ -363,216 +365,6 @@ impl FailureThrottle {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Body of `POST /api/publish`; `POST /api/broadcast` has `channels` instead of `channel`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    #[serde(default)]
-    channel: Option<String>,
-    #[serde(default)]
-    channels: Option<Vec<String>>,
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    data: Box<RawValue>,
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    op: Option<Op>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-    #[serde(default)]
-    correlation_id: Option<String>,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    user: Option<String>,
-}
-
-impl PublishBody {
-    fn input(&self, channel: &str) -> PublishInput {
-        PublishInput {
-            channel: channel.to_string(),
-            kind: self.kind.clone().unwrap_or_else(|| "message".into()),
-            data: self.data.clone(),
-            key: self.key.clone(),
-            op: self.op,
-            meta: Meta {
-                user: self.user.clone(),
-                source: Some(self.source.clone().unwrap_or_else(|| "api".into())),
-                correlation_id: self.correlation_id.clone(),
-                idempotency_key: self.idempotency_key.clone(),
-            },
-        }
-    }
-}
-
-async fn publish(
-    State(hub): State<Arc<Hub>>,
-    raw: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let b: PublishBody = body(&raw)?;
-    let result = publish_one(&hub, &b).await?;
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], result.to_json())
-        .into_response())
-}
-
-/// One `/api/publish` body published: the single route and every batch item go through here.
-async fn publish_one(hub: &Hub, b: &PublishBody) -> Result<PublishResult, ErrorBody> {
-    let channel = b
-        .channel
-        .as_deref()
-        .ok_or_else(|| ErrorBody::new(ErrorCode::BadRequest, "missing field `channel`"))?;
-    hub.publish(b.input(channel)).await
-}
-
-/// The media type that makes a batch body one JSON object per line.
-const NDJSON: &str = "application/x-ndjson";
-
-/// `POST /api/publish/batch`: many `/api/publish` bodies (any channels) in one request, a JSON
-/// array or, with `Content-Type: application/x-ndjson`, one object per line. Each channel's
-/// items are published one after another in the order given (channels concurrently);
-/// each item gets its own result or error, so one bad item does not fail the others. A body
-/// that is not an array (or a line that is not JSON) refuses the whole request with 107, more
-/// than `limits.max_batch_items` items with 111.
-async fn publish_batch(
-    State(hub): State<Arc<Hub>>,
-    headers: axum::http::HeaderMap,
-    raw: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let ndjson = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(NDJSON));
-    let items = if ndjson { ndjson_items(&raw)? } else { array_items(&raw)? };
-    let max = hub.config.limits.max_batch_items;
-    if max > 0 && items.len() > max {
-        let message =
-            format!("batch of {} items is over limits.max_batch_items ({max})", items.len());
-        return Err(ErrorBody::new(ErrorCode::MessageTooLarge, message).into());
-    }
-    let bodies: Vec<Result<PublishBody, ErrorBody>> = items
-        .iter()
-        .map(|item| body::<PublishBody>(item.get().as_bytes()).map_err(|ApiError(e)| e))
-        .collect();
-    let results = publish_grouped(&hub, &bodies).await;
-    // Written as it goes: no intermediate JSON value per result.
-    let mut out = String::with_capacity(16 + 160 * items.len());
-    out.push_str("{\"results\":[");
-    for (i, result) in results.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        match result {
-            Ok(r) => r.write_json(&mut out),
-            Err(e) => out.push_str(&json!({ "error": e }).to_string()),
-        }
-    }
-    out.push_str("]}");
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], out)
-        .into_response())
-}
-
-/// Channels of one batch published concurrently.
-const BATCH_CHANNELS_IN_FLIGHT: usize = 64;
-
-/// Publishes a batch's items: each channel's one after another in the order given, different
-/// channels' concurrently, so on the Redis engine their round trips overlap (a batch waits
-/// about one round trip per item of its busiest channel, not one per item). Results in item
-/// order.
-async fn publish_grouped(
-    hub: &Hub,
-    bodies: &[Result<PublishBody, ErrorBody>],
-) -> Vec<Result<PublishResult, ErrorBody>> {
-    use futures_util::StreamExt;
-    // Item indexes per channel, channels in order of first appearance; bad items and items
-    // without a channel fail on their own (publish_one names the missing field).
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut by_channel: HashMap<&str, usize> = HashMap::new();
-    for (i, b) in bodies.iter().enumerate() {
-        let key = match b {
-            Ok(b) => b.channel.as_deref().unwrap_or(""),
-            Err(_) => "",
-        };
-        let g = *by_channel.entry(key).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[g].push(i);
-    }
-    let runs = groups.into_iter().map(|indexes| async move {
-        let mut done = Vec::with_capacity(indexes.len());
-        for i in indexes {
-            let result = match &bodies[i] {
-                Ok(b) => publish_one(hub, b).await,
-                Err(e) => Err(e.clone()),
-            };
-            done.push((i, result));
-        }
-        done
-    });
-    let mut results: Vec<Option<Result<PublishResult, ErrorBody>>> =
-        (0..bodies.len()).map(|_| None).collect();
-    let mut finished = futures_util::stream::iter(runs).buffer_unordered(BATCH_CHANNELS_IN_FLIGHT);
-    while let Some(done) = finished.next().await {
-        for (i, result) in done {
-            results[i] = Some(result);
-        }
-    }
-    results.into_iter().map(|r| r.expect("every item belongs to one group")).collect()
-}
-
-/// The items of a JSON-array batch body, each still unparsed.
-fn array_items(raw: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
-    serde_json::from_slice(raw).map_err(|e| {
-        let message = format!("batch body must be a JSON array of publish objects: {e}");
-        ApiError(ErrorBody::new(ErrorCode::BadRequest, message))
-    })
-}
-
-/// The items of an NDJSON batch body: one JSON value per line, blank lines skipped.
-fn ndjson_items(raw: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
-    let lines = raw.split(|b| *b == b'\n').enumerate();
-    let lines = lines.filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace));
-    lines
-        .map(|(n, line)| {
-            serde_json::from_slice(line).map_err(|e| {
-                let message = format!("NDJSON line {}: {e}", n + 1);
-                ApiError(ErrorBody::new(ErrorCode::BadRequest, message))
-            })
-        })
-        .collect()
-}
-
-async fn broadcast(
-    State(hub): State<Arc<Hub>>,
-    raw: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let b: PublishBody = body(&raw)?;
-    let mut channels = b
-        .channels
-        .clone()
-        .ok_or_else(|| ErrorBody::new(ErrorCode::BadRequest, "missing field `channels`"))?;
-    if channels.is_empty() || channels.len() > 1000 {
-        return Err(ErrorBody::new(
-            ErrorCode::BadRequest,
-            "`channels` must list 1 to 1000 channels",
-        )
-        .into());
-    }
-    // Each listed channel gets the event once, even if listed twice.
-    let mut seen = std::collections::HashSet::new();
-    channels.retain(|c| seen.insert(c.clone()));
-    let mut results = Vec::with_capacity(channels.len());
-    for channel in &channels {
-        results.push(match hub.publish(b.input(channel)).await {
-            Ok(r) => serde_json::to_value(r).unwrap_or_default(),
-            Err(e) => json!({ "channel": channel, "error": e }),
-        });
-    }
-    Ok(Json(json!({ "results": results })).into_response())
 }
 
 async fn channels(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
