@@ -5,7 +5,7 @@
 //! Run (outside the workspace, not built by CI: it is the one place with `unsafe`, the
 //! submission of a send):
 //! `cargo run --release --manifest-path bench/floor-uring/Cargo.toml -- MODE CONNS EVENTS BATCH`
-//! with MODE `write` or `uring`;
+//! with MODE `write`, `writev` (the frame in two parts) or `uring`;
 //! readers run on a tokio runtime in the same process, the writer on its own thread.
 //! Prints the writer's CPU (its thread plus io_uring's io-wq workers) per write.
 
@@ -87,6 +87,13 @@ fn main() {
             if mode == "write" {
                 for s in &mut socks {
                     s.write_all(&frame).unwrap();
+                    written += 1;
+                }
+            } else if mode == "writev" {
+                // The frame as a WebSocket writer without a copy sends it: header, payload.
+                for s in &mut socks {
+                    let parts = [std::io::IoSlice::new(&frame[..2]), std::io::IoSlice::new(&frame[2..])];
+                    assert_eq!(s.write_vectored(&parts).unwrap(), FRAME, "short writev");
                     written += 1;
                 }
             } else {

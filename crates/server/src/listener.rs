@@ -246,6 +246,10 @@ async fn serve_connection<Io>(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // Head and body in one buffer, one `write`: a two-part `writev` costs the kernel ~12 %
+        // more per call on loopback than a `write` of the same bytes (`bench/floor-uring`,
+        // docs/benchmarks.md), and API answers are small. The buffer stays bounded.
+        .writev(false)
         // Not `pipeline_flush`: pipelined requests are answered in order all the same, and it
         // would write their answers in one write instead of one each (+29 % on pipelined
         // publishing, docs/benchmarks.md), but in hyper 1.x it also lifts the bound on the
