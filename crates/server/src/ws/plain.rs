@@ -305,11 +305,19 @@ impl Outgoing {
         while self.written < total {
             let n = if self.written == 0 && total <= SMALL_FRAME {
                 // A small frame whole, from one buffer: `write` is a cheaper system call than
-                // a two-part `writev`, and the copy costs less than the difference.
-                let mut frame = [0u8; SMALL_FRAME];
-                frame[..head_len].copy_from_slice(&self.head[..head_len]);
-                frame[head_len..total].copy_from_slice(&self.payload);
-                ready!(Pin::new(&mut *io).poll_write(cx, &frame[..total]))?
+                // a two-part `writev`, and the copy costs less than the difference. The buffer
+                // is the thread's, reused, so that nothing is zeroed or allocated per frame.
+                thread_local! {
+                    static FRAME: std::cell::RefCell<Vec<u8>> =
+                        std::cell::RefCell::new(Vec::with_capacity(SMALL_FRAME));
+                }
+                let written = FRAME.with_borrow_mut(|frame| {
+                    frame.clear();
+                    frame.extend_from_slice(&self.head[..head_len]);
+                    frame.extend_from_slice(&self.payload);
+                    Pin::new(&mut *io).poll_write(cx, frame)
+                });
+                ready!(written)?
             } else if self.written < head_len {
                 let slices =
                     [IoSlice::new(&self.head[self.written..head_len]), IoSlice::new(&self.payload)];
