@@ -44,25 +44,7 @@ impl Inner {
     /// The keys of `channel`: `P:{N:C}:…`, length-prefixed and in one slot; on a cluster
     /// `P:{pK}:N:C:…` with the seed `P:{pK}:epoch_seed` of its partition.
     pub(super) fn keys(&self, channel: &str) -> Keys {
-        let (base, seed) = if self.partitioned {
-            let tag = partition(channel);
-            (
-                format!("{}:{{p{tag}}}:{}:{}:", self.prefix, channel.len(), channel),
-                format!("{}:{{p{tag}}}:epoch_seed", self.prefix),
-            )
-        } else {
-            (
-                format!("{}:{{{}:{}}}:", self.prefix, channel.len(), channel),
-                format!("{}:epoch_seed", self.prefix),
-            )
-        };
-        Keys {
-            meta: format!("{base}meta"),
-            hist: format!("{base}hist"),
-            state: format!("{base}state"),
-            idem: format!("{base}idem:"),
-            seed,
-        }
+        channel_keys(&self.prefix, self.partitioned, channel)
     }
 
     /// The pub/sub channel that carries the publications of `channel` (`P:pub:C`; on a
@@ -123,6 +105,47 @@ impl Inner {
     }
 }
 
+/// The keys of `channel` under `prefix` ([`Inner::keys`]). Built by pushes, not `format!`:
+/// five names per publish, and the formatting machinery cost more than the script call's own
+/// encoding (docs/benchmarks.md). The names are the keyspace: a test holds them to the ones
+/// earlier versions wrote.
+fn channel_keys(prefix: &str, partitioned: bool, channel: &str) -> Keys {
+    let mut digits = itoa::Buffer::new();
+    let len = digits.format(channel.len());
+    let mut base = String::with_capacity(prefix.len() + channel.len() + 16);
+    let mut seed = String::with_capacity(prefix.len() + 20);
+    base.push_str(prefix);
+    seed.push_str(prefix);
+    if partitioned {
+        let mut tag = itoa::Buffer::new();
+        let tag = tag.format(partition(channel));
+        for name in [&mut base, &mut seed] {
+            name.push_str(":{p");
+            name.push_str(tag);
+            name.push('}');
+        }
+        base.push(':');
+        base.push_str(len);
+        base.push(':');
+        base.push_str(channel);
+        base.push(':');
+    } else {
+        base.push_str(":{");
+        base.push_str(len);
+        base.push(':');
+        base.push_str(channel);
+        base.push_str("}:");
+    }
+    seed.push_str(":epoch_seed");
+    let key = |suffix: &str| {
+        let mut key = String::with_capacity(base.len() + suffix.len());
+        key.push_str(&base);
+        key.push_str(suffix);
+        key
+    };
+    Keys { meta: key("meta"), hist: key("hist"), state: key("state"), idem: key("idem:"), seed }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +165,28 @@ mod tests {
             assert_eq!(slot(key), expected, "{key}");
         }
         assert!(partition("room-1") < PARTITIONS);
+    }
+
+    #[test]
+    fn key_names_are_the_keyspace_earlier_versions_wrote() {
+        for (prefix, channel) in [("herald", "room-1"), ("p:x", "a:b{c}"), ("h", "é")] {
+            let tag = partition(channel);
+            let n = channel.len();
+            for (partitioned, base, seed) in [
+                (false, format!("{prefix}:{{{n}:{channel}}}:"), format!("{prefix}:epoch_seed")),
+                (
+                    true,
+                    format!("{prefix}:{{p{tag}}}:{n}:{channel}:"),
+                    format!("{prefix}:{{p{tag}}}:epoch_seed"),
+                ),
+            ] {
+                let keys = channel_keys(prefix, partitioned, channel);
+                assert_eq!(keys.meta, format!("{base}meta"));
+                assert_eq!(keys.hist, format!("{base}hist"));
+                assert_eq!(keys.state, format!("{base}state"));
+                assert_eq!(keys.idem, format!("{base}idem:"));
+                assert_eq!(keys.seed, seed);
+            }
+        }
     }
 }

@@ -20,7 +20,6 @@
 //! A publication JSON always starts with `{`, so entries written without a change (other
 //! namespaces, non-keyed writes, data stored before changes were kept) read as before.
 
-use super::json;
 use crate::engine::{EngineError, PublishInput};
 use crate::frame::{Encoded, RecordChange};
 use herald_protocol::{Op, Record};
@@ -107,18 +106,27 @@ pub(super) fn publication_parts(
     input: &PublishInput,
     keyed: Option<&(String, Op)>,
 ) -> (String, String, String) {
-    let head = format!("{{\"channel\":{}", json(&input.channel));
-    let mid = format!(",\"type\":{},\"data\":{}", json(&input.kind), input.data.get());
+    // Written by hand (herald_protocol::json): once per publish, and serde's formatter cost
+    // more than the rest of the engine's own work (docs/benchmarks.md).
+    use herald_protocol::json::push_str;
+    let mut head = String::with_capacity(16 + input.channel.len());
+    head.push_str("{\"channel\":");
+    push_str(&mut head, &input.channel);
+    let mut mid = String::with_capacity(24 + input.kind.len() + input.data.get().len());
+    mid.push_str(",\"type\":");
+    push_str(&mut mid, &input.kind);
+    mid.push_str(",\"data\":");
+    mid.push_str(input.data.get());
     let mut tail = String::new();
     if !input.meta.is_empty() {
         tail.push_str(",\"meta\":");
-        tail.push_str(&json(&input.meta));
+        input.meta.write_json(&mut tail);
     }
     if let Some((key, op)) = keyed {
         tail.push_str(",\"key\":");
-        tail.push_str(&json(key));
+        push_str(&mut tail, key);
         tail.push_str(",\"op\":");
-        tail.push_str(&json(op));
+        push_str(&mut tail, op.as_str());
     }
     tail.push('}');
     (head, mid, tail)
