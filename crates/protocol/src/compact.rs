@@ -153,60 +153,130 @@ pub fn tail_parts(p: &Publication) -> (String, String) {
 
 /// Appends the tail's part before `DATA` (`,OFFSET,TIME,`) to `out`.
 pub fn write_tail_head(p: &Publication, out: &mut String) {
-    let mut digits = itoa::Buffer::new();
-    out.push(',');
-    out.push_str(digits.format(p.offset));
-    out.push(',');
-    match time_ms(&p.time) {
-        Some(ms) => out.push_str(digits.format(ms)),
-        // Not Herald's format (no node writes one): the text itself.
-        None => crate::json::push_str(out, &p.time),
-    }
-    out.push(',');
+    TailFields::of(p).write_head(out);
 }
 
 /// Appends the tail's part after `DATA` (`[,EXTRA]]`) to `out`: the JSON serde writes for
 /// [`Extra`], written by hand, since it runs once per publication (crate::json).
 pub fn write_tail_end(p: &Publication, out: &mut String) {
-    let mut digits = itoa::Buffer::new();
-    let derived_id =
-        p.id.strip_prefix(p.epoch.as_str())
-            .and_then(|rest| rest.strip_prefix('-'))
-            .is_some_and(|offset| offset == digits.format(p.offset));
-    let kind = (p.kind != "message").then_some(p.kind.as_str());
-    let id = (!derived_id).then_some(p.id.as_str());
-    if kind.is_some() || p.key.is_some() || p.op.is_some() || !p.meta.is_empty() || id.is_some() {
-        let mut open = ",{";
-        let mut field = |out: &mut String, name: &str| {
-            out.push_str(open);
-            open = ",";
-            out.push('"');
-            out.push_str(name);
-            out.push_str("\":");
-        };
-        if let Some(kind) = kind {
-            field(out, "type");
-            crate::json::push_str(out, kind);
+    TailFields::of(p).write_end(out);
+}
+
+/// What a compact tail is made of: a publication's fields besides its channel, borrowed from
+/// a [`Publication`] ([`TailFields::of`]) or read from its v1 JSON ([`TailFields::parse`])
+/// without building one (a hub on Redis receives publications as JSON: building a
+/// `Publication` for each was most of the cost of its compact tail, docs/benchmarks.md).
+#[derive(Debug, Deserialize)]
+pub struct TailFields<'a> {
+    /// The offset.
+    pub offset: u64,
+    /// The acceptance time, v1 text.
+    #[serde(borrow)]
+    pub time: std::borrow::Cow<'a, str>,
+    /// The epoch (to tell whether `id` is the derived `EPOCH-OFFSET`).
+    #[serde(borrow)]
+    pub epoch: std::borrow::Cow<'a, str>,
+    /// The id.
+    #[serde(borrow)]
+    pub id: std::borrow::Cow<'a, str>,
+    /// The event type.
+    #[serde(rename = "type", borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    /// The payload, where it stands in the JSON it was read from.
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+    /// The record key.
+    #[serde(default, borrow)]
+    pub key: Option<std::borrow::Cow<'a, str>>,
+    /// The keyed operation.
+    #[serde(default)]
+    pub op: Option<Op>,
+    /// Publisher metadata.
+    #[serde(default)]
+    pub meta: std::borrow::Cow<'a, Meta>,
+}
+
+impl<'a> TailFields<'a> {
+    /// The fields of `p`.
+    pub fn of(p: &'a Publication) -> TailFields<'a> {
+        use std::borrow::Cow::Borrowed;
+        TailFields {
+            offset: p.offset,
+            time: Borrowed(&p.time),
+            epoch: Borrowed(&p.epoch),
+            id: Borrowed(&p.id),
+            kind: Borrowed(&p.kind),
+            data: &p.data,
+            key: p.key.as_deref().map(Borrowed),
+            op: p.op,
+            meta: Borrowed(&p.meta),
         }
-        if let Some(key) = &p.key {
-            field(out, "key");
-            crate::json::push_str(out, key);
-        }
-        if let Some(op) = p.op {
-            field(out, "op");
-            crate::json::push_str(out, op.as_str());
-        }
-        if !p.meta.is_empty() {
-            field(out, "meta");
-            p.meta.write_json(out);
-        }
-        if let Some(id) = id {
-            field(out, "id");
-            crate::json::push_str(out, id);
-        }
-        out.push('}');
     }
-    out.push(']');
+
+    /// The fields of a publication's v1 JSON, strings without escapes and `data` borrowed
+    /// from it (other members, `channel` among them, skipped).
+    pub fn parse(json: &'a str) -> Result<TailFields<'a>, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// Appends the tail's part before `DATA` (`,OFFSET,TIME,`) to `out`.
+    pub fn write_head(&self, out: &mut String) {
+        let mut digits = itoa::Buffer::new();
+        out.push(',');
+        out.push_str(digits.format(self.offset));
+        out.push(',');
+        match time_ms(&self.time) {
+            Some(ms) => out.push_str(digits.format(ms)),
+            // Not Herald's format (no node writes one): the text itself.
+            None => crate::json::push_str(out, &self.time),
+        }
+        out.push(',');
+    }
+
+    /// Appends the tail's part after `DATA` (`[,EXTRA]]`) to `out`.
+    pub fn write_end(&self, out: &mut String) {
+        let mut digits = itoa::Buffer::new();
+        let derived_id = self
+            .id
+            .strip_prefix(&*self.epoch)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|offset| offset == digits.format(self.offset));
+        let kind = (self.kind != "message").then_some(&*self.kind);
+        let id = (!derived_id).then_some(&*self.id);
+        let meta = !self.meta.is_empty();
+        if kind.is_some() || self.key.is_some() || self.op.is_some() || meta || id.is_some() {
+            let mut open = ",{";
+            let mut field = |out: &mut String, name: &str| {
+                out.push_str(open);
+                open = ",";
+                out.push('"');
+                out.push_str(name);
+                out.push_str("\":");
+            };
+            if let Some(kind) = kind {
+                field(out, "type");
+                crate::json::push_str(out, kind);
+            }
+            if let Some(key) = &self.key {
+                field(out, "key");
+                crate::json::push_str(out, key);
+            }
+            if let Some(op) = self.op {
+                field(out, "op");
+                crate::json::push_str(out, op.as_str());
+            }
+            if meta {
+                field(out, "meta");
+                self.meta.write_json(out);
+            }
+            if let Some(id) = id {
+                field(out, "id");
+                crate::json::push_str(out, id);
+            }
+            out.push('}');
+        }
+        out.push(']');
+    }
 }
 
 /// A compact live publication, decoded up to what needs the subscription: its channel and

@@ -6,6 +6,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 use herald_protocol::Publication;
+use herald_protocol::compact::TailFields;
 use herald_protocol::reply::PUB_PREFIX;
 use serde_json::value::RawValue;
 use std::sync::{Arc, OnceLock};
@@ -71,17 +72,13 @@ pub struct CompactTail {
 }
 
 impl CompactTail {
-    /// The tail of `p`, whose v1 frame is `frame`, with `p`'s payload at `at` when known.
-    fn new(p: &Publication, frame: &str, at: Option<usize>) -> CompactTail {
+    /// The tail of `p`, whose v1 frame is `frame`, with `p`'s payload at `at` in it (checked:
+    /// a wrong place only costs a copy of the payload).
+    fn new(p: &TailFields<'_>, frame: &str, at: usize) -> CompactTail {
         let data = p.data.get();
-        // Otherwise the payload is the first `"data":` member: every field before it is a
-        // string, whose quotes are escaped. Checked, so a frame of another shape only costs a
-        // copy.
-        let at = at
-            .or_else(|| frame.find(",\"data\":").map(|i| i + 8))
-            .filter(|&i| frame.get(i..i + data.len()) == Some(data));
+        let at = Some(at).filter(|&i| frame.get(i..i.saturating_add(data.len())) == Some(data));
         let mut text = String::with_capacity(48);
-        herald_protocol::compact::write_tail_head(p, &mut text);
+        p.write_head(&mut text);
         let range = match at {
             Some(i) => i as u32..(i + data.len()) as u32,
             None => {
@@ -90,7 +87,7 @@ impl CompactTail {
             }
         };
         let split = text.len() as u32;
-        herald_protocol::compact::write_tail_end(p, &mut text);
+        p.write_end(&mut text);
         CompactTail { text: text.into_boxed_str(), split, data: range }
     }
 
@@ -118,7 +115,7 @@ impl Encoded {
             (String::from(buf.as_str()), data.start)
         });
         let compact = OnceLock::new();
-        let _ = compact.set(CompactTail::new(publication, &frame, Some(data)));
+        let _ = compact.set(CompactTail::new(&TailFields::of(publication), &frame, data));
         Encoded {
             channel,
             epoch,
@@ -199,9 +196,13 @@ impl Encoded {
     /// The compact tail of protocol v2 (`,OFFSET,TIME,DATA[,EXTRA]]`) as three pieces.
     pub fn compact_tail(&self) -> [&str; 3] {
         let tail = self.compact.get_or_init(|| {
-            let p: herald_protocol::Publication = serde_json::from_str(self.publication_json())
+            let fields = TailFields::parse(self.publication_json())
                 .expect("the hub's own publication JSON parses");
-            CompactTail::new(&p, self.frame.as_str(), None)
+            // `data` is borrowed from the frame: its place is the distance between the two.
+            let at = (fields.data.get().as_ptr() as usize)
+                .checked_sub(self.frame.as_str().as_ptr() as usize)
+                .unwrap_or(usize::MAX);
+            CompactTail::new(&fields, self.frame.as_str(), at)
         });
         tail.pieces(self.frame.as_str())
     }
@@ -251,9 +252,14 @@ mod tests {
 
     #[test]
     fn the_compact_tail_points_into_the_frame_for_new_and_stored_publications() {
-        for (kind, data) in
-            [("message", r#"{"x":",\"data\":1","time":"2"}"#), ("t", "null"), ("message", "[1,2]")]
-        {
+        use herald_protocol::Op;
+        for (kind, data, key, op, user) in [
+            ("message", r#"{"x":",\"data\":1","time":"2"}"#, None, None, None),
+            ("t", "null", None, None, None),
+            ("message", "[1,2]", None, None, None),
+            // Escaped strings: read from the JSON as owned text.
+            ("t\"x", r#""\u00e9""#, Some("k\n"), Some(Op::Merge), Some("a\"b")),
+        ] {
             let p = Publication {
                 channel: "c\"data\":".into(),
                 epoch: "e".into(),
@@ -262,9 +268,13 @@ mod tests {
                 kind: kind.into(),
                 data: RawValue::from_string(data.into()).unwrap(),
                 time: "2026-12-02T00:00:00.000Z".into(),
-                meta: Meta { source: Some("api".into()), ..Meta::default() },
-                key: None,
-                op: None,
+                meta: Meta {
+                    source: Some("api".into()),
+                    user: user.map(Into::into),
+                    ..Meta::default()
+                },
+                key: key.map(Into::into),
+                op,
                 truncated: None,
             };
             let want = herald_protocol::compact::encode_tail(&p);
@@ -274,6 +284,7 @@ mod tests {
             let stored = Encoded::from_json("c", "e", 3, made.publication_json());
             assert!(stored.compact.get().is_none(), "made lazily");
             assert_eq!(stored.compact_tail().concat(), want);
+            assert!(!stored.compact.get().unwrap().data.is_empty(), "the payload is not copied");
         }
     }
 }
