@@ -132,3 +132,23 @@ async fn a_kept_alive_connection_idle_past_the_header_timeout_is_closed() {
     read_to_close(&mut s).await;
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn a_request_head_over_64_kib_is_refused_and_the_node_serves_on() {
+    let hub = Hub::start(CONFIG);
+    let mut s = connect_from("127.0.0.1", hub.addr).await;
+    let big = "x".repeat(100 * 1024);
+    let head = format!("GET /health HTTP/1.1\r\nHost: x\r\nx-big: {big}\r\n\r\n");
+    // The server may answer and close before it has read everything: a failed write is fine.
+    let _ = s.write_all(head.as_bytes()).await;
+    let text = read_to_close(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 431"), "{text:.200}");
+    // A head within the bound is served.
+    let mut s = connect_from("127.0.0.1", hub.addr).await;
+    let fits = "x".repeat(32 * 1024);
+    let head =
+        format!("GET /health HTTP/1.1\r\nHost: x\r\nx-big: {fits}\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let text = read_to_close(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
+}

@@ -30,6 +30,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+/// Most bytes of a plain HTTP connection's request head and of its read and write buffers.
+pub const HTTP_BUFFER_BYTES: usize = 64 * 1024;
+
 /// The bounds on plain HTTP connections.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -248,8 +251,14 @@ async fn serve_connection<Io>(
         .header_read_timeout(limits.header_read_timeout)
         // Head and body in one buffer, one `write`: a two-part `writev` costs the kernel ~12 %
         // more per call on loopback than a `write` of the same bytes (`bench/floor-uring`,
-        // docs/benchmarks.md), and API answers are small. The buffer stays bounded.
+        // docs/benchmarks.md), and API answers are small.
         .writev(false)
+        // That buffer takes up to this much of an SSE stream its reader does not read before
+        // hyper stops asking for more (then the stream backs up into its own bounded queue);
+        // hyper's default, ~400 KiB, would be held per slow reader.
+        .max_buf_size(HTTP_BUFFER_BYTES)
+        // The largest request head (HTTP 431 beyond).
+        .max_header_size(HTTP_BUFFER_BYTES)
         // Not `pipeline_flush`: pipelined requests are answered in order all the same, and it
         // would write their answers in one write instead of one each (+29 % on pipelined
         // publishing, docs/benchmarks.md), but in hyper 1.x it also lifts the bound on the
